@@ -1,0 +1,48 @@
+"""Shared helpers for the benchmarks: JSON-line output, timing, test images."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def emit(**record) -> None:
+    """One JSON line per figure on stdout."""
+    print(json.dumps(record), flush=True)
+
+
+def best_time(function, repeats: int = 3, synchronize: bool = False) -> float:
+    """Fastest of `repeats` runs, in seconds (the least disturbed by other work on the machine)."""
+    times = []
+    for _ in range(repeats):
+        if synchronize:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if synchronize:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def photo(height: int, width: int) -> np.ndarray:
+    """A natural photo of the requested size: a real image from ../shared/data tiled (mirrored) to
+    size, or a synthetic one when the data is absent."""
+    files = sorted((SHARED_DATA / "val").glob("*.png")) if SHARED_DATA.exists() else []
+    if files:
+        tile = np.array(Image.open(files[0]).convert("RGB"))
+        tile = np.concatenate([tile, tile[::-1]], axis=0)
+        tile = np.concatenate([tile, tile[:, ::-1]], axis=1)
+        reps = (-(-height // tile.shape[0]), -(-width // tile.shape[1]), 1)
+        return np.ascontiguousarray(np.tile(tile, reps)[:height, :width])
+    print("bench: ../shared/data not found, using a synthetic image", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    base = np.stack([128 + 100 * np.sin(9 * x + 3 * y), 128 + 90 * np.cos(7 * y), 100 + 80 * x], axis=-1)
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)

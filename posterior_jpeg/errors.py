@@ -1,0 +1,17 @@
+"""One exception hierarchy, so batch jobs can catch ours and let real bugs through."""
+
+
+class PosteriorJpegError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InvalidJpegError(PosteriorJpegError, ValueError):
+    """The data is not a readable JPEG: not a JPEG at all, empty, truncated or corrupt."""
+
+
+class UnsupportedJpegError(PosteriorJpegError, ValueError):
+    """A valid JPEG of a kind we do not decode (CMYK, 12-bit, arithmetic, lossless, ...)."""
+
+
+class ImageTooLargeError(InvalidJpegError):
+    """The declared image size exceeds the pixel limit (a decompression-bomb guard)."""

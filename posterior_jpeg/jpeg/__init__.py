@@ -1,0 +1,1 @@
+"""The JPEG substrate, no learning: tables, DCT, colour, sampling, codecs, files, projection."""

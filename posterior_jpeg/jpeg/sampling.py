@@ -1,0 +1,109 @@
+"""Chroma subsampling: modes, component geometry, libjpeg's downsampling and fancy upsampling."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .dct import BLOCK
+
+# Chroma downsampling factors (vertical, horizontal) relative to luma; "gray" has no chroma.
+SUBSAMPLING = {"4:4:4": (1, 1), "4:2:2": (1, 2), "4:2:0": (2, 2), "4:4:0": (2, 1)}
+GRAY = "gray"
+MODES = (*SUBSAMPLING, GRAY)
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown subsampling {mode!r}; expected one of {', '.join(MODES)}")
+
+
+def num_components(mode: str) -> int:
+    check_mode(mode)
+    return 1 if mode == GRAY else 3
+
+
+def component_factors(mode: str, component: int) -> tuple[int, int]:
+    """How many image pixels (rows, cols) one sample of `component` covers."""
+    return (1, 1) if component == 0 or mode == GRAY else SUBSAMPLING[mode]
+
+
+def component_size(height: int, width: int, factors: tuple[int, int]) -> tuple[int, int]:
+    """Samples of a component as libjpeg computes them: ceil(image size / factor)."""
+    return math.ceil(height / factors[0]), math.ceil(width / factors[1])
+
+
+def block_grid(size: tuple[int, int]) -> tuple[int, int]:
+    """Number of 8x8 blocks (rows, cols) that hold a component of `size` samples."""
+    return math.ceil(size[0] / BLOCK), math.ceil(size[1] / BLOCK)
+
+
+def pad_replicate(plane: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Extend [N, h, w] to [N, height, width] by repeating the last row and column, as libjpeg does."""
+    n, h, w = plane.shape
+    if (h, w) == (height, width):
+        return plane
+    return F.pad(plane.unsqueeze(1), (0, width - w, 0, height - h), mode="replicate").squeeze(1)
+
+
+def _round_bias(out_h: int, out_w: int, factors: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """libjpeg's rounding offsets: h2v2 adds 1,2,1,2.. per column, h2v1 adds 0,1,0,1.., others k/2."""
+    count = factors[0] * factors[1]
+    if factors == (2, 2):
+        pattern = torch.tensor([1.0, 2.0])
+    elif factors == (1, 2):
+        pattern = torch.tensor([0.0, 1.0])
+    else:
+        pattern = torch.tensor([float(count // 2)] * 2)
+    bias = pattern.repeat((out_w + 1) // 2)[:out_w]
+    return bias.to(like).view(1, 1, out_w).expand(1, out_h, out_w)
+
+
+def downsample(plane: torch.Tensor, factors: tuple[int, int], libjpeg_rounding: bool) -> torch.Tensor:
+    """Average factor-sized cells of [N, H, W] (edges replicated to whole cells).
+
+    With libjpeg_rounding, the forward value is libjpeg's integer result (inputs must be integral)
+    and the gradient is that of the plain average (straight-through)."""
+    if factors == (1, 1):
+        return plane
+    n, h, w = plane.shape
+    out_h, out_w = math.ceil(h / factors[0]), math.ceil(w / factors[1])
+    if libjpeg_rounding:  # libjpeg averages across the replicated right edge up to whole blocks
+        out_w = BLOCK * math.ceil(out_w / BLOCK)
+    padded = pad_replicate(plane, out_h * factors[0], out_w * factors[1])
+    cells = padded.reshape(n, out_h, factors[0], out_w, factors[1])
+    mean = cells.mean(dim=(2, 4))
+    if not libjpeg_rounding:
+        return mean
+    count = factors[0] * factors[1]
+    exact = torch.floor((cells.sum(dim=(2, 4)) + _round_bias(out_h, out_w, factors, plane)) / count)
+    return mean + (exact - mean).detach()
+
+
+def _fancy_upsample_axis(plane: torch.Tensor, axis: int) -> torch.Tensor:
+    """Double one axis with libjpeg's triangle filter: 3/4 of the nearer sample, 1/4 of the other."""
+    n = plane.shape[axis]
+    before = torch.cat([plane.narrow(axis, 0, 1), plane.narrow(axis, 0, n - 1)], dim=axis)
+    after = torch.cat([plane.narrow(axis, 1, n - 1), plane.narrow(axis, n - 1, 1)], dim=axis)
+    first = 0.75 * plane + 0.25 * before
+    second = 0.75 * plane + 0.25 * after
+    out = torch.stack([first, second], dim=axis + 1)
+    shape = list(plane.shape)
+    shape[axis] *= 2
+    return out.reshape(shape)
+
+
+def upsample(plane: torch.Tensor, factors: tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """[N, h, w] chroma samples -> [N, height, width] with libjpeg's "fancy" (triangle) upsampling."""
+    if factors[0] == 2:
+        plane = _fancy_upsample_axis(plane, 1)
+    if factors[1] == 2:
+        plane = _fancy_upsample_axis(plane, 2)
+    return plane[:, :height, :width]
+
+
+def spread(plane: torch.Tensor, factors: tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """Repeat each sample over its cell: the least-squares inverse of `downsample`'s average."""
+    if factors != (1, 1):
+        plane = plane.repeat_interleave(factors[0], dim=1).repeat_interleave(factors[1], dim=2)
+    return plane[:, :height, :width]

@@ -1,0 +1,99 @@
+"""Consistency of images with a JPEG file, measured through a real libjpeg re-encode.
+
+The images are rounded to 8-bit RGB (what a user saves) and compressed by libjpeg (the
+libjpeg-turbo bundled with jpeglib) with the file's own tables, per component, and sampling;
+the stored coefficients of that file are then compared with the original file's.
+"""
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import jpeglib
+import numpy as np
+import torch
+
+from ..jpeg import sampling
+from ..jpeg.codec import component_planes
+from ..jpeg.file import JpegFile, read_jpeg
+
+LIBJPEG_VERSION = "turbo210"
+
+
+def _as_batch(images: torch.Tensor, jpeg: JpegFile) -> torch.Tensor:
+    batch = images.unsqueeze(0) if images.dim() == 3 else images
+    if batch.dim() != 4 or batch.shape[1] != 3 or tuple(batch.shape[-2:]) != tuple(jpeg.size):
+        raise ValueError(f"images must be [N, 3, {jpeg.height}, {jpeg.width}], got {tuple(images.shape)}")
+    return batch
+
+
+def reencode(images: torch.Tensor, jpeg: JpegFile) -> list[JpegFile]:
+    """Round [N, 3, H, W] (or [3, H, W]) in [0, 1] to 8 bits and compress each with libjpeg, using
+    `jpeg`'s tables and sampling; returns the files read back."""
+    pixels = (_as_batch(images, jpeg).detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    components = len(jpeg.coefficients)
+    factors = [(1, 1)] if jpeg.sampling == sampling.GRAY else [(1, 1)] * 3
+    if jpeg.sampling != sampling.GRAY:
+        v, h = sampling.SUBSAMPLING[jpeg.sampling]
+        factors[0] = (v, h)  # jpeglib takes (vertical, horizontal) per component
+    files = []
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "reencoded.jpg")
+        for image in pixels:
+            if jpeg.sampling == sampling.GRAY:
+                # libjpeg's own RGB -> Y, as when it converts a colour image to grayscale
+                array = component_planes(image[None] / 255.0, sampling.GRAY)[0][0, :, :, None].to(torch.uint8).numpy()
+            else:
+                array = image.permute(1, 2, 0).numpy()
+            with jpeglib.version(LIBJPEG_VERSION):
+                spatial = jpeglib.from_spatial(np.ascontiguousarray(array))
+                spatial.samp_factor = np.array(factors)
+                spatial.write_spatial(
+                    path, qt=jpeg.qtables.astype(np.uint16), quant_tbl_no=np.arange(components)
+                )
+            files.append(read_jpeg(path, max_pixels=None))
+    return files
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How much of a batch's libjpeg re-encode equals the file: shares and the counts behind them."""
+
+    differing_coefficients: int
+    total_coefficients: int
+    differing_blocks: int
+    total_blocks: int
+
+    @property
+    def coefficients(self) -> float:
+        return 1.0 - self.differing_coefficients / self.total_coefficients
+
+    @property
+    def blocks(self) -> float:
+        return 1.0 - self.differing_blocks / self.total_blocks
+
+    def __add__(self, other: "Agreement") -> "Agreement":
+        return Agreement(*(a + b for a, b in zip(self.__dict__.values(), other.__dict__.values())))
+
+
+def coefficient_agreement(images: torch.Tensor, jpeg: JpegFile) -> Agreement:
+    """Share of quantized coefficients, and of 8x8 blocks, identical after an 8-bit libjpeg re-encode
+    of each image with the file's own tables and sampling."""
+    differing_coefficients = total_coefficients = differing_blocks = total_blocks = 0
+    for again in reencode(images, jpeg):
+        for ours, stored in zip(again.coefficients, jpeg.coefficients):
+            differ = ours != stored
+            differing_coefficients += int(differ.sum())
+            total_coefficients += differ.size
+            differing_blocks += int(differ.reshape(-1, 64).any(axis=1).sum())
+            total_blocks += differ.size // 64
+    return Agreement(differing_coefficients, total_coefficients, differing_blocks, total_blocks)
+
+
+def consistency_rmse(images: torch.Tensor, jpeg: JpegFile) -> torch.Tensor:
+    """The paper's consistency index per image [N]: RMSE in gray levels (0..255) between the decode
+    of the libjpeg re-encode and the decode of the file (both decoded by `JpegFile.decode`, so
+    identical coefficients give exactly 0)."""
+    reference = jpeg.decode(dtype=torch.float64)
+    errors = [(again.decode(dtype=torch.float64) - reference) * 255.0 for again in reencode(images, jpeg)]
+    return torch.stack([e.pow(2).mean().sqrt() for e in errors]).float()

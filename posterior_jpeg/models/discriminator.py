@@ -1,0 +1,84 @@
+"""The critic: the ResNet discriminator of Mescheder et al. 2018 ("Which training methods for GANs
+actually converge?"), the one the paper trains with R1.
+
+Pre-activation residual blocks (leaky ReLU 0.2, residual branch scaled by 0.1, no normalisation, so
+R1's per-sample gradients are not mixed across the batch), average-pool downsampling by 2 until the
+map is 4x4 for the nominal size, then one linear logit per image. Other input sizes work: the last
+map is average-pooled to 4x4 before the linear layer.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FINAL_SIZE = 4
+BRANCH_SCALE = 0.1
+
+
+@dataclass
+class DiscriminatorConfig:
+    """features: width of the first stage, doubled per downsampling up to max_features.
+    size: the crop size it is built for (a power of two times 4; 128 in the paper).
+    conditional: also see the decoded JPEG y, as three extra input channels."""
+
+    features: int = 64
+    max_features: int = 512
+    size: int = 128
+    conditional: bool = False
+
+    def __post_init__(self):
+        stages = math.log2(self.size / FINAL_SIZE)
+        if self.size < FINAL_SIZE or stages != int(stages):
+            raise ValueError(f"discriminator size must be 4 times a power of two, got {self.size}")
+        if self.features < 1 or self.max_features < self.features:
+            raise ValueError(f"discriminator widths must satisfy 1 <= features <= max_features, got {self}")
+
+
+def build_discriminator(config: DiscriminatorConfig) -> "Discriminator":
+    """A freshly initialised critic."""
+    return Discriminator(config)
+
+
+class PreActBlock(nn.Module):
+    """shortcut(x) + 0.1 * conv(lrelu(conv(lrelu(x)))); 1x1 shortcut only when the width changes."""
+
+    def __init__(self, fin: int, fout: int):
+        super().__init__()
+        hidden = min(fin, fout)
+        self.conv0 = nn.Conv2d(fin, hidden, 3, padding=1)
+        self.conv1 = nn.Conv2d(hidden, fout, 3, padding=1)
+        self.shortcut = nn.Conv2d(fin, fout, 1, bias=False) if fin != fout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.conv1(F.leaky_relu(self.conv0(F.leaky_relu(x, 0.2)), 0.2))
+        return self.shortcut(x) + BRANCH_SCALE * branch
+
+
+class Discriminator(nn.Module):
+    """forward(x [N, 3, H, W], y=None) -> logits [N]. y is required iff the config is conditional."""
+
+    def __init__(self, config: DiscriminatorConfig):
+        super().__init__()
+        self.config = config
+        stages = int(math.log2(config.size // FINAL_SIZE))
+        width = [min(config.features * 2**i, config.max_features) for i in range(stages + 1)]
+        self.conv_in = nn.Conv2d(6 if config.conditional else 3, width[0], 3, padding=1)
+        layers: list[nn.Module] = [PreActBlock(width[0], width[0])]
+        for i in range(stages):
+            layers += [nn.AvgPool2d(3, stride=2, padding=1), PreActBlock(width[i], width[i + 1])]
+        self.blocks = nn.Sequential(*layers)
+        self.fc = nn.Linear(width[-1] * FINAL_SIZE**2, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.config.conditional != (y is not None):
+            need = "needs" if self.config.conditional else "takes no"
+            raise ValueError(f"this critic {need} the decoded JPEG y")
+        if y is not None:
+            x = torch.cat([x, y], dim=1)
+        out = self.blocks(self.conv_in(x))
+        if out.shape[-2:] != (FINAL_SIZE, FINAL_SIZE):
+            out = F.adaptive_avg_pool2d(out, FINAL_SIZE)
+        return self.fc(F.leaky_relu(out.flatten(1), 0.2)).squeeze(1)

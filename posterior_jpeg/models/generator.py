@@ -1,0 +1,279 @@
+"""The stochastic decoder G(z, y, q): decoded JPEG y + tables q + noise z -> one plausible original.
+
+Shape of the network (the paper's, with a pluggable trunk and table conditioning added):
+pixel-unshuffle x4 (the trunk runs at 1/4 resolution, 16x cheaper per layer), conv in, trunk, conv
+out, pixel-shuffle x4, and the result is added to y. Residual output: y is already a consistent
+estimate, so G starts near it and only has to learn the missing detail; the consistency penalty is
+small from the first step instead of having to pull a random image onto y.
+
+Trunks, chosen by `GeneratorConfig.trunk`:
+- "rrdb": ESRGAN's residual-in-residual dense blocks (residual scaling 0.2), with the paper's noise:
+  one fresh N(0, 1) channel, times a learnable scalar (initially 1), concatenated before every conv.
+- "plain": residual blocks of two wide 3x3 convs with one fresh N(0, 1) map per block added to the
+  block's input through a learnable per-channel scale: the same job in big dense convs, which run
+  near the tensor-core roofline where the dense blocks' thin concatenations do not.
+
+Beyond the paper, the trunk is FiLM-modulated (per-block scale and shift) by an embedding of the
+file's quantization tables, so one model serves every quality and custom tables.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+UNSHUFFLE = 4
+PAD_MULTIPLE = 16  # a whole 4:2:0 MCU: trunk cells then line up with the file's 8x8 blocks
+RESIDUAL_SCALE = 0.2
+PLAIN_NOISE_INIT = 0.1  # added noise starts at a tenth of unit features: seeds differ, features dominate
+TRUNKS = ("rrdb", "plain")
+
+NoiseGenerator = torch.Generator | list[torch.Generator] | None
+
+
+@dataclass
+class GeneratorConfig:
+    """Architecture of G; one dataclass so configs, checkpoints and tests build the same code.
+
+    trunk: "rrdb" (the paper's) or "plain" (fast wide residual blocks).
+    features: trunk width. blocks: number of RRDB or residual blocks.
+    growth: dense-block growth channels (rrdb only).
+    table_embedding: width of the table embedding that drives FiLM; 0 gives the paper's
+    table-blind network."""
+
+    trunk: str = "rrdb"
+    features: int = 64
+    blocks: int = 23
+    growth: int = 32
+    table_embedding: int = 64
+
+    def __post_init__(self):
+        if self.trunk not in TRUNKS:
+            raise ValueError(f"unknown generator trunk {self.trunk!r}; expected one of {', '.join(TRUNKS)}")
+        if self.features < 1 or self.blocks < 1 or self.growth < 1 or self.table_embedding < 0:
+            raise ValueError(f"generator sizes must be positive, got {self}")
+
+
+PRESETS = {
+    # The paper's network: 64 features, 23 RRDBs, growth 32.
+    "paper": GeneratorConfig(trunk="rrdb", features=64, blocks=23, growth=32),
+    # DESIGN.md's tensor-core-friendly trunk of about the paper's size.
+    "plain": GeneratorConfig(trunk="plain", features=256, blocks=12),
+    # Small enough to train and sample on a CPU; 24 convs give a receptive field of ~200 pixels.
+    "demo": GeneratorConfig(trunk="plain", features=96, blocks=12),
+    # For tests.
+    "tiny": GeneratorConfig(trunk="rrdb", features=16, blocks=1, growth=8, table_embedding=8),
+}
+
+
+def build_generator(config: GeneratorConfig | str) -> "Generator":
+    """A freshly initialised G from a config or the name of one of PRESETS."""
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown generator preset {config!r}; expected one of {', '.join(PRESETS)}")
+        config = PRESETS[config]
+    return Generator(config)
+
+
+def seeded_generators(seeds: list[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One torch.Generator per sample, seeded, for `Generator.forward(..., generator=...)`."""
+    return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+
+
+class NoiseSource:
+    """Fresh N(0, 1) maps [N, 1, h, w] for a batch, in the order the network asks for them.
+
+    - list of N generators: sample i's maps come from generator i alone, so a sample depends only
+      on its own seed, never on the rest of the batch. Maps are drawn on each generator's device and
+      moved to the features' device: CPU generators give the same noise on every device.
+    - one generator: the whole batch's maps from it (reproducible for the same batch).
+    - None: torch's global RNG on the features' device (the fast path for training).
+    Maps are drawn in float32 and cast, so mixed precision does not change the noise."""
+
+    def __init__(self, batch: int, generator: NoiseGenerator):
+        if isinstance(generator, (list, tuple)) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} noise generators for a batch of {batch}")
+        self.batch = batch
+        self.generator = generator
+
+    def like(self, features: torch.Tensor) -> torch.Tensor:
+        """One noise map per sample with the spatial size, dtype and device of `features`."""
+        size = features.shape[-2:]
+        if self.generator is None:
+            noise = torch.randn((self.batch, 1, *size), device=features.device)
+        elif isinstance(self.generator, torch.Generator):
+            noise = torch.randn((self.batch, 1, *size), generator=self.generator, device=self.generator.device)
+        else:
+            noise = torch.cat([torch.randn((1, 1, *size), generator=g, device=g.device) for g in self.generator])
+        return noise.to(device=features.device, dtype=features.dtype)
+
+
+def _init_scaled(conv: nn.Conv2d, scale: float) -> None:
+    """Kaiming init shrunk by `scale` (ESRGAN's): deep residual trunks start close to the identity."""
+    nn.init.kaiming_normal_(conv.weight, a=0.2)
+    with torch.no_grad():
+        conv.weight.mul_(scale)
+    nn.init.zeros_(conv.bias)
+
+
+class DenseBlock(nn.Module):
+    """Five 3x3 convs, each seeing the block input and all earlier outputs plus one noise channel."""
+
+    def __init__(self, features: int, growth: int):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(features + i * growth + 1, growth if i < 4 else features, 3, padding=1) for i in range(5)
+        )
+        self.noise_scales = nn.Parameter(torch.ones(5))
+        for conv in self.convs:
+            _init_scaled(conv, 0.1)
+
+    def forward(self, x: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
+        inputs = [x]
+        for i, conv in enumerate(self.convs):
+            out = conv(torch.cat([*inputs, self.noise_scales[i] * noise.like(x)], dim=1))
+            if i < 4:
+                inputs.append(F.leaky_relu(out, 0.2))
+        return x + RESIDUAL_SCALE * out
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual: three dense blocks inside one more scaled skip."""
+
+    def __init__(self, features: int, growth: int):
+        super().__init__()
+        self.dense = nn.ModuleList(DenseBlock(features, growth) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
+        out = x
+        for block in self.dense:
+            out = block(out, noise)
+        return x + RESIDUAL_SCALE * out
+
+
+class RRDBTrunk(nn.Module):
+    """ESRGAN's trunk: RRDBs, one more conv, and a long skip."""
+
+    def __init__(self, features: int, blocks: int, growth: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(RRDB(features, growth) for _ in range(blocks))
+        self.conv = nn.Conv2d(features, features, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, noise: NoiseSource, film: list | None) -> torch.Tensor:
+        out = x
+        for i, block in enumerate(self.blocks):
+            out = _modulate(block(out, noise), film, i)
+        return x + self.conv(out)
+
+
+class PlainBlock(nn.Module):
+    """x + 0.2 * conv(lrelu(conv(x + s * n))): noise enters through the learned branch only."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, 3, padding=1)
+        self.conv2 = nn.Conv2d(features, features, 3, padding=1)
+        self.noise_scale = nn.Parameter(torch.full((1, features, 1, 1), PLAIN_NOISE_INIT))
+        _init_scaled(self.conv1, 0.1)
+        _init_scaled(self.conv2, 0.1)
+
+    def forward(self, x: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
+        branch = self.conv2(F.leaky_relu(self.conv1(x + self.noise_scale * noise.like(x)), 0.2))
+        return x + RESIDUAL_SCALE * branch
+
+
+class PlainTrunk(nn.Module):
+    """A stack of wide residual blocks (no dense concatenations)."""
+
+    def __init__(self, features: int, blocks: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(PlainBlock(features) for _ in range(blocks))
+
+    def forward(self, x: torch.Tensor, noise: NoiseSource, film: list | None) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = _modulate(block(x, noise), film, i)
+        return x
+
+
+def _modulate(features: torch.Tensor, film: list | None, index: int) -> torch.Tensor:
+    """FiLM: features * (1 + scale) + shift with block `index`'s per-sample, per-channel parameters."""
+    if film is None:
+        return features
+    scale, shift = film[index]
+    return features * (1.0 + scale) + shift
+
+
+def normalise_tables(qtables: torch.Tensor, batch: int) -> torch.Tensor:
+    """Tables -> [N, 128] features log(q) / log(255) of the luma then the chroma table.
+
+    Accepts [T, 8, 8] or [N, T, 8, 8] with T = 1 (grayscale: luma stands in for chroma), 2 (luma,
+    chroma) or 3 (Y, Cb, Cr: Cb's table is used). The log spreads qualities evenly: tables scale
+    multiplicatively with IJG quality."""
+    qtables = torch.as_tensor(qtables)
+    if qtables.dim() == 3:
+        qtables = qtables.unsqueeze(0)
+    if qtables.dim() != 4 or qtables.shape[-2:] != (8, 8) or not 1 <= qtables.shape[1] <= 3:
+        raise ValueError(
+            f"quantization tables must be [N, T, 8, 8] or [T, 8, 8] with T in 1..3, got {tuple(qtables.shape)}"
+        )
+    luma = qtables[:, 0]
+    chroma = qtables[:, 1] if qtables.shape[1] > 1 else luma
+    tables = torch.stack([luma, chroma], dim=1).float().clamp(min=1.0)
+    return (tables.log() / math.log(255.0)).flatten(1).expand(batch, -1)
+
+
+class Generator(nn.Module):
+    """G(z, y, q). forward(y [N, 3, H, W] in [0, 1], qtables, generator) -> [N, 3, H, W].
+
+    qtables: see `normalise_tables`. generator: the noise z, see `NoiseSource`; pass
+    `seeded_generators(seeds)` so that sample i is reproducible from seeds[i] alone.
+    Any H, W: the input is padded (edges repeated) to a multiple of 16 and the output cropped back.
+    The output is y plus a residual and is not clamped: losses and the critic see G's raw output;
+    whoever saves images clamps and quantizes."""
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.config = config
+        channels = 3 * UNSHUFFLE**2
+        self.conv_in = nn.Conv2d(channels, config.features, 3, padding=1)
+        if config.trunk == "rrdb":
+            self.trunk = RRDBTrunk(config.features, config.blocks, config.growth)
+        else:
+            self.trunk = PlainTrunk(config.features, config.blocks)
+        self.conv_out = nn.Conv2d(config.features, channels, 3, padding=1)
+        if config.table_embedding:
+            width = config.table_embedding
+            self.table_mlp = nn.Sequential(
+                nn.Linear(2 * 64, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU()
+            )
+            self.film = nn.ModuleList(nn.Linear(width, 2 * config.features) for _ in range(config.blocks))
+            with torch.no_grad():
+                for head in self.film:
+                    head.weight.mul_(0.1)  # start near the identity modulation
+                    head.bias.zero_()
+
+    def modulations(self, qtables: torch.Tensor, batch: int, like: torch.Tensor) -> list | None:
+        """Per block, (scale, shift) as [N, C, 1, 1] each; None for a table-blind network."""
+        if not self.config.table_embedding:
+            return None
+        embedding = self.table_mlp(normalise_tables(qtables, batch).to(device=like.device, dtype=like.dtype))
+        film = []
+        for head in self.film:
+            scale, shift = head(embedding)[:, :, None, None].chunk(2, dim=1)
+            film.append((scale, shift))
+        return film
+
+    def forward(self, y: torch.Tensor, qtables: torch.Tensor, generator: NoiseGenerator = None) -> torch.Tensor:
+        if y.dim() != 4 or y.shape[1] != 3:
+            raise ValueError(f"G expects images [N, 3, H, W], got {tuple(y.shape)}")
+        n, _, height, width = y.shape
+        pad_h = -height % PAD_MULTIPLE
+        pad_w = -width % PAD_MULTIPLE
+        padded = F.pad(y, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else y
+        features = self.conv_in(F.pixel_unshuffle(2.0 * padded - 1.0, UNSHUFFLE))
+        film = self.modulations(qtables, n, features)
+        features = self.trunk(features, NoiseSource(n, generator), film)
+        residual = F.pixel_shuffle(self.conv_out(F.leaky_relu(features, 0.2)), UNSHUFFLE)
+        return (padded + residual)[:, :, :height, :width]

@@ -1,0 +1,247 @@
+"""Generator, critic and VGG features: shapes, noise reproducibility, table conditioning, sizes."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torchvision.models.vgg import cfgs, make_layers
+
+from posterior_jpeg.errors import PosteriorJpegError
+from posterior_jpeg.jpeg.tables import ijg_tables
+from posterior_jpeg.jpeg import codec
+from posterior_jpeg.losses import consistency_dct, consistency_pixel
+from posterior_jpeg.models import (
+    PRESETS,
+    Discriminator,
+    DiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
+    MissingWeightsError,
+    VGGFeatures,
+    build_generator,
+    seeded_generators,
+    vgg19_cache_path,
+)
+from posterior_jpeg.models.generator import normalise_tables
+
+TINY = {
+    "rrdb": GeneratorConfig(trunk="rrdb", features=16, blocks=2, growth=8, table_embedding=8),
+    "plain": GeneratorConfig(trunk="plain", features=16, blocks=2, table_embedding=8),
+}
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def tables(quality: int, batch: int = 1) -> torch.Tensor:
+    return torch.from_numpy(ijg_tables(quality)).float().expand(batch, -1, -1, -1)
+
+
+@pytest.fixture(params=sorted(TINY))
+def tiny_generator(request):
+    torch.manual_seed(0)
+    return Generator(TINY[request.param]).eval()
+
+
+@pytest.fixture
+def images(natural_rgb):
+    def make(height, width, count=1):
+        arrays = [natural_rgb(height, width, seed) for seed in range(count)]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+    return make
+
+
+@pytest.mark.parametrize("size", [(37, 53), (32, 32), (48, 40), (16, 81)])
+def test_any_size_in_gives_the_same_size_out(tiny_generator, images, size):
+    y = images(*size, count=2)
+    with torch.no_grad():
+        out = tiny_generator(y, tables(20, 2), seeded_generators([0, 1]))
+    assert out.shape == y.shape
+    assert torch.isfinite(out).all()
+
+
+def test_same_seed_same_sample_and_different_seeds_differ(tiny_generator, images):
+    y = images(32, 32)
+    q = tables(10)
+    with torch.no_grad():
+        first = tiny_generator(y, q, seeded_generators([7]))
+        again = tiny_generator(y, q, seeded_generators([7]))
+        other = tiny_generator(y, q, seeded_generators([8]))
+    assert torch.equal(first, again)
+    assert (first - other).abs().max() > 1e-6
+
+
+def test_sample_does_not_depend_on_the_rest_of_the_batch(tiny_generator, images):
+    batch = images(48, 40, count=3)
+    q = torch.cat([tables(10), tables(50), tables(90)])
+    with torch.no_grad():
+        together = tiny_generator(batch, q, seeded_generators([3, 4, 5]))
+        alone = tiny_generator(batch[1:2], q[1:2], seeded_generators([4]))
+        reordered = tiny_generator(batch.flip(0), q.flip(0), seeded_generators([5, 4, 3]))
+    torch.testing.assert_close(together[1:2], alone)
+    torch.testing.assert_close(together.flip(0), reordered)
+
+
+def test_one_generator_or_global_rng_is_reproducible(tiny_generator, images):
+    y = images(32, 32, count=2)
+    q = tables(30, 2)
+    with torch.no_grad():
+        a = tiny_generator(y, q, torch.Generator().manual_seed(1))
+        b = tiny_generator(y, q, torch.Generator().manual_seed(1))
+        torch.manual_seed(5)
+        c = tiny_generator(y, q)
+        torch.manual_seed(5)
+        d = tiny_generator(y, q)
+    assert torch.equal(a, b)
+    assert torch.equal(c, d)
+    assert (a[0] - a[1]).abs().max() > 1e-6  # one generator still gives each batch element fresh noise
+
+
+def test_generator_count_must_match_batch(tiny_generator, images):
+    with pytest.raises(ValueError, match="2 noise generators for a batch of 3"):
+        tiny_generator(images(32, 32, count=3), tables(50, 3), seeded_generators([0, 1]))
+
+
+def test_film_makes_the_output_depend_on_the_tables(tiny_generator, images):
+    y = images(32, 32)
+    with torch.no_grad():
+        low = tiny_generator(y, tables(10), seeded_generators([0]))
+        high = tiny_generator(y, tables(90), seeded_generators([0]))
+    assert (low - high).abs().max() > 1e-5
+
+
+def test_table_blind_generator_ignores_the_tables(images):
+    torch.manual_seed(0)
+    blind = Generator(replace(TINY["rrdb"], table_embedding=0)).eval()
+    y = images(32, 32)
+    with torch.no_grad():
+        low = blind(y, tables(10), seeded_generators([0]))
+        high = blind(y, tables(90), seeded_generators([0]))
+    assert torch.equal(low, high)
+
+
+def test_table_normalisation():
+    q = torch.full((2, 8, 8), 255.0)
+    q[0] = 1.0
+    features = normalise_tables(q, batch=3)
+    assert features.shape == (3, 128)
+    assert torch.equal(features[:, :64], torch.zeros(3, 64))
+    torch.testing.assert_close(features[:, 64:], torch.ones(3, 64))
+    gray = normalise_tables(torch.full((1, 1, 8, 8), 16.0), batch=1)  # one table: luma stands in for chroma
+    torch.testing.assert_close(gray, torch.full((1, 128), np.log(16) / np.log(255)))
+    with pytest.raises(ValueError):
+        normalise_tables(torch.ones(4, 4, 8, 8), batch=4)
+
+
+@pytest.mark.parametrize("mode", ["4:2:0", "4:4:4"])
+def test_consistency_gradients_reach_every_generator_parameter(tiny_generator, images, mode):
+    y = images(32, 48, count=2)
+    q = tables(25, 2)
+    coefficients = codec.encode(y, q, mode)
+    fake = tiny_generator(y, q, seeded_generators([0, 1]))
+    loss = consistency_pixel(fake, y, q, mode) + consistency_dct(fake + 0.05, coefficients, q, mode)
+    loss.backward()
+    for name, parameter in tiny_generator.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name  # noise scales and FiLM heads included
+
+
+def test_paper_and_plain_parameter_counts():
+    paper = build_generator(replace(PRESETS["paper"], table_embedding=0))
+    assert abs(parameter_count(paper) - 16.8e6) / 16.8e6 < 0.01
+    conditioned = build_generator("paper")  # FiLM adds ~0.2M on top
+    assert 0 < parameter_count(conditioned) - parameter_count(paper) < 0.3e6
+    plain = build_generator(replace(PRESETS["plain"], table_embedding=0))
+    assert abs(parameter_count(plain) - 14.4e6) / 14.4e6 < 0.01
+
+
+def test_presets_and_config_validation():
+    assert 1e6 < parameter_count(build_generator("demo")) < 3e6
+    assert parameter_count(build_generator("tiny")) < 1e5
+    with pytest.raises(ValueError, match="trunk"):
+        GeneratorConfig(trunk="unet")
+    with pytest.raises(ValueError, match="preset"):
+        build_generator("huge")
+
+
+@pytest.mark.parametrize("size", [(128, 128), (64, 96), (32, 32)])
+def test_discriminator_gives_one_logit_per_image(size):
+    critic = Discriminator(DiscriminatorConfig(features=8, max_features=32, size=128))
+    logits = critic(torch.rand(3, 3, *size))
+    assert logits.shape == (3,)
+    assert torch.isfinite(logits).all()
+
+
+def test_discriminator_conditioning_on_y():
+    critic = Discriminator(DiscriminatorConfig(features=8, max_features=16, size=32, conditional=True))
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    logits = critic(x, y)
+    assert logits.shape == (2,)
+    assert not torch.equal(logits, critic(x, torch.rand(2, 3, 32, 32)))
+    with pytest.raises(ValueError, match="needs"):
+        critic(x)
+    with pytest.raises(ValueError, match="takes no"):
+        Discriminator(DiscriminatorConfig(features=8, size=32))(x, y)
+    with pytest.raises(ValueError, match="power of two"):
+        DiscriminatorConfig(size=100)
+
+
+def test_discriminator_is_per_sample():
+    """No normalisation across the batch: an image's logit does not depend on its batch mates."""
+    torch.manual_seed(0)
+    critic = Discriminator(DiscriminatorConfig(features=8, max_features=32, size=64))
+    x = torch.rand(3, 3, 64, 64)
+    torch.testing.assert_close(critic(x)[1:2], critic(x[1:2]))
+
+
+def test_vgg_random_weights_give_conv5_4_features():
+    features = VGGFeatures(weights="random")
+    images = torch.rand(2, 3, 32, 48, requires_grad=True)
+    out = features(images)
+    assert out.shape == (2, 512, 2, 3)
+    out.square().mean().backward()
+    assert images.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in features.parameters())
+
+
+def test_vgg_layout_matches_torchvision_and_loads_its_state_dict(tmp_path):
+    torch.manual_seed(0)
+    reference = make_layers(cfgs["E"])[:35]
+    state = {f"features.{key}": value for key, value in reference.state_dict().items()}
+    torch.save(state, tmp_path / "vgg19.pth")  # torchvision's key names
+    save_file(reference.state_dict(), tmp_path / "vgg19.safetensors")  # just the features
+    images = torch.rand(1, 3, 32, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = reference((images - mean) / std)
+        for name in ("vgg19.pth", "vgg19.safetensors"):
+            torch.testing.assert_close(VGGFeatures(weights=tmp_path / name)(images), expected)
+
+
+def test_vgg_rejects_a_file_that_is_not_vgg19(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, path)
+    with pytest.raises(PosteriorJpegError, match="does not hold VGG19 weights"):
+        VGGFeatures(weights=path)
+
+
+def test_missing_vgg_weights_say_how_to_supply_them(tmp_path):
+    missing = tmp_path / "nowhere.safetensors"
+    with pytest.raises(MissingWeightsError, match="nowhere.safetensors") as error:
+        VGGFeatures(weights=missing)
+    assert "weights=PATH" in str(error.value)
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        with pytest.raises(MissingWeightsError) as error:
+            VGGFeatures()
+        assert str(vgg19_cache_path()) in str(error.value)
+        assert "TORCH_HOME" in str(error.value)
+    finally:
+        torch.hub.set_dir(previous)
