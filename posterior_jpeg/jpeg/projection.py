@@ -218,7 +218,7 @@ def project(
     margin: float = 0.5,
     margin_step: float = 0.5,
     max_rounds: int = 12,
-    float_passes: int = 30,
+    float_passes: int = 300,
     relaxation: float = 1.5,
 ) -> torch.Tensor:
     """Make candidates [N, 3, H, W] (or [3, H, W]) in [0, 1] consistent with `jpeg` (a JpegFile).

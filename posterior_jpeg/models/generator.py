@@ -243,6 +243,7 @@ class Generator(nn.Module):
         else:
             self.trunk = PlainTrunk(config.features, config.blocks)
         self.conv_out = nn.Conv2d(config.features, channels, 3, padding=1)
+        _init_scaled(self.conv_out, 0.1)  # G starts near the identity: output ~ y plus a small residual
         if config.table_embedding:
             width = config.table_embedding
             self.table_mlp = nn.Sequential(

@@ -1,0 +1,156 @@
+"""Training configuration: OmegaConf structured configs (defaults <- YAML file <- key=value overrides).
+
+Unknown keys and wrong types are errors, so a typo in a config or on the command line stops the run
+before it starts instead of silently training something else.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import PosteriorJpegError
+from .losses import Schedule
+from .models.discriminator import DiscriminatorConfig
+from .models.generator import GeneratorConfig
+
+STAGES = ("mmse", "posterior")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+class ConfigError(PosteriorJpegError, ValueError):
+    """A configuration that cannot be used, with the reason."""
+
+
+@dataclass
+class QualityConfig:
+    """JPEG quality per training crop: "skewed" draws low + (high - low) * u**power (the paper's
+    [5, 50] skewed to low qualities), "uniform" draws integers in [low, high]."""
+
+    kind: str = "skewed"
+    low: int = 5
+    high: int = 50
+    power: float = 2.0
+
+
+@dataclass
+class DataConfig:
+    """train / val: image folders (searched recursively); null trains on synthetic images."""
+
+    train: str | None = None
+    val: str | None = None
+    crop: int = 128
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    modes: list[str] = field(default_factory=lambda: ["4:2:0"])
+    flips: bool = True
+    workers: int = 2
+
+
+@dataclass
+class LossConfig:
+    """Weights of the posterior stage's objective, each a schedule over the run.
+
+    consistency_kind: "pixel" (paper eq. 4) or "dct" (dead zone, 0 inside the intervals).
+    moments_every: every this many steps, moment_images inputs get moment_samples draws each for the
+    first moment (and, with an MMSE model, the second moment). second_moment_kind: "eq7" (the
+    paper) or "std" (maximise per-pixel std, the authors' variant). perceptual needs vgg_weights:
+    a VGG19 state-dict file, null for the torch hub cache, "random" for tests only."""
+
+    adversarial: Schedule = field(default_factory=lambda: Schedule("constant", 1e-3, 1e-3))
+    r1: Schedule = field(default_factory=lambda: Schedule("constant", 1.0, 1.0))
+    r1_every: int = 4
+    consistency: Schedule = field(default_factory=lambda: Schedule("cosine", 0.1, 10.0))
+    consistency_kind: str = "pixel"
+    first_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.1, 0.1))
+    second_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))
+    second_moment_kind: str = "eq7"
+    moments_every: int = 8
+    moment_images: int = 8
+    moment_samples: int = 16
+    perceptual: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))
+    vgg_weights: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    lr: Schedule = field(default_factory=lambda: Schedule("cosine", 1e-4, 1e-7))
+    critic_lr: Schedule = field(default_factory=lambda: Schedule("cosine", 1e-4, 1e-7))
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
+
+
+@dataclass
+class TrainConfig:
+    """One training run. out_dir is the run folder: checkpoints, validation grids, TensorBoard logs.
+
+    stage: "mmse" (L2 regression: the MMSE estimator and regression baseline) or "posterior" (GAN
+    with all penalties). init_from: weights to start G from (e.g. the MMSE run). mmse_model: the
+    frozen MMSE estimator xbar for the second moment. resume: "auto" continues the run in out_dir
+    if it has a checkpoint, a path resumes that checkpoint, null always starts fresh."""
+
+    stage: str = "posterior"
+    out_dir: str = "runs/default"
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accumulation: int = 1
+    mixed_precision: str = "no"
+    device: str = "auto"
+    seed: int = 0
+    ema: float = 0.999
+    channels_last: bool = False
+    compile: bool = False
+    log_every: int = 10
+    val_every: int = 500
+    val_images: int = 4
+    val_quality: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    resume: str | None = "auto"
+    init_from: str | None = None
+    mmse_model: str | None = None
+    progress: bool = True
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    critic: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ConfigError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
+        if self.loss.consistency_kind not in ("pixel", "dct"):
+            raise ConfigError(f"loss.consistency_kind must be 'pixel' or 'dct', got {self.loss.consistency_kind!r}")
+        if self.loss.second_moment_kind not in ("eq7", "std"):
+            raise ConfigError(f"loss.second_moment_kind must be 'eq7' or 'std', got {self.loss.second_moment_kind!r}")
+        if self.loss.moment_images > self.batch_size:
+            raise ConfigError(f"loss.moment_images ({self.loss.moment_images}) exceeds batch_size ({self.batch_size})")
+        if min(self.steps, self.batch_size, self.grad_accumulation, self.log_every, self.val_every,
+               self.checkpoint_every, self.loss.r1_every, self.loss.moments_every) < 1:
+            raise ConfigError("steps, batch_size, grad_accumulation and every *_every must be >= 1")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults <- YAML file <- dotlist overrides (["loss.r1_every=8", ...]) -> a validated TrainConfig."""
+    try:
+        merged = OmegaConf.structured(TrainConfig)
+        if path is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{path or 'config'}: {error}".splitlines()[0]) from None
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except ValueError as error:  # a __post_init__ check of a nested dataclass
+        raise ConfigError(f"{path or 'config'}: {error}") from None
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def from_yaml(text: str) -> TrainConfig:
+    """The config saved beside a checkpoint, read back (unknown keys are still errors)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(text)))

@@ -1,0 +1,325 @@
+"""The training loop: Accelerate for devices, DDP and mixed precision; two stages.
+
+stage "mmse": G learns E[x | y] with an L2 loss (the second moment's xbar, and the regression
+baseline). stage "posterior": G and the critic play the non-saturating GAN with R1, plus the
+consistency penalty through the differentiable codec, the first and second moment penalties and
+optionally the VGG perceptual loss, each weighted by its schedule.
+
+Exact resume: data items are a function of (seed, sample counter), the learning rates and loss
+weights a function of the step, and Accelerate saves models, optimizers and RNG states; so a run
+stopped at step s and resumed reproduces the uninterrupted run.
+"""
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from PIL import Image
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from . import checkpoints, losses
+from .config import TrainConfig, to_yaml
+from .data import QualitySampler, list_images, make_loader
+from .models.discriminator import build_discriminator
+from .models.features import VGGFeatures
+from .models.generator import GeneratorConfig, build_generator, seeded_generators
+from .visualize import contact_sheet, posterior_row
+
+
+def _accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
+    return Accelerator(
+        cpu=cfg.device == "cpu",
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accumulation,
+        log_with="tensorboard",
+        project_dir=str(run_dir),
+    )
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = value
+
+
+@torch.no_grad()
+def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def _to_device(batch: dict, device) -> dict:
+    moved = dict(batch)
+    for key in ("x", "y", "qtables"):
+        moved[key] = batch[key].to(device, non_blocking=True)
+    moved["groups"] = {m: i.to(device) for m, i in batch["groups"].items()}
+    moved["coefficients"] = {m: [c.to(device) for c in cs] for m, cs in batch["coefficients"].items()}
+    return moved
+
+
+def _consistency(cfg: TrainConfig, fake: torch.Tensor, batch: dict) -> torch.Tensor:
+    """The consistency penalty, once per subsampling mode in the batch, weighted by group size."""
+    total = fake.new_zeros(())
+    for mode, index in batch["groups"].items():
+        tables = batch["qtables"][index]
+        if cfg.loss.consistency_kind == "pixel":
+            term = losses.consistency_pixel(fake[index].float(), batch["y"][index], tables, mode)
+        else:
+            term = losses.consistency_dct(fake[index].float(), batch["coefficients"][mode], tables, mode)
+        total = total + term * index.numel() / fake.shape[0]
+    return total
+
+
+class Trainer:
+    """Owns the models, optimizers and state of one run; `run()` trains to cfg.steps."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.out_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator = _accelerator(cfg, self.run_dir)
+        set_seed(cfg.seed)
+        self.generator = build_generator(GeneratorConfig(**vars(cfg.generator)))
+        if cfg.init_from:
+            weights, _ = checkpoints.resolve(cfg.init_from)
+            self.generator.load_state_dict(load_file(str(weights)))
+        self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
+        betas = tuple(cfg.optim.betas)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.optim.lr(0, cfg.steps), betas=betas)
+        posterior = cfg.stage == "posterior"
+        self.critic = build_discriminator(cfg.critic) if posterior else None
+        self.opt_d = (
+            torch.optim.Adam(self.critic.parameters(), lr=cfg.optim.critic_lr(0, cfg.steps), betas=betas)
+            if posterior else None
+        )
+        self.mmse = None
+        if posterior and cfg.mmse_model and cfg.loss.second_moment.start + cfg.loss.second_moment.end > 0:
+            self.mmse, _ = checkpoints.load_generator(cfg.mmse_model, self.accelerator.device)
+            self.mmse.requires_grad_(False)
+        self.vgg = None
+        if posterior and cfg.loss.perceptual.start + cfg.loss.perceptual.end > 0:
+            self.vgg = VGGFeatures(cfg.loss.vgg_weights).to(self.accelerator.device)
+        if cfg.channels_last:
+            self.generator = self.generator.to(memory_format=torch.channels_last)
+        if posterior:
+            self.generator, self.critic, self.opt_g, self.opt_d = self.accelerator.prepare(
+                self.generator, self.critic, self.opt_g, self.opt_d
+            )
+        else:
+            self.generator, self.opt_g = self.accelerator.prepare(self.generator, self.opt_g)
+        self.ema.to(self.accelerator.device)
+        self.accelerator.register_for_checkpointing(self.ema)
+        self.forward_g = torch.compile(self.generator) if cfg.compile else self.generator
+        self.step = 0
+        self.last_logged: dict[str, float] = {}  # the latest gathered losses, as every process saw them
+        self._resume()
+        self.train_files = list_images(cfg.data.train) if cfg.data.train else None
+
+    # ----------------------------------------------------------------------------- state
+    def _resume(self) -> None:
+        cfg = self.cfg
+        if cfg.resume is None:
+            return
+        folder = checkpoints.latest_checkpoint(self.run_dir) if cfg.resume == "auto" else Path(cfg.resume)
+        if folder is None:
+            return
+        if not (folder / "trainer.json").is_file():
+            raise checkpoints.CheckpointError(f"{folder}: not a training checkpoint (no trainer.json)")
+        self.accelerator.load_state(str(folder))
+        self.step = json.loads((folder / "trainer.json").read_text())["step"]
+        self.accelerator.print(f"resumed from {folder} at step {self.step}")
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the checkpoint to a staging folder, then move it into place (never half-written)."""
+        self.accelerator.wait_for_everyone()
+        staging = self.run_dir / "checkpoints" / f".staging_{checkpoints.checkpoint_name(self.step)}"
+        if self.accelerator.is_main_process and staging.exists():
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(staging))
+        final = None
+        if self.accelerator.is_main_process:
+            checkpoints.save_inference_files(staging, self.ema, self.cfg)
+            (staging / "trainer.json").write_text(json.dumps({"step": self.step}))
+            final = checkpoints.publish_checkpoint(staging, self.run_dir, self.step, self.cfg.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    # ----------------------------------------------------------------------------- steps
+    def _weights(self) -> dict[str, float]:
+        loss, total = self.cfg.loss, self.cfg.steps
+        return {name: getattr(loss, name)(self.step, total) for name in
+                ("adversarial", "r1", "consistency", "first_moment", "second_moment", "perceptual")}
+
+    def _mmse_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        with self.accelerator.accumulate(self.generator):
+            with self.accelerator.autocast():
+                prediction = self.forward_g(batch["y"], batch["qtables"])
+            loss = F.mse_loss(prediction.float(), batch["x"])
+            self.accelerator.backward(loss)
+            self.opt_g.step()
+            self.opt_g.zero_grad(set_to_none=True)
+        return {"mse": loss.detach()}
+
+    def _critic_step(self, batch: dict, weights: dict) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        with torch.no_grad(), self.accelerator.autocast():
+            fake = self.accelerator.unwrap_model(self.generator)(batch["y"], batch["qtables"])
+        apply_r1 = self.step % cfg.loss.r1_every == 0 and weights["r1"] > 0
+        real = batch["x"].detach().requires_grad_(apply_r1)
+        condition = batch["y"] if cfg.critic.conditional else None
+        with self.accelerator.autocast():
+            real_logits = self.critic(real, condition)
+            fake_logits = self.critic(fake.float(), condition)
+        loss = losses.adversarial_d(real_logits.float(), fake_logits.float())
+        result = {"d_loss": loss.detach(), "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
+        if apply_r1:  # lazy R1: every r1_every steps, scaled up by r1_every
+            r1 = losses.r1_penalty(real, real_logits.float(), weights["r1"])
+            loss = loss + cfg.loss.r1_every * r1
+            result["r1"] = r1.detach()
+        self.accelerator.backward(loss)
+        self.opt_d.step()
+        self.opt_d.zero_grad(set_to_none=True)
+        return result
+
+    def _generator_step(self, batch: dict, weights: dict) -> dict[str, torch.Tensor]:
+        cfg, loss_cfg = self.cfg, self.cfg.loss
+        n = batch["y"].shape[0]
+        moments = self.step % loss_cfg.moments_every == 0 and (
+            weights["first_moment"] > 0 or (self.mmse is not None and weights["second_moment"] > 0)
+        )
+        y, tables = batch["y"], batch["qtables"]
+        if moments:  # one G call for the batch and the K draws per moment image (DDP wants one forward)
+            p, k = loss_cfg.moment_images, loss_cfg.moment_samples
+            y = torch.cat([y, y[:p].repeat_interleave(k, dim=0)])
+            tables = torch.cat([tables, tables[:p].repeat_interleave(k, dim=0)])
+        with self.accelerator.autocast():
+            output = self.forward_g(y, tables)
+        output = output.float()
+        fake = output[:n]
+        critic = self.accelerator.unwrap_model(self.critic)
+        critic.requires_grad_(False)
+        with self.accelerator.autocast():
+            logits = critic(fake, batch["y"] if cfg.critic.conditional else None)
+        critic.requires_grad_(True)
+        adversarial = losses.adversarial_g(logits.float())
+        consistency = _consistency(cfg, fake, batch)
+        total = weights["adversarial"] * adversarial + weights["consistency"] * consistency
+        result = {"g_adv": adversarial.detach(), "consistency": consistency.detach()}
+        if moments:
+            samples = output[n:].reshape(p, k, *fake.shape[1:])
+            first = losses.first_moment(samples, batch["x"][:p])
+            total = total + weights["first_moment"] * first
+            result["first_moment"] = first.detach()
+            if self.mmse is not None and weights["second_moment"] > 0:
+                if loss_cfg.second_moment_kind == "eq7":
+                    with torch.no_grad():
+                        xbar = self.mmse(batch["y"][:p], batch["qtables"][:p]).float()
+                    second = losses.second_moment(samples, batch["x"][:p], xbar)
+                else:
+                    second = losses.std_maximisation(samples)
+                total = total + weights["second_moment"] * second
+                result["second_moment"] = second.detach()
+        if self.vgg is not None and weights["perceptual"] > 0:
+            perceptual = losses.perceptual(self.vgg, fake, batch["x"])
+            total = total + weights["perceptual"] * perceptual
+            result["perceptual"] = perceptual.detach()
+        self.accelerator.backward(total)
+        self.opt_g.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        result["g_total"] = total.detach()
+        return result
+
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        _set_lr(self.opt_g, cfg.optim.lr(self.step, cfg.steps))
+        if cfg.stage == "mmse":
+            result = self._mmse_step(batch)
+        else:
+            _set_lr(self.opt_d, cfg.optim.critic_lr(self.step, cfg.steps))
+            weights = self._weights()
+            with self.accelerator.accumulate(self.generator, self.critic):
+                result = self._critic_step(batch, weights)
+                result.update(self._generator_step(batch, weights))
+        if self.accelerator.sync_gradients:
+            _update_ema(self.ema, self.accelerator.unwrap_model(self.generator), cfg.ema)
+        return result
+
+    # ----------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validation_grid(self) -> Path:
+        """y | 4 samples | mean | std map for fixed validation crops, from the EMA generator."""
+        cfg = self.cfg
+        files = list_images(cfg.data.val) if cfg.data.val else self.train_files
+        loader = make_loader(
+            files, cfg.data.crop, QualitySampler("uniform", cfg.val_quality, cfg.val_quality), ("4:2:0",),
+            seed=cfg.seed + 1, batch_size=cfg.val_images, length=cfg.val_images,
+        )
+        batch = next(iter(loader))
+        rows = []
+        for i in range(batch["y"].shape[0]):
+            y = batch["y"][i : i + 1].to(self.accelerator.device)
+            tables = batch["qtables"][i : i + 1].to(self.accelerator.device)
+            samples = self.ema(y.expand(4, -1, -1, -1), tables.expand(4, -1, -1, -1),
+                               seeded_generators([0, 1, 2, 3], self.accelerator.device)).clamp(0, 1)
+            rows.append(posterior_row(y[0], samples))
+        path = self.run_dir / "val" / f"{checkpoints.checkpoint_name(self.step)}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(contact_sheet(rows)).save(path)
+        return path
+
+    # ----------------------------------------------------------------------------- loop
+    def run(self) -> Path:
+        cfg, accelerator = self.cfg, self.accelerator
+        if accelerator.is_main_process:
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        accelerator.init_trackers("logs", config={"stage": cfg.stage, "steps": cfg.steps})
+        world = accelerator.num_processes
+        per_step = cfg.batch_size * cfg.grad_accumulation
+        loader = make_loader(
+            self.train_files, cfg.data.crop,
+            QualitySampler(cfg.data.quality.kind, cfg.data.quality.low, cfg.data.quality.high, cfg.data.quality.power),
+            tuple(cfg.data.modes), seed=cfg.seed, batch_size=cfg.batch_size,
+            start_counter=self.step * per_step * world, rank=accelerator.process_index, world_size=world,
+            workers=cfg.data.workers, flips=cfg.data.flips,
+        )
+        batches = iter(loader)
+        progress = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.stage}",
+                        disable=not (cfg.progress and accelerator.is_main_process))
+        metrics_path = self.run_dir / "metrics.jsonl"
+        started = time.perf_counter()
+        while self.step < cfg.steps:
+            for _ in range(cfg.grad_accumulation):
+                result = self.train_step(_to_device(next(batches), accelerator.device))
+            self.step += 1
+            progress.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                gathered = {k: accelerator.reduce(v.float().reshape(1), "mean").item() for k, v in sorted(result.items())}
+                gathered["lr"] = self.opt_g.param_groups[0]["lr"]
+                self.last_logged = gathered
+                accelerator.log(gathered, step=self.step)
+                progress.set_postfix({k: f"{v:.3g}" for k, v in gathered.items() if k != "lr"})
+                if accelerator.is_main_process:
+                    record = {"step": self.step, "seconds": time.perf_counter() - started, **gathered}
+                    with metrics_path.open("a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+            if accelerator.is_main_process and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+                self.validation_grid()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        progress.close()
+        accelerator.end_training()
+        return self.run_dir
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) the run described by cfg; returns the run folder."""
+    return Trainer(cfg).run()
