@@ -3,6 +3,7 @@
 from .errors import ImageTooLargeError, InvalidJpegError, PosteriorJpegError, UnsupportedJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import project
+from .sampling import Sampler
 from . import metrics
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "metrics",
     "project",
     "read_jpeg",
+    "Sampler",
 ]
 __version__ = "0.1.0"
