@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import sample_cli
 from .errors import PosteriorJpegError
 from .jpeg.file import read_jpeg
 from .jpeg.projection import project
@@ -84,6 +85,18 @@ def _project(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from .evaluate import run_command
+
+    return run_command(args.config, args.overrides, program="posterior-jpeg eval")
+
+
+def _sweep(args) -> int:
+    from .sweep import run_command
+
+    return run_command(args.config, args.overrides, program="posterior-jpeg sweep")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="posterior-jpeg",
@@ -107,6 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     proj.add_argument("-o", "--output", required=True, help="where to write the projected PNG")
     proj.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     proj.set_defaults(run=_project)
+    evaluation = commands.add_parser(
+        "eval",
+        help="FID, consistency, PSNR, LPIPS and diversity of decoders (CSV, JSON, markdown)",
+        description="Evaluate checkpoints and baselines on test images at each quality and subsampling "
+        "(same as python -m posterior_jpeg.evaluate). Runs under torchrun / accelerate launch too.",
+    )
+    evaluation.add_argument("--config", help="YAML config (configs/eval.yaml)")
+    evaluation.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, dotted keys")
+    evaluation.set_defaults(run=_eval)
+    sweep = commands.add_parser(
+        "sweep",
+        help="perception-consistency sweep over lambda_C: FID vs consistency plot and table",
+        description="Train (or take) one model per lambda_C value or schedule, evaluate each, and plot FID "
+        "against consistency RMSE (same as python -m posterior_jpeg.sweep). Resumable.",
+    )
+    sweep.add_argument("--config", help="YAML config (configs/sweep_consistency.yaml)")
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, dotted keys")
+    sweep.set_defaults(run=_sweep)
+    sample_cli.configure(commands.add_parser("sample", help="decode JPEG files into posterior samples (PNGs)"))
     return parser
 
 

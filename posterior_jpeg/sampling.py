@@ -1,15 +1,30 @@
-"""Sampler: several posterior reconstructions of a JPEG file, each exactly consistent with it."""
+"""Sampler: several posterior reconstructions of a JPEG file, each exactly consistent with it.
 
+Big images run through G in overlapping tiles (memory follows the tile, not the image) that are
+blended with linear ramps and projected onto the file as a whole afterwards. The noise z is keyed
+to positions: the map drawn before a given layer at a given trunk cell depends only on the
+sample's seed, the layer and the cell's place in the whole image. So a seed gives the same sample
+whatever the batch size, and tiled and untiled runs differ only where a tile's edge cuts G's
+receptive field (near the seams, where the blending ramps hide it).
+"""
+
+from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
+from typing import Iterator
 
 import torch
 
 from . import checkpoints
 from .jpeg.file import JpegFile
 from .jpeg.projection import project as project_onto
-from .models.generator import Generator, seeded_generators
+from .models.generator import PAD_MULTIPLE, UNSHUFFLE, Generator
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 32
+
+_MASK32 = 0xFFFFFFFF
 
 
 def _device(name: str) -> torch.device:
@@ -24,18 +39,147 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-class Sampler:
-    """Draws samples G(z_seed, y, q) for a JpegFile and projects them onto it."""
+def _mul32(values: torch.Tensor, constant: int) -> torch.Tensor:
+    """values * constant mod 2**32 on int64 tensors of 32-bit values, in 16-bit halves so that no
+    intermediate overflows int64 (signed overflow is not something to rely on)."""
+    low = values * (constant & 0xFFFF)
+    high = ((values * (constant >> 16)) & 0xFFFF) << 16
+    return (low + high) & _MASK32
 
-    def __init__(self, generator: Generator, source: str, device="cpu", dtype=torch.float32, batch_size: int = 4):
+
+def _mix32(values: torch.Tensor) -> torch.Tensor:
+    """The 32-bit finaliser of MurmurHash3: every input bit flips about half of the output bits."""
+    values = values & _MASK32
+    values = values ^ (values >> 16)
+    values = _mul32(values, 0x85EBCA6B)
+    values = values ^ (values >> 13)
+    values = _mul32(values, 0xC2B2AE35)
+    return values ^ (values >> 16)
+
+
+def _seed_keys(seeds: list[int]) -> torch.Tensor:
+    """One 32-bit key per seed, from both halves of the seed taken modulo 2**64."""
+    words = torch.tensor([[(s % 2**64) & _MASK32, (s % 2**64) >> 32] for s in seeds], dtype=torch.int64)
+    return _mix32(_mix32(words[:, 1]) ^ words[:, 0])
+
+
+def normal_from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes -> N(0, 1) through the inverse normal CDF of a uniform in (0, 1) made from the
+    top 23 bits: k + 0.5 stays exact in float32 below 2**23, so the uniform never rounds to 0 or 1
+    (which would give an infinite value)."""
+    uniform = ((bits >> 9).float() + 0.5) / 2.0**23
+    return torch.special.ndtri(uniform)
+
+
+class PositionalNoise:
+    """A noise source for G (like NoiseSource): N(0, 1) maps keyed by (seed, map, cell).
+
+    The trunk asks for its maps in a fixed order; the k-th request of sample i at trunk cell (r, c)
+    of a tile whose corner sits at trunk cell (top, left) of the image gets the value
+    hash(seed_i, k, top + r, left + c), made normal through the inverse normal CDF. The corner is
+    kept as tensors so that torch.compile does not specialise on it (one graph for every tile)."""
+
+    def __init__(self, seeds: list[int], top: int = 0, left: int = 0, device=None):
+        self.keys = _seed_keys(seeds).to(device)
+        self.top = torch.tensor(top, device=device)
+        self.left = torch.tensor(left, device=device)
+        self.calls = 0
+
+    def like(self, features: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = features.shape
+        if n != len(self.keys):
+            raise ValueError(f"noise for {len(self.keys)} samples requested for a batch of {n}")
+        device = features.device
+        layer = _mix32(self.keys ^ _mix32(torch.full_like(self.keys, self.calls)))
+        self.calls += 1
+        rows = torch.arange(height, device=device) + self.top
+        cols = torch.arange(width, device=device) + self.left
+        row_keys = _mix32(layer[:, None] ^ _mix32(rows)[None, :])
+        bits = _mix32(row_keys[:, :, None] ^ cols[None, None, :])
+        return normal_from_bits(bits).unsqueeze(1).to(features.dtype)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def tile_spans(length: int, tile: int | None, overlap: int) -> list[tuple[int, int]]:
+    """(start, end) of the tiles along one axis: the fewest tiles of at most `tile` pixels whose
+    neighbours share at least `overlap`, all of one length (a multiple of 16) and spread evenly,
+    starting on multiples of 16; the last one ends at the edge (G pads it, as it pads a whole image)."""
+    if not tile or length <= tile:
+        return [(0, length)]
+    count = _ceil_div(length - overlap, tile - overlap)
+    size = PAD_MULTIPLE * _ceil_div(_ceil_div(length + (count - 1) * overlap, count), PAD_MULTIPLE)
+    last = _ceil_div(length - size, PAD_MULTIPLE)  # the last start, in 16-pixel units
+    starts = [PAD_MULTIPLE * (i * last // (count - 1)) for i in range(count)]
+    return [(start, min(start + size, length)) for start in starts]
+
+
+def _ramp(start: int, end: int, length: int, overlap: int) -> torch.Tensor:
+    """Blending weights of one tile along one axis: 1 inside, rising linearly over `overlap`
+    pixels from an edge shared with another tile (never at the image's own edges)."""
+    weights = torch.ones(end - start)
+    if overlap == 0:
+        return weights
+    rise = (torch.arange(overlap) + 0.5) / overlap  # tiles are longer than the overlap (tile_spans)
+    if start > 0:
+        weights[:overlap] = torch.minimum(weights[:overlap], rise)
+    if end < length:
+        weights[-overlap:] = torch.minimum(weights[-overlap:], rise.flip(0))
+    return weights
+
+
+@dataclass
+class Sample:
+    """One posterior sample: its seed, the image [3, H, W] in [0, 1] on the CPU, and the seconds it
+    took (its share of its batch's generator pass and projection)."""
+
+    seed: int
+    image: torch.Tensor
+    seconds: float
+
+
+class Sampler:
+    """Draws samples G(z_seed, y, q) for a JpegFile and projects them onto it.
+
+    tile: run G on tiles of at most tile x tile pixels (a multiple of 16), None or 0 for the whole
+    image at once; overlap: pixels shared by neighbouring tiles (a multiple of 16, at most tile / 2)."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        source: str,
+        device="cpu",
+        dtype=torch.float32,
+        batch_size: int = 4,
+        tile: int | None = DEFAULT_TILE,
+        overlap: int = DEFAULT_OVERLAP,
+    ):
+        if overlap < 0 or overlap % PAD_MULTIPLE:
+            raise ValueError(f"tile overlap must be a non-negative multiple of {PAD_MULTIPLE}, got {overlap}")
+        if tile and (tile % PAD_MULTIPLE or tile < max(2 * overlap, PAD_MULTIPLE)):
+            raise ValueError(
+                f"tile must be a multiple of {PAD_MULTIPLE} and at least {max(2 * overlap, PAD_MULTIPLE)}, got {tile}"
+            )
         self.generator = generator.to(device).eval()
         self.source = source
         self.device = torch.device(device)
         self.dtype = dtype
         self.batch_size = batch_size
+        self.tile = tile or None
+        self.overlap = overlap
 
     @classmethod
-    def from_checkpoint(cls, path=None, device: str = "auto", dtype: str = "auto", batch_size: int = 4) -> "Sampler":
+    def from_checkpoint(
+        cls,
+        path=None,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 4,
+        tile: int | None = DEFAULT_TILE,
+        overlap: int = DEFAULT_OVERLAP,
+    ) -> "Sampler":
         """path: a run folder (its latest checkpoint), a checkpoint folder, a weights file, or None for
         the model bundled with the package."""
         if path is None:
@@ -47,22 +191,60 @@ class Sampler:
             path = DEFAULT_MODEL
         chosen = _device(device)
         generator, _ = checkpoints.load_generator(path, chosen)
-        return cls(generator, str(path), chosen, _dtype(dtype, chosen), batch_size)
+        return cls(generator, str(path), chosen, _dtype(dtype, chosen), batch_size, tile, overlap)
 
-    @torch.no_grad()
     def sample(self, jpeg: JpegFile, n: int = 8, seed: int = 0, project: bool = True) -> torch.Tensor:
         """[n, 3, H, W] in [0, 1] on the CPU: sample i uses seed + i, whatever the batch size.
 
         The input y is the file decoded from its coefficients, on the 8-bit grid as in training."""
+        return torch.stack([s.image for s in self.samples(jpeg, n, seed, project)])
+
+    @torch.no_grad()
+    def samples(self, jpeg: JpegFile, n: int = 8, seed: int = 0, project: bool = True) -> Iterator[Sample]:
+        """The samples of `sample` one at a time, a batch as soon as it is ready: a caller can write
+        each out without holding all n."""
         y = (jpeg.decode(device=self.device) * 255).round() / 255
         tables = jpeg.qtable_tensor(self.device)
-        outputs = []
         for start in range(0, n, self.batch_size):
             seeds = list(range(seed + start, seed + min(n, start + self.batch_size)))
-            count = len(seeds)
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                batch = self.generator(y.expand(count, -1, -1, -1), tables.expand(count, -1, -1, -1),
-                                       seeded_generators(seeds, "cpu"))
-            outputs.append(batch.float().clamp(0, 1).cpu())
-        samples = torch.cat(outputs)
-        return project_onto(samples, jpeg) if project else samples
+            began = perf_counter()
+            batch = self.generate(y, tables, seeds)
+            if project:
+                batch = project_onto(batch, jpeg)
+            share = (perf_counter() - began) / len(seeds)
+            for index, image in zip(seeds, batch):
+                yield Sample(index, image, share)
+
+    @torch.no_grad()
+    def generate(self, y: torch.Tensor, tables: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """G on y [3, H, W] for each seed, tile by tile (row by row, in a fixed order), blended:
+        [len(seeds), 3, H, W] in [0, 1] on the CPU, not projected."""
+        height, width = y.shape[-2:]
+        rows = tile_spans(height, self.tile, self.overlap)
+        cols = tile_spans(width, self.tile, self.overlap)
+        if len(rows) == len(cols) == 1:
+            return self._run(y, tables, seeds, 0, 0).clamp(0, 1)
+        total = torch.zeros(len(seeds), 3, height, width)
+        weight = torch.zeros(height, width)
+        for top, bottom in rows:
+            for left, right in cols:
+                ramp = _ramp(top, bottom, height, self.overlap)[:, None] * _ramp(left, right, width, self.overlap)
+                out = self._run(y[:, top:bottom, left:right], tables, seeds, top, left)
+                total[:, :, top:bottom, left:right] += out * ramp
+                weight[top:bottom, left:right] += ramp
+        return (total / weight).clamp(0, 1)
+
+    def _run(self, y: torch.Tensor, tables: torch.Tensor, seeds: list[int], top: int, left: int) -> torch.Tensor:
+        """G on one tile whose corner is pixel (top, left) of the image, with that place's noise;
+        float32 on the CPU."""
+        noise = PositionalNoise(seeds, top // UNSHUFFLE, left // UNSHUFFLE, self.device)
+        count = len(seeds)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = self.generator(y.expand(count, -1, -1, -1), tables.expand(count, -1, -1, -1), noise)
+        return out.float().cpu()
+
+    def compile(self) -> "Sampler":
+        """torch.compile G's trunk, the bulk of the work. The first run at each tile shape compiles,
+        which takes a while."""
+        self.generator.trunk.forward = torch.compile(self.generator.trunk.forward)
+        return self

@@ -12,26 +12,15 @@ interact, so the work runs on a batch of MCU tiles and each tile leaves the batc
 the cost follows the hard parts of the image, not its size.
 """
 
+import functools
 import math
 
 import torch
 
 from . import sampling
-from .codec import component_tables, encode, plane_blocks
+from .codec import component_tables, encode
 from .color import YCC_OFFSET, rgb_to_ycbcr, ycbcr_to_rgb, ycc_to_rgb_rows
-from .dct import BLOCK, dct_blocks, idct_blocks, unblockify
-
-
-def fold_padding(padded: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Least-squares pull-back of a change made to an edge-replicated plane: each replica's change
-    is averaged into the real row/column it copies, then the padding is cut off."""
-    if padded.shape[2] > width:
-        last = padded[:, :, width - 1 :].mean(dim=2, keepdim=True)
-        padded = torch.cat([padded[:, :, : width - 1], last], dim=2)
-    if padded.shape[1] > height:
-        last = padded[:, height - 1 :].mean(dim=1, keepdim=True)
-        padded = torch.cat([padded[:, : height - 1], last], dim=1)
-    return padded
+from .dct import BLOCK, dct_matrix, unblockify
 
 
 class Intervals:
@@ -47,33 +36,50 @@ class Intervals:
     def subset(self, index: torch.Tensor) -> "Intervals":
         return Intervals([c[index] for c in self.coefficients], [t[index] for t in self.tables], self.mode, self.size)
 
-    def centres(self, c: int) -> torch.Tensor:
-        return self.coefficients[c].float() * self.tables[c]
+    def bounds(self, margins: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per component, (low, high) of the un-shifted DCT in plane layout [K, 8 hb, 8 wb]: each
+        interval shrunk by its margin (DCT units; half the step pins the centre), DC moved by the
+        level shift (a block's DC of samples s is the DC of s - 128 plus 1024), so that a pass
+        needs neither the shift nor a reshuffle into blocks."""
+        result = []
+        for stored, table, margin in zip(self.coefficients, self.tables, margins):
+            centre = stored.float() * table
+            centre[..., 0, 0] += 128.0 * BLOCK
+            reach = (0.5 * table - margin).clamp(min=0.0)
+            result.append((unblockify(centre - reach), unblockify(centre + reach)))
+        return result
+
+
+@functools.lru_cache(maxsize=None)
+def _block_diagonal_dct(blocks: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The DCT of `blocks` consecutive 8-sample runs as one matrix: tile-sized planes transform with
+    two small matmuls, no reshuffling into blocks."""
+    return torch.block_diag(*[dct_matrix(dtype, device)] * blocks)
 
 
 def interval_projection(
-    ycc: torch.Tensor, intervals: Intervals, margins: list[torch.Tensor]
+    ycc: torch.Tensor, mode: str, bounds: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Orthogonal projection of [K, 3, H, W] YCbCr onto the intervals, each shrunk by its own margin
-    (DCT units, shaped like the coefficients; half the step pins the centre).
+    """Orthogonal projection of [K, 3, H, W] YCbCr tiles onto the intervals (`Intervals.bounds`).
 
     Chroma is changed by spreading its block-domain change over the pixels it averages (the
-    least-squares inverse of the averaging). Returns the projection and, per image, how far (DCT
+    least-squares inverse of the averaging). Returns the projection and, per tile, how far (DCT
     units) the input lay outside its intervals."""
-    height, width = intervals.size
+    height, width = ycc.shape[-2:]
     planes = list(ycc.unbind(1))
-    outside = torch.zeros(ycc.shape[0], device=ycc.device)
-    for c in range(len(intervals.coefficients)):
-        factors = sampling.component_factors(intervals.mode, c)
+    outside = torch.zeros(ycc.shape[0], dtype=ycc.dtype, device=ycc.device)
+    for c, (low, high) in enumerate(bounds):
+        factors = sampling.component_factors(mode, c)
         plane = sampling.downsample(planes[c], factors, libjpeg_rounding=False)
-        dct = dct_blocks(plane_blocks(plane) - 128.0)
-        centre = intervals.centres(c)
-        reach = (0.5 * intervals.tables[c] - margins[c]).clamp(min=0.0)
-        change = torch.maximum(torch.minimum(dct, centre + reach), centre - reach) - dct
+        padded = sampling.pad_replicate(plane, *low.shape[1:])
+        rows = _block_diagonal_dct(low.shape[1] // BLOCK, ycc.dtype, ycc.device)
+        cols = _block_diagonal_dct(low.shape[2] // BLOCK, ycc.dtype, ycc.device)
+        dct = rows @ padded @ cols.T
+        change = dct.clamp(low, high) - dct
         outside = torch.maximum(outside, change.abs().flatten(1).amax(1))
-        delta = fold_padding(unblockify(idct_blocks(change)), *plane.shape[1:])
-        planes[c] = planes[c] + sampling.spread(delta, factors, height, width)
-    if intervals.mode == sampling.GRAY:
+        delta = sampling.fold_padding(rows.T @ change @ cols, *plane.shape[1:])
+        planes[c] = planes[c] + sampling.fold_padding(sampling.spread(delta, factors), height, width)
+    if mode == sampling.GRAY:
         planes[1:] = [torch.full_like(planes[0], 128.0)] * 2
     return torch.stack(planes, dim=1), outside
 
@@ -167,6 +173,9 @@ def dithered_round(images: torch.Tensor) -> torch.Tensor:
     return torch.floor(images + 1.0 - threshold).clamp(0.0, 255.0)
 
 
+_STALL_WINDOW = 25  # passes between checks that a tile is still converging
+
+
 def _failures(images_8bit: torch.Tensor, intervals: Intervals) -> torch.Tensor:
     """Per image, how many coefficients of its libjpeg re-encode differ from the stored ones."""
     return sum(f.flatten(1).sum(1) for f in inconsistent_coefficients(images_8bit, intervals))
@@ -186,18 +195,27 @@ def _solve(tiles: torch.Tensor, intervals: Intervals, settings: dict) -> torch.T
         if active.numel() == 0:
             break
         target = intervals.subset(active)
-        own_margins = [m[active] for m in margins]
         ycc = rgb_to_ycbcr(state[active])
+        # alternate the projections; a tile leaves the working set once its intervals hold, or once
+        # it stops getting closer (margins can leave no room inside the RGB cube)
         moving = torch.arange(active.numel(), device=tiles.device)
-        for _ in range(settings["float_passes"]):
-            current = ycc[moving]
-            projected, outside = interval_projection(
-                current, target.subset(moving), [m[moving] for m in own_margins]
-            )
-            ycc[moving] = current + settings["relaxation"] * (gamut_projection(projected) - current)
-            moving = moving[outside >= 1e-3]
+        work, bounds = ycc, target.bounds([m[active] for m in margins])
+        earlier = None
+        for index in range(settings["float_passes"]):
+            projected, outside = interval_projection(work, target.mode, bounds)
+            work = work + settings["relaxation"] * (gamut_projection(projected) - work)
+            keep = outside >= 1e-3
+            if index % _STALL_WINDOW == 0:
+                if earlier is not None:
+                    keep &= outside < 0.8 * earlier
+                earlier = outside
+            if not keep.all():
+                ycc[moving[~keep]] = work[~keep]
+                moving, work, earlier = moving[keep], work[keep], earlier[keep]
+                bounds = [(lo[keep], hi[keep]) for lo, hi in bounds]
             if moving.numel() == 0:
                 break
+        ycc[moving] = work
         rounded = ycbcr_to_rgb(ycc).clamp(0.0, 255.0)
         rounded = dithered_round(rounded) if round_index else rounded.round()
         state[active] = rounded

@@ -60,16 +60,18 @@ def _round_bias(out_h: int, out_w: int, factors: tuple[int, int], like: torch.Te
 
 
 def downsample(plane: torch.Tensor, factors: tuple[int, int], libjpeg_rounding: bool) -> torch.Tensor:
-    """Average factor-sized cells of [N, H, W] (edges replicated to whole cells).
+    """Average factor-sized cells of [N, H, W] as libjpeg does: the image is first extended (last
+    column repeated) to whole blocks of output columns, and (last row repeated) to whole cells of
+    rows. So the output is [N, ceil(H / fv), 8 * ceil(ceil(W / fh) / 8)]; its extra columns average
+    the repeated last pixel column, which is not a repeat of the last output column.
 
     With libjpeg_rounding, the forward value is libjpeg's integer result (inputs must be integral)
     and the gradient is that of the plain average (straight-through)."""
     if factors == (1, 1):
         return plane
     n, h, w = plane.shape
-    out_h, out_w = math.ceil(h / factors[0]), math.ceil(w / factors[1])
-    if libjpeg_rounding:  # libjpeg averages across the replicated right edge up to whole blocks
-        out_w = BLOCK * math.ceil(out_w / BLOCK)
+    out_h = math.ceil(h / factors[0])
+    out_w = BLOCK * math.ceil(math.ceil(w / factors[1]) / BLOCK)
     padded = pad_replicate(plane, out_h * factors[0], out_w * factors[1])
     cells = padded.reshape(n, out_h, factors[0], out_w, factors[1])
     mean = cells.mean(dim=(2, 4))
@@ -102,8 +104,21 @@ def upsample(plane: torch.Tensor, factors: tuple[int, int], height: int, width: 
     return plane[:, :height, :width]
 
 
-def spread(plane: torch.Tensor, factors: tuple[int, int], height: int, width: int) -> torch.Tensor:
-    """Repeat each sample over its cell: the least-squares inverse of `downsample`'s average."""
-    if factors != (1, 1):
-        plane = plane.repeat_interleave(factors[0], dim=1).repeat_interleave(factors[1], dim=2)
-    return plane[:, :height, :width]
+def spread(plane: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
+    """Repeat each sample over its cell: the least-squares inverse of `downsample`'s average (on the
+    extended image; `fold_padding` then takes the extension back)."""
+    if factors == (1, 1):
+        return plane
+    return plane.repeat_interleave(factors[0], dim=1).repeat_interleave(factors[1], dim=2)
+
+
+def fold_padding(padded: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Least-squares pull-back of a change made to an edge-replicated plane: each replica's change
+    is averaged into the real row/column it copies, then the padding is cut off."""
+    if padded.shape[2] > width:
+        last = padded[:, :, width - 1 :].mean(dim=2, keepdim=True)
+        padded = torch.cat([padded[:, :, : width - 1], last], dim=2)
+    if padded.shape[1] > height:
+        last = padded[:, height - 1 :].mean(dim=1, keepdim=True)
+        padded = torch.cat([padded[:, : height - 1], last], dim=1)
+    return padded

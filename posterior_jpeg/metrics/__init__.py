@@ -1,5 +1,23 @@
-"""Measurements: consistency with a file (more metrics join here: FID, LPIPS, PSNR, diversity)."""
+"""Measurements: consistency with a file, FID, LPIPS, PSNR and the diversity of posterior samples."""
 
 from .consistency import Agreement, coefficient_agreement, consistency_rmse, reencode
+from .diversity import mean_pairwise_lpips, per_pixel_std
+from .fid import GaussianStats, InceptionFeatures, frechet_distance
+from .perceptual import LPIPS
+from .psnr import luma, psnr, psnr_y
 
-__all__ = ["Agreement", "coefficient_agreement", "consistency_rmse", "reencode"]
+__all__ = [
+    "Agreement",
+    "GaussianStats",
+    "InceptionFeatures",
+    "LPIPS",
+    "coefficient_agreement",
+    "consistency_rmse",
+    "frechet_distance",
+    "luma",
+    "mean_pairwise_lpips",
+    "per_pixel_std",
+    "psnr",
+    "psnr_y",
+    "reencode",
+]

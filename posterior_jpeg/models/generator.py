@@ -228,7 +228,8 @@ class Generator(nn.Module):
     """G(z, y, q). forward(y [N, 3, H, W] in [0, 1], qtables, generator) -> [N, 3, H, W].
 
     qtables: see `normalise_tables`. generator: the noise z, see `NoiseSource`; pass
-    `seeded_generators(seeds)` so that sample i is reproducible from seeds[i] alone.
+    `seeded_generators(seeds)` so that sample i is reproducible from seeds[i] alone, or any object
+    with NoiseSource's `like(features)` method (the sampler's position-keyed noise).
     Any H, W: the input is padded (edges repeated) to a multiple of 16 and the output cropped back.
     The output is y plus a residual and is not clamped: losses and the critic see G's raw output;
     whoever saves images clamps and quantizes."""
@@ -275,6 +276,7 @@ class Generator(nn.Module):
         padded = F.pad(y, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else y
         features = self.conv_in(F.pixel_unshuffle(2.0 * padded - 1.0, UNSHUFFLE))
         film = self.modulations(qtables, n, features)
-        features = self.trunk(features, NoiseSource(n, generator), film)
+        noise = generator if hasattr(generator, "like") else NoiseSource(n, generator)
+        features = self.trunk(features, noise, film)
         residual = F.pixel_shuffle(self.conv_out(F.leaky_relu(features, 0.2)), UNSHUFFLE)
         return (padded + residual)[:, :, :height, :width]

@@ -1,0 +1,617 @@
+"""Evaluation jobs: FID, consistency, PSNR, LPIPS and diversity of JPEG decoders (the paper's Table 1).
+
+    python -m posterior_jpeg.evaluate --config configs/eval.yaml [key=value ...]
+    posterior-jpeg eval --config configs/eval.yaml [key=value ...]
+    torchrun --nproc_per_node 8 -m posterior_jpeg.evaluate --config ...     (or accelerate launch)
+
+Per setting (each quality x subsampling applied to clean test images, or a folder of real JPEG files
+as stored) the methods are: the libjpeg decode ("jpeg"), an MMSE model ("mmse"), and per checkpoint
+posterior samples unprojected ("ours"), projected onto the file ("ours_p") and the mean of K samples
+("ours_a"). Every output is rounded to 8 bits (what a user saves) before it is measured.
+
+Seeds: the sample of test image i in FID repeat r uses seed + i * SEED_STRIDE + r, so each repeat
+draws one fresh sample per image; Ours-A and the diversity metrics use the K samples of seeds
+seed + i * SEED_STRIDE + 0..K-1; the MMSE model (same architecture, noise inputs included) is run
+once with seed + i * SEED_STRIDE. Nothing depends on how images are split across processes.
+
+Many processes: image i goes to process i mod N; Inception features and per-image measurements are
+gathered before any statistic, so the numbers equal a single process's (up to float rounding of
+differently composed Inception batches).
+"""
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoints import resolve, write_atomically
+from .config import ConfigError
+from .data import WRITABLE_MODES, list_images
+from .errors import PosteriorJpegError
+from .jpeg.file import JpegFile, read_jpeg
+from .jpeg.projection import project
+from .metrics import (
+    LPIPS,
+    GaussianStats,
+    InceptionFeatures,
+    coefficient_agreement,
+    consistency_rmse,
+    frechet_distance,
+    mean_pairwise_lpips,
+    per_pixel_std,
+    psnr,
+    psnr_y,
+)
+from .metrics.fid import RANDOM, statistics_key
+from .sampling import Sampler
+
+METHODS = ("jpeg", "mmse", "ours", "ours_p", "ours_a")
+LABELS = {"jpeg": "JPEG (libjpeg)", "mmse": "MMSE", "ours": "Ours", "ours_p": "Ours-P", "ours_a": "Ours-A"}
+POSTERIOR_METHODS = ("ours", "ours_p", "ours_a")
+DEFAULT_METHODS = ("jpeg", "ours", "ours_p", "ours_a")
+SEED_STRIDE = 100_000
+METRICS = ("consistency_rmse", "coefficient_agreement", "psnr_rgb", "psnr_y", "lpips", "pixel_std", "pairwise_lpips")
+COLUMNS = ("checkpoint", "quality", "subsampling", "method", "images", "fid", "fid_std", "fid_repeats", *METRICS)
+
+
+@dataclass
+class EvalData:
+    """ground_truth: a folder of clean images, compressed here at every quality and subsampling.
+    jpegs: instead, a folder of real JPEG files, evaluated as stored (no ground truth: no PSNR, no
+    LPIPS, and FID only with fid_reference). fid_reference: a folder of real images, or FID statistics
+    (.npz, ours or pytorch-fid's), for FID; null: the ground-truth images. crop: "full" (as is),
+    "mod16" (centre crop down to a multiple of 16, whole 4:2:0 MCUs) or a number N (short side resized
+    to N, bicubic, then a centre N x N crop); it applies to ground-truth and reference images. limit:
+    use only the first N test images (sorted paths)."""
+
+    ground_truth: str | None = None
+    jpegs: str | None = None
+    fid_reference: str | None = None
+    crop: str = "mod16"
+    limit: int | None = None
+
+
+@dataclass
+class FeatureWeights:
+    """Pretrained feature networks, never downloaded: a file path, null for torch's hub cache, or
+    "random" (tests and demos only: the numbers are then NOT comparable to anything)."""
+
+    inception: str | None = None
+    lpips: str | None = None
+    lpips_net: str = "alex"
+    batch_size: int = 32
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation job; see configs/eval.yaml for every key."""
+
+    checkpoints: list[str] = field(default_factory=list)
+    mmse_checkpoint: str | None = None
+    data: EvalData = field(default_factory=EvalData)
+    qualities: list[int] = field(default_factory=lambda: [10])
+    subsamplings: list[str] = field(default_factory=lambda: ["4:2:0"])
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    repeats: int = 8
+    samples: int = 8
+    seed: int = 0
+    features: FeatureWeights = field(default_factory=FeatureWeights)
+    fid_cache: str = "~/.cache/posterior-jpeg/fid"
+    out_dir: str = "runs/eval"
+    device: str = "auto"
+    dtype: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        data = self.data
+        if (data.ground_truth is None) == (data.jpegs is None):
+            raise ConfigError("set exactly one of data.ground_truth (clean images) and data.jpegs (real JPEG files)")
+        if data.crop not in ("full", "mod16") and not (data.crop.isdigit() and int(data.crop) > 0):
+            raise ConfigError(f"data.crop must be 'full', 'mod16' or a positive size, got {data.crop!r}")
+        if data.limit is not None and data.limit < 1:
+            raise ConfigError(f"data.limit must be positive or null, got {data.limit}")
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods must be distinct names from {', '.join(METHODS)}, got {self.methods}")
+        if "mmse" in self.methods and not self.mmse_checkpoint:
+            raise ConfigError("method 'mmse' needs mmse_checkpoint (a run folder of stage=mmse)")
+        if set(self.methods) & set(POSTERIOR_METHODS) and not self.checkpoints:
+            raise ConfigError("methods ours / ours_p / ours_a need at least one entry in checkpoints")
+        if not self.qualities or any(not 1 <= q <= 100 for q in self.qualities):
+            raise ConfigError(f"qualities must be a non-empty list of 1..100, got {self.qualities}")
+        if not self.subsamplings or set(self.subsamplings) - set(WRITABLE_MODES):
+            raise ConfigError(f"subsamplings must be a non-empty selection of {WRITABLE_MODES}, got {self.subsamplings}")
+        if not 1 <= self.repeats < SEED_STRIDE or not 2 <= self.samples < SEED_STRIDE:
+            raise ConfigError(f"need 1 <= repeats and 2 <= samples, both < {SEED_STRIDE}")
+        if self.device not in ("auto", "cpu", "cuda") or self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError("device must be auto, cpu or cuda; dtype auto, fp32, bf16 or fp16")
+        if self.features.batch_size < 1:
+            raise ConfigError("features.batch_size must be >= 1")
+
+
+def load_eval_config(path: str | Path | None = None, overrides: list[str] = ()) -> EvalConfig:
+    """Defaults <- YAML file <- dotlist overrides -> a validated EvalConfig (unknown keys are errors)."""
+    try:
+        merged = OmegaConf.structured(EvalConfig)
+        if path is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{path or 'config'}: {error}".splitlines()[0]) from None
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except ValueError as error:  # a __post_init__ check
+        raise ConfigError(f"{path or 'config'}: {error}") from None
+
+
+class ImageError(PosteriorJpegError):
+    """A test or reference image that cannot be read or is too small for the crop."""
+
+
+def load_image(path: Path, crop: str) -> np.ndarray:
+    """uint8 [H, W, 3] RGB of an image file after the crop policy (see EvalData)."""
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{path}: cannot read image ({error})") from None
+    width, height = image.size
+    if crop == "mod16":
+        new_w, new_h = width // 16 * 16, height // 16 * 16
+        if min(new_w, new_h) == 0:
+            raise ImageError(f"{path}: {width}x{height} is smaller than one 16x16 MCU")
+        left, top = (width - new_w) // 2, (height - new_h) // 2
+        image = image.crop((left, top, left + new_w, top + new_h))
+    elif crop != "full":
+        size = int(crop)
+        if min(width, height) != size:
+            scale = size / min(width, height)
+            image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
+            width, height = image.size
+        left, top = (width - size) // 2, (height - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    return np.array(image)
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255
+
+
+def to_8bit(images: torch.Tensor) -> torch.Tensor:
+    return (images.clamp(0, 1) * 255).round() / 255
+
+
+def libjpeg_decode(data: bytes) -> torch.Tensor:
+    """[3, H, W] in [0, 1]: libjpeg's own decode of the file (through Pillow), in stored orientation."""
+    with Image.open(io.BytesIO(data)) as image:
+        return to_tensor(np.array(image.convert("RGB")))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A JPEG setting: (quality, subsampling) applied to ground truth, or (None, None): files as stored."""
+
+    quality: int | None
+    subsampling: str | None
+
+    @property
+    def label(self) -> str:
+        return "as stored" if self.quality is None else f"QF {self.quality}, {self.subsampling}"
+
+
+@dataclass
+class Item:
+    index: int
+    ground_truth: torch.Tensor | None  # [1, 3, H, W]
+    jpeg: JpegFile
+    decoded: torch.Tensor  # [1, 3, H, W], libjpeg's decode
+
+
+class TestSet:
+    """The test images under one setting, addressed by index (every process sees the same list)."""
+
+    def __init__(self, data: EvalData, setting: Setting):
+        if data.jpegs is not None:
+            self.root = Path(data.jpegs)
+            self.files = [p for p in list_images(self.root) if p.suffix.lower() in (".jpg", ".jpeg")]
+            if not self.files:
+                raise ImageError(f"{self.root}: no .jpg / .jpeg files")
+        else:
+            self.root = Path(data.ground_truth)
+            self.files = list_images(self.root)
+        self.files = self.files[: data.limit]
+        self.crop = data.crop
+        self.setting = setting
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def item(self, index: int) -> Item:
+        path = self.files[index]
+        if self.setting.quality is None:
+            data = path.read_bytes()
+            return Item(index, None, read_jpeg(data), libjpeg_decode(data)[None])
+        pixels = load_image(path, self.crop)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=self.setting.quality,
+                                     subsampling=self.setting.subsampling)
+        data = buffer.getvalue()
+        return Item(index, to_tensor(pixels)[None], read_jpeg(data), libjpeg_decode(data)[None])
+
+
+def repeat_summary(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, sample std) of repeated FIDs, as the paper reports them; std is None for one value."""
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+class Tally:
+    """Per-image measurements on this process, as (method key, metric, image index, value) records."""
+
+    def __init__(self):
+        self.records: list[tuple[str, str, int, float]] = []
+
+    def add(self, key: str, metric: str, index: int, value: float) -> None:
+        self.records.append((key, metric, index, float(value)))
+
+
+def summarize(records: list[tuple[str, str, int, float]]) -> dict[str, dict[str, float]]:
+    """Gathered records -> per method key: each metric's mean over images of the per-image mean over
+    repeats; coefficient agreement from the summed coefficient counts; and the image count."""
+    grouped: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for key, metric, index, value in sorted(records):
+        grouped[key, metric][index].append(value)
+    summary: dict[str, dict[str, float]] = defaultdict(dict)
+    for (key, metric), per_image in grouped.items():
+        if metric in ("differing_coefficients", "total_coefficients"):
+            summary[key][metric] = float(sum(sum(v) for v in per_image.values()))
+        else:
+            summary[key][metric] = float(np.mean([np.mean(v) for _, v in sorted(per_image.items())]))
+        if metric == "consistency_rmse":
+            summary[key]["images"] = len(per_image)
+    for values in summary.values():
+        if values.get("total_coefficients"):
+            values["coefficient_agreement"] = 1.0 - values.pop("differing_coefficients") / values.pop("total_coefficients")
+    return summary
+
+
+class FeatureBatches:
+    """Collects (method key, image index, [1, 3, H, W] image) and runs Inception a batch at a time."""
+
+    def __init__(self, inception: InceptionFeatures, batch_size: int):
+        self.inception = inception
+        self.batch_size = batch_size
+        self.pending: list[tuple[str, int, torch.Tensor]] = []
+        self.done: list[tuple[str, int, np.ndarray]] = []
+
+    def add(self, key: str, index: int, image: torch.Tensor) -> None:
+        self.pending.append((key, index, image))
+        if len(self.pending) >= self.batch_size:
+            self._run()
+
+    def _run(self) -> None:
+        features = self.inception([image[0] for _, _, image in self.pending])
+        self.done += [(key, index, feature.numpy()) for (key, index, _), feature in zip(self.pending, features)]
+        self.pending = []
+
+    def finish(self) -> list[tuple[str, int, np.ndarray]]:
+        if self.pending:
+            self._run()
+        return self.done
+
+
+def method_key(checkpoint: str | None, method: str) -> str:
+    return f"{checkpoint}\t{method}" if checkpoint else f"\t{method}"
+
+
+class Evaluation:
+    """Runs an EvalConfig: reference statistics, then every setting's passes over the test images."""
+
+    def __init__(self, cfg: EvalConfig):
+        self.cfg = cfg
+        self.state = PartialState(cpu=cfg.device == "cpu")
+        # Accelerate names a CPU process's device "cpu:N", which safetensors refuses
+        self.device = torch.device("cpu") if self.state.device.type == "cpu" else self.state.device
+        self.rank, self.world = self.state.process_index, self.state.num_processes
+        has_truth = cfg.data.ground_truth is not None
+        self.inception = None
+        if has_truth or cfg.data.fid_reference is not None:
+            self.inception = InceptionFeatures(cfg.features.inception).to(self.device)
+        posterior = bool(set(cfg.methods) & set(POSTERIOR_METHODS))
+        self.lpips = LPIPS(cfg.features.lpips, cfg.features.lpips_net).to(self.device) if has_truth or posterior else None
+        self.checkpoints = self._labels(cfg.checkpoints) if posterior else {}
+        self.samplers = {label: Sampler.from_checkpoint(path, device=str(self.device), dtype=cfg.dtype)
+                         for label, path in self.checkpoints.items()}
+        self.mmse = (Sampler.from_checkpoint(cfg.mmse_checkpoint, device=str(self.device), dtype=cfg.dtype)
+                     if "mmse" in cfg.methods else None)
+        self.skipped: dict[str, str] = {}
+        self.reference_note = "none (no ground truth and no data.fid_reference): FID not computed"
+
+    @staticmethod
+    def _labels(paths: list[str]) -> dict[str, str]:
+        """Short row labels for checkpoints: the folder name, or the whole path where names repeat."""
+        names = [Path(p).name for p in paths]
+        return {(name if names.count(name) == 1 else p): p for name, p in zip(names, paths)}
+
+    # ------------------------------------------------------------------ features across processes
+    def _gathered_statistics(self, features: list[tuple[str, int, np.ndarray]]) -> dict[str, GaussianStats | None]:
+        """Every process's features, in image order, -> statistics per method key (None under 2 images)."""
+        by_key: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
+        for key, index, feature in gather_object(features):
+            by_key[key].append((index, feature))
+        return {key: GaussianStats.from_features(np.stack([f for _, f in sorted(rows, key=lambda r: r[0])]))
+                if len(rows) >= 2 else None for key, rows in by_key.items()}
+
+    def _progress(self, indices: range, description: str):
+        return tqdm(indices, desc=description, leave=False, disable=not (self.cfg.progress and self.state.is_main_process))
+
+    # ------------------------------------------------------------------ reference statistics
+    def reference_statistics(self) -> GaussianStats | None:
+        """FID statistics of the real images: from a given .npz, from the cache, or computed (and cached)."""
+        cfg = self.cfg
+        source = cfg.data.fid_reference or cfg.data.ground_truth
+        if source is None:
+            return None
+        if source.endswith(".npz"):
+            stats = GaussianStats.load(source)
+            self.reference_note = f"{source} (given statistics, {stats.count or 'unknown'} images)"
+            return stats
+        root = Path(source)
+        files = list_images(root)
+        if cfg.data.fid_reference is None:
+            files = files[: cfg.data.limit]
+        key = statistics_key(root, files, self.inception.identity, {"crop": cfg.data.crop})
+        cache = Path(cfg.fid_cache).expanduser() / f"{key}.npz"
+        if cache.is_file():
+            stats = GaussianStats.load(cache)
+            self.reference_note = f"{source} ({stats.count} images, crop {cfg.data.crop}; cached statistics {cache})"
+            return stats
+        batches = FeatureBatches(self.inception, cfg.features.batch_size)
+        mine = range(self.rank, len(files), self.world)
+        for index in self._progress(mine, "FID reference"):
+            try:
+                batches.add("reference", index, to_tensor(load_image(files[index], cfg.data.crop))[None])
+            except ImageError as error:
+                self.skipped[str(files[index])] = str(error)
+        stats = self._gathered_statistics(batches.finish()).get("reference")
+        if stats is None:
+            raise ImageError(f"{source}: FID needs at least 2 readable reference images")
+        if self.state.is_main_process:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            stats.save(cache)
+        self.reference_note = f"{source} ({stats.count} images, crop {cfg.data.crop}; statistics computed, cached at {cache})"
+        return stats
+
+    # ------------------------------------------------------------------ one pass over the test images
+    def _measure(self, key: str, image: torch.Tensor, item: Item, tally: Tally) -> None:
+        tally.add(key, "consistency_rmse", item.index, consistency_rmse(image, item.jpeg)[0])
+        agreement = coefficient_agreement(image, item.jpeg)
+        tally.add(key, "differing_coefficients", item.index, agreement.differing_coefficients)
+        tally.add(key, "total_coefficients", item.index, agreement.total_coefficients)
+        if item.ground_truth is not None:
+            tally.add(key, "psnr_rgb", item.index, psnr(image, item.ground_truth)[0])
+            tally.add(key, "psnr_y", item.index, psnr_y(image, item.ground_truth)[0])
+            tally.add(key, "lpips", item.index, self.lpips(image, item.ground_truth)[0])
+
+    def _pass(self, test_set: TestSet, description: str, outputs, tally: Tally) -> dict[str, GaussianStats | None]:
+        """Run outputs(item, tally) -> {method key: [1, 3, H, W] 8-bit image} over this process's share
+        of the test images, measure each output, and return gathered FID statistics per method key."""
+        batches = FeatureBatches(self.inception, self.cfg.features.batch_size) if self.inception is not None else None
+        for index in self._progress(range(self.rank, len(test_set), self.world), description):
+            try:
+                item = test_set.item(index)
+            except PosteriorJpegError as error:
+                self.skipped[str(test_set.files[index])] = str(error)
+                continue
+            for key, image in outputs(item, tally).items():
+                self._measure(key, image, item, tally)
+                if batches is not None:
+                    batches.add(key, index, image)
+        return self._gathered_statistics(batches.finish()) if batches is not None else {}
+
+    def _baseline_outputs(self, item: Item, tally: Tally) -> dict[str, torch.Tensor]:
+        outputs = {}
+        if "jpeg" in self.cfg.methods:
+            outputs[method_key(None, "jpeg")] = item.decoded
+        if self.mmse is not None:
+            seed = self.cfg.seed + item.index * SEED_STRIDE
+            outputs[method_key(None, "mmse")] = to_8bit(self.mmse.sample(item.jpeg, n=1, seed=seed, project=False))
+        return outputs
+
+    def _posterior_outputs(self, label: str, repeat: int):
+        cfg, methods = self.cfg, self.cfg.methods
+        sampler = self.samplers[label]
+
+        def outputs(item: Item, tally: Tally) -> dict[str, torch.Tensor]:
+            first = repeat == 0  # repeat 0 draws all K samples: its sample is the first of them
+            seed = cfg.seed + item.index * SEED_STRIDE + repeat
+            raw = sampler.sample(item.jpeg, n=cfg.samples if first else 1, seed=seed, project=False)
+            result = {}
+            if "ours" in methods:
+                samples = to_8bit(raw)
+                result[method_key(label, "ours")] = samples[:1]
+                if first:
+                    self._diversity(method_key(label, "ours"), samples, item.index, tally)
+            if "ours_p" in methods:
+                projected = project(raw, item.jpeg)
+                result[method_key(label, "ours_p")] = projected[:1]
+                if first:
+                    self._diversity(method_key(label, "ours_p"), projected, item.index, tally)
+            if first and "ours_a" in methods:
+                result[method_key(label, "ours_a")] = to_8bit(raw.mean(dim=0, keepdim=True))
+            return result
+
+        return outputs
+
+    def _diversity(self, key: str, samples: torch.Tensor, index: int, tally: Tally) -> None:
+        tally.add(key, "pixel_std", index, per_pixel_std(samples))
+        tally.add(key, "pairwise_lpips", index, mean_pairwise_lpips(samples, self.lpips))
+
+    # ------------------------------------------------------------------ settings and rows
+    def settings(self) -> list[Setting]:
+        if self.cfg.data.jpegs is not None:
+            return [Setting(None, None)]
+        return [Setting(q, s) for q in self.cfg.qualities for s in self.cfg.subsamplings]
+
+    def evaluate_setting(self, setting: Setting, reference: GaussianStats | None) -> list[dict]:
+        cfg = self.cfg
+        test_set = TestSet(cfg.data, setting)
+        tally = Tally()
+        fids: dict[str, list[float]] = defaultdict(list)
+
+        def collect(statistics: dict[str, GaussianStats | None]) -> None:
+            for key, stats in statistics.items():
+                if reference is not None and stats is not None:
+                    fids[key].append(frechet_distance(reference, stats))
+
+        if set(cfg.methods) & {"jpeg", "mmse"}:
+            collect(self._pass(test_set, f"{setting.label}: baselines", self._baseline_outputs, tally))
+        for label in self.samplers:
+            for repeat in range(cfg.repeats):
+                collect(self._pass(test_set, f"{setting.label}: {label} repeat {repeat + 1}/{cfg.repeats}",
+                                   self._posterior_outputs(label, repeat), tally))
+        summary = summarize(gather_object(tally.records))
+        rows = []
+        for checkpoint, method in [(None, m) for m in ("jpeg", "mmse")] + [
+                (label, m) for label in self.samplers for m in POSTERIOR_METHODS]:
+            key = method_key(checkpoint, method)
+            if method not in cfg.methods or key not in summary:
+                continue
+            fid, fid_std = repeat_summary(fids.get(key, []))
+            values = summary[key]
+            rows.append({
+                "checkpoint": checkpoint or "", "quality": setting.quality, "subsampling": setting.subsampling,
+                "method": LABELS[method], "images": values["images"], "fid": fid, "fid_std": fid_std,
+                "fid_repeats": fids.get(key, []),
+                **{name: values.get(name) for name in METRICS},
+            })
+        return rows
+
+    def header(self, images: int) -> dict:
+        cfg = self.cfg
+        return {
+            "package_version": __version__,
+            "checkpoints": {label: str(resolve(path)[0]) for label, path in self.checkpoints.items()},
+            "mmse_checkpoint": str(resolve(cfg.mmse_checkpoint)[0]) if self.mmse is not None else None,
+            "test_images": f"{images} from {cfg.data.ground_truth or cfg.data.jpegs}"
+                           + (f" (ground truth, crop {cfg.data.crop})" if cfg.data.ground_truth else " (real JPEG files, no ground truth)"),
+            "settings": [s.label for s in self.settings()],
+            "fid_features": self.inception.label if self.inception is not None else None,
+            "fid_reference": self.reference_note,
+            "fid_repeats": f"{cfg.repeats} (one sample per test image each; mean +- sample std)",
+            "lpips": self.lpips.label if self.lpips is not None else None,
+            "samples_per_image": f"{cfg.samples} (Ours-A and diversity)",
+            "seeds": f"image i, repeat r: {cfg.seed} + i * {SEED_STRIDE} + r; Ours-A and diversity: repeats 0..{cfg.samples - 1}",
+            "processes": self.world,
+            "device": str(self.device),
+            "dtype": cfg.dtype,
+            "random_feature_weights": RANDOM in (cfg.features.inception, cfg.features.lpips),
+        }
+
+    def run(self, print_table: bool = True) -> dict:
+        reference = self.reference_statistics()
+        rows = []
+        for setting in self.settings():
+            rows += self.evaluate_setting(setting, reference)
+        skipped = dict(sorted({k: v for part in gather_object([self.skipped]) for k, v in part.items()}.items()))
+        images = sum(str(path) not in skipped for path in TestSet(self.cfg.data, self.settings()[0]).files)
+        results = {"header": self.header(images), "rows": rows, "skipped": skipped}
+        if self.state.is_main_process:
+            write_results(results, Path(self.cfg.out_dir))
+            if print_table:
+                print(markdown(results))
+        self.state.wait_for_everyone()
+        return results
+
+
+def format_cell(value, name: str = "") -> str:
+    """4 significant digits, so real FIDs (~5) and random-weight ones (~0.05) both stay readable;
+    coefficient agreement with 6 decimals, where 0.99997 must not read as 1."""
+    if value is None:
+        return "-"
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.6f}" if name == "coefficient_agreement" else f"{value:.4g}"
+
+
+def markdown(results: dict) -> str:
+    """The results as a markdown table, under a header with the exact settings."""
+    header = results["header"]
+    lines = ["# posterior-jpeg evaluation", ""]
+    if header["random_feature_weights"]:
+        lines += ["**Random feature weights: FID / LPIPS values are NOT comparable to any published number.**", ""]
+    lines += [f"- {name}: {json.dumps(value) if isinstance(value, (dict, list)) else value}"
+              for name, value in header.items() if name != "random_feature_weights"]
+    if results["skipped"]:
+        lines.append(f"- skipped files: {json.dumps(results['skipped'])}")
+    lines += ["", "| checkpoint | QF | subsampling | method | images | FID | consistency RMSE | coef. agreement "
+              "| PSNR | PSNR-Y | LPIPS | per-pixel STD | pairwise LPIPS |", "|" + " --- |" * 13]
+    for row in results["rows"]:
+        fid = format_cell(row["fid"]) + (f" ± {format_cell(row['fid_std'])}" if row["fid_std"] is not None else "")
+        cells = [row["checkpoint"] or "-", format_cell(row["quality"]), row["subsampling"] or "stored", row["method"],
+                 format_cell(row["images"]), fid, *(format_cell(row[name], name) for name in METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict, out_dir: Path) -> None:
+    """results.json, results.csv and results.md in out_dir, each written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(out_dir / "results.json", json.dumps(results, indent=2).encode())
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    for row in results["rows"]:
+        writer.writerow({**row, "fid_repeats": " ".join(f"{v:.6g}" for v in row["fid_repeats"])})
+    write_atomically(out_dir / "results.csv", table.getvalue().encode())
+    write_atomically(out_dir / "results.md", markdown(results).encode())
+
+
+def evaluate(cfg: EvalConfig, print_table: bool = True) -> dict:
+    """Run one evaluation job; every process returns the same results, the main one writes them
+    (and prints the markdown table unless print_table is False)."""
+    return Evaluation(cfg).run(print_table)
+
+
+def run_command(config: str | None, overrides: list[str], program: str = "evaluate") -> int:
+    """The command line's work: exit code 0, 1 (a job error, e.g. missing weights) or 2 (bad config)."""
+    try:
+        cfg = load_eval_config(config, overrides)
+    except ConfigError as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        return 2
+    try:
+        evaluate(cfg)
+    except PosteriorJpegError as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m posterior_jpeg.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (configs/eval.yaml); defaults when omitted")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys")
+    args = parser.parse_args(argv)
+    return run_command(args.config, args.overrides)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

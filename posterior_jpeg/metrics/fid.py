@@ -1,0 +1,217 @@
+"""FID: pytorch-fid's Inception-v3 pool3 features (2048-d) and the Frechet distance of their Gaussians.
+
+The network is pytorch-fid's own `InceptionV3` (the TensorFlow FID port), so numbers are comparable
+with the paper's, which used pytorch-fid. Its weights are never downloaded here: they come from an
+explicit file or from torch's hub cache under the file name pytorch-fid downloads to, and without
+them `MissingWeightsError` says how to supply them. `weights="random"` feeds seeded random weights
+through the same loading code, for tests (such FIDs are NOT comparable to anything).
+
+The distance is computed from a square-root factor of each covariance (see `GaussianStats`), which
+is exact and makes a repeated evaluation against a fixed reference cheap.
+"""
+
+import hashlib
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytorch_fid.inception
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from ..errors import PosteriorJpegError
+from ..models.features import MissingWeightsError
+
+FEATURE_DIM = 2048
+INPUT_SIZE = 299  # pytorch-fid resizes every input to 299x299 (bilinear) inside InceptionV3
+RANDOM = "random"
+RANDOM_LABEL = "random (NOT comparable)"
+# Changes whenever the features of the same images would change (cached statistics depend on it).
+FEATURE_VERSION = "pytorch-fid InceptionV3 pool3 2048-d, 8-bit RGB input, bilinear 299x299, v1"
+
+
+def inception_cache_path() -> Path:
+    """Where pytorch-fid's download lands: <torch.hub.get_dir()>/checkpoints/pt_inception-....pth."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(pytorch_fid.inception.FID_WEIGHTS_URL)
+
+
+def random_state(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """`module`'s state dict after drawing every conv and linear weight N(0, 2 / fan_in) from `seed`
+    (biases 0; norm layers keep their deterministic defaults). Changes `module`: pass a throwaway.
+
+    He initialisation keeps activations at a usable scale through a deep ReLU net (PyTorch's default
+    init shrinks Inception's pool3 features to ~1e-8), and the fixed seed gives every process the
+    same network."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                layer.weight.normal_(0.0, math.sqrt(2.0 / layer.weight[0].numel()), generator=generator)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+    return module.state_dict()
+
+
+def read_state_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file (tensors only: nothing is unpickled)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_inception_state(weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
+    """The FID Inception state dict: None for torch's hub cache, else an explicit file."""
+    path = inception_cache_path() if weights is None else Path(weights)
+    if not path.is_file():
+        name = os.path.basename(pytorch_fid.inception.FID_WEIGHTS_URL)
+        raise MissingWeightsError(
+            f"FID Inception weights not found at {path}. Supply them in one of two ways: (1) put pytorch-fid's "
+            f"{name} (from {pytorch_fid.inception.FID_WEIGHTS_URL}) at {inception_cache_path()} (torch's hub "
+            "cache: set TORCH_HOME to move it; computing any FID with pytorch-fid once on a machine with "
+            "internet fills it); or (2) pass an explicit path to that .pth (or a .safetensors copy) as "
+            "features.inception=PATH. Nothing is downloaded."
+        )
+    return read_state_file(path)
+
+
+def _random_inception_state() -> dict[str, torch.Tensor]:
+    """Random weights with the FID Inception's keys and shapes: pytorch-fid's FID blocks subclass
+    torchvision's with the same parameters, so torchvision's 1008-class Inception has them all."""
+    twin = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    return random_state(twin)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class InceptionFeatures(nn.Module):
+    """images [N, 3, H, W] RGB in [0, 1], any size -> pool3 features [N, 2048] (float64, CPU).
+
+    Inputs are rounded to 8 bits first (what a saved image holds, and what the reference images
+    read from files hold), then each image is resized to 299x299 exactly as pytorch-fid does, so
+    images of different sizes can share a batch without changing their features."""
+
+    def __init__(self, weights: str | os.PathLike | None = None):
+        super().__init__()
+        state = _random_inception_state() if weights == RANDOM else load_inception_state(weights)
+        source = inception_cache_path() if weights is None else weights
+        # pytorch-fid builds its network and then fetches the weights by URL: hand it ours instead.
+        with mock.patch.object(pytorch_fid.inception, "load_state_dict_from_url", lambda *_, **__: state):
+            try:
+                self.net = pytorch_fid.inception.InceptionV3([pytorch_fid.inception.InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]])
+            except RuntimeError as error:
+                raise PosteriorJpegError(f"{source} does not hold pytorch-fid's FID Inception weights: "
+                                         f"{str(error).splitlines()[0]}") from None
+        self.net.eval()
+        self.weights = weights
+        self.label = RANDOM_LABEL if weights == RANDOM else f"pytorch-fid FID Inception ({source})"
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What the features depend on, for cache keys: the weights file's sha256, or the random seed."""
+        if self._identity is None and self.weights == RANDOM:
+            self._identity = "random-he-seed0"
+        elif self._identity is None:
+            path = inception_cache_path() if self.weights is None else Path(self.weights)
+            self._identity = f"sha256:{file_digest(path)}"
+        return self._identity
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        device = next(self.net.parameters()).device
+        batch = []
+        for image in images:
+            image = ((image.float().clamp(0, 1) * 255).round() / 255).to(device)[None]
+            if tuple(image.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):  # pytorch-fid's own resize, per image
+                image = F.interpolate(image, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+            batch.append(image)
+        return self.net(torch.cat(batch))[0].flatten(1).double().cpu()
+
+
+@dataclass
+class GaussianStats:
+    """Mean and covariance of a feature set, with a factor `root` [r, d] such that root.T @ root == sigma.
+
+    The factor makes the Frechet distance's trace term exact and cheap: the eigenvalues of
+    sigma_a @ sigma_b are the squared singular values of root_a @ root_b.T, so
+    tr sqrt(sigma_a sigma_b) = sum of those singular values. From n <= d features the centred
+    features / sqrt(n - 1) are a factor with only n rows; otherwise the symmetric square root (one
+    eigendecomposition, done once for a cached reference)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    root: np.ndarray
+    count: int
+
+    @classmethod
+    def from_features(cls, features) -> "GaussianStats":
+        features = np.asarray(features, dtype=np.float64)
+        count, dim = features.shape
+        if count < 2:
+            raise ValueError(f"FID needs at least 2 images, got {count}")
+        mu = features.mean(axis=0)
+        centred = (features - mu) / math.sqrt(count - 1)
+        sigma = centred.T @ centred
+        root = centred if count <= dim else _symmetric_sqrt(sigma)
+        return cls(mu, sigma, root, count)
+
+    @classmethod
+    def from_moments(cls, mu, sigma, count: int = 0) -> "GaussianStats":
+        sigma = np.asarray(sigma, dtype=np.float64)
+        return cls(np.asarray(mu, dtype=np.float64), sigma, _symmetric_sqrt(sigma), count)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """An .npz that pytorch-fid reads too (mu, sigma), written atomically."""
+        path = Path(path)
+        buffer = io.BytesIO()
+        np.savez(buffer, mu=self.mu, sigma=self.sigma, root=self.root, count=self.count)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_bytes(buffer.getvalue())
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "GaussianStats":
+        """Ours, or pytorch-fid's `--save-stats` files (mu and sigma only)."""
+        with np.load(path) as data:
+            if "root" in data:
+                return cls(data["mu"], data["sigma"], data["root"], int(data["count"]))
+            return cls.from_moments(data["mu"], data["sigma"])
+
+
+def _symmetric_sqrt(sigma: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((sigma + sigma.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
+    """|mu_a - mu_b|^2 + tr(sigma_a + sigma_b - 2 (sigma_a sigma_b)^(1/2)), the FID of two feature sets.
+
+    Clipped at 0: the value is a squared distance, so a negative one is only rounding."""
+    difference = a.mu - b.mu
+    trace_sqrt = np.linalg.svd(a.root @ b.root.T, compute_uv=False).sum()
+    value = difference @ difference + np.trace(a.sigma) + np.trace(b.sigma) - 2.0 * trace_sqrt
+    return float(max(value, 0.0))
+
+
+def statistics_key(root: Path, files: list[Path], feature_identity: str, settings: dict) -> str:
+    """Cache key of reference statistics: the files (paths under root, contents), weights, settings."""
+    digest = hashlib.sha256(json.dumps({"features": FEATURE_VERSION, "weights": feature_identity,
+                                        "settings": settings}, sort_keys=True).encode())
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + file_digest(path).encode() + b"\0")
+    return digest.hexdigest()[:24]

@@ -1,0 +1,13 @@
+"""Decode JPEG files into posterior samples, their mean and an uncertainty map.
+
+    python sample.py INPUT... -n 8 -o OUT --checkpoint RUN_DIR [--mean] [--std] [--grid]
+
+See `python sample.py --help` (the same command is `posterior-jpeg sample`).
+"""
+
+import sys
+
+from posterior_jpeg.sample_cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Evaluation: the Frechet distance, FID behaviour, repeated FIDs, two processes, and the evaluate and
+sweep pipelines end to end on a tiny checkpoint with random feature weights."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torchvision
+from PIL import Image
+
+from posterior_jpeg import evaluate as ev
+from posterior_jpeg import sweep as sw
+from posterior_jpeg.cli import main as cli
+from posterior_jpeg.config import load_config
+from posterior_jpeg.data import synthetic_image
+from posterior_jpeg.errors import PosteriorJpegError
+from posterior_jpeg.metrics import LPIPS, GaussianStats, InceptionFeatures, frechet_distance
+from posterior_jpeg.metrics.fid import random_state
+from posterior_jpeg.metrics.perceptual import BACKBONES
+from posterior_jpeg.models.features import MissingWeightsError
+from posterior_jpeg.sampling import Sampler
+from posterior_jpeg.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these tests run many small convolutions, which two OpenMP threads slow
+    down several times over when another process holds one of a shared machine's two cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------------- Frechet distance
+def _scipy_frechet(mu1, s1, mu2, s2) -> float:
+    """Independent reference: the textbook formula with SciPy's general matrix square root."""
+    return float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
+
+
+def _spd(rng, dim):
+    a = rng.normal(size=(dim, dim))
+    return a @ a.T / dim + 0.1 * np.eye(dim)
+
+
+def test_frechet_distance_matches_closed_form_and_scipy():
+    rng = np.random.default_rng(0)
+    # diagonal covariances: |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2 exactly
+    mu1, mu2 = rng.normal(size=16), rng.normal(size=16)
+    a, b = rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
+    closed = (mu1 - mu2) @ (mu1 - mu2) + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    ours = frechet_distance(GaussianStats.from_moments(mu1, np.diag(a)), GaussianStats.from_moments(mu2, np.diag(b)))
+    assert ours == pytest.approx(closed, rel=1e-10)
+    # full covariances: against SciPy's sqrtm
+    s1, s2 = _spd(rng, 32), _spd(rng, 32)
+    mu1, mu2 = rng.normal(size=32), rng.normal(size=32)
+    ours = frechet_distance(GaussianStats.from_moments(mu1, s1), GaussianStats.from_moments(mu2, s2))
+    assert ours == pytest.approx(_scipy_frechet(mu1, s1, mu2, s2), rel=1e-8)
+    # fewer samples than dimensions (the low-rank factor path) equals the covariance path
+    x, y = rng.normal(size=(20, 64)), rng.normal(size=(25, 64)) * 1.5 + 0.3
+    from_features = frechet_distance(GaussianStats.from_features(x), GaussianStats.from_features(y))
+    from_moments = frechet_distance(GaussianStats.from_moments(x.mean(0), np.cov(x, rowvar=False)),
+                                    GaussianStats.from_moments(y.mean(0), np.cov(y, rowvar=False)))
+    assert from_features == pytest.approx(from_moments, rel=1e-8)
+    # many samples of known Gaussians: the estimate approaches the closed form
+    mu1, mu2, a, b = np.zeros(3), np.array([1.0, 0.0, -0.5]), np.array([1.0, 2.0, 0.5]), np.array([0.5, 2.0, 2.0])
+    x = rng.normal(size=(40000, 3)) * np.sqrt(a) + mu1
+    y = rng.normal(size=(40000, 3)) * np.sqrt(b) + mu2
+    closed = (mu1 - mu2) @ (mu1 - mu2) + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance(GaussianStats.from_features(x), GaussianStats.from_features(y)) == pytest.approx(closed, abs=0.03)
+
+
+def test_statistics_round_trip_and_read_pytorch_fid_files(tmp_path):
+    rng = np.random.default_rng(1)
+    stats = GaussianStats.from_features(rng.normal(size=(10, 8)))
+    stats.save(tmp_path / "ours.npz")
+    np.savez(tmp_path / "pytorch_fid.npz", mu=stats.mu, sigma=stats.sigma)  # what pytorch-fid --save-stats writes
+    other = GaussianStats.from_features(rng.normal(size=(12, 8)) + 1)
+    expected = frechet_distance(stats, other)
+    for name in ("ours.npz", "pytorch_fid.npz"):
+        assert frechet_distance(GaussianStats.load(tmp_path / name), other) == pytest.approx(expected, rel=1e-9)
+
+
+def test_repeat_summary_and_per_image_averaging():
+    mean, std = ev.repeat_summary([4.0, 5.0, 6.0, 9.0])
+    assert mean == 6.0 and std == pytest.approx(np.sqrt(((4 - 6) ** 2 + 1 + 0 + 9) / 3))
+    assert ev.repeat_summary([3.0]) == (3.0, None)
+    records = [("k", "psnr_rgb", 0, 10.0), ("k", "psnr_rgb", 0, 20.0), ("k", "psnr_rgb", 1, 40.0),
+               ("k", "consistency_rmse", 0, 1.0), ("k", "consistency_rmse", 1, 3.0),
+               ("k", "differing_coefficients", 0, 1), ("k", "total_coefficients", 0, 64),
+               ("k", "differing_coefficients", 1, 3), ("k", "total_coefficients", 1, 64)]
+    summary = ev.summarize(records)["k"]
+    assert summary["psnr_rgb"] == 27.5  # per image over repeats (15, 40), then over images
+    assert summary["images"] == 2 and summary["coefficient_agreement"] == 1 - 4 / 128
+
+
+# ----------------------------------------------------------------------------------- feature networks
+@pytest.fixture(scope="module")
+def inception():
+    return InceptionFeatures("random")
+
+
+def _images(count: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.stack([torch.from_numpy(synthetic_image(rng, size)).permute(2, 0, 1).float() / 255 for _ in range(count)])
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(inception):
+    images = _images(4)
+    clean = GaussianStats.from_features(inception(images))
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    fids = [frechet_distance(clean, GaussianStats.from_features(inception((images + s * noise).clamp(0, 1))))
+            for s in (0.05, 0.3)]
+    assert frechet_distance(clean, clean) < 1e-9 * fids[0]
+    assert 0 < fids[0] < fids[1]
+    # an image's features do not depend on the batch it is in, nor on the other images' sizes
+    alone = inception([images[1, :, :16, :24]])
+    mixed = inception([images[0], images[1, :, :16, :24]])
+    assert torch.allclose(alone[0], mixed[1], rtol=1e-5, atol=1e-7)
+
+
+def test_missing_weights_errors_say_how_to_supply_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with pytest.raises(MissingWeightsError) as error:
+        InceptionFeatures()
+    message = str(error.value)
+    assert str(tmp_path / "torch_home") in message and "pt_inception-2015-12-05-6726825d.pth" in message
+    assert "features.inception=PATH" in message and "Nothing is downloaded" in message
+    with pytest.raises(MissingWeightsError, match="alexnet-owt-7be5be79.pth.*features.lpips=PATH"):
+        LPIPS()
+    with pytest.raises(MissingWeightsError, match="nowhere.pth"):
+        InceptionFeatures(tmp_path / "nowhere.pth")
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(PosteriorJpegError, match="does not hold"):
+        InceptionFeatures(tmp_path / "wrong.pth")
+    with pytest.raises(PosteriorJpegError, match="does not hold"):
+        LPIPS(tmp_path / "wrong.pth")
+
+
+def test_explicit_weights_files_load_through_the_same_code(tmp_path, inception):
+    twin = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    torch.save(random_state(twin), tmp_path / "inception.pth")
+    from_file = InceptionFeatures(tmp_path / "inception.pth")
+    images = _images(2)
+    assert torch.equal(from_file(images[:1]), inception(images[:1]))
+    torch.save(random_state(BACKBONES["alex"][0](weights=None)), tmp_path / "alexnet.pth")  # a full state dict
+    assert torch.equal(LPIPS(tmp_path / "alexnet.pth")(images[:1], images[1:]), LPIPS("random")(images[:1], images[1:]))
+
+
+# ----------------------------------------------------------------------------------- pipelines
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny trained checkpoint, three 32-pixel ground-truth images and a shared FID cache."""
+    root = tmp_path_factory.mktemp("evaluation")
+    truth = root / "truth"
+    truth.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        Image.fromarray(synthetic_image(rng, 32)).save(truth / f"image_{i}.png")
+    run = train(load_config(ROOT / "configs" / "tiny.yaml", [
+        f"out_dir={root / 'tiny'}", "progress=false", "device=cpu", "steps=2", "checkpoint_every=2",
+        "val_every=1000", "log_every=1"]))
+    return {"root": root, "truth": truth, "run": run, "cache": root / "fid_cache"}
+
+
+def _eval_overrides(ws, out_dir, *extra) -> list[str]:
+    return [f"checkpoints=[{ws['run']}]", f"mmse_checkpoint={ws['run']}", "methods=[jpeg,mmse,ours,ours_p,ours_a]",
+            f"data.ground_truth={ws['truth']}", "repeats=2", "samples=2", "features.inception=random",
+            "features.lpips=random", f"fid_cache={ws['cache']}", f"out_dir={out_dir}", "device=cpu",
+            "progress=false", *extra]
+
+
+@pytest.fixture(scope="module")
+def single_process(workspace):
+    out_dir = workspace["root"] / "single"
+    code = cli(["eval", "--config", str(ROOT / "configs" / "eval.yaml"), *_eval_overrides(workspace, out_dir)])
+    assert code == 0
+    return json.loads((out_dir / "results.json").read_text()), out_dir
+
+
+def test_evaluate_end_to_end(single_process, workspace, inception):
+    results, out_dir = single_process
+    assert {p.name for p in out_dir.iterdir()} >= {"results.json", "results.csv", "results.md"}
+    rows = {row["method"]: row for row in results["rows"]}
+    assert list(rows) == ["JPEG (libjpeg)", "MMSE", "Ours", "Ours-P", "Ours-A"]
+    assert all(row["images"] == 3 and row["fid"] > 0 for row in rows.values())
+    ours = rows["Ours"]
+    assert len(ours["fid_repeats"]) == 2 and ours["fid_repeats"][0] != ours["fid_repeats"][1]
+    assert (ours["fid"], ours["fid_std"]) == pytest.approx(ev.repeat_summary(ours["fid_repeats"]))
+    assert rows["Ours-P"]["consistency_rmse"] == 0.0 and rows["Ours-P"]["coefficient_agreement"] == 1.0
+    assert ours["consistency_rmse"] > 0 and ours["pixel_std"] > 0 and ours["pairwise_lpips"] > 0
+    assert rows["MMSE"]["pixel_std"] is None and rows["Ours-A"]["fid_std"] is None
+    table = (out_dir / "results.md").read_text()
+    assert "NOT comparable" in table and "| Ours-P |" in table and "3 from" in table
+
+    # repeat 1 recomputed by hand: one sample per image with seed i * SEED_STRIDE + 1, against the cached reference
+    (cached,) = workspace["cache"].glob("*.npz")
+    sampler = Sampler.from_checkpoint(workspace["run"], device="cpu", dtype="fp32")
+    test_set = ev.TestSet(ev.load_eval_config(None, _eval_overrides(workspace, "x")).data, ev.Setting(10, "4:2:0"))
+    features = []
+    for i in range(len(test_set)):
+        jpeg = test_set.item(i).jpeg
+        features.append(inception(ev.to_8bit(sampler.sample(jpeg, n=1, seed=i * ev.SEED_STRIDE + 1, project=False))))
+    by_hand = frechet_distance(GaussianStats.load(cached), GaussianStats.from_features(torch.cat(features)))
+    assert ours["fid_repeats"][1] == pytest.approx(by_hand, rel=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_give_the_same_results_as_one(single_process, workspace):
+    """torchrun with 2 CPU processes (Accelerate's state picks up the gloo process group)."""
+    out_dir = workspace["root"] / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), "-m", "posterior_jpeg.evaluate",
+               "--config", str(ROOT / "configs" / "eval.yaml"), *_eval_overrides(workspace, out_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.loads((out_dir / "results.json").read_text())
+    one = single_process[0]
+    assert two["header"]["processes"] == 2 and one["header"]["processes"] == 1
+    assert len(two["rows"]) == len(one["rows"])
+    for a, b in zip(one["rows"], two["rows"]):
+        assert a["method"] == b["method"] and a["images"] == b["images"]
+        assert b["fid_repeats"] == pytest.approx(a["fid_repeats"], rel=1e-5)
+        for metric in ev.METRICS:
+            assert b[metric] == pytest.approx(a[metric], rel=1e-6), (a["method"], metric)
+
+
+def test_real_jpeg_folder_without_ground_truth_and_a_bad_file(workspace, pillow_jpeg, natural_rgb):
+    folder = workspace["root"] / "jpegs"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"photo_{i}.jpg").write_bytes(pillow_jpeg(natural_rgb(32, 48, seed=i), quality=20))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    cfg = ev.load_eval_config(ROOT / "configs" / "eval.yaml", [
+        f"checkpoints=[{workspace['run']}]", "methods=[jpeg,ours,ours_p]", f"data.jpegs={folder}", "repeats=1",
+        "samples=2", "features.lpips=random", f"out_dir={workspace['root'] / 'jpegs_out'}", "device=cpu", "progress=false"])
+    results = ev.evaluate(cfg)  # no FID reference: Inception is not even built
+    assert list(results["skipped"]) == [str(folder / "broken.jpg")]
+    rows = {row["method"]: row for row in results["rows"]}
+    assert all(r["images"] == 2 and r["fid"] is None and r["psnr_rgb"] is None for r in rows.values())
+    assert rows["Ours-P"]["consistency_rmse"] == 0.0 and rows["Ours"]["pixel_std"] > 0
+    assert rows["JPEG (libjpeg)"]["subsampling"] is None
+
+
+def test_cli_reports_config_and_weights_errors(workspace, tmp_path, monkeypatch, capsys):
+    config = str(ROOT / "configs" / "eval.yaml")
+    assert cli(["eval", "--config", config, "repeatz=2"]) == 2
+    assert "repeatz" in capsys.readouterr().err
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    overrides = [f"checkpoints=[{workspace['run']}]", f"data.ground_truth={workspace['truth']}", f"out_dir={tmp_path}/o"]
+    assert cli(["eval", "--config", config, *overrides]) == 1
+    assert "FID Inception weights not found" in capsys.readouterr().err
+
+
+def test_sweep_end_to_end_and_resume(workspace, monkeypatch):
+    out_dir = workspace["root"] / "sweep"
+    overrides = [
+        f"out_dir={out_dir}", f"train_config={ROOT / 'configs' / 'tiny.yaml'}",
+        "train_overrides=[steps=2,checkpoint_every=2,val_every=1000,progress=false,device=cpu]",
+        "lambda_values=[5]", f"points=[{{name: given, checkpoint: '{workspace['run']}'}}]",
+        f"eval.data.ground_truth={workspace['truth']}", "eval.data.crop=mod16", "eval.qualities=[10]",
+        "eval.methods=[jpeg,ours]", "eval.repeats=1", "eval.samples=2", "eval.features.inception=random",
+        "eval.features.lpips=random", f"eval.fid_cache={workspace['cache']}", "eval.device=cpu", "eval.progress=false"]
+    cfg = sw.load_sweep_config(ROOT / "configs" / "sweep_consistency.yaml", overrides)
+    result = sw.run_sweep(cfg)
+    assert [(r["point"], r["method"]) for r in result["rows"]] == [
+        ("JPEG (libjpeg)", "JPEG (libjpeg)"), ("lambda_C=5", "Ours"), ("given", "Ours")]
+    assert result["rows"][1]["lambda_c"] == "5" and all(r["fid"] > 0 for r in result["rows"])
+    (plot,) = result["plots"]
+    assert Path(plot).stat().st_size > 10_000 and Image.open(plot).size[0] > 500
+    assert "lambda_C=5" in (out_dir / "sweep.md").read_text() and (out_dir / "sweep.csv").is_file()
+    trained = load_config(out_dir / "runs" / "lambda_C=5" / "config.yaml")
+    assert (trained.loss.consistency.start, trained.loss.consistency.end) == (5.0, 5.0)
+
+    def forbidden(*_, **__):
+        raise AssertionError("a finished point was recomputed")
+
+    monkeypatch.setattr(sw, "train", forbidden)
+    monkeypatch.setattr(sw, "evaluate", forbidden)
+    again = sw.run_sweep(cfg)
+    assert again["rows"] == result["rows"]
+    changed = sw.load_sweep_config(ROOT / "configs" / "sweep_consistency.yaml", [*overrides, "eval.seed=1"])
+    with pytest.raises(AssertionError, match="recomputed"):  # other eval settings: evaluated again
+        sw.run_sweep(changed)
