@@ -4,13 +4,14 @@ import argparse
 import json
 import os
 import sys
-import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from . import sample_cli
+from .sample_cli import write_png
 from .errors import PosteriorJpegError
 from .jpeg.file import read_jpeg
 from .jpeg.projection import project
@@ -40,18 +41,6 @@ def _info(args) -> int:
     return 1 if failed else 0
 
 
-def _save_png_atomically(array: np.ndarray, path: str, icc_profile: bytes | None) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(handle)
-    try:
-        Image.fromarray(array).save(temporary, format="PNG", icc_profile=icc_profile)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def _project(args) -> int:
     try:
         jf = read_jpeg(args.jpeg)
@@ -74,7 +63,7 @@ def _project(args) -> int:
     projected = project(candidate, jf)
     after = coefficient_agreement(projected, jf)
     pixels = (projected * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    _save_png_atomically(pixels, args.output, jf.icc_profile)
+    write_png(pixels, Path(args.output), jf.icc_profile)
     print(json.dumps({
         "output": args.output,
         "coefficient_agreement_before": before.coefficients,

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from time import perf_counter
 
@@ -204,13 +203,12 @@ def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
 def write_png(array: np.ndarray, path: Path, icc_profile: bytes | None) -> None:
     """Write uint8 [H, W, 3] under a hidden temporary name in the same folder and rename it when
     complete: `path` is never seen half-written, and no temporary outlives an error or Ctrl-C."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created with the usual permissions
     try:
         Image.fromarray(array).save(temporary, format="PNG", icc_profile=icc_profile)
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        temporary.unlink(missing_ok=True)
         raise
 
 
