@@ -131,10 +131,11 @@ class TrainConfig:
             raise ConfigError("steps, batch_size, grad_accumulation and every *_every must be >= 1")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Defaults <- YAML file <- dotlist overrides (["loss.r1_every=8", ...]) -> a validated TrainConfig."""
+def load_structured(schema, path: str | Path | None = None, overrides: list[str] = ()):
+    """Defaults of the dataclass `schema` <- YAML file <- dotlist overrides -> a validated instance.
+    Unknown keys, wrong types and failed checks become one-line ConfigErrors."""
     try:
-        merged = OmegaConf.structured(TrainConfig)
+        merged = OmegaConf.structured(schema)
         if path is not None:
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
@@ -145,6 +146,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         raise ConfigError(f"{path}: config file not found") from None
     except ValueError as error:  # a __post_init__ check of a nested dataclass
         raise ConfigError(f"{path or 'config'}: {error}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults <- YAML file <- dotlist overrides (["loss.r1_every=8", ...]) -> a validated TrainConfig."""
+    return load_structured(TrainConfig, path, overrides)
 
 
 def to_yaml(config: TrainConfig) -> str:

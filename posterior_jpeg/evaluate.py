@@ -32,14 +32,12 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoints import resolve, write_atomically
-from .config import ConfigError
+from .config import ConfigError, load_structured
 from .data import WRITABLE_MODES, list_images
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
@@ -145,18 +143,7 @@ class EvalConfig:
 
 def load_eval_config(path: str | Path | None = None, overrides: list[str] = ()) -> EvalConfig:
     """Defaults <- YAML file <- dotlist overrides -> a validated EvalConfig (unknown keys are errors)."""
-    try:
-        merged = OmegaConf.structured(EvalConfig)
-        if path is not None:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"{path or 'config'}: {error}".splitlines()[0]) from None
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except ValueError as error:  # a __post_init__ check
-        raise ConfigError(f"{path or 'config'}: {error}") from None
+    return load_structured(EvalConfig, path, overrides)
 
 
 class ImageError(PosteriorJpegError):

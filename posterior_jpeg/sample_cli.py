@@ -4,7 +4,6 @@ samples, their mean and an uncertainty map out as PNGs, with a manifest of what 
 import argparse
 import dataclasses
 import glob
-import hashlib
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import checkpoints
+from .metrics.fid import file_digest
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import project
@@ -212,14 +212,6 @@ def write_png(array: np.ndarray, path: Path, icc_profile: bytes | None) -> None:
         raise
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class FileFailed(Exception):
     """One input could not be sampled; the message is the line to print."""
 
@@ -269,7 +261,7 @@ def sample_file(job: Job, path: Path, advance=lambda: None) -> None:
     if existing and not args.overwrite:
         also = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise FileFailed(f"{path}: {existing[0]} exists{also}; pass --overwrite to replace")
-    input_sha256 = sha256_of(path)
+    input_sha256 = file_digest(path)
     summaries = args.mean or args.std or args.grid
     samples = []  # kept (8-bit) only for the summaries
     for sample in job.sampler.samples(jf, args.samples, args.seed, project=not args.no_project):
@@ -328,7 +320,7 @@ def _prepare(args) -> Job:
         weights, _ = checkpoints.resolve(sampler.source)
     except PosteriorJpegError as error:
         raise CannotStart(str(error)) from None
-    return Job(sampler, args, out, sha256_of(weights), dataclasses.asdict(sampler.generator.config))
+    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(sampler.generator.config))
 
 
 def _sample_all(args) -> int:

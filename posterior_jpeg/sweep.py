@@ -29,7 +29,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import checkpoints
-from .config import ConfigError, TrainConfig, load_config
+from .config import ConfigError, TrainConfig, load_config, load_structured
 from .errors import PosteriorJpegError
 from .evaluate import DEFAULT_METHODS, POSTERIOR_METHODS, EvalConfig, format_cell, evaluate
 from .losses import Schedule
@@ -122,18 +122,7 @@ def validate(cfg: SweepConfig) -> None:
 
 
 def load_sweep_config(path: str | Path | None = None, overrides: list[str] = ()) -> SweepConfig:
-    try:
-        merged = OmegaConf.structured(SweepConfig)
-        if path is not None:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"{path or 'config'}: {error}".splitlines()[0]) from None
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except ValueError as error:  # Schedule's own check
-        raise ConfigError(f"{path or 'config'}: {error}") from None
+    cfg = load_structured(SweepConfig, path, overrides)
     validate(cfg)
     return cfg
 

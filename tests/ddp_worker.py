@@ -5,8 +5,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from posterior_jpeg.config import load_config
 from posterior_jpeg.training import Trainer
 
