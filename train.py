@@ -11,28 +11,19 @@ what `sample.py --checkpoint` takes. Re-running the same command resumes the run
 import argparse
 import sys
 
-from posterior_jpeg.config import ConfigError, load_config
-from posterior_jpeg.errors import PosteriorJpegError
+from posterior_jpeg.config import add_config_arguments, load_config, run_with_config
 from posterior_jpeg.training import train
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (configs/*.yaml); defaults when omitted")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys")
+    add_config_arguments(parser, "configs/*.yaml")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as error:
-        print(f"train.py: {error}", file=sys.stderr)
-        return 2
-    try:
-        run_dir = train(cfg)
-    except PosteriorJpegError as error:
-        print(f"train.py: {error}", file=sys.stderr)
-        return 1
-    print(f"run folder: {run_dir}")
-    return 0
+
+    def train_and_report(cfg) -> None:
+        print(f"run folder: {train(cfg)}")
+
+    return run_with_config("train.py", load_config, train_and_report, args.config, args.overrides)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from PIL import Image
 
 from . import sample_cli
 from .sample_cli import write_png
+from .config import add_config_arguments
 from .errors import PosteriorJpegError
 from .jpeg.file import read_jpeg
 from .jpeg.projection import project
@@ -115,8 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate checkpoints and baselines on test images at each quality and subsampling "
         "(same as python -m posterior_jpeg.evaluate). Runs under torchrun / accelerate launch too.",
     )
-    evaluation.add_argument("--config", help="YAML config (configs/eval.yaml)")
-    evaluation.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, dotted keys")
+    add_config_arguments(evaluation, "configs/eval.yaml")
     evaluation.set_defaults(run=_eval)
     sweep = commands.add_parser(
         "sweep",
@@ -124,8 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train (or take) one model per lambda_C value or schedule, evaluate each, and plot FID "
         "against consistency RMSE (same as python -m posterior_jpeg.sweep). Resumable.",
     )
-    sweep.add_argument("--config", help="YAML config (configs/sweep_consistency.yaml)")
-    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, dotted keys")
+    add_config_arguments(sweep, "configs/sweep_consistency.yaml")
     sweep.set_defaults(run=_sweep)
     sample_cli.configure(commands.add_parser("sample", help="decode JPEG files into posterior samples (PNGs)"))
     return parser

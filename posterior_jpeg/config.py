@@ -4,6 +4,7 @@ Unknown keys and wrong types are errors, so a typo in a config or on the command
 before it starts instead of silently training something else.
 """
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,3 +161,25 @@ def to_yaml(config: TrainConfig) -> str:
 def from_yaml(text: str) -> TrainConfig:
     """The config saved beside a checkpoint, read back (unknown keys are still errors)."""
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(text)))
+
+
+def add_config_arguments(parser, example: str) -> None:
+    """The arguments every config-driven command takes: --config FILE and key=value overrides."""
+    parser.add_argument("--config", help=f"YAML config ({example}); defaults when omitted")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys")
+
+
+def run_with_config(program: str, load, action, path: str | None, overrides: list[str]) -> int:
+    """Load a config and run `action(cfg)`, as a command line does: exit status 0, 2 for a config
+    that cannot be used, 1 for a job that failed with one of our errors (one line on stderr each)."""
+    try:
+        cfg = load(path, overrides)
+    except ConfigError as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        return 2
+    try:
+        action(cfg)
+    except PosteriorJpegError as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .checkpoints import resolve, write_atomically
-from .config import ConfigError, load_structured
+from .config import ConfigError, add_config_arguments, load_structured, run_with_config
 from .data import WRITABLE_MODES, list_images
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
@@ -578,24 +578,13 @@ def evaluate(cfg: EvalConfig, print_table: bool = True) -> dict:
 
 def run_command(config: str | None, overrides: list[str], program: str = "evaluate") -> int:
     """The command line's work: exit code 0, 1 (a job error, e.g. missing weights) or 2 (bad config)."""
-    try:
-        cfg = load_eval_config(config, overrides)
-    except ConfigError as error:
-        print(f"{program}: {error}", file=sys.stderr)
-        return 2
-    try:
-        evaluate(cfg)
-    except PosteriorJpegError as error:
-        print(f"{program}: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_with_config(program, load_eval_config, evaluate, config, overrides)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m posterior_jpeg.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (configs/eval.yaml); defaults when omitted")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys")
+    add_config_arguments(parser, "configs/eval.yaml")
     args = parser.parse_args(argv)
     return run_command(args.config, args.overrides)
 

@@ -29,8 +29,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import checkpoints
-from .config import ConfigError, TrainConfig, load_config, load_structured
-from .errors import PosteriorJpegError
+from .config import ConfigError, TrainConfig, add_config_arguments, load_config, load_structured, run_with_config
 from .evaluate import DEFAULT_METHODS, POSTERIOR_METHODS, EvalConfig, format_cell, evaluate
 from .losses import Schedule
 from .metrics.fid import file_digest
@@ -262,26 +261,20 @@ def plot(rows: list[dict], out_dir: Path, random_weights: bool) -> list[Path]:
 
 
 def run_command(config: str | None, overrides: list[str], program: str = "sweep") -> int:
-    try:
-        cfg = load_sweep_config(config, overrides)
-    except ConfigError as error:
-        print(f"{program}: {error}", file=sys.stderr)
-        return 2
-    try:
+    """The command line's work: exit code 0, 1 (a job error) or 2 (bad config); prints the table."""
+
+    def sweep_and_print(cfg: SweepConfig) -> None:
         result = run_sweep(cfg)
-    except PosteriorJpegError as error:
-        print(f"{program}: {error}", file=sys.stderr)
-        return 1
-    if _is_main():
-        print(sweep_markdown(result))
-    return 0
+        if _is_main():
+            print(sweep_markdown(result))
+
+    return run_with_config(program, load_sweep_config, sweep_and_print, config, overrides)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m posterior_jpeg.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (configs/sweep_consistency.yaml); defaults when omitted")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys")
+    add_config_arguments(parser, "configs/sweep_consistency.yaml")
     args = parser.parse_args(argv)
     return run_command(args.config, args.overrides)
 
