@@ -11,6 +11,7 @@ from torchvision.models.vgg import cfgs, make_layers
 from posterior_jpeg.errors import PosteriorJpegError
 from posterior_jpeg.jpeg.tables import ijg_tables
 from posterior_jpeg.jpeg import codec
+from posterior_jpeg import losses
 from posterior_jpeg.losses import consistency_dct, consistency_pixel
 from posterior_jpeg.models import (
     PRESETS,
@@ -24,6 +25,7 @@ from posterior_jpeg.models import (
     seeded_generators,
     vgg19_cache_path,
 )
+from posterior_jpeg.models.discriminator import detail_layer
 from posterior_jpeg.models.generator import normalise_tables
 
 TINY = {
@@ -245,3 +247,44 @@ def test_missing_vgg_weights_say_how_to_supply_them(tmp_path):
         assert "TORCH_HOME" in str(error.value)
     finally:
         torch.hub.set_dir(previous)
+
+
+def test_detail_layer_keeps_only_high_frequencies():
+    flat = torch.full((1, 3, 16, 16), 0.7)
+    assert detail_layer(flat, 10.0).abs().max() < 1e-6
+    checkerboard = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2).float().expand(1, 3, 16, 16)
+    assert detail_layer(checkerboard, 10.0).abs().mean() > 3.0  # +-0.5 around the local mean, x10 (0.48 at 5x5)
+    with pytest.raises(ValueError, match="detail_gain"):
+        DiscriminatorConfig(detail_gain=-1.0)
+
+
+def _separation_after_training(detail_gain: float, steps: int = 80) -> float:
+    """Train a small critic on textured crops (real) against their blurred copies (fake); return
+    mean logit(real) - mean logit(fake) on held-out crops."""
+    torch.manual_seed(0)
+    critic = Discriminator(DiscriminatorConfig(features=16, max_features=32, size=32, detail_gain=detail_gain))
+    optimizer = torch.optim.Adam(critic.parameters(), lr=2e-4, betas=(0.0, 0.99))
+
+    def batch(n):
+        base = torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8), size=32, mode="bilinear")
+        real = (base + 0.05 * torch.randn(n, 3, 32, 32)).clamp(0, 1)  # smooth content + fine grain
+        fake = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(real, (1, 1, 1, 1), mode="reflect"), 3, 1)
+        return real, fake
+
+    for _ in range(steps):
+        real, fake = batch(8)
+        loss = losses.adversarial_d(critic(real), critic(fake))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    real, fake = batch(64)
+    with torch.no_grad():
+        return (critic(real).mean() - critic(fake).mean()).item()
+
+
+def test_detail_layer_lets_the_critic_see_lost_detail_quickly():
+    """The reason for the option: with it the critic separates grainy from blurred crops within 80
+    steps; the paper's critic, same steps and learning rate, barely starts to."""
+    with_detail, without = _separation_after_training(10.0), _separation_after_training(0.0)
+    assert with_detail > 1.0
+    assert with_detail > 5 * abs(without)

@@ -5,6 +5,13 @@ Pre-activation residual blocks (leaky ReLU 0.2, residual branch scaled by 0.1, n
 R1's per-sample gradients are not mixed across the batch), average-pool downsampling by 2 until the
 map is 4x4 for the nominal size, then one linear logit per image. Other input sizes work: the last
 map is average-pooled to 4x4 before the linear layer.
+
+Beyond the paper, an optional detail layer: with detail_gain > 0 the critic also sees
+gain * (x - 5x5 box mean of x). Generated crops differ from real ones mostly in small high-frequency
+detail, which the average-pooled shortcut path washes out and the 0.1-scaled branches see only
+faintly; the plain critic then needs tens of thousands of steps before it separates them at all
+(measured on 64-pixel crops against an MMSE decoder: no separation after 600 steps at lr 2e-4 or
+1e-3), the detail layer separates them within ~100 steps.
 """
 
 import math
@@ -22,12 +29,14 @@ BRANCH_SCALE = 0.1
 class DiscriminatorConfig:
     """features: width of the first stage, doubled per downsampling up to max_features.
     size: the crop size it is built for (a power of two times 4; 128 in the paper).
-    conditional: also see the decoded JPEG y, as three extra input channels."""
+    conditional: also see the decoded JPEG y, as three extra input channels.
+    detail_gain: 0 for the paper's critic; > 0 adds the detail layer (three more input channels)."""
 
     features: int = 64
     max_features: int = 512
     size: int = 128
     conditional: bool = False
+    detail_gain: float = 0.0
 
     def __post_init__(self):
         stages = math.log2(self.size / FINAL_SIZE)
@@ -35,11 +44,19 @@ class DiscriminatorConfig:
             raise ValueError(f"discriminator size must be 4 times a power of two, got {self.size}")
         if self.features < 1 or self.max_features < self.features:
             raise ValueError(f"discriminator widths must satisfy 1 <= features <= max_features, got {self}")
+        if self.detail_gain < 0:
+            raise ValueError(f"discriminator detail_gain must be >= 0, got {self.detail_gain}")
 
 
 def build_discriminator(config: DiscriminatorConfig) -> "Discriminator":
     """A freshly initialised critic."""
     return Discriminator(config)
+
+
+def detail_layer(x: torch.Tensor, gain: float) -> torch.Tensor:
+    """gain * (x - its 5x5 box mean, reflect-padded): the high frequencies, amplified."""
+    local_mean = F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), 5, stride=1)
+    return gain * (x - local_mean)
 
 
 class PreActBlock(nn.Module):
@@ -65,7 +82,8 @@ class Discriminator(nn.Module):
         self.config = config
         stages = int(math.log2(config.size // FINAL_SIZE))
         width = [min(config.features * 2**i, config.max_features) for i in range(stages + 1)]
-        self.conv_in = nn.Conv2d(6 if config.conditional else 3, width[0], 3, padding=1)
+        channels = 3 * (1 + config.conditional + (config.detail_gain > 0))
+        self.conv_in = nn.Conv2d(channels, width[0], 3, padding=1)
         layers: list[nn.Module] = [PreActBlock(width[0], width[0])]
         for i in range(stages):
             layers += [nn.AvgPool2d(3, stride=2, padding=1), PreActBlock(width[i], width[i + 1])]
@@ -76,9 +94,12 @@ class Discriminator(nn.Module):
         if self.config.conditional != (y is not None):
             need = "needs" if self.config.conditional else "takes no"
             raise ValueError(f"this critic {need} the decoded JPEG y")
+        inputs = [x]
         if y is not None:
-            x = torch.cat([x, y], dim=1)
-        out = self.blocks(self.conv_in(x))
+            inputs.append(y)
+        if self.config.detail_gain > 0:
+            inputs.append(detail_layer(x, self.config.detail_gain))
+        out = self.blocks(self.conv_in(torch.cat(inputs, dim=1)))
         if out.shape[-2:] != (FINAL_SIZE, FINAL_SIZE):
             out = F.adaptive_avg_pool2d(out, FINAL_SIZE)
         return self.fc(F.leaky_relu(out.flatten(1), 0.2)).squeeze(1)
