@@ -5,7 +5,7 @@ each against the same generator in plain fp32 eager mode measured in the same ru
                                       [--no-target] [--big]
 
 Generators (untrained weights: speed does not depend on training): tiny (tests), demo (plain trunk
-96 x 12, the shipped default's shape), paper (RRDB 64 x 23). Modes: CPU: fp32 eager (reference),
+96 x 12, configs/demo.yaml; larger than the shipped default's 64 x 8), paper (RRDB 64 x 23). Modes: CPU: fp32 eager (reference),
 channels_last, bf16 autocast; CUDA: fp32 eager (reference), bf16, bf16 + channels_last +
 torch.compile. The figure is Sampler.generate (G with its positional noise, tiled as the sampler
 tiles) on a square image of --size pixels (the paper-size model on CPU gets a small one).

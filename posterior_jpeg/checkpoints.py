@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import write_atomically
 from .config import TrainConfig, from_yaml, to_yaml
 from .errors import PosteriorJpegError
 from .models.generator import Generator, GeneratorConfig, build_generator
@@ -37,12 +38,6 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return None
     folder = pointer.parent / pointer.read_text().strip()
     return folder if (folder / WEIGHTS).is_file() else None
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 def publish_checkpoint(staging: Path, run_dir: Path, step: int, keep: int) -> Path:

@@ -36,7 +36,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoints import resolve, write_atomically
+from .atomic import write_atomically
+from .checkpoints import resolve
 from .config import ConfigError, add_config_arguments, load_structured, run_with_config
 from .data import WRITABLE_MODES, list_images
 from .errors import PosteriorJpegError

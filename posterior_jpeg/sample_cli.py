@@ -4,6 +4,7 @@ samples, their mean and an uncertainty map out as PNGs, with a manifest of what 
 import argparse
 import dataclasses
 import glob
+import io
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from . import checkpoints
 from .metrics.fid import file_digest
+from .atomic import write_atomically
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import project
@@ -201,15 +203,10 @@ def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 def write_png(array: np.ndarray, path: Path, icc_profile: bytes | None) -> None:
-    """Write uint8 [H, W, 3] under a hidden temporary name in the same folder and rename it when
-    complete: `path` is never seen half-written, and no temporary outlives an error or Ctrl-C."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created with the usual permissions
-    try:
-        Image.fromarray(array).save(temporary, format="PNG", icc_profile=icc_profile)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Write uint8 [H, W, 3] as a PNG, atomically (see `write_atomically`)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", icc_profile=icc_profile)
+    write_atomically(path, buffer.getvalue())
 
 
 class FileFailed(Exception):

@@ -29,6 +29,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import checkpoints
+from .atomic import write_atomically
 from .config import ConfigError, TrainConfig, add_config_arguments, load_config, load_structured, run_with_config
 from .evaluate import DEFAULT_METHODS, POSTERIOR_METHODS, EvalConfig, format_cell, evaluate
 from .losses import Schedule
@@ -147,7 +148,7 @@ def _evaluate_once(eval_cfg: EvalConfig) -> dict:
     results = evaluate(eval_cfg, print_table=False)  # the sweep prints its own table
     stored = {"fingerprint": fingerprint, "header": results["header"], "rows": results["rows"]}
     if _is_main():
-        checkpoints.write_atomically(record, json.dumps(stored, indent=2).encode())
+        write_atomically(record, json.dumps(stored, indent=2).encode())
     return stored
 
 
@@ -215,8 +216,8 @@ def write_table(result: dict, out_dir: Path) -> None:
     writer = csv.DictWriter(table, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(result["rows"])
-    checkpoints.write_atomically(out_dir / "sweep.csv", table.getvalue().encode())
-    checkpoints.write_atomically(out_dir / "sweep.md", sweep_markdown(result).encode())
+    write_atomically(out_dir / "sweep.csv", table.getvalue().encode())
+    write_atomically(out_dir / "sweep.md", sweep_markdown(result).encode())
 
 
 def plot(rows: list[dict], out_dir: Path, random_weights: bool) -> list[Path]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from ..atomic import write_atomically
 from ..errors import PosteriorJpegError
 from ..models.features import MissingWeightsError
 
@@ -180,9 +181,7 @@ class GaussianStats:
         path = Path(path)
         buffer = io.BytesIO()
         np.savez(buffer, mu=self.mu, sigma=self.sigma, root=self.root, count=self.count)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_bytes(buffer.getvalue())
-        os.replace(temporary, path)
+        write_atomically(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GaussianStats":
