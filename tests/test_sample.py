@@ -236,22 +236,22 @@ def test_existing_outputs_are_kept_without_overwrite(checkpoint, write_jpeg, tmp
 def test_ctrl_c_leaves_only_complete_files(checkpoint, write_jpeg, tmp_path, monkeypatch, capsys):
     jpeg = write_jpeg("x.jpg")
     out = tmp_path / "out"
-    original = Image.Image.save
+    original = Path.write_bytes
     calls = []
 
-    def interrupted_second_write(self, fp, *args, **kwargs):
-        calls.append(fp)
-        if len(calls) == 2:
-            Path(fp).write_bytes(b"\x89PNG half")
+    def interrupted_second_write(self, data):
+        calls.append(self)
+        if len(calls) == 2:  # Ctrl-C half-way through writing the second PNG
+            original(self, data[: len(data) // 2])
             raise KeyboardInterrupt
-        return original(self, fp, *args, **kwargs)
+        return original(self, data)
 
-    monkeypatch.setattr(Image.Image, "save", interrupted_second_write)
+    monkeypatch.setattr(Path, "write_bytes", interrupted_second_write)
     assert main([str(jpeg), "-n", "3", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl", "x_s0.png"]
     assert leftovers(out) == []
-    monkeypatch.setattr(Image.Image, "save", original)
+    monkeypatch.setattr(Path, "write_bytes", original)
     assert Image.open(out / "x_s0.png").size == (96, 64)
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 1
 
