@@ -31,6 +31,7 @@ from posterior_jpeg.models.generator import normalise_tables
 TINY = {
     "rrdb": GeneratorConfig(trunk="rrdb", features=16, blocks=2, growth=8, table_embedding=8),
     "plain": GeneratorConfig(trunk="plain", features=16, blocks=2, table_embedding=8),
+    "plain_full_res": GeneratorConfig(trunk="plain", features=16, blocks=2, table_embedding=8, full_res_features=4),
 }
 
 
@@ -169,6 +170,17 @@ def test_presets_and_config_validation():
         GeneratorConfig(trunk="unet")
     with pytest.raises(ValueError, match="preset"):
         build_generator("huge")
+    with pytest.raises(ValueError, match="positive"):
+        GeneratorConfig(full_res_features=-1)
+
+
+def test_full_resolution_head_starts_near_the_identity(images):
+    y = images(40, 56, count=2)
+    """The residual of a fresh G is small with either head: training starts from y."""
+    for name in ("plain", "plain_full_res"):
+        torch.manual_seed(0)
+        out = Generator(TINY[name])(y, tables(10, 2), seeded_generators([0, 1]))
+        assert 0 < (out - y).abs().mean() < 0.05
 
 
 @pytest.mark.parametrize("size", [(128, 128), (64, 96), (32, 32)])

@@ -2,7 +2,7 @@
 
 Shape of the network (the paper's, with a pluggable trunk and table conditioning added):
 pixel-unshuffle x4 (the trunk runs at 1/4 resolution, 16x cheaper per layer), conv in, trunk, conv
-out, pixel-shuffle x4, and the result is added to y. Residual output: y is already a consistent
+out, pixel-shuffle x4 (optionally one more 3x3 conv at full resolution), and the result is added to y. Residual output: y is already a consistent
 estimate, so G starts near it and only has to learn the missing detail; the consistency penalty is
 small from the first step instead of having to pull a random image onto y.
 
@@ -41,18 +41,24 @@ class GeneratorConfig:
     features: trunk width. blocks: number of RRDB or residual blocks.
     growth: dense-block growth channels (rrdb only).
     table_embedding: width of the table embedding that drives FiLM; 0 gives the paper's
-    table-blind network."""
+    table-blind network.
+    full_res_features: 0: conv out emits the residual's 48 sub-pixel values per 1/4-resolution cell
+    and pixel-shuffle places them (each of the 16 positions of a 4x4 cell has its own filter, which
+    invites a 4-pixel periodic pattern). > 0: conv out emits this many features per full-resolution
+    pixel and one 3x3 conv at full resolution maps them to RGB, across cell borders, so no period is
+    built in (a few percent more compute)."""
 
     trunk: str = "rrdb"
     features: int = 64
     blocks: int = 23
     growth: int = 32
     table_embedding: int = 64
+    full_res_features: int = 0
 
     def __post_init__(self):
         if self.trunk not in TRUNKS:
             raise ValueError(f"unknown generator trunk {self.trunk!r}; expected one of {', '.join(TRUNKS)}")
-        if self.features < 1 or self.blocks < 1 or self.growth < 1 or self.table_embedding < 0:
+        if min(self.features, self.blocks, self.growth) < 1 or min(self.table_embedding, self.full_res_features) < 0:
             raise ValueError(f"generator sizes must be positive, got {self}")
 
 
@@ -243,8 +249,13 @@ class Generator(nn.Module):
             self.trunk = RRDBTrunk(config.features, config.blocks, config.growth)
         else:
             self.trunk = PlainTrunk(config.features, config.blocks)
-        self.conv_out = nn.Conv2d(config.features, channels, 3, padding=1)
-        _init_scaled(self.conv_out, 0.1)  # G starts near the identity: output ~ y plus a small residual
+        if config.full_res_features:
+            self.conv_out = nn.Conv2d(config.features, config.full_res_features * UNSHUFFLE**2, 3, padding=1)
+            self.conv_full_res = nn.Conv2d(config.full_res_features, 3, 3, padding=1)
+            _init_scaled(self.conv_full_res, 0.1)  # G starts near the identity: output ~ y plus a small residual
+        else:
+            self.conv_out = nn.Conv2d(config.features, channels, 3, padding=1)
+            _init_scaled(self.conv_out, 0.1)
         if config.table_embedding:
             width = config.table_embedding
             self.table_mlp = nn.Sequential(
@@ -279,4 +290,6 @@ class Generator(nn.Module):
         noise = generator if hasattr(generator, "like") else NoiseSource(n, generator)
         features = self.trunk(features, noise, film)
         residual = F.pixel_shuffle(self.conv_out(F.leaky_relu(features, 0.2)), UNSHUFFLE)
+        if self.config.full_res_features:
+            residual = self.conv_full_res(F.leaky_relu(residual, 0.2))
         return (padded + residual)[:, :, :height, :width]
