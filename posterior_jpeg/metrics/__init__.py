@@ -1,5 +1,6 @@
-"""Measurements: consistency with a file, FID, LPIPS, PSNR and the diversity of posterior samples."""
+"""Measurements: consistency with a file, FID, LPIPS, PSNR, blockiness and the diversity of posterior samples."""
 
+from .blockiness import blockiness
 from .consistency import Agreement, coefficient_agreement, consistency_rmse, reencode
 from .diversity import mean_pairwise_lpips, per_pixel_std
 from .fid import GaussianStats, InceptionFeatures, frechet_distance
@@ -11,6 +12,7 @@ __all__ = [
     "GaussianStats",
     "InceptionFeatures",
     "LPIPS",
+    "blockiness",
     "coefficient_agreement",
     "consistency_rmse",
     "frechet_distance",
