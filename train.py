@@ -8,17 +8,14 @@ errors. The run folder (out_dir) receives checkpoints, validation grids and Tens
 what `sample.py --checkpoint` takes. Re-running the same command resumes the run (resume=auto).
 """
 
-import argparse
 import sys
 
-from posterior_jpeg.config import add_config_arguments, load_config, run_with_config
+from posterior_jpeg.config import load_config, parse_config_arguments, run_with_config
 from posterior_jpeg.training import train
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, "configs/*.yaml")
-    args = parser.parse_args(argv)
+    args = parse_config_arguments(argv, None, __doc__, "configs/*.yaml")
 
     def train_and_report(cfg) -> None:
         print(f"run folder: {train(cfg)}")

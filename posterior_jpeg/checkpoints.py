@@ -1,9 +1,9 @@
 """Checkpoint folders: what train.py writes and what the sampler and the trainer read back.
 
-A run folder holds checkpoints/step_XXXXXXXX/ folders and a `latest` pointer. Each checkpoint has
-the inference weights (generator_ema.safetensors, the EMA of G), the run's config.yaml, and the
-training state that Accelerate saves for exact resume. Only safetensors and YAML are read for
-inference, so loading a model never unpickles anything.
+A run folder holds one folder per checkpoint, named by its step (checkpoints/step_00001000/, ...),
+and a `latest` pointer. Each checkpoint has the inference weights (generator_ema.safetensors, the
+EMA of G), the run's config.yaml, and the training state that Accelerate saves for exact resume.
+Only safetensors and YAML are read for inference, so loading a model never unpickles anything.
 """
 
 import os

@@ -4,6 +4,7 @@ Unknown keys and wrong types are errors, so a typo in a config or on the command
 before it starts instead of silently training something else.
 """
 
+import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,15 @@ def add_config_arguments(parser, example: str) -> None:
     """The arguments every config-driven command takes: --config FILE and key=value overrides."""
     parser.add_argument("--config", help=f"YAML config ({example}); defaults when omitted")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys")
+
+
+def parse_config_arguments(argv, prog: str | None, description: str, example: str):
+    """The command line of a config-driven script (train.py, evaluate, sweep): its docstring as
+    --help, then --config FILE and key=value overrides."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, example)
+    return parser.parse_args(argv)
 
 
 def run_with_config(program: str, load, action, path: str | None, overrides: list[str]) -> int:

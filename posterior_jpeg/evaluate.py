@@ -19,7 +19,6 @@ gathered before any statistic, so the numbers equal a single process's (up to fl
 differently composed Inception batches).
 """
 
-import argparse
 import csv
 import io
 import json
@@ -38,7 +37,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .atomic import write_atomically
 from .checkpoints import resolve
-from .config import ConfigError, add_config_arguments, load_structured, run_with_config
+from .config import ConfigError, load_structured, parse_config_arguments, run_with_config
 from .data import WRITABLE_MODES, list_images
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
@@ -583,10 +582,7 @@ def run_command(config: str | None, overrides: list[str], program: str = "evalua
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m posterior_jpeg.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, "configs/eval.yaml")
-    args = parser.parse_args(argv)
+    args = parse_config_arguments(argv, "python -m posterior_jpeg.evaluate", __doc__, "configs/eval.yaml")
     return run_command(args.config, args.overrides)
 
 

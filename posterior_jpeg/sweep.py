@@ -12,7 +12,6 @@ resumes from its last checkpoint), and a point whose evaluation is recorded with
 settings and model weights is not evaluated again. Delete a point's run folder to retrain it.
 """
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -30,7 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import checkpoints
 from .atomic import write_atomically
-from .config import ConfigError, TrainConfig, add_config_arguments, load_config, load_structured, run_with_config
+from .config import ConfigError, TrainConfig, load_config, load_structured, parse_config_arguments, run_with_config
 from .evaluate import DEFAULT_METHODS, POSTERIOR_METHODS, EvalConfig, format_cell, evaluate
 from .losses import Schedule
 from .metrics.fid import file_digest
@@ -273,10 +272,7 @@ def run_command(config: str | None, overrides: list[str], program: str = "sweep"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m posterior_jpeg.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, "configs/sweep_consistency.yaml")
-    args = parser.parse_args(argv)
+    args = parse_config_arguments(argv, "python -m posterior_jpeg.sweep", __doc__, "configs/sweep_consistency.yaml")
     return run_command(args.config, args.overrides)
 
 
