@@ -300,3 +300,18 @@ def test_detail_layer_lets_the_critic_see_lost_detail_quickly():
     with_detail, without = _separation_after_training(10.0), _separation_after_training(0.0)
     assert with_detail > 1.0
     assert with_detail > 5 * abs(without)
+
+
+@pytest.mark.parametrize("trunk", ["rrdb", "plain"])
+def test_noise_free_generator_is_deterministic_and_has_no_noise_parameters(images, trunk):
+    config = GeneratorConfig(trunk=trunk, features=16, blocks=2, growth=8, table_embedding=8, noise=False)
+    torch.manual_seed(0)
+    generator = Generator(config).eval()
+    assert not any("noise" in name for name, _ in generator.named_parameters())
+    y = images(32, 32)
+    with torch.no_grad():
+        first = generator(y, tables(10), seeded_generators([0]))
+        second = generator(y, tables(10), seeded_generators([1]))
+    assert torch.equal(first, second)
+    noisy = Generator(GeneratorConfig(**{**vars(config), "noise": True}))
+    assert parameter_count(noisy) > parameter_count(generator)

@@ -46,7 +46,9 @@ class GeneratorConfig:
     and pixel-shuffle places them (each of the 16 positions of a 4x4 cell has its own filter, which
     invites a 4-pixel periodic pattern). > 0: conv out emits this many features per full-resolution
     pixel and one 3x3 conv at full resolution maps them to RGB, across cell borders, so no period is
-    built in (a few percent more compute)."""
+    built in (a few percent more compute).
+    noise: False builds a deterministic network (no noise inputs, no noise scales): the posterior-mean
+    estimate M(y, q), trained with MSE, for which noise is only a nuisance to unlearn."""
 
     trunk: str = "rrdb"
     features: int = 64
@@ -54,6 +56,7 @@ class GeneratorConfig:
     growth: int = 32
     table_embedding: int = 64
     full_res_features: int = 0
+    noise: bool = True
 
     def __post_init__(self):
         if self.trunk not in TRUNKS:
@@ -127,19 +130,21 @@ def _init_scaled(conv: nn.Conv2d, scale: float) -> None:
 class DenseBlock(nn.Module):
     """Five 3x3 convs, each seeing the block input and all earlier outputs plus one noise channel."""
 
-    def __init__(self, features: int, growth: int):
+    def __init__(self, features: int, growth: int, noise: bool):
         super().__init__()
+        extra = 1 if noise else 0
         self.convs = nn.ModuleList(
-            nn.Conv2d(features + i * growth + 1, growth if i < 4 else features, 3, padding=1) for i in range(5)
+            nn.Conv2d(features + i * growth + extra, growth if i < 4 else features, 3, padding=1) for i in range(5)
         )
-        self.noise_scales = nn.Parameter(torch.ones(5))
+        self.noise_scales = nn.Parameter(torch.ones(5)) if noise else None
         for conv in self.convs:
             _init_scaled(conv, 0.1)
 
     def forward(self, x: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
         inputs = [x]
         for i, conv in enumerate(self.convs):
-            out = conv(torch.cat([*inputs, self.noise_scales[i] * noise.like(x)], dim=1))
+            extra = [] if self.noise_scales is None else [self.noise_scales[i] * noise.like(x)]
+            out = conv(torch.cat([*inputs, *extra], dim=1))
             if i < 4:
                 inputs.append(F.leaky_relu(out, 0.2))
         return x + RESIDUAL_SCALE * out
@@ -148,9 +153,9 @@ class DenseBlock(nn.Module):
 class RRDB(nn.Module):
     """Residual-in-residual: three dense blocks inside one more scaled skip."""
 
-    def __init__(self, features: int, growth: int):
+    def __init__(self, features: int, growth: int, noise: bool):
         super().__init__()
-        self.dense = nn.ModuleList(DenseBlock(features, growth) for _ in range(3))
+        self.dense = nn.ModuleList(DenseBlock(features, growth, noise) for _ in range(3))
 
     def forward(self, x: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
         out = x
@@ -162,9 +167,9 @@ class RRDB(nn.Module):
 class RRDBTrunk(nn.Module):
     """ESRGAN's trunk: RRDBs, one more conv, and a long skip."""
 
-    def __init__(self, features: int, blocks: int, growth: int):
+    def __init__(self, features: int, blocks: int, growth: int, noise: bool):
         super().__init__()
-        self.blocks = nn.ModuleList(RRDB(features, growth) for _ in range(blocks))
+        self.blocks = nn.ModuleList(RRDB(features, growth, noise) for _ in range(blocks))
         self.conv = nn.Conv2d(features, features, 3, padding=1)
 
     def forward(self, x: torch.Tensor, noise: NoiseSource, film: list | None) -> torch.Tensor:
@@ -177,25 +182,26 @@ class RRDBTrunk(nn.Module):
 class PlainBlock(nn.Module):
     """x + 0.2 * conv(lrelu(conv(x + s * n))): noise enters through the learned branch only."""
 
-    def __init__(self, features: int):
+    def __init__(self, features: int, noise: bool):
         super().__init__()
         self.conv1 = nn.Conv2d(features, features, 3, padding=1)
         self.conv2 = nn.Conv2d(features, features, 3, padding=1)
-        self.noise_scale = nn.Parameter(torch.full((1, features, 1, 1), PLAIN_NOISE_INIT))
+        self.noise_scale = nn.Parameter(torch.full((1, features, 1, 1), PLAIN_NOISE_INIT)) if noise else None
         _init_scaled(self.conv1, 0.1)
         _init_scaled(self.conv2, 0.1)
 
     def forward(self, x: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
-        branch = self.conv2(F.leaky_relu(self.conv1(x + self.noise_scale * noise.like(x)), 0.2))
+        inner = x if self.noise_scale is None else x + self.noise_scale * noise.like(x)
+        branch = self.conv2(F.leaky_relu(self.conv1(inner), 0.2))
         return x + RESIDUAL_SCALE * branch
 
 
 class PlainTrunk(nn.Module):
     """A stack of wide residual blocks (no dense concatenations)."""
 
-    def __init__(self, features: int, blocks: int):
+    def __init__(self, features: int, blocks: int, noise: bool):
         super().__init__()
-        self.blocks = nn.ModuleList(PlainBlock(features) for _ in range(blocks))
+        self.blocks = nn.ModuleList(PlainBlock(features, noise) for _ in range(blocks))
 
     def forward(self, x: torch.Tensor, noise: NoiseSource, film: list | None) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
@@ -246,9 +252,9 @@ class Generator(nn.Module):
         channels = 3 * UNSHUFFLE**2
         self.conv_in = nn.Conv2d(channels, config.features, 3, padding=1)
         if config.trunk == "rrdb":
-            self.trunk = RRDBTrunk(config.features, config.blocks, config.growth)
+            self.trunk = RRDBTrunk(config.features, config.blocks, config.growth, config.noise)
         else:
-            self.trunk = PlainTrunk(config.features, config.blocks)
+            self.trunk = PlainTrunk(config.features, config.blocks, config.noise)
         if config.full_res_features:
             self.conv_out = nn.Conv2d(config.features, config.full_res_features * UNSHUFFLE**2, 3, padding=1)
             self.conv_full_res = nn.Conv2d(config.full_res_features, 3, 3, padding=1)
