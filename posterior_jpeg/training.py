@@ -308,7 +308,7 @@ class Trainer:
                 accelerator.log(gathered, step=self.step)
                 progress.set_postfix({k: f"{v:.3g}" for k, v in gathered.items() if k != "lr"})
                 if accelerator.is_main_process:
-                    record = {"step": self.step, "seconds": time.perf_counter() - started, **gathered}
+                    record = {"step": self.step, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time(), **gathered}
                     with metrics_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
             if accelerator.is_main_process and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
