@@ -315,3 +315,24 @@ def test_noise_free_generator_is_deterministic_and_has_no_noise_parameters(image
     assert torch.equal(first, second)
     noisy = Generator(GeneratorConfig(**{**vars(config), "noise": True}))
     assert parameter_count(noisy) > parameter_count(generator)
+
+
+def test_anchored_generator_starts_at_its_posterior_mean_and_trains_only_the_detail(images):
+    from posterior_jpeg.models.generator import AnchoredGenerator
+
+    torch.manual_seed(0)
+    mean = Generator(replace(TINY["plain"], noise=False))
+    with torch.no_grad():  # an M that visibly changes y
+        mean.conv_out.weight.mul_(30)
+    model = AnchoredGenerator(mean, Generator(TINY["plain_full_res"])).train()
+    assert not mean.training
+    y, q = images(32, 32, 2), tables(10, 2)
+    m = model.posterior_mean(y, q)
+    assert (m - y).abs().mean() > 1e-3
+    sample = model(y, q, seeded_generators([0, 1]))
+    assert (sample - m).abs().mean() < 0.1 * (m - y).abs().mean()  # S starts near the identity
+    sample.square().mean().backward()
+    assert all(p.grad is None for p in model.mean.parameters())
+    assert all(p.grad is not None for p in model.detail.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="noise-free"):
+        AnchoredGenerator(Generator(TINY["plain"]), Generator(TINY["plain"]))

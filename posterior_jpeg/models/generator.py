@@ -299,3 +299,33 @@ class Generator(nn.Module):
         if self.config.full_res_features:
             residual = self.conv_full_res(F.leaky_relu(residual, 0.2))
         return (padded + residual)[:, :, :height, :width]
+
+
+class AnchoredGenerator(nn.Module):
+    """G(z, y, q) = S(z, M(y, q), q): a frozen posterior-mean estimate M (a noise-free Generator
+    trained with MSE) and a detail network S, itself a residual Generator, applied to M's output.
+
+    Why: on a CPU budget a single GAN-trained G lost PSNR against the plain decode, while M alone is
+    cheap to train and gains over it; S then starts at M (its residual starts near 0) and only has to
+    learn the detail that M cannot know. M stays frozen: the `posterior_mean` decode keeps its
+    meaning, and training S costs no backward pass through M."""
+
+    def __init__(self, mean: Generator, detail: Generator):
+        super().__init__()
+        if mean.config.noise:
+            raise ValueError("the posterior-mean network M must be noise-free (generator.noise: false)")
+        self.mean = mean.requires_grad_(False)
+        self.detail = detail
+        self.config = detail.config
+
+    def train(self, mode: bool = True) -> "AnchoredGenerator":
+        super().train(mode)
+        self.mean.eval()  # frozen: no running statistics or dropout to update, ever
+        return self
+
+    def posterior_mean(self, y: torch.Tensor, qtables: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.mean(y, qtables)
+
+    def forward(self, y: torch.Tensor, qtables: torch.Tensor, generator: NoiseGenerator = None) -> torch.Tensor:
+        return self.detail(self.posterior_mean(y, qtables), qtables, generator)
