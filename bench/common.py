@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_FILES = Path(__file__).resolve().parents[2] / "shared" / "realfiles"
 
 
 def emit(**record) -> None:
@@ -46,3 +47,15 @@ def photo(height: int, width: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width] / max(height, width)
     base = np.stack([128 + 100 * np.sin(9 * x + 3 * y), 128 + 90 * np.cos(7 * y), 100 + 80 * x], axis=-1)
     return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def perturbed(y: torch.Tensor, kind: str, seed: int = 0, sigma: float = 0.04) -> torch.Tensor:
+    """A candidate made from a decode y [3, H, W] in [0, 1]: "noise" (Gaussian, `sigma`), "blur"
+    (Gaussian, radius 1.5) or "sharpen" (unsharp mask, radius 2, 150%), in [0, 1]."""
+    if kind == "noise":
+        return (y + sigma * torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+    from PIL import ImageFilter
+
+    image = Image.fromarray((y.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+    filtered = image.filter({"blur": ImageFilter.GaussianBlur(1.5), "sharpen": ImageFilter.UnsharpMask(2, 150)}[kind])
+    return torch.from_numpy(np.array(filtered)).permute(2, 0, 1).float() / 255

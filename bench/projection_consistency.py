@@ -16,27 +16,17 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 import posterior_jpeg as pj
 from posterior_jpeg.metrics import coefficient_agreement, consistency_rmse
 
-from common import SHARED_DATA, emit
+from common import SHARED_DATA, emit, perturbed
 
 
-def as_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
-
-
-def candidates(data: bytes, jf, seed: int) -> torch.Tensor:
-    decoded = Image.open(io.BytesIO(data)).convert("RGB")
+def candidates(jf, seed: int) -> torch.Tensor:
     y = jf.decode()
-    noise = 0.04 * torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
-    return torch.stack([
-        (y + noise).clamp(0, 1),
-        as_tensor(decoded.filter(ImageFilter.GaussianBlur(1.5))),
-        as_tensor(decoded.filter(ImageFilter.UnsharpMask(2, 150))),
-    ])
+    return torch.stack([perturbed(y, kind, seed) for kind in ("noise", "blur", "sharpen")])
 
 
 def main() -> None:
@@ -64,7 +54,7 @@ def main() -> None:
                 Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, subsampling=mode)
                 data = buffer.getvalue()
                 jf = pj.read_jpeg(data)
-                batch = candidates(data, jf, seed=index)
+                batch = candidates(jf, seed=index)
                 projected = pj.project(batch, jf)
                 b, a = coefficient_agreement(batch, jf), coefficient_agreement(projected, jf)
                 before, after = (b, a) if before is None else (before + b, after + a)

@@ -6,6 +6,8 @@ and sum is a multiple of 2^-16 below 2^8, so float32 holds it exactly), while st
 differentiable map for any other input.
 """
 
+import functools
+
 import torch
 
 _SCALE = 1 << 16
@@ -30,29 +32,45 @@ YCC_OFFSET = (0.0, 128.0, 128.0)
 _ROUNDING = (0.5, 0.5 - 1 / _SCALE, 0.5 - 1 / _SCALE)
 
 
-def _apply(matrix: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("ij,njhw->nihw", matrix.to(dtype=images.dtype, device=images.device), images)
+@functools.lru_cache(maxsize=None)
+def _constant(name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The module's constants, built once per (dtype, device): loops that convert colours every pass
+    must not rebuild or copy them."""
+    values = {
+        "rgb_to_ycc": _RGB_TO_YCC,
+        "ycc_to_rgb": _YCC_TO_RGB,
+        "offset": torch.tensor(YCC_OFFSET, dtype=torch.float64).view(1, 3, 1, 1),
+        "rounding": torch.tensor(_ROUNDING, dtype=torch.float64).view(1, 3, 1, 1),
+    }[name]
+    return values.to(dtype=dtype, device=device)
 
 
-def _offset(like: torch.Tensor, values) -> torch.Tensor:
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
+def _apply(name: str, images: torch.Tensor) -> torch.Tensor:
+    """The 3x3 matrix `name` applied to the channels of [N, 3, H, W] (a batched matmul: the fastest
+    form on CPU; exact for 8-bit input in any summation order, see above)."""
+    flat = images.flatten(2)
+    return (_constant(name, images.dtype, images.device) @ flat).reshape(images.shape)
+
+
+def _offset(like: torch.Tensor, name: str = "offset") -> torch.Tensor:
+    return _constant(name, like.dtype, like.device)
 
 
 def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
     """[N, 3, H, W] RGB in 0..255 -> YCbCr in 0..255 (float, differentiable, not rounded)."""
-    return _apply(_RGB_TO_YCC, rgb) + _offset(rgb, YCC_OFFSET)
+    return _apply("rgb_to_ycc", rgb) + _offset(rgb)
 
 
 def ycbcr_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
     """Exact inverse of `rgb_to_ycbcr` (no clamping)."""
-    return _apply(_YCC_TO_RGB, ycc - _offset(ycc, YCC_OFFSET))
+    return _apply("ycc_to_rgb", ycc - _offset(ycc))
 
 
-def ycc_to_rgb_rows() -> list[list[float]]:
-    """The rows of the YCbCr -> RGB matrix (applied to YCbCr minus its offsets)."""
-    return _YCC_TO_RGB.tolist()
+def ycc_to_rgb_matrix(dtype=torch.float32, device=None) -> torch.Tensor:
+    """The YCbCr -> RGB matrix [3, 3] (applied to YCbCr minus its offsets), cached per dtype and device."""
+    return _constant("ycc_to_rgb", dtype, torch.device(device or "cpu"))
 
 
 def round_ycbcr_like_libjpeg(ycc: torch.Tensor) -> torch.Tensor:
     """libjpeg's rounding of converted samples to integers (exact for 8-bit RGB input)."""
-    return torch.floor(ycc + _offset(ycc, _ROUNDING))
+    return torch.floor(ycc + _offset(ycc, "rounding"))

@@ -1,53 +1,115 @@
-"""Projection onto a file: clamp every DCT coefficient into its quantization interval, exactly.
+"""Projection onto a file: make candidates consistent with its coefficients, in float and in 8 bits.
 
-A float projection alone (as in the paper) is not enough: saving the result as 8-bit RGB, the
-0..255 range and the colour conversion move some coefficients back out of their intervals. We
-alternate, in YCbCr, orthogonal projections onto the intervals and onto the RGB cube (a convex
-feasibility problem, so the alternation converges), round to 8 bits, check every coefficient with
-a bit-exact model of libjpeg's compressor, and give the coefficients that still differ a safety
-margin inside their intervals, until the 8-bit image re-compresses to the file's coefficients.
+Two levels of consistency (see `Projection`):
+- float: the exact DCT of the float result lies inside every quantization interval of the file.
+  We alternate, in YCbCr, orthogonal projections onto the intervals (shrunk by a margin) and onto
+  the RGB cube, over-relaxed, and always end on the interval projection, so the float result meets
+  every interval by construction. Where the file's own colours lie outside the RGB cube (cameras
+  encode YCbCr from the sensor, not from RGB) the two sets do not meet; such tiles stop when the
+  alternation stalls, and their float result leaves [0, 255] there.
+- 8-bit: the rounded image, re-encoded by libjpeg with the file's tables and sampling, gives back
+  every stored coefficient. Rounding the float result moves each coefficient by about 0.35 DCT units
+  (more than a step of 1-2 allows), so the blocks that still fail are repaired by a search on the
+  8-bit lattice, described below.
+
+The lattice search works on libjpeg's integer samples (Y per pixel, Cb and Cr after libjpeg's
+integer downsampling), where the constraints of different blocks do not interact:
+1. Every YCbCr integer triple whose float RGB lies in the cube is libjpeg's conversion of some
+   8-bit RGB pixel (checked over all 2^24 colours), and RGB + (d, d, d) changes libjpeg's Y by
+   exactly d and its Cb, Cr not at all. So a luma sample can move by d wherever the pixel's RGB
+   leaves room, and a chroma sample by changing the chroma of the pixels it averages (keeping their
+   Y and the other chroma exact), as far as the cube allows: each sample gets integer bounds.
+2. Per failing block, coordinate descent on its samples: the state is libjpeg's exact integer DCT,
+   the objective the squared distance of each coefficient outside its interval; each step tries the
+   `candidates` single-sample moves (+-1) that the gradient ranks first, predicts their effect with
+   the float DCT, applies the best one if it lowers the objective, and stops when libjpeg's exact
+   quantization gives back every stored coefficient, when no move helps, or after `search_steps`.
+3. The changed samples are written back into RGB (Cb blocks, Cr blocks, then luma, each from the
+   pixels as the previous step left them), and the exact check runs again, for `search_rounds`.
+Edge blocks (the file's padding) are handled exactly: a sample's replicas move with it, and pixels
+that libjpeg replicates into the padding are never changed. What cannot be met (colours outside the
+cube, a box with no lattice point at steps of 1) stays as close as the search reached.
 
 The constraints of different MCUs (the 8x8 / 16x16 pixel units that libjpeg codes together) do not
-interact, so the work runs on a batch of MCU tiles and each tile leaves the batch once it is done:
-the cost follows the hard parts of the image, not its size.
+interact, so all of the work runs on a batch of MCU tiles; a tile leaves the batch once it is done
+(checked every few passes, not every pass: no host synchronisation per pass), so the cost follows
+the hard parts of the image, not its size.
 """
 
 import functools
-import math
+import itertools
+from dataclasses import dataclass
 
 import torch
 
 from . import sampling
-from .codec import component_tables, encode
-from .color import YCC_OFFSET, rgb_to_ycbcr, ycbcr_to_rgb, ycc_to_rgb_rows
-from .dct import BLOCK, dct_matrix, unblockify
+from .codec import component_tables, plane_blocks
+from .color import rgb_to_ycbcr, round_ycbcr_like_libjpeg, ycbcr_to_rgb, ycc_to_rgb_matrix
+from .dct import BLOCK, blockify, dct_matrix, islow_fdct, unblockify
+
+
+@dataclass
+class Projection:
+    """The result of `projection` for N candidates.
+
+    images: [N, 3, H, W] on the 8-bit grid (k / 255): what a PNG holds.
+    floats: [N, 3, H, W] the float result before rounding; its exact DCT lies inside every interval
+      (float consistency). It leaves [0, 1] only where the file's colours leave the RGB cube.
+    failing_blocks, differing_coefficients: [N] int, how many 8x8 blocks and coefficients of each
+      8-bit image's re-encode differ from the file (bit-exact model of libjpeg; 0 = 8-bit exact).
+    given_up_coefficients: [N] int, coefficients whose target range the 8-bit search widened where
+      the file's own colours leave the RGB cube (see `_widen`): the part of the difference that the
+      file itself imposes."""
+
+    images: torch.Tensor
+    floats: torch.Tensor
+    failing_blocks: torch.Tensor
+    differing_coefficients: torch.Tensor
+    given_up_coefficients: torch.Tensor
 
 
 class Intervals:
     """Quantization intervals for a batch of same-sized images (or tiles): per component, the
-    stored coefficients [K, hb, wb, 8, 8] and tables [K, 1, 1, 8, 8]."""
+    stored coefficients [K, hb, wb, 8, 8] and tables [K, 1, 1, 8, 8], and the quantized values the
+    projection aims at, low..high (the stored ones, unless widened where the cube leaves no room)."""
 
-    def __init__(self, coefficients: list[torch.Tensor], tables: list[torch.Tensor], mode: str, size):
+    def __init__(self, coefficients, tables, mode: str, size, low=None, high=None):
         self.coefficients = coefficients
         self.tables = tables
         self.mode = mode
         self.size = tuple(size)
+        self.low = coefficients if low is None else low
+        self.high = coefficients if high is None else high
 
     def subset(self, index: torch.Tensor) -> "Intervals":
-        return Intervals([c[index] for c in self.coefficients], [t[index] for t in self.tables], self.mode, self.size)
+        pick = lambda tensors: [t[index] for t in tensors]  # noqa: E731
+        return Intervals(pick(self.coefficients), pick(self.tables), self.mode, self.size, pick(self.low), pick(self.high))
 
-    def bounds(self, margins: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def bounds(self, margin: float, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per component, (low, high) of the un-shifted DCT in plane layout [K, 8 hb, 8 wb]: each
-        interval shrunk by its margin (DCT units; half the step pins the centre), DC moved by the
-        level shift (a block's DC of samples s is the DC of s - 128 plus 1024), so that a pass
-        needs neither the shift nor a reshuffle into blocks."""
+        interval shrunk at both ends by `margin` (DCT units), or by a quarter step where the step is
+        below four margins (so that every interval keeps room: a point target may be out of reach
+        for blocks that libjpeg pads), DC moved by the level shift (a block's DC of samples s is the
+        DC of s - 128 plus 1024), so that a pass needs neither the shift nor a reshuffle into blocks."""
         result = []
-        for stored, table, margin in zip(self.coefficients, self.tables, margins):
-            centre = stored.float() * table
-            centre[..., 0, 0] += 128.0 * BLOCK
-            reach = (0.5 * table - margin).clamp(min=0.0)
-            result.append((unblockify(centre - reach), unblockify(centre + reach)))
+        for low, high, table in zip(self.low, self.high, self.tables):
+            table = table.to(dtype)
+            reach = 0.5 * table - torch.clamp(0.25 * table, max=margin)
+            shift = torch.zeros_like(table)
+            shift[..., 0, 0] = 128.0 * BLOCK
+            result.append((unblockify(low.to(dtype) * table + shift - reach), unblockify(high.to(dtype) * table + shift + reach)))
         return result
+
+    def with_targets(self, index: torch.Tensor, other: "Intervals") -> "Intervals":
+        """These intervals, with the target ranges of tiles `index` taken from `other`."""
+        low, high = [t.clone() for t in self.low], [t.clone() for t in self.high]
+        for c in range(len(low)):
+            low[c][index], high[c][index] = other.low[c], other.high[c]
+        return Intervals(self.coefficients, self.tables, self.mode, self.size, low, high)
+
+    def table_planes(self, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Per component, each coefficient's step in plane layout [K, 8 hb, 8 wb]."""
+        return [unblockify(t.to(dtype).expand_as(c)) for t, c in zip(self.tables, self.coefficients)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,59 +119,187 @@ def _block_diagonal_dct(blocks: int, dtype: torch.dtype, device: torch.device) -
     return torch.block_diag(*[dct_matrix(dtype, device)] * blocks)
 
 
-def interval_projection(
-    ycc: torch.Tensor, mode: str, bounds: list[tuple[torch.Tensor, torch.Tensor]]
-) -> tuple[torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=None)
+def _block_dct(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The 2-D DCT of a flattened 8x8 block as a [64, 64] matrix (row k: coefficient 8u + v)."""
+    d = dct_matrix(torch.float64)
+    return torch.kron(d, d).to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def _gamut_steps(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of YCbCr -> RGB [3, 3] and the same rows over their squared norms, as [3, 3, 1, 1]
+    (the step of an orthogonal projection onto one RGB slab, in the YCbCr metric)."""
+    rows = ycc_to_rgb_matrix(torch.float64)
+    steps = rows / rows.pow(2).sum(1, keepdim=True)
+    return rows.to(dtype=dtype, device=device), steps[..., None, None].to(dtype=dtype, device=device)
+
+
+def _plane_dcts(ycc: torch.Tensor, mode: str, shapes: list[tuple[int, int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per component of [K, 3, H, W] YCbCr tiles: the float samples (chroma averaged, not rounded)
+    and their DCT in plane layout (blocks of `shapes` size, padding replicated as libjpeg pads)."""
+    result = []
+    for c, shape in enumerate(shapes):
+        plane = sampling.downsample(ycc[:, c], sampling.component_factors(mode, c), libjpeg_rounding=False)
+        rows = _block_diagonal_dct(shape[0] // BLOCK, ycc.dtype, ycc.device)
+        cols = _block_diagonal_dct(shape[1] // BLOCK, ycc.dtype, ycc.device)
+        result.append((plane, rows @ sampling.pad_replicate(plane, *shape) @ cols.T))
+    return result
+
+
+def interval_projection(ycc: torch.Tensor, mode: str, bounds: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Orthogonal projection of [K, 3, H, W] YCbCr tiles onto the intervals (`Intervals.bounds`).
 
     Chroma is changed by spreading its block-domain change over the pixels it averages (the
-    least-squares inverse of the averaging). Returns the projection and, per tile, how far (DCT
-    units) the input lay outside its intervals."""
+    least-squares inverse of the averaging)."""
     height, width = ycc.shape[-2:]
     planes = list(ycc.unbind(1))
-    outside = torch.zeros(ycc.shape[0], dtype=ycc.dtype, device=ycc.device)
-    for c, (low, high) in enumerate(bounds):
-        factors = sampling.component_factors(mode, c)
-        plane = sampling.downsample(planes[c], factors, libjpeg_rounding=False)
-        padded = sampling.pad_replicate(plane, *low.shape[1:])
+    for c, (plane, dct) in enumerate(_plane_dcts(ycc, mode, [low.shape[1:] for low, _ in bounds])):
+        low, high = bounds[c]
         rows = _block_diagonal_dct(low.shape[1] // BLOCK, ycc.dtype, ycc.device)
         cols = _block_diagonal_dct(low.shape[2] // BLOCK, ycc.dtype, ycc.device)
-        dct = rows @ padded @ cols.T
-        change = dct.clamp(low, high) - dct
-        outside = torch.maximum(outside, change.abs().flatten(1).amax(1))
-        delta = sampling.fold_padding(rows.T @ change @ cols, *plane.shape[1:])
-        planes[c] = planes[c] + sampling.fold_padding(sampling.spread(delta, factors), height, width)
+        delta = sampling.fold_padding(rows.T @ (dct.clamp(low, high) - dct) @ cols, *plane.shape[1:])
+        planes[c] = planes[c] + sampling.fold_padding(sampling.spread(delta, sampling.component_factors(mode, c)), height, width)
     if mode == sampling.GRAY:
         planes[1:] = [torch.full_like(planes[0], 128.0)] * 2
-    return torch.stack(planes, dim=1), outside
+    return torch.stack(planes, dim=1)
 
 
-def gamut_projection(ycc: torch.Tensor) -> torch.Tensor:
-    """Move [K, 3, H, W] YCbCr towards the colours whose R, G and B lie in 0..255.
-
-    Each channel bound is a slab in YCbCr; one orthogonal projection onto each slab in turn (exact
-    projections in the same metric as `interval_projection`, so alternating them converges). Only
-    the pixels outside the cube are touched, which keeps this cheap on natural images."""
-    rgb = ycbcr_to_rgb(ycc)
-    outside = ((rgb < 0.0) | (rgb > 255.0)).any(dim=1)
-    if not outside.any():
-        return ycc
-    offset = torch.tensor(YCC_OFFSET, dtype=ycc.dtype, device=ycc.device)
-    channels_last = ycc.permute(0, 2, 3, 1).clone()
-    pixels = channels_last[outside] - offset
-    for row in torch.tensor(ycc_to_rgb_rows(), dtype=ycc.dtype, device=ycc.device):
-        value = pixels @ row
-        excess = (value - value.clamp(0.0, 255.0)) / row.dot(row)
-        pixels = pixels - excess.unsqueeze(1) * row
-    channels_last[outside] = pixels + offset
-    return channels_last.permute(0, 3, 1, 2)
+def gamut_projection(ycc: torch.Tensor, inset: float = 0.0) -> torch.Tensor:
+    """Move [K, 3, H, W] YCbCr towards the colours whose R, G and B lie in inset..255 - inset: one orthogonal
+    projection onto each channel's slab in turn (exact projections in the metric of
+    `interval_projection`, so alternating them converges). Dense, no indexing: cheap every pass."""
+    rows, steps = _gamut_steps(ycc.dtype, ycc.device)
+    centred = ycc - ycc.new_tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1)
+    for row, step in zip(rows, steps):
+        value = torch.einsum("c,nchw->nhw", row, centred)
+        excess = value - value.clamp(inset, 255.0 - inset)
+        centred = centred - excess.unsqueeze(1) * step
+    return centred + ycc.new_tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1)
 
 
-def inconsistent_coefficients(images_8bit: torch.Tensor, intervals: Intervals) -> list[torch.Tensor]:
-    """Per component, a mask of the coefficients whose libjpeg re-encode differs from the stored ones."""
-    qtables = torch.stack([t[:, 0, 0] for t in intervals.tables], dim=1)
-    encoded = encode(images_8bit / 255.0, qtables, intervals.mode)
-    return [e != c for e, c in zip(encoded, intervals.coefficients)]
+def _cube_excess(ycc: torch.Tensor, inset: float = 0.0) -> torch.Tensor:
+    """Per tile, how far (gray levels) its RGB leaves inset..255 - inset."""
+    low, high = torch.aminmax(ycbcr_to_rgb(ycc).flatten(1), dim=1)
+    return torch.maximum(inset - low, high - (255.0 - inset)).clamp(min=0.0)
+
+
+_CHECK_EVERY = 4  # passes between convergence checks (each check is one host synchronisation)
+_STALL = 0.9  # a tile whose distance to the sets fell by less than this factor since the last check stalls
+_CUBE_TOLERANCE = 1e-3  # gray levels outside the cube that count as inside
+_INTERVAL_SLACK = 0.1  # DCT units beyond the shrunk intervals that count as inside (less than any shrink)
+_WIDEN_ABOVE = 0.5  # gray levels outside the cube from which a stalled tile gives up coefficients
+_WIDEN_INSET = 0.5  # gray levels a tile that gives up coefficients keeps from the cube's faces: its
+#                     colours are saturated, and rounding must not clip nor 8-bit moves lack room
+
+
+def _has_padding(mode: str, size: tuple[int, int], shapes: list[tuple[int, int]]) -> bool:
+    """Whether some component of tiles of `size` pixels is padded (edge tiles): there the interval
+    projection is a least-squares step, not exact, and needs checking."""
+    for c, shape in enumerate(shapes):
+        factors = sampling.component_factors(mode, c)
+        if factors == (1, 1):
+            cells = size
+        else:  # sampling.downsample extends rows to whole cells, columns to whole blocks of samples
+            out_h, out_w = sampling.component_size(*size, factors)
+            cells = (out_h * factors[0], BLOCK * -(-out_w // BLOCK) * factors[1])
+            if (out_h, cells[1] // factors[1]) != tuple(shape):
+                return True
+        if tuple(cells) != tuple(size) or (factors == (1, 1) and tuple(size) != tuple(shape)):
+            return True
+    return False
+
+
+def _interval_violation(ycc: torch.Tensor, mode: str, bounds: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Per tile, how far (DCT units) its coefficients lie outside `bounds`."""
+    dcts = _plane_dcts(ycc, mode, [low.shape[1:] for low, _ in bounds])
+    return torch.stack([(dct - dct.clamp(low, high)).abs().flatten(1).amax(1) for (_, dct), (low, high) in zip(dcts, bounds)]).amax(0)
+
+
+def _float_solve(ycc: torch.Tensor, intervals: Intervals, settings: dict, inset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alternate the projections on [K, 3, h, w] YCbCr tiles; each tile leaves once the interval
+    projection lands inside the cube (and, where padding makes that projection inexact, inside the
+    intervals), or once it stalls. Tiles that stall outside the intervals then alternate without the
+    cube until they are inside. Returns the tiles and how far (gray levels) each leaves the cube."""
+    bounds = intervals.bounds(settings["margin"], ycc.dtype)
+    padded = _has_padding(intervals.mode, intervals.size, [low.shape[1:] for low, _ in bounds])
+    out = torch.empty_like(ycc)
+    excess_out, violation_out = ycc.new_zeros(ycc.shape[0]), ycc.new_zeros(ycc.shape[0])
+    index = torch.arange(ycc.shape[0], device=ycc.device)
+    work, earlier = ycc, None
+    for step in range(settings["float_passes"]):
+        projected = interval_projection(work, intervals.mode, bounds)
+        if step % _CHECK_EVERY == 0 or step == settings["float_passes"] - 1:
+            excess = _cube_excess(projected, inset)
+            violation = _interval_violation(projected, intervals.mode, bounds) if padded else torch.zeros_like(excess)
+            leave = (excess <= _CUBE_TOLERANCE) & (violation <= _INTERVAL_SLACK)
+            distance = excess + violation
+            if earlier is not None:
+                leave |= distance > _STALL * earlier
+            if step == settings["float_passes"] - 1:
+                leave[:] = True
+            keep, done = (~leave).nonzero().flatten(), leave.nonzero().flatten()
+            out[index[done]], excess_out[index[done]], violation_out[index[done]] = projected[done], excess[done], violation[done]
+            if keep.numel() == 0:
+                break
+            index, projected, earlier = index[keep], projected[keep], distance[keep]
+            bounds = [(low[keep], high[keep]) for low, high in bounds]
+        work = projected + settings["relaxation"] * (gamut_projection(projected, inset) - projected)
+    outside = (violation_out > _INTERVAL_SLACK).nonzero().flatten()
+    if outside.numel():
+        bounds = intervals.subset(outside).bounds(settings["margin"], ycc.dtype)
+        work = out[outside]
+        for _ in range(settings["float_passes"]):
+            work = interval_projection(work, intervals.mode, bounds)
+        out[outside] = work
+        excess_out[outside] = _cube_excess(work, inset)
+    return out, excess_out
+
+
+def _widen(ycc: torch.Tensor, intervals: Intervals, settings: dict) -> tuple[torch.Tensor, Intervals]:
+    """Tiles whose intervals and the RGB cube do not meet: give up as few coefficients as we can.
+
+    Greedy: clamp the tile into the cube, take the coefficient that then lies furthest outside its
+    target range (DCT units; one already given up first, since growing it costs nothing), widen the
+    range by the steps that reach that value, and solve again; up to `widenings` times. Returns the
+    tiles (in the cube where it worked) and the widened intervals."""
+    stored = [unblockify(c.to(ycc.dtype)) for c in intervals.coefficients]  # plane layout
+    low, high = [c.clone() for c in stored], [c.clone() for c in stored]
+    steps = intervals.table_planes(ycc.dtype)
+    out, index = ycc.clone(), torch.arange(ycc.shape[0], device=ycc.device)
+
+    def widened(tiles: torch.Tensor) -> Intervals:
+        blocks = lambda planes: [blockify(p[tiles]).to(torch.int32) for p in planes]  # noqa: E731
+        return Intervals(*(p for p in (intervals.subset(tiles).coefficients, intervals.subset(tiles).tables)),
+                         intervals.mode, intervals.size, blocks(low), blocks(high))
+
+    for _ in range(settings["widenings"]):
+        current = widened(index)
+        bounds = current.bounds(0.0, ycc.dtype)
+        clamped = rgb_to_ycbcr(ycbcr_to_rgb(out[index]).clamp(_WIDEN_INSET, 255.0 - _WIDEN_INSET))
+        dcts = _plane_dcts(clamped, current.mode, [lo.shape[1:] for lo, _ in bounds])
+        outside = torch.cat([((dct - hi).clamp(min=0.0) - (lo - dct).clamp(min=0.0)).flatten(1)
+                             for (_, dct), (lo, hi) in zip(dcts, bounds)], 1)
+        given_up = torch.cat([((lo[index] != c[index]) | (hi[index] != c[index])).flatten(1)
+                              for lo, hi, c in zip(low, high, stored)], 1)
+        worst = (outside.abs() * (1.0 + given_up)).argmax(1, keepdim=True)
+        excess = outside.gather(1, worst)[:, 0]
+        step = torch.cat([t[index].flatten(1) for t in steps], 1).gather(1, worst)[:, 0]
+        amount = torch.ceil(excess.abs() / step) * excess.sign()
+        start = 0
+        for c, plane in enumerate(stored):
+            size = plane[0].numel()
+            mine = ((worst[:, 0] >= start) & (worst[:, 0] < start + size)).nonzero().flatten()
+            where = (index[mine], (worst[mine, 0] - start) // plane.shape[2], (worst[mine, 0] - start) % plane.shape[2])
+            low[c][where] += amount[mine].clamp(max=0.0)
+            high[c][where] += amount[mine].clamp(min=0.0)
+            start += size
+        solved, excess = _float_solve(out[index], widened(index), settings, _WIDEN_INSET)
+        out[index] = solved
+        index = index[excess > _WIDEN_ABOVE]
+        if index.numel() == 0:
+            break
+    return out, widened(torch.arange(ycc.shape[0], device=ycc.device))
 
 
 def _spans(length: int, unit: int) -> list[tuple[int, int, int]]:
@@ -122,7 +312,8 @@ def _spans(length: int, unit: int) -> list[tuple[int, int, int]]:
 def _tiles(images: torch.Tensor, jpeg) -> list[tuple[tuple, torch.Tensor, Intervals]]:
     """Cut [N, 3, H, W] into MCU tiles, grouped by tile size (interior, right and bottom edges).
 
-    Returns (region, tiles [K, 3, th, tw], their intervals) per group; region locates the group."""
+    Returns (region, tiles [K, 3, th, tw], their intervals) per group; region locates the group.
+    Tiles are image-major: tile k belongs to image k // (K / N)."""
     n = images.shape[0]
     mode = jpeg.sampling
     mcu = [BLOCK * max(sampling.component_factors(mode, c)[i] for c in range(len(jpeg.coefficients))) for i in (0, 1)]
@@ -155,100 +346,314 @@ def _untile(out: torch.Tensor, region: tuple, tiles: torch.Tensor) -> None:
     out[:, :, top : top + rows * th, left : left + cols * tw] = crop
 
 
-def _bayer(size: int) -> torch.Tensor:
-    """Ordered-dither thresholds in [0, 1): the Bayer matrix of a power-of-two size."""
-    matrix = torch.zeros(1, 1)
-    while matrix.shape[0] < size:
-        matrix = torch.cat([torch.cat([4 * matrix, 4 * matrix + 2], 1), torch.cat([4 * matrix + 3, 4 * matrix + 1], 1)])
-    return (matrix + 0.5) / matrix.numel()
+def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 
-def dithered_round(images: torch.Tensor) -> torch.Tensor:
-    """Round [K, 3, h, w] to integers with an 8x8 ordered dither, so that block means survive.
-
-    Plain rounding of a nearly flat area moves every pixel the same way, shifting a block's DC (and
-    chroma DC most) by up to half a level, which a float correction smaller than that cannot undo."""
-    h, w = images.shape[-2:]
-    threshold = _bayer(BLOCK).to(images).repeat(math.ceil(h / BLOCK), math.ceil(w / BLOCK))[:h, :w]
-    return torch.floor(images + 1.0 - threshold).clamp(0.0, 255.0)
+def _libjpeg_ycc(rgb: torch.Tensor) -> torch.Tensor:
+    """libjpeg's integer YCbCr of [K, 3, h, w] 8-bit RGB (0..255)."""
+    return round_ycbcr_like_libjpeg(rgb_to_ycbcr(rgb))
 
 
-_STALL_WINDOW = 25  # passes between checks that a tile is still converging
+def _quantized(ycc: torch.Tensor, mode: str, c: int, table: torch.Tensor) -> torch.Tensor:
+    """libjpeg's quantized coefficients [K, hb, wb, 8, 8] of component c, from its integer YCbCr."""
+    samples = plane_blocks(sampling.downsample(ycc[:, c], sampling.component_factors(mode, c), libjpeg_rounding=True))
+    return _round_half_away(islow_fdct(samples.to(torch.int32) - 128).to(table.dtype) / (8 * table))
 
 
-def _failures(images_8bit: torch.Tensor, intervals: Intervals) -> torch.Tensor:
-    """Per image, how many coefficients of its libjpeg re-encode differ from the stored ones."""
-    return sum(f.flatten(1).sum(1) for f in inconsistent_coefficients(images_8bit, intervals))
+class _Component:
+    """libjpeg's integer samples of one component of [K, 3, h, w] tiles (from their integer YCbCr),
+    and how each sample can move: its cell sums S over the (padded) pixels it averages, libjpeg's
+    rounding bias, and per pixel whether it is free (counted once, not replicated into the padding)."""
+
+    def __init__(self, ycc: torch.Tensor, mode: str, c: int):
+        self.c = c
+        self.factors = sampling.component_factors(mode, c)
+        self.ycc = ycc
+        fv, fh = self.factors
+        height, width = ycc.shape[-2:]
+        if self.factors == (1, 1):
+            self.out = (height, width)
+        else:  # libjpeg extends columns to whole output blocks, rows to whole cells (sampling.downsample)
+            out_h, cw = sampling.component_size(height, width, self.factors)
+            self.out = (out_h, BLOCK * -(-cw // BLOCK))
+        cell_h, cell_w = self.out[0] * fv, self.out[1] * fh
+        pixels = sampling.pad_replicate(self.ycc[:, c], cell_h, cell_w)
+        self.count = fv * fh
+        self.sums = self._cells(pixels).sum(-1)
+        if self.factors == (1, 1):
+            self.bias = torch.zeros(self.out, dtype=ycc.dtype, device=ycc.device)
+        else:
+            self.bias = sampling._round_bias(*self.out, self.factors, ycc)[0]
+        self.samples = torch.floor((self.sums + self.bias) / self.count)
+        free = torch.zeros(cell_h, cell_w, dtype=torch.bool, device=ycc.device)
+        free[: height - (cell_h > height), : width - (cell_w > width)] = True
+        self.free = self._cells(free[None])[0]
+
+    def _cells(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[K, out_h * fv, out_w * fh] -> [K, out_h, out_w, fv * fh]: the pixels each sample averages."""
+        fv, fh = self.factors
+        k, out_h, out_w = pixels.shape[0], *self.out
+        return pixels.reshape(k, out_h, fv, out_w, fh).permute(0, 1, 3, 2, 4).reshape(k, out_h, out_w, fv * fh)
+
+    def _uncells(self, cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        fv, fh = self.factors
+        k, out_h, out_w = cells.shape[:3]
+        plane = cells.reshape(k, out_h, out_w, fv, fh).permute(0, 1, 3, 2, 4).reshape(k, out_h * fv, out_w * fh)
+        return plane[:, :height, :width]
+
+    def pixel_room(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """How far (up, down) each pixel's integer value of this component can move, the other two
+        components kept, with its RGB staying in the cube (so that some 8-bit RGB pixel has it;
+        a margin of 1e-3 keeps float error on the safe side)."""
+        if self.c == 0:  # RGB + (d, d, d): Y + d exactly, chroma kept
+            return 255.0 - rgb.amax(1), rgb.amin(1)
+        own = self.ycc[:, self.c]
+        up, down = 255.0 - own, own.clone()
+        colour = ycbcr_to_rgb(self.ycc)
+        for weight, channel in zip(ycc_to_rgb_matrix(torch.float64)[:, self.c].tolist(), colour.unbind(1)):
+            if abs(weight) < 1e-3:  # R does not depend on Cb: it must already lie in the cube
+                inside = ((channel >= 0.0) & (channel <= 255.0)).to(own.dtype)
+                up, down = up * inside, down * inside
+                continue
+            rise, fall = (255.0 - channel, channel) if weight > 0 else (channel, 255.0 - channel)
+            up = torch.minimum(up, rise / abs(weight) - 1e-3)
+            down = torch.minimum(down, fall / abs(weight) - 1e-3)
+        return up.floor().clamp(min=0.0), down.floor().clamp(min=0.0)
+
+    def sample_bounds(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample, the lowest and highest change (integers, [K, out_h, out_w]) its free pixels allow."""
+        up, down = self._pixel_capacity(rgb)
+        high = torch.floor((self.sums + up.sum(-1) + self.bias) / self.count) - self.samples
+        low = torch.floor((self.sums - down.sum(-1) + self.bias) / self.count) - self.samples
+        return low, high
+
+    def _pixel_capacity(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cell_h, cell_w = self.out[0] * self.factors[0], self.out[1] * self.factors[1]
+        up, down = (self._cells(sampling.pad_replicate(r, cell_h, cell_w)) * self.free for r in self.pixel_room(rgb))
+        return up, down
+
+    def pixel_change(self, rgb: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        """The change of this component per pixel [K, h, w] that moves the samples by `change`
+        (within `sample_bounds`): each cell sum moves to the nearest value libjpeg rounds to the new
+        sample, spread over the cell's free pixels in order, each within its room."""
+        target = self.samples + change
+        low = target * self.count - self.bias
+        need = torch.minimum(torch.maximum(self.sums, low), low + self.count - 1) - self.sums
+        up, down = self._pixel_capacity(rgb)
+        moves = []
+        for capacity, amount in ((up, need.clamp(min=0.0)), (down, (-need).clamp(min=0.0))):
+            before = capacity.cumsum(-1) - capacity
+            moves.append((amount.unsqueeze(-1) - before).clamp(min=0.0).minimum(capacity))
+        return self._uncells(moves[0] - moves[1], *rgb.shape[-2:])
 
 
-def _solve(tiles: torch.Tensor, intervals: Intervals, settings: dict) -> torch.Tensor:
-    """Rounds of float projection, 8-bit rounding and exact checking on [K, 3, h, w] tiles (0..255).
+_RGB_OFFSETS = torch.tensor(list(itertools.product(range(-2, 3), repeat=3)), dtype=torch.float32)
 
-    Tiles that are consistent once rounded are left as they are; for the others the best 8-bit
-    state seen (fewest differing coefficients) is returned, so no tile ends worse than it began."""
-    state = tiles.clamp(0.0, 255.0).round()
-    best = state.clone()
-    best_failures = _failures(best, intervals)
-    margins = [torch.full(c.shape, settings["margin"], device=tiles.device) for c in intervals.coefficients]
-    active = (best_failures > 0).nonzero().flatten()
-    for round_index in range(settings["max_rounds"]):
-        if active.numel() == 0:
-            break
-        target = intervals.subset(active)
-        ycc = rgb_to_ycbcr(state[active])
-        # alternate the projections; a tile leaves the working set once its intervals hold, or once
-        # it stops getting closer (margins can leave no room inside the RGB cube)
-        moving = torch.arange(active.numel(), device=tiles.device)
-        work, bounds = ycc, target.bounds([m[active] for m in margins])
-        earlier = None
-        for index in range(settings["float_passes"]):
-            projected, outside = interval_projection(work, target.mode, bounds)
-            work = work + settings["relaxation"] * (gamut_projection(projected) - work)
-            keep = outside >= 1e-3
-            if index % _STALL_WINDOW == 0:
-                if earlier is not None:
-                    keep &= outside < 0.8 * earlier
-                earlier = outside
-            if not keep.all():
-                ycc[moving[~keep]] = work[~keep]
-                moving, work, earlier = moving[keep], work[keep], earlier[keep]
-                bounds = [(lo[keep], hi[keep]) for lo, hi in bounds]
-            if moving.numel() == 0:
+
+def _rgb_for(ycc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """8-bit RGB pixels [P, 3] whose libjpeg YCbCr is exactly `ycc` [P, 3] (integers): searched among
+    the 125 neighbours of the float inverse. Returns (rgb, found)."""
+    base = ycbcr_to_rgb(ycc.T[None, :, :, None].double())[0, :, :, 0].T.round()
+    offsets = _RGB_OFFSETS.to(device=ycc.device, dtype=base.dtype)
+    candidates = (base[:, None] + offsets).clamp(0.0, 255.0)  # [P, 125, 3]
+    converted = round_ycbcr_like_libjpeg(rgb_to_ycbcr(candidates.permute(2, 0, 1)[None]))[0].permute(1, 2, 0)
+    match = (converted == ycc[:, None].double()).all(-1)
+    choice = match.float().argmax(1)
+    return candidates[torch.arange(len(ycc), device=ycc.device), choice].to(ycc.dtype), match.any(1)
+
+
+def _block_replicas(out: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a plane of `out` samples padded to whole blocks: per block [nb, 64], the in-block index
+    each padded position copies (itself for real samples), and whether the position is real."""
+    height, width = out
+    index = torch.arange(height * width, dtype=torch.float64, device=device).view(1, height, width)
+    blocks = plane_blocks(index)[0].flatten(0, 1).flatten(1).long()  # [nb, 64] plane index per position
+    hb, wb = sampling.block_grid(out)
+    rows = torch.arange(hb * BLOCK, device=device).view(hb, 1, BLOCK, 1).expand(hb, wb, BLOCK, BLOCK)
+    cols = torch.arange(wb * BLOCK, device=device).view(1, wb, 1, BLOCK).expand(hb, wb, BLOCK, BLOCK)
+    own = (rows * width + cols).flatten(0, 1).flatten(1)
+    real = (rows < height).flatten(0, 1).flatten(1) & (cols < width).flatten(0, 1).flatten(1)
+    local = torch.zeros_like(blocks)
+    for b in range(blocks.shape[0]):  # at most 4 blocks per tile
+        lookup = {int(p): i for i, p in enumerate(own[b].tolist()) if real[b, i]}
+        local[b] = torch.tensor([lookup[int(p)] for p in blocks[b].tolist()], device=device)
+    return local, real
+
+
+def _islow(samples: torch.Tensor) -> torch.Tensor:
+    """libjpeg's DCT of integer sample blocks [B, 64] (flattened 8x8), in DCT units (its output / 8)."""
+    return islow_fdct(samples.reshape(-1, BLOCK, BLOCK).to(torch.int32) - 128).to(samples.dtype).reshape(-1, 64) / 8
+
+
+def _descend(samples, replicas, low, high, target_low, target_high, table, settings) -> torch.Tensor:
+    """Coordinate descent on the integer samples of B blocks (see the module docstring, step 2).
+
+    samples [B, 64] padded block (replicas equal their source), replicas [64] the in-block source of
+    each position, low/high [B, 64] bounds of each source sample's change; target_low/target_high
+    [B, 64] the quantized values to reach, table [B, 64]. Between exact checks (libjpeg's integer
+    DCT, every few steps) the coefficients follow each move through the float DCT, which is linear
+    and differs from libjpeg's by under 0.2. Returns each source sample's change [B, 64]."""
+    dtype = samples.dtype
+    moves = (replicas.view(64, 1) == torch.arange(64, device=samples.device)).to(dtype)  # [position, source]
+    effect = (_block_dct(dtype, samples.device) @ moves).T  # [source, coefficient]
+    result = torch.zeros_like(samples)
+    index = torch.arange(samples.shape[0], device=samples.device)
+    change = torch.zeros_like(samples)
+    inset = torch.clamp(0.25 * table, min=1 / 16, max=settings["search_inset"])  # aim inside: room for later moves
+    lo = (target_low - 0.5) * table + inset
+    hi = (target_high + 0.5) * table - inset
+    for step in range(settings["search_steps"] + 1):
+        if step % _CHECK_EVERY == 0:  # exact check; blocks that are done or stuck leave
+            value = _islow(samples + change @ moves.T)
+            if step:
+                quantized = _round_half_away(value / table)
+                keep = ~((quantized >= target_low) & (quantized <= target_high)).all(1) & moved
+                result[index] = change
+                if step == settings["search_steps"] or not keep.any():
+                    break
+                index, samples, change, value = index[keep], samples[keep], change[keep], value[keep]
+                low, high, target_low, target_high, table, lo, hi = (
+                    t[keep] for t in (low, high, target_low, target_high, table, lo, hi)
+                )
+            moved = torch.zeros(index.shape[0], dtype=torch.bool, device=samples.device)
+        excess = value - value.clamp(lo, hi)
+        gradient = excess @ effect.T
+        direction = -torch.sign(gradient)
+        allowed = (change + direction >= low) & (change + direction <= high) & (direction != 0)
+        score, chosen = torch.where(allowed, gradient.abs(), -1.0).topk(settings["candidates"], dim=1)
+        steps = direction.gather(1, chosen)
+        trial = value.unsqueeze(1) + steps.unsqueeze(-1) * effect[chosen]
+        outside = trial - trial.clamp(lo.unsqueeze(1), hi.unsqueeze(1))
+        gain = outside.pow(2).sum(-1) - excess.pow(2).sum(1, keepdim=True)
+        best, pick = torch.where(score >= 0, gain, float("inf")).min(1)
+        improve = best < -1e-6
+        picked = chosen.gather(1, pick[:, None])[:, 0]
+        amount = torch.where(improve, steps.gather(1, pick[:, None])[:, 0], 0.0)
+        change[torch.arange(change.shape[0], device=change.device), picked] += amount
+        value = value + amount[:, None] * effect[picked]
+        moved |= improve
+    return result
+
+
+def _differences(rgb: torch.Tensor, intervals: Intervals, targets: bool) -> list[torch.Tensor]:
+    """Per component, which coefficients [K, hb, wb, 8, 8] of the tiles' libjpeg re-encode (bit-exact
+    model) differ from the stored ones, or with `targets` fall outside the target range low..high."""
+    ycc = _libjpeg_ycc(rgb)
+    masks = []
+    for c in range(len(intervals.coefficients)):
+        quantized = _quantized(ycc, intervals.mode, c, intervals.tables[c].to(rgb.dtype))
+        if targets:
+            masks.append((quantized < intervals.low[c]) | (quantized > intervals.high[c]))
+        else:
+            masks.append(quantized != intervals.coefficients[c])
+    return masks
+
+
+def _counts(masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tile, the failing blocks and differing coefficients of `_differences`."""
+    blocks = sum(m.flatten(-2).any(-1).flatten(1).sum(1) for m in masks)
+    return blocks, sum(m.flatten(1).sum(1) for m in masks)
+
+
+def _repair_component(rgb: torch.Tensor, intervals: Intervals, c: int, failing: torch.Tensor, settings: dict) -> torch.Tensor:
+    """The lattice search over component c's failing blocks [K, hb, wb] of [K, 3, h, w] 8-bit tiles."""
+    tiles = failing.flatten(1).any(1).nonzero().flatten()
+    if tiles.numel() == 0:
+        return rgb
+    failing, part = failing[tiles], rgb[tiles]
+    component = _Component(_libjpeg_ycc(part), intervals.mode, c)
+    blocks = plane_blocks(component.samples).flatten(-2)
+    low, high = (plane_blocks(bound).flatten(-2) for bound in component.sample_bounds(part))
+    target_low, target_high = (t[tiles].flatten(-2).to(rgb.dtype) for t in (intervals.low[c], intervals.high[c]))
+    steps = intervals.tables[c][tiles].flatten(-2).to(rgb.dtype)
+    replicas, real = _block_replicas(component.out, rgb.device)
+    change_blocks = torch.zeros_like(blocks)
+    wb = failing.shape[2]
+    for b in range(replicas.shape[0]):
+        i, j = divmod(b, wb)
+        which = failing[:, i, j].nonzero().flatten()
+        if which.numel() == 0:
+            continue
+        keep = real[b].to(rgb.dtype)
+        change_blocks[which, i, j] = keep * _descend(
+            blocks[which, i, j], replicas[b], low[which, i, j] * keep, high[which, i, j] * keep,
+            target_low[which, i, j], target_high[which, i, j], steps[which, 0, 0].expand(-1, 64), settings,
+        )
+    change = unblockify(change_blocks.unflatten(-1, (BLOCK, BLOCK)))[:, : component.out[0], : component.out[1]]
+    pixel = component.pixel_change(part, change)
+    if c == 0:
+        part = part + pixel.unsqueeze(1)
+    else:
+        where = (pixel != 0).nonzero(as_tuple=True)
+        target = component.ycc.permute(0, 2, 3, 1)[where]
+        target[:, c] += pixel[where]
+        found_rgb, found = _rgb_for(target)
+        channels_last = part.permute(0, 2, 3, 1).clone()
+        channels_last[where] = torch.where(found[:, None], found_rgb, channels_last[where])
+        part = channels_last.permute(0, 3, 1, 2)
+    out = rgb.clone()
+    out[tiles] = part
+    return out
+
+
+_SEARCH_CHUNK = 4096  # tiles searched at once (bounds the memory of the search)
+
+
+def _lattice_search(rgb: torch.Tensor, intervals: Intervals, tiles: torch.Tensor, widened: torch.Tensor, settings: dict):
+    """Rounds of the lattice search on `tiles` (indices) of [K, 3, h, w] 8-bit tiles (chroma
+    components, then luma), in place. Returns per tile the failing blocks and differing
+    coefficients against the stored ones (measured only where they can differ: tiles the search
+    worked on and tiles with widened targets).
+
+    A chroma change keeps each pixel's libjpeg Y and other chroma exactly, a luma change keeps its
+    chroma: one check per round tells every component's failing blocks."""
+    order = list(range(1, len(intervals.coefficients))) + [0]
+    blocks, _ = _counts(_differences(rgb[tiles], intervals.subset(tiles), targets=True))
+    failing_tiles = tiles[blocks > 0]
+    measure = torch.cat([failing_tiles, widened]).unique()
+    for start in range(0, failing_tiles.numel(), _SEARCH_CHUNK):
+        active = failing_tiles[start : start + _SEARCH_CHUNK]
+        for round_index in range(settings["search_rounds"]):
+            tiles, target = rgb[active], intervals.subset(active)
+            masks = _differences(tiles, target, targets=True)
+            still = _counts(masks)[0] > 0
+            if not still.any():
                 break
-        ycc[moving] = work
-        rounded = ycbcr_to_rgb(ycc).clamp(0.0, 255.0)
-        rounded = dithered_round(rounded) if round_index else rounded.round()
-        state[active] = rounded
-        failing = inconsistent_coefficients(rounded, target)
-        for m, f in zip(margins, failing):
-            m[active] += settings["margin_step"] * f
-        failures = sum(f.flatten(1).sum(1) for f in failing)
-        better = failures < best_failures[active]
-        best[active[better]] = rounded[better]
-        best_failures[active[better]] = failures[better]
-        active = active[failures > 0]
-    return best
+            active, tiles, target = active[still], tiles[still], target.subset(still.nonzero().flatten())
+            # later rounds see the few hard blocks: they weigh 4x as many moves each round
+            candidates = min(64, settings["candidates"] << (2 * round_index))
+            for c in order:
+                failing = masks[c][still].flatten(-2).any(-1)
+                tiles = _repair_component(tiles, target, c, failing, dict(settings, candidates=candidates))
+            rgb[active] = tiles
+    failing_blocks = torch.zeros(rgb.shape[0], dtype=torch.long, device=rgb.device)
+    differing = torch.zeros_like(failing_blocks)
+    for start in range(0, measure.numel(), _SEARCH_CHUNK):
+        part = measure[start : start + _SEARCH_CHUNK]
+        failing_blocks[part], differing[part] = _counts(_differences(rgb[part], intervals.subset(part), targets=False))
+    return failing_blocks, differing
 
 
-def project(
+def projection(
     images: torch.Tensor,
     jpeg,
-    margin: float = 0.5,
-    margin_step: float = 0.5,
-    max_rounds: int = 12,
-    float_passes: int = 300,
+    margin: float = 2.0,
+    float_passes: int = 200,
     relaxation: float = 1.5,
-) -> torch.Tensor:
+    widenings: int = 32,
+    search_rounds: int = 3,
+    search_steps: int = 32,
+    candidates: int = 8,
+    search_inset: float = 1.0,
+) -> Projection:
     """Make candidates [N, 3, H, W] (or [3, H, W]) in [0, 1] consistent with `jpeg` (a JpegFile).
 
-    Returns images on the 8-bit grid (k / 255), so saving them as 8-bit files loses nothing: their
-    libjpeg re-encode with the file's tables and sampling reproduces the file's coefficients. Each
-    round alternates the interval and RGB-cube projections in float (up to `float_passes` times,
-    over-relaxed by `relaxation` to speed up convergence, until the intervals hold), rounds to 8
-    bits and checks every coefficient with libjpeg's exact arithmetic; coefficients that still
-    differ get `margin_step` more margin (DCT units) against rounding. What still differs after
-    `max_rounds` (mostly with quantization steps of 1-2, quality ~95) stays as close as reached.
-    """
+    The float result (`Projection.floats`) meets every interval, shrunk by `margin` DCT units so that
+    rounding it keeps most coefficients; it is found by up to `float_passes` alternating projections,
+    over-relaxed by `relaxation`. The 8-bit result (`Projection.images`) is its rounding, repaired by
+    the lattice search (`search_rounds` rounds of up to `search_steps` moves per block, each choosing
+    among `candidates` moves): see the module docstring. Batch entries are independent."""
     single = images.dim() == 3
     batch = images.unsqueeze(0) if single else images
     if batch.dim() != 4 or batch.shape[1] != 3 or tuple(batch.shape[-2:]) != tuple(jpeg.size):
@@ -257,14 +662,59 @@ def project(
             f"got {tuple(images.shape)}"
         )
     settings = dict(
-        margin=margin, margin_step=margin_step, max_rounds=max_rounds, float_passes=float_passes, relaxation=relaxation
+        margin=margin, float_passes=float_passes, relaxation=relaxation, widenings=widenings, search_rounds=search_rounds,
+        search_steps=search_steps, candidates=candidates, search_inset=search_inset,
     )
+    n = batch.shape[0]
     with torch.no_grad():
         source = batch.float() * 255.0
         if jpeg.sampling == sampling.GRAY:  # a grayscale file's outputs are gray
             source = rgb_to_ycbcr(source)[:, :1].expand(-1, 3, -1, -1)
-        out = torch.empty_like(source)
+        floats, rounded = torch.empty_like(source), torch.empty_like(source)
+        failing_blocks, differing, given_up = (torch.zeros(n, dtype=torch.long, device=source.device) for _ in range(3))
         for region, tiles, intervals in _tiles(source, jpeg):
-            _untile(out, region, _solve(tiles, intervals, settings))
-    result = (out / 255.0).to(images.dtype)
-    return result[0] if single else result
+            # tiles whose candidate is already 8-bit exact are kept as they are
+            eight_bit = tiles.clamp(0.0, 255.0).round()
+            pending = (_counts(_differences(eight_bit, intervals, targets=False))[0] > 0).nonzero().flatten()
+            solved, excess = _float_solve(rgb_to_ycbcr(tiles), intervals, settings)
+            _untile(floats, region, ycbcr_to_rgb(solved))
+            stuck = pending[excess[pending] > _WIDEN_ABOVE]
+            if stuck.numel():
+                solved[stuck], widened = _widen(solved[stuck], intervals.subset(stuck), settings)
+                intervals = intervals.with_targets(stuck, widened)
+                per_tile = torch.zeros(solved.shape[0], dtype=torch.long, device=source.device)
+                per_tile[stuck] = sum(((lo != c) | (hi != c)).flatten(1).sum(1)
+                                      for lo, hi, c in zip(widened.low, widened.high, widened.coefficients))
+                given_up += per_tile.view(n, -1).sum(1)
+            eight_bit[pending] = ycbcr_to_rgb(solved[pending]).clamp(0.0, 255.0).round()
+            blocks, coefficients = _lattice_search(eight_bit, intervals, pending, stuck, settings)
+            # a last try for tiles that still fail in the file's own colours: start the search from
+            # the middle half of every interval (the candidate's detail gives way to exactness there)
+            retry = pending[coefficients[pending] > 0]
+            retry = retry[~torch.isin(retry, stuck)]
+            if retry.numel():
+                target = intervals.subset(retry)
+                centred, _ = _float_solve(rgb_to_ycbcr(tiles[retry]), target, dict(settings, margin=float("inf")))
+                again = ycbcr_to_rgb(centred).clamp(0.0, 255.0).round()
+                everything = torch.arange(retry.numel(), device=retry.device)
+                again_blocks, again_coefficients = _lattice_search(again, target, everything, everything[:0], settings)
+                better = again_coefficients < coefficients[retry]
+                eight_bit[retry[better]] = again[better]
+                blocks[retry[better]], coefficients[retry[better]] = again_blocks[better], again_coefficients[better]
+            _untile(rounded, region, eight_bit)
+            failing_blocks += blocks.view(n, -1).sum(1)
+            differing += coefficients.view(n, -1).sum(1)
+    fields = ((rounded / 255.0).to(images.dtype), (floats / 255.0).to(images.dtype), failing_blocks, differing, given_up)
+    return Projection(*(field[0] if single else field for field in fields))
+
+
+def project(images: torch.Tensor, jpeg, **settings) -> torch.Tensor:
+    """The 8-bit images of `projection` (k / 255): saved as 8-bit files they lose nothing."""
+    return projection(images, jpeg, **settings).images
+
+
+def round_to_16_bits(floats: torch.Tensor) -> torch.Tensor:
+    """The float result on the 16-bit grid (k / 65535), clamped to [0, 1]. The rounding moves a
+    coefficient by at most 8 x 0.5 / 65535 x 255 = 0.016 DCT units, inside any margin of
+    `projection`, so float consistency holds wherever the float result lies in the cube."""
+    return (floats.clamp(0.0, 1.0) * 65535.0).round() / 65535.0

@@ -1,8 +1,12 @@
-"""Consistency of images with a JPEG file, measured through a real libjpeg re-encode.
+"""Consistency of images with a JPEG file, at two levels.
 
-The images are rounded to 8-bit RGB (what a user saves) and compressed by libjpeg (the
-libjpeg-turbo bundled with jpeglib) with the file's own tables, per component, and sampling;
-the stored coefficients of that file are then compared with the original file's.
+- 8-bit (`coefficient_agreement`, `consistency_rmse`): the images are rounded to 8-bit RGB (what a
+  user saves) and compressed by libjpeg (the libjpeg-turbo bundled with jpeglib) with the file's
+  own tables, per component, and sampling; the stored coefficients of that file are then compared
+  with the original file's.
+- float (`float_consistency`): the exact DCT of the images as they are (no rounding, no clamping;
+  float64 colour conversion, chroma averaged over libjpeg's cells and padding) lies inside every
+  quantization interval of the file: the paper's notion.
 """
 
 import os
@@ -14,7 +18,9 @@ import numpy as np
 import torch
 
 from ..jpeg import sampling
-from ..jpeg.codec import component_planes
+from ..jpeg.codec import component_planes, component_tables, plane_blocks
+from ..jpeg.color import rgb_to_ycbcr
+from ..jpeg.dct import dct_blocks
 from ..jpeg.file import JpegFile, read_jpeg
 
 LIBJPEG_VERSION = "turbo210"
@@ -97,3 +103,39 @@ def consistency_rmse(images: torch.Tensor, jpeg: JpegFile) -> torch.Tensor:
     reference = jpeg.decode(dtype=torch.float64)
     errors = [(again.decode(dtype=torch.float64) - reference) * 255.0 for again in reencode(images, jpeg)]
     return torch.stack([e.pow(2).mean().sqrt() for e in errors]).float()
+
+
+@dataclass(frozen=True)
+class FloatConsistency:
+    """How much of a batch lies inside the file's quantization intervals before any rounding."""
+
+    violating_coefficients: int
+    total_coefficients: int
+    violating_blocks: int
+    total_blocks: int
+
+    @property
+    def coefficients(self) -> float:
+        return 1.0 - self.violating_coefficients / self.total_coefficients
+
+    @property
+    def blocks(self) -> float:
+        return 1.0 - self.violating_blocks / self.total_blocks
+
+
+def float_consistency(images: torch.Tensor, jpeg: JpegFile) -> FloatConsistency:
+    """Float consistency of [N, 3, H, W] (or [3, H, W]) images in [0, 1] (any float values): a
+    coefficient is consistent when its exact DCT, divided by its step, lies within 1/2 of the stored
+    value (a tolerance of 1e-9 steps absorbs float64 rounding)."""
+    ycc = rgb_to_ycbcr(_as_batch(images, jpeg).detach().double().cpu() * 255.0)
+    tables = component_tables(jpeg.qtable_tensor(dtype=torch.float64), 1, len(jpeg.coefficients))
+    violating_coefficients = total_coefficients = violating_blocks = total_blocks = 0
+    for c, stored in enumerate(jpeg.coefficient_tensors()):
+        plane = sampling.downsample(ycc[:, c], sampling.component_factors(jpeg.sampling, c), libjpeg_rounding=False)
+        coefficients = dct_blocks(plane_blocks(plane) - 128.0) / tables[:, c, None, None]
+        outside = (coefficients - stored.double()).abs() > 0.5 + 1e-9
+        violating_coefficients += int(outside.sum())
+        total_coefficients += outside.numel()
+        violating_blocks += int(outside.flatten(-2).any(-1).sum())
+        total_blocks += outside.numel() // 64
+    return FloatConsistency(violating_coefficients, total_coefficients, violating_blocks, total_blocks)
