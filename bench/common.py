@@ -1,6 +1,7 @@
 """Shared helpers for the benchmarks: JSON-line output, timing, test images."""
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,8 @@ import torch
 from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_FILES = Path(__file__).resolve().parents[2] / "shared" / "realfiles"
+# ../shared/realfiles beside the repo (as in CI); POSTERIOR_JPEG_REALFILES points elsewhere (a worktree)
+REAL_FILES = Path(os.environ.get("POSTERIOR_JPEG_REALFILES") or SHARED_DATA.parent / "realfiles")
 
 
 def emit(**record) -> None:

@@ -189,6 +189,7 @@ _STALL = 0.9  # a tile whose distance to the sets fell by less than this factor 
 _CUBE_TOLERANCE = 1e-3  # gray levels outside the cube that count as inside
 _INTERVAL_SLACK = 0.1  # DCT units beyond the shrunk intervals that count as inside (less than any shrink)
 _WIDEN_ABOVE = 0.5  # gray levels outside the cube from which a stalled tile gives up coefficients
+_DESCENT_MARGIN = 0.05  # DCT units kept inside the intervals by `_interval_descent` (16-bit rounding: 0.016)
 _WIDEN_INSET = 0.5  # gray levels a tile that gives up coefficients keeps from the cube's faces: its
 #                     colours are saturated, and rounding must not clip nor 8-bit moves lack room
 
@@ -216,11 +217,40 @@ def _interval_violation(ycc: torch.Tensor, mode: str, bounds: list[tuple[torch.T
     return torch.stack([(dct - dct.clamp(low, high)).abs().flatten(1).amax(1) for (_, dct), (low, high) in zip(dcts, bounds)]).amax(0)
 
 
-def _float_solve(ycc: torch.Tensor, intervals: Intervals, settings: dict, inset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def _interval_descent(ycc: torch.Tensor, intervals: Intervals, settings: dict) -> torch.Tensor:
+    """Padded tiles whose alternation stalled outside their intervals: minimise the squared distance
+    of their coefficients to the intervals over the pixels, by L-BFGS with the exact gradient of the
+    padding and averaging (a convex problem: it reaches the intervals wherever the padding lets them
+    be met). The intervals keep only a thin margin: with few real samples in a padded block, the
+    middles that `margin` asks for may be out of reach where the intervals are not. Ignores the cube."""
+    bounds = intervals.bounds(_DESCENT_MARGIN, ycc.dtype)
+    shapes = [low.shape[1:] for low, _ in bounds]
+    work = ycc.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([work], max_iter=settings["float_passes"], tolerance_grad=1e-9,
+                                  tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def distance() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = sum((dct - dct.clamp(low, high)).pow(2).sum()
+                   for (_, dct), (low, high) in zip(_plane_dcts(work, intervals.mode, shapes), bounds))
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(distance)
+    result = work.detach()
+    if intervals.mode == sampling.GRAY:
+        result[:, 1:] = 128.0
+    return result
+
+
+def _float_solve(ycc: torch.Tensor, intervals: Intervals, settings: dict, inset: float = 0.0,
+                 descent: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Alternate the projections on [K, 3, h, w] YCbCr tiles; each tile leaves once the interval
     projection lands inside the cube (and, where padding makes that projection inexact, inside the
-    intervals), or once it stalls. Tiles that stall outside the intervals then alternate without the
-    cube until they are inside. Returns the tiles and how far (gray levels) each leaves the cube."""
+    intervals), or once it stalls. With `descent`, tiles that stall outside the intervals are then
+    brought inside by `_interval_descent`. Returns the tiles and how far (gray levels) each leaves
+    the cube (with `inset`, its inner cube)."""
     bounds = intervals.bounds(settings["margin"], ycc.dtype)
     padded = _has_padding(intervals.mode, intervals.size, [low.shape[1:] for low, _ in bounds])
     out = torch.empty_like(ycc)
@@ -246,13 +276,9 @@ def _float_solve(ycc: torch.Tensor, intervals: Intervals, settings: dict, inset:
             bounds = [(low[keep], high[keep]) for low, high in bounds]
         work = projected + settings["relaxation"] * (gamut_projection(projected, inset) - projected)
     outside = (violation_out > _INTERVAL_SLACK).nonzero().flatten()
-    if outside.numel():
-        bounds = intervals.subset(outside).bounds(settings["margin"], ycc.dtype)
-        work = out[outside]
-        for _ in range(settings["float_passes"]):
-            work = interval_projection(work, intervals.mode, bounds)
-        out[outside] = work
-        excess_out[outside] = _cube_excess(work, inset)
+    if descent and outside.numel():
+        out[outside] = _interval_descent(out[outside], intervals.subset(outside), settings)
+        excess_out[outside] = _cube_excess(out[outside], inset)
     return out, excess_out
 
 
@@ -294,7 +320,7 @@ def _widen(ycc: torch.Tensor, intervals: Intervals, settings: dict) -> tuple[tor
             low[c][where] += amount[mine].clamp(max=0.0)
             high[c][where] += amount[mine].clamp(min=0.0)
             start += size
-        solved, excess = _float_solve(out[index], widened(index), settings, _WIDEN_INSET)
+        solved, excess = _float_solve(out[index], widened(index), settings, _WIDEN_INSET, descent=False)
         out[index] = solved
         index = index[excess > _WIDEN_ABOVE]
         if index.numel() == 0:
