@@ -107,12 +107,17 @@ def consistency_rmse(images: torch.Tensor, jpeg: JpegFile) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FloatConsistency:
-    """How much of a batch lies inside the file's quantization intervals before any rounding."""
+    """How much of a batch lies inside the file's quantization intervals before any rounding.
+
+    violating_edge_blocks counts the violating blocks that libjpeg pads (the last block row or
+    column of a component whose samples do not fill it): there the intervals can be out of reach
+    of every image, since the padding repeats the last real row or column."""
 
     violating_coefficients: int
     total_coefficients: int
     violating_blocks: int
     total_blocks: int
+    violating_edge_blocks: int
 
     @property
     def coefficients(self) -> float:
@@ -129,13 +134,20 @@ def float_consistency(images: torch.Tensor, jpeg: JpegFile) -> FloatConsistency:
     value (a tolerance of 1e-9 steps absorbs float64 rounding)."""
     ycc = rgb_to_ycbcr(_as_batch(images, jpeg).detach().double().cpu() * 255.0)
     tables = component_tables(jpeg.qtable_tensor(dtype=torch.float64), 1, len(jpeg.coefficients))
-    violating_coefficients = total_coefficients = violating_blocks = total_blocks = 0
+    violating_coefficients = total_coefficients = violating_blocks = total_blocks = violating_edge_blocks = 0
     for c, stored in enumerate(jpeg.coefficient_tensors()):
-        plane = sampling.downsample(ycc[:, c], sampling.component_factors(jpeg.sampling, c), libjpeg_rounding=False)
+        factors = sampling.component_factors(jpeg.sampling, c)
+        plane = sampling.downsample(ycc[:, c], factors, libjpeg_rounding=False)
         coefficients = dct_blocks(plane_blocks(plane) - 128.0) / tables[:, c, None, None]
         outside = (coefficients - stored.double()).abs() > 0.5 + 1e-9
+        blocks = outside.flatten(-2).any(-1)  # [N, hb, wb]
+        height, width = sampling.component_size(*jpeg.size, factors)
+        edge = torch.zeros(blocks.shape[1:], dtype=torch.bool)
+        edge[-1, :] |= height % 8 != 0
+        edge[:, -1] |= width % 8 != 0
         violating_coefficients += int(outside.sum())
         total_coefficients += outside.numel()
-        violating_blocks += int(outside.flatten(-2).any(-1).sum())
-        total_blocks += outside.numel() // 64
-    return FloatConsistency(violating_coefficients, total_coefficients, violating_blocks, total_blocks)
+        violating_blocks += int(blocks.sum())
+        violating_edge_blocks += int((blocks & edge).sum())
+        total_blocks += blocks.numel()
+    return FloatConsistency(violating_coefficients, total_coefficients, violating_blocks, total_blocks, violating_edge_blocks)
