@@ -6,7 +6,10 @@ Two levels of consistency (see `Projection`):
   the RGB cube, over-relaxed, and always end on the interval projection, so the float result meets
   every interval by construction. Where the file's own colours lie outside the RGB cube (cameras
   encode YCbCr from the sensor, not from RGB) the two sets do not meet; such tiles stop when the
-  alternation stalls, and their float result leaves [0, 255] there.
+  alternation stalls, and their float result leaves [0, 255] there. In blocks that libjpeg pads the
+  interval step is a least-squares one; tiles that stall there go to an L-BFGS descent on their
+  distance to the intervals, which reaches them unless the padding puts them out of every image's
+  reach (seen at steps of 1-3, by under a DCT unit).
 - 8-bit: the rounded image, re-encoded by libjpeg with the file's tables and sampling, gives back
   every stored coefficient. Rounding the float result moves each coefficient by about 0.35 DCT units
   (more than a step of 1-2 allows), so the blocks that still fail are repaired by a search on the
@@ -27,8 +30,14 @@ integer downsampling), where the constraints of different blocks do not interact
 3. The changed samples are written back into RGB (Cb blocks, Cr blocks, then luma, each from the
    pixels as the previous step left them), and the exact check runs again, for `search_rounds`.
 Edge blocks (the file's padding) are handled exactly: a sample's replicas move with it, and pixels
-that libjpeg replicates into the padding are never changed. What cannot be met (colours outside the
-cube, a box with no lattice point at steps of 1) stays as close as the search reached.
+that libjpeg replicates into the padding are never changed. Two more steps serve what the search
+alone cannot reach:
+- colours outside the cube (`_widen`): the tile gives up, greedily, the coefficients that fight the
+  cube most, one at a time, widening their target range until a float solution inside the cube
+  exists; the search then aims at the widened ranges (`Projection.given_up_coefficients`);
+- tiles that still fail start again from the middle half of every interval (their candidate's
+  detail gives way to exactness there), keeping whichever result differs less.
+What cannot be met (a box with no lattice point at steps of 1) stays as close as the search reached.
 
 The constraints of different MCUs (the 8x8 / 16x16 pixel units that libjpeg codes together) do not
 interact, so all of the work runs on a batch of MCU tiles; a tile leaves the batch once it is done
@@ -624,6 +633,8 @@ def _repair_component(rgb: torch.Tensor, intervals: Intervals, c: int, failing: 
 
 
 _SEARCH_CHUNK = 4096  # tiles searched at once (bounds the memory of the search)
+_ESCALATE_SHARE = 0.1  # share of the blocks still failing above which no further round (nor retry) runs
+_FEW_BLOCKS = 256  # ... unless they are this few
 
 
 def _lattice_search(rgb: torch.Tensor, intervals: Intervals, tiles: torch.Tensor, widened: torch.Tensor, settings: dict):
@@ -638,16 +649,21 @@ def _lattice_search(rgb: torch.Tensor, intervals: Intervals, tiles: torch.Tensor
     blocks, _ = _counts(_differences(rgb[tiles], intervals.subset(tiles), targets=True))
     failing_tiles = tiles[blocks > 0]
     measure = torch.cat([failing_tiles, widened]).unique()
+    blocks_per_tile = sum(c[0, ..., 0, 0].numel() for c in intervals.coefficients)
     for start in range(0, failing_tiles.numel(), _SEARCH_CHUNK):
         active = failing_tiles[start : start + _SEARCH_CHUNK]
+        total_blocks = active.numel() * blocks_per_tile
         for round_index in range(settings["search_rounds"]):
             tiles, target = rgb[active], intervals.subset(active)
             masks = _differences(tiles, target, targets=True)
-            still = _counts(masks)[0] > 0
-            if not still.any():
+            blocks = _counts(masks)[0]
+            still = blocks > 0
+            # later rounds are for the few hard blocks; where most blocks still fail (steps of 1 all
+            # over: quality 98-100) more moves buy little at a high price
+            if not still.any() or (round_index and blocks.sum() > max(_ESCALATE_SHARE * total_blocks, _FEW_BLOCKS)):
                 break
             active, tiles, target = active[still], tiles[still], target.subset(still.nonzero().flatten())
-            # later rounds see the few hard blocks: they weigh 4x as many moves each round
+            # they weigh 4x as many moves each round
             candidates = min(64, settings["candidates"] << (2 * round_index))
             for c in order:
                 failing = masks[c][still].flatten(-2).any(-1)
@@ -715,10 +731,12 @@ def projection(
             eight_bit[pending] = ycbcr_to_rgb(solved[pending]).clamp(0.0, 255.0).round()
             blocks, coefficients = _lattice_search(eight_bit, intervals, pending, stuck, settings)
             # a last try for tiles that still fail in the file's own colours: start the search from
-            # the middle half of every interval (the candidate's detail gives way to exactness there)
+            # the middle half of every interval (the candidate's detail gives way to exactness there);
+            # not where most tiles fail (steps of 1 all over), where it buys little at a high price
             retry = pending[coefficients[pending] > 0]
             retry = retry[~torch.isin(retry, stuck)]
-            if retry.numel():
+            group_blocks = tiles.shape[0] * sum(c[0, ..., 0, 0].numel() for c in intervals.coefficients)
+            if retry.numel() and blocks[retry].sum() <= max(_ESCALATE_SHARE * group_blocks, _FEW_BLOCKS):
                 target = intervals.subset(retry)
                 centred, _ = _float_solve(rgb_to_ycbcr(tiles[retry]), target, dict(settings, margin=float("inf")))
                 again = ycbcr_to_rgb(centred).clamp(0.0, 255.0).round()
