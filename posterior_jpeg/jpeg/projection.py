@@ -258,11 +258,11 @@ def _float_solve(ycc: torch.Tensor, intervals: Intervals, settings: dict, inset:
     """Alternate the projections on [K, 3, h, w] YCbCr tiles; each tile leaves once the interval
     projection lands inside the cube (and, where padding makes that projection inexact, inside the
     intervals), or once it stalls. With `descent`, tiles that stall outside the intervals are then
-    brought inside by `_interval_descent`. Returns the tiles and how far (gray levels) each leaves
-    the cube (with `inset`, its inner cube)."""
+    brought inside by `_interval_descent`. Returns the tiles (written over `ycc`, to spare memory)
+    and how far (gray levels) each leaves the cube (with `inset`, its inner cube)."""
     bounds = intervals.bounds(settings["margin"], ycc.dtype)
     padded = _has_padding(intervals.mode, intervals.size, [low.shape[1:] for low, _ in bounds])
-    out = torch.empty_like(ycc)
+    out = ycc
     excess_out, violation_out = ycc.new_zeros(ycc.shape[0]), ycc.new_zeros(ycc.shape[0])
     index = torch.arange(ycc.shape[0], device=ycc.device)
     work, earlier = ycc, None
@@ -714,7 +714,10 @@ def projection(
             source = rgb_to_ycbcr(source)[:, :1].expand(-1, 3, -1, -1)
         floats, rounded = torch.empty_like(source), torch.empty_like(source)
         failing_blocks, differing, given_up = (torch.zeros(n, dtype=torch.long, device=source.device) for _ in range(3))
-        for region, tiles, intervals in _tiles(source, jpeg):
+        groups = _tiles(source, jpeg)
+        del source  # the tiles hold a copy, and each group goes once done: fewer image-sized tensors at the peak
+        while groups:
+            region, tiles, intervals = groups.pop(0)
             # tiles whose candidate is already 8-bit exact are kept as they are
             eight_bit = tiles.clamp(0.0, 255.0).round()
             pending = (_counts(_differences(eight_bit, intervals, targets=False))[0] > 0).nonzero().flatten()
@@ -724,7 +727,7 @@ def projection(
             if stuck.numel():
                 solved[stuck], widened = _widen(solved[stuck], intervals.subset(stuck), settings)
                 intervals = intervals.with_targets(stuck, widened)
-                per_tile = torch.zeros(solved.shape[0], dtype=torch.long, device=source.device)
+                per_tile = torch.zeros(solved.shape[0], dtype=torch.long, device=solved.device)
                 per_tile[stuck] = sum(((lo != c) | (hi != c)).flatten(1).sum(1)
                                       for lo, hi, c in zip(widened.low, widened.high, widened.coefficients))
                 given_up += per_tile.view(n, -1).sum(1)
@@ -748,7 +751,7 @@ def projection(
             _untile(rounded, region, eight_bit)
             failing_blocks += blocks.view(n, -1).sum(1)
             differing += coefficients.view(n, -1).sum(1)
-    fields = ((rounded / 255.0).to(images.dtype), (floats / 255.0).to(images.dtype), failing_blocks, differing, given_up)
+    fields = (rounded.div_(255.0).to(images.dtype), floats.div_(255.0).to(images.dtype), failing_blocks, differing, given_up)
     return Projection(*(field[0] if single else field for field in fields))
 
 
