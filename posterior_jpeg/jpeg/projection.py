@@ -247,10 +247,9 @@ def _interval_descent(ycc: torch.Tensor, intervals: Intervals, settings: dict) -
 
     with torch.enable_grad():
         optimizer.step(distance)
-    result = work.detach()
-    if intervals.mode == sampling.GRAY:
-        result[:, 1:] = 128.0
-    return result
+    # the descent stops on the sum over all tiles; one interval step puts every block that is not
+    # padded (its projection is exact) inside, whatever the padded ones left over
+    return interval_projection(work.detach(), intervals.mode, bounds)
 
 
 def _float_solve(ycc: torch.Tensor, intervals: Intervals, settings: dict, inset: float = 0.0,
