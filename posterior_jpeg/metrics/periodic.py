@@ -1,10 +1,11 @@
 """Periodic artefacts: how far the luma spectrum peaks at the frequencies of a 2-, 4- or 8-pixel pattern.
 
-A block grid, a pixel-shuffle mesh or a hatch repeats with a period of a few pixels and puts a
-sharp peak into the spectrum, while a natural image's spectrum is smooth there. The score of a
-period p and an orientation is the spectrum's magnitude at that frequency over the median
-magnitude of a square ring of frequencies around it: about 1 for natural images, far above for a
-pattern.
+A pixel-shuffle mesh or a hatch repeats with a period of a few pixels and puts a sharp peak into
+the spectrum, while a natural photo's spectrum is smooth there. The score of a period p and an
+orientation is the spectrum's magnitude at that frequency over the median magnitude of a square
+ring of frequencies around it: 1 to 3 for most photos (the largest of the 4 orientations), far
+above for a pattern. JPEG's block grid earns nothing here (flat 8-pixel blocks have no energy at
+multiples of 1/8 cycles per pixel): `blockiness` measures it.
 """
 
 import math
@@ -14,7 +15,8 @@ import torch
 from .psnr import as_batch, luma
 
 PERIODS = (2, 4, 8)
-# (vertical, horizontal) frequency in cycles per pixel, times 1/p, of each pattern orientation.
+# Direction of the frequency -> its (vertical, horizontal) components in units of 1/p cycles per pixel:
+# a "horizontal" frequency repeats along x (vertical stripes), a "diagonal" one along x + y.
 ORIENTATIONS = {"horizontal": (0, 1), "vertical": (1, 0), "diagonal": (1, 1), "antidiagonal": (1, -1)}
 RING_INNER = 3  # a windowed sinusoid's peak spans +-2 frequency bins: the ring starts outside it
 RING_OUTER = 8
