@@ -2,7 +2,7 @@
 ../shared/peers/README.md and the weight-free yardsticks of issue 13.
 
     python bench/val_yardsticks.py [--qualities 10 30 90] [--checkpoint CKPT] [--samples 4] [--no-model]
-                                   [--data DIR] [--peers FILE]
+                                   [--data DIR] [--peers FILE] [--limit N]
 
 Each photo of --data (default ../shared/data/val) is centre-cropped to at most 512x512, converted
 to RGB (a grayscale photo becomes a 3-component file with flat chroma) and saved by Pillow
@@ -168,7 +168,7 @@ def main() -> None:
                 summary["naturalness"] = naturalness_distance(outputs[method], originals)
             emit(quality=quality, method=method, **summary)
             peer = next((s for s in peers if s["quality"] == quality and s["method"] == peer_methods.get(method)), None)
-            if peer is not None:
+            if peer is not None and peer["n"] == summary["n"]:  # the same photos, not a --limit subset
                 emit(quality=quality, method=method, compare="peers/val.json",
                      **{key: [summary[key], peer[key]] for key in PEER_FIGURES if key in summary and peer.get(key) is not None})
 
