@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from .atomic import write_atomically
 from .config import TrainConfig, from_yaml, to_yaml
 from .errors import PosteriorJpegError
-from .models.generator import Generator, GeneratorConfig, build_generator
+from .models.generator import AnchoredGenerator, Generator, GeneratorConfig, build_generator
 
 WEIGHTS = "generator_ema.safetensors"
 CONFIG = "config.yaml"
@@ -77,10 +77,18 @@ def resolve(path: str | Path) -> tuple[Path, TrainConfig]:
     return weights, from_yaml(config_path.read_text())
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, TrainConfig]:
+def build_model(config: TrainConfig) -> Generator | AnchoredGenerator:
+    """A freshly initialised G as a config describes it: one network, or S over a frozen M."""
+    generator = build_generator(GeneratorConfig(**vars(config.generator)))
+    if config.mean_generator is None:
+        return generator
+    return AnchoredGenerator(build_generator(GeneratorConfig(**vars(config.mean_generator))), generator)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator | AnchoredGenerator, TrainConfig]:
     """Build G from a checkpoint's config and load its EMA weights (safetensors only)."""
     weights, config = resolve(path)
-    generator = build_generator(GeneratorConfig(**vars(config.generator)))
+    generator = build_model(config)
     try:
         generator.load_state_dict(load_file(str(weights), device=str(device)))
     except RuntimeError as error:

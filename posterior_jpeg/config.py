@@ -87,7 +87,10 @@ class TrainConfig:
 
     stage: "mmse" (L2 regression: the MMSE estimator and regression baseline) or "posterior" (GAN
     with all penalties). init_from: weights to start G from (e.g. the MMSE run). mmse_model: the
-    frozen MMSE estimator xbar for the second moment. resume: "auto" continues the run in out_dir
+    frozen MMSE estimator xbar for the second moment. anchor: a noise-free MMSE checkpoint M (an
+    mmse-stage run with generator.noise false): G becomes S(z, M(y, q), q), M frozen, only S (the
+    `generator` section) trained, and M serves as eq. 7's xbar. mean_generator: M's architecture,
+    copied from the anchor when training starts (the saved config needs it to rebuild G). resume: "auto" continues the run in out_dir
     if it has a checkpoint, a path resumes that checkpoint, null always starts fresh."""
 
     stage: str = "posterior"
@@ -110,8 +113,10 @@ class TrainConfig:
     resume: str | None = "auto"
     init_from: str | None = None
     mmse_model: str | None = None
+    anchor: str | None = None
     progress: bool = True
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    mean_generator: GeneratorConfig | None = None
     critic: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -126,6 +131,10 @@ class TrainConfig:
             raise ConfigError(f"loss.consistency_kind must be 'pixel' or 'dct', got {self.loss.consistency_kind!r}")
         if self.loss.second_moment_kind not in ("eq7", "std"):
             raise ConfigError(f"loss.second_moment_kind must be 'eq7' or 'std', got {self.loss.second_moment_kind!r}")
+        if self.anchor and self.mmse_model:
+            raise ConfigError("anchor and mmse_model are both set: an anchored G uses its anchor as eq. 7's xbar")
+        if self.anchor and self.stage != "posterior":
+            raise ConfigError("anchor trains the detail network S: it needs stage posterior")
         if self.loss.moment_images > self.batch_size:
             raise ConfigError(f"loss.moment_images ({self.loss.moment_images}) exceeds batch_size ({self.batch_size})")
         if min(self.steps, self.batch_size, self.grad_accumulation, self.log_every, self.val_every,

@@ -29,7 +29,7 @@ from .config import TrainConfig, to_yaml
 from .data import QualitySampler, list_images, make_loader
 from .models.discriminator import build_discriminator
 from .models.features import VGGFeatures
-from .models.generator import GeneratorConfig, build_generator, seeded_generators
+from .models.generator import AnchoredGenerator, Generator, GeneratorConfig, build_generator, seeded_generators
 from .visualize import contact_sheet, posterior_row
 
 
@@ -87,20 +87,29 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator = _accelerator(cfg, self.run_dir)
         set_seed(cfg.seed)
-        self.generator = build_generator(GeneratorConfig(**vars(cfg.generator)))
+        if cfg.anchor:
+            mean, mean_config = checkpoints.load_generator(cfg.anchor)
+            if not isinstance(mean, Generator) or mean.config.noise:
+                raise checkpoints.CheckpointError(
+                    f"{cfg.anchor}: an anchor must be a noise-free MMSE model (generator.noise: false)")
+            cfg.mean_generator = mean_config.generator
+            self.generator = AnchoredGenerator(mean, build_generator(GeneratorConfig(**vars(cfg.generator))))
+        else:
+            self.generator = build_generator(GeneratorConfig(**vars(cfg.generator)))
         if cfg.init_from:
             weights, _ = checkpoints.resolve(cfg.init_from)
             self.generator.load_state_dict(load_file(str(weights)))
         self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         betas = tuple(cfg.optim.betas)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.optim.lr(0, cfg.steps), betas=betas)
+        trained = [p for p in self.generator.parameters() if p.requires_grad]  # an anchor's M stays frozen
+        self.opt_g = torch.optim.Adam(trained, lr=cfg.optim.lr(0, cfg.steps), betas=betas)
         posterior = cfg.stage == "posterior"
         self.critic = build_discriminator(cfg.critic) if posterior else None
         self.opt_d = (
             torch.optim.Adam(self.critic.parameters(), lr=cfg.optim.critic_lr(0, cfg.steps), betas=betas)
             if posterior else None
         )
-        self.mmse = None
+        self.mmse = self.generator.mean if cfg.anchor else None
         if posterior and cfg.mmse_model and cfg.loss.second_moment.start + cfg.loss.second_moment.end > 0:
             self.mmse, _ = checkpoints.load_generator(cfg.mmse_model, self.accelerator.device)
             self.mmse.requires_grad_(False)

@@ -123,3 +123,34 @@ def test_two_processes_keep_identical_replicas(tmp_path):
     assert ranks[0]["params"] == ranks[1]["params"]
     assert ranks[0]["ema"] == ranks[1]["ema"]
     assert ranks[0]["logged"] == ranks[1]["logged"] and "g_total" in ranks[0]["logged"]
+
+
+def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean(tmp_path):
+    import posterior_jpeg as pj
+    from posterior_jpeg.models.generator import AnchoredGenerator, build_generator
+    from posterior_jpeg.sampling import Sampler
+
+    mean_run = train(tiny(tmp_path / "mean", "stage=mmse", "steps=4", "generator.noise=false",
+                          "generator.trunk=plain", "checkpoint_every=4", "val_every=4"))
+    with pytest.raises(ConfigError, match="anchor"):
+        tiny(tmp_path / "both", f"anchor={mean_run}", f"mmse_model={mean_run}")
+    run_dir = train(tiny(tmp_path / "anchored", f"anchor={mean_run}", "steps=4", "checkpoint_every=4",
+                         "val_every=4", "loss.second_moment.start=1", "loss.second_moment.end=1", "loss.moments_every=2"))
+    mean_weights = load_file(str(checkpoints.latest_checkpoint(mean_run) / checkpoints.WEIGHTS))
+    anchored_weights = load_file(str(checkpoints.latest_checkpoint(run_dir) / checkpoints.WEIGHTS))
+    for key, value in mean_weights.items():  # M is frozen inside G
+        assert torch.equal(anchored_weights[f"mean.{key}"], value)
+    assert any(k.startswith("detail.") for k in anchored_weights)
+
+    sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32")
+    assert isinstance(sampler.generator, AnchoredGenerator)
+    jf = pj.read_jpeg(ROOT / "examples" / "chelsea_q10.jpg")
+    y = (jf.decode() * 255).round() / 255
+    mean = sampler.mmse(jf, project=False)
+    expected = sampler.generator.mean(y[None], jf.qtable_tensor())[0].clamp(0, 1)
+    assert torch.allclose(mean, expected, atol=1e-5)
+    assert pj.metrics.coefficient_agreement(sampler.mmse(jf)[None], jf).coefficients == 1.0
+    samples = sampler.sample(jf, n=2, seed=0, project=False)
+    assert not torch.equal(samples[0], samples[1])
+    with pytest.raises(pj.PosteriorJpegError, match="posterior-mean"):
+        Sampler(build_generator("tiny"), "tiny").mmse(jf)  # a one-network G with noise has no M
