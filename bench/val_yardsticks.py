@@ -6,7 +6,8 @@
 
 Each photo of --data (default ../shared/data/val) is centre-cropped to at most 512x512, converted
 to RGB (a grayscale photo becomes a 3-component file with flat chroma) and saved by Pillow
-(libjpeg) with 4:2:0 sampling at each quality. Decoders: "libjpeg" (Pillow's decode), "sample"
+(libjpeg) with 4:2:0 sampling at each quality. Decoders: "libjpeg" (Pillow's decode), "mmse" (the
+model's posterior-mean decode M, projected, when the model has one), "sample"
 (the model's first projected sample, seed 0) and "meanK" (the mean of its K projected samples,
 seeds 0..K-1, projected again, as `sample.py --mean` writes it), the model being --checkpoint or, without it, the bundled default; "ground truth"
 is the original itself (only the figures that need no reference). Every output is rounded to 8
@@ -149,6 +150,8 @@ def main() -> None:
             jpeg = pj.read_jpeg(data)
             decoded = {"libjpeg": libjpeg_decode(data)}
             spread = None
+            if sampler is not None and sampler.mean_network is not None:
+                decoded["mmse"] = to_8bit(sampler.mmse(jpeg))  # the posterior mean M, projected
             if sampler is not None:
                 samples = to_8bit(sampler.sample(jpeg, n=args.samples, seed=0))
                 decoded["sample"] = samples[0]
@@ -157,7 +160,7 @@ def main() -> None:
                     spread = per_pixel_std(samples) * 255
             for method, output in decoded.items():
                 row = measure(output, original, jpeg, gray)
-                if spread is not None and method != "libjpeg":
+                if spread is not None and method not in ("libjpeg", "mmse"):
                     row["std"] = spread
                 figures.setdefault(method, []).append(row)
                 outputs.setdefault(method, []).append(output)
