@@ -10,9 +10,10 @@ and a `latest` file that names the newest one. A checkpoint holds:
 Every file is safetensors, YAML or JSON: nothing this module reads is unpickled, so a checkpoint or
 run folder from someone else cannot run code.
 
-Checkpoints written before model.yaml existed (config.yaml only, like the first bundled models) are
-read through migration 0 -> 1: the `generator` section of their config.yaml, alone, is the model
-config; every other key of it is ignored, so renaming or removing a training key breaks no model.
+Checkpoints written before model.yaml existed (config.yaml only) are read through migration 0 -> 1:
+the `generator` section of their config.yaml, alone, is the model config; every other key of it is
+ignored, so renaming or removing a training key breaks no model. Their training state (Accelerate's,
+pickled) is never loaded: such a run continues as a new run with init_from.
 """
 
 import json
@@ -42,7 +43,6 @@ TRAINER = "trainer.json"
 LATEST = "latest"
 MODEL_FORMAT = 1
 MODEL_HEADER = "# posterior-jpeg model file: the architecture of G for the weights beside it\n"
-_NAME = re.compile(r"step_(\d{8,})")
 _LISTED = 4  # keys named in a mismatch message before "and N more"
 
 
@@ -58,14 +58,28 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def _step(name: str) -> int | None:
+    """The step of a checkpoint folder's name, None for any other name (paths included)."""
+    match = re.fullmatch(r"step_(\d{8,})", name, re.ASCII)
+    return int(match.group(1)) if match and checkpoint_name(int(match.group(1))) == name else None
+
+
 def _step_folders(root: Path) -> dict[int, Path]:
-    """The checkpoint folders of checkpoints/ by step (names that are not step_NNNNNNNN are ignored)."""
+    """The checkpoint folders of checkpoints/ by step."""
     found = {}
     for path in root.iterdir() if root.is_dir() else []:
-        match = _NAME.fullmatch(path.name)
-        if match and path.is_dir():
-            found[int(match.group(1))] = path
+        step = _step(path.name)
+        if step is not None and path.is_dir():
+            found[step] = path
     return found
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder; a link is removed, never what it leads to."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
 
 
 def _read_latest(root: Path) -> tuple[str | None, list[str]]:
@@ -76,7 +90,7 @@ def _read_latest(root: Path) -> tuple[str | None, list[str]]:
         return None, [f"{pointer}: missing, ignored"] if pointer.exists() or _step_folders(root) else []
     with pointer.open("rb") as handle:
         text = handle.read(64).decode("ascii", errors="replace").strip()
-    if not _NAME.fullmatch(text):
+    if _step(text) is None:
         return None, [f"{pointer}: does not name a checkpoint folder ({text[:32]!r}), ignored"]
     if not (root / text).is_dir():
         return None, [f"{pointer}: names {text}, which does not exist, ignored"]
@@ -97,8 +111,7 @@ def checkpoint_order(run_dir: str | Path) -> tuple[list[Path], list[str]]:
     latest, notes = _read_latest(root)
     steps = sorted(folders, reverse=True)
     if latest is not None:
-        newest = int(_NAME.fullmatch(latest).group(1))
-        steps = [s for s in steps if s <= newest]
+        steps = [s for s in steps if s <= _step(latest)]
     inside = root.resolve()
     order = []
     for step in steps:
@@ -121,14 +134,15 @@ def publish_checkpoint(staging: Path, run_dir: Path, step: int, keep: int) -> Pa
     steps (see checkpoint_order) are left alone until the run writes over them."""
     root = run_dir / "checkpoints"
     final = root / checkpoint_name(step)
-    if final.exists():
-        shutil.rmtree(final)
+    if final.is_symlink() or final.exists():
+        _remove(final)
     os.replace(staging, final)
     write_atomically(root / LATEST, final.name.encode())
     if keep > 0:
-        older = sorted(s for s in _step_folders(root) if s < step)
+        folders = _step_folders(root)
+        older = sorted(s for s in folders if s < step)
         for old in older[: max(len(older) - (keep - 1), 0)]:
-            shutil.rmtree(root / checkpoint_name(old))
+            _remove(folders[old])
     return final
 
 
@@ -324,8 +338,8 @@ def _read_trainer(folder: Path, scaler) -> dict:
     step = record.get("step") if isinstance(record, dict) else None
     if type(step) is not int or step < 0:
         raise CheckpointError(f"{path}: no step count in it")
-    named = _NAME.fullmatch(folder.name)
-    if named and int(named.group(1)) != step:
+    named = _step(folder.name)
+    if named is not None and named != step:
         raise CheckpointError(f"{path}: says step {step}, the folder's name another")
     if scaler is not None and not isinstance(record.get("scaler"), dict):
         raise CheckpointError(f"{path}: no fp16 loss-scaler state (written by a run without fp16?)")
@@ -378,6 +392,9 @@ def read_training_state(folder: Path, models: dict, optimizers: dict, scaler, ra
     """Read every file of a checkpoint and check it against this run's models and optimizers,
     changing nothing: a CheckpointError names the first file that is missing, unreadable or does
     not fit. Every process checks the random states of all processes, so all make the same choice."""
+    if (folder / "model.safetensors").is_file() and not (folder / "generator.safetensors").is_file():
+        raise CheckpointError(f"{folder}: written by an older posterior-jpeg (Accelerate's pickled state, never "
+                              f"loaded); start a new run from its weights with init_from={folder}")
     record = _read_trainer(folder, scaler)
     weights = {}
     for name, model in models.items():

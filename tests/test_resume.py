@@ -168,6 +168,13 @@ def test_a_run_folder_with_nothing_usable_is_refused_not_restarted(copy):
     assert resume(copy, "resume=null").step == 0  # starting over is a choice the user makes
 
 
+def test_a_checkpoint_of_the_pickled_format_says_how_to_continue(copy):
+    folder = copy / "checkpoints" / STEP_4
+    (folder / "generator.safetensors").rename(folder / "model.safetensors")  # Accelerate's names
+    with pytest.raises(CheckpointError, match=f"older posterior-jpeg .* init_from={folder}$"):
+        resume(copy, f"resume={folder}")
+
+
 def test_pruning_never_deletes_the_checkpoint_just_written(copy):
     """keep_checkpoints=1 with a stale folder of a later step (left by a run restarted from an
     earlier checkpoint): the new checkpoint stays, `latest` names it, older ones are pruned."""
