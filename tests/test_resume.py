@@ -202,3 +202,17 @@ def test_the_fp16_loss_scale_is_saved_and_restored(copy, tmp_path):
     assert fresh.get_scale() == 12.0
     with pytest.raises(CheckpointError, match="no fp16 loss-scaler state"):
         checkpoints.read_training_state(copy / "checkpoints" / STEP_4, models, optimizers, fresh, 0, 1)
+
+
+def test_pruning_removes_a_link_never_what_it_leads_to(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    root = tmp_path / "run" / "checkpoints"
+    root.mkdir(parents=True)
+    (root / checkpoints.checkpoint_name(1)).symlink_to(outside, target_is_directory=True)
+    staging = root / ".staging"
+    staging.mkdir()
+    checkpoints.publish_checkpoint(staging, tmp_path / "run", 2, keep=1)
+    assert sorted(p.name for p in root.iterdir()) == [checkpoints.LATEST, checkpoints.checkpoint_name(2)]
+    assert (outside / "precious.txt").read_text() == "keep me"
