@@ -15,3 +15,7 @@ class UnsupportedJpegError(PosteriorJpegError, ValueError):
 
 class ImageTooLargeError(InvalidJpegError):
     """The declared image size exceeds the pixel limit (a decompression-bomb guard)."""
+
+
+class CheckpointError(PosteriorJpegError, ValueError):
+    """A checkpoint or run folder that holds nothing usable: missing, unreadable or not fitting files."""

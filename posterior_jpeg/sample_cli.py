@@ -79,7 +79,8 @@ examples:
       the same command from the installed package; smaller tiles for less GPU memory
 
 --checkpoint takes a run folder written by train.py (its latest checkpoint), a checkpoint folder, or
-a generator_ema.safetensors file with config.yaml beside it.
+a generator_ema.safetensors file with model.yaml (or, written before model.yaml existed,
+config.yaml) beside it. A checkpoint that cannot be used stops the run with one line, exit status 2.
 """
 
 

@@ -6,13 +6,15 @@ consistency penalty through the differentiable codec, the first and second momen
 optionally the VGG perceptual loss, each weighted by its schedule.
 
 Exact resume: data items are a function of (seed, sample counter), the learning rates and loss
-weights a function of the step, and Accelerate saves models, optimizers and RNG states; so a run
-stopped at step s and resumed reproduces the uninterrupted run.
+weights a function of the step, and checkpoints hold the models, the EMA, the optimizers and every
+process's RNG states (safetensors and JSON: nothing is unpickled); so a run stopped at step s and
+resumed reproduces the uninterrupted run.
 """
 
 import copy
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -21,12 +23,12 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import checkpoints, losses
 from .config import TrainConfig, to_yaml
 from .data import QualitySampler, list_images, make_loader
+from .errors import CheckpointError
 from .models.discriminator import build_discriminator
 from .models.features import VGGFeatures
 from .models.generator import AnchoredGenerator, Generator, GeneratorConfig, build_generator, seeded_generators
@@ -88,17 +90,19 @@ class Trainer:
         self.accelerator = _accelerator(cfg, self.run_dir)
         set_seed(cfg.seed)
         if cfg.anchor:
-            mean, mean_config = checkpoints.load_generator(cfg.anchor)
+            mean, _ = checkpoints.load_generator(cfg.anchor)
             if not isinstance(mean, Generator) or mean.config.noise:
                 raise checkpoints.CheckpointError(
                     f"{cfg.anchor}: an anchor must be a noise-free MMSE model (generator.noise: false)")
-            cfg.mean_generator = mean_config.generator
             self.generator = AnchoredGenerator(mean, build_generator(GeneratorConfig(**vars(cfg.generator))))
         else:
             self.generator = build_generator(GeneratorConfig(**vars(cfg.generator)))
         if cfg.init_from:
-            weights, _ = checkpoints.resolve(cfg.init_from)
-            self.generator.load_state_dict(load_file(str(weights)))
+            weights, model = checkpoints.resolve(cfg.init_from)
+            if cfg.anchor and model.mean_generator is not None:  # warm-start S, over this run's anchor
+                checkpoints.load_weights(self.generator.detail, weights, "this run's S (init_from)", prefix="detail.")
+            else:
+                checkpoints.load_weights(self.generator, weights, "this run's generator (init_from)")
         self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         betas = tuple(cfg.optim.betas)
         trained = [p for p in self.generator.parameters() if p.requires_grad]  # an anchor's M stays frozen
@@ -125,7 +129,6 @@ class Trainer:
         else:
             self.generator, self.opt_g = self.accelerator.prepare(self.generator, self.opt_g)
         self.ema.to(self.accelerator.device)
-        self.accelerator.register_for_checkpointing(self.ema)
         self.forward_g = torch.compile(self.generator) if cfg.compile else self.generator
         self.step = 0
         self.last_logged: dict[str, float] = {}  # the latest gathered losses, as every process saw them
@@ -133,33 +136,67 @@ class Trainer:
         self.train_files = list_images(cfg.data.train) if cfg.data.train else None
 
     # ----------------------------------------------------------------------------- state
+    def _models(self) -> dict[str, torch.nn.Module]:
+        """The trained models by checkpoint file name (the EMA is saved as the inference weights)."""
+        models = {"generator": self.accelerator.unwrap_model(self.generator)}
+        if self.critic is not None:
+            models["critic"] = self.accelerator.unwrap_model(self.critic)
+        return models
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        optimizers = {"optimizer_generator": self.opt_g}
+        if self.opt_d is not None:
+            optimizers["optimizer_critic"] = self.opt_d
+        return optimizers
+
     def _resume(self) -> None:
-        cfg = self.cfg
+        """Continue from the newest checkpoint whose every file loads and fits (resume=auto) or from
+        the one given, and say which checkpoints were passed over and why. A run folder with
+        checkpoints but none usable is an error: starting over would silently drop the run."""
+        cfg, accelerator = self.cfg, self.accelerator
         if cfg.resume is None:
             return
-        folder = checkpoints.latest_checkpoint(self.run_dir) if cfg.resume == "auto" else Path(cfg.resume)
-        if folder is None:
+        auto = cfg.resume == "auto"
+        folders, notes = checkpoints.checkpoint_order(self.run_dir) if auto else ([Path(cfg.resume)], [])
+        models = {**self._models(), checkpoints.EMA: self.ema}
+        for folder in folders:
+            try:
+                state = checkpoints.read_training_state(folder, models, self._optimizers(), accelerator.scaler,
+                                                        accelerator.process_index, accelerator.num_processes)
+            except CheckpointError as error:
+                if not auto:
+                    raise
+                notes.append(str(error))
+                continue
+            checkpoints.apply_training_state(state, models, self._optimizers(), accelerator.scaler)
+            self.step = state.step
+            if accelerator.is_main_process:
+                for note in notes:
+                    print(f"train: passed over {note}", file=sys.stderr)
+            accelerator.print(f"resumed from {folder} at step {self.step}")
             return
-        if not (folder / "trainer.json").is_file():
-            raise checkpoints.CheckpointError(f"{folder}: not a training checkpoint (no trainer.json)")
-        self.accelerator.load_state(str(folder))
-        self.step = json.loads((folder / "trainer.json").read_text())["step"]
-        self.accelerator.print(f"resumed from {folder} at step {self.step}")
+        if folders or notes:
+            raise CheckpointError(f"{self.run_dir}: no usable checkpoint to resume from ({'; '.join(notes)}); "
+                                  "repair or move them away, or pass resume=null to start over")
 
     def save_checkpoint(self) -> Path | None:
         """Write the checkpoint to a staging folder, then move it into place (never half-written)."""
-        self.accelerator.wait_for_everyone()
+        accelerator = self.accelerator
         staging = self.run_dir / "checkpoints" / f".staging_{checkpoints.checkpoint_name(self.step)}"
-        if self.accelerator.is_main_process and staging.exists():
-            shutil.rmtree(staging)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        checkpoints.save_random_states(staging, accelerator.process_index)
+        accelerator.wait_for_everyone()
         final = None
-        if self.accelerator.is_main_process:
+        if accelerator.is_main_process:
+            checkpoints.save_training_state(staging, self.step, self._models(), self._optimizers(), accelerator.scaler)
             checkpoints.save_inference_files(staging, self.ema, self.cfg)
-            (staging / "trainer.json").write_text(json.dumps({"step": self.step}))
             final = checkpoints.publish_checkpoint(staging, self.run_dir, self.step, self.cfg.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
         return final
 
     # ----------------------------------------------------------------------------- steps

@@ -61,8 +61,8 @@ def test_tiny_run_gives_finite_losses_a_grid_and_a_loadable_checkpoint(tmp_path)
         assert all(math.isfinite(v) for v in record.values())
     assert {"d_loss", "g_adv", "consistency", "g_total"} <= set(records[-1])
     assert (run_dir / "val" / "step_00000020.png").is_file()
-    generator, cfg = checkpoints.load_generator(run_dir)  # a run folder -> its latest checkpoint
-    assert cfg.steps == 20 and checkpoints.latest_checkpoint(run_dir).name == "step_00000020"
+    generator, model = checkpoints.load_generator(run_dir)  # a run folder -> its latest checkpoint
+    assert model.generator == tiny(tmp_path).generator and checkpoints.latest_checkpoint(run_dir).name == "step_00000020"
     y = torch.rand(1, 3, 21, 35)
     out = generator(y, torch.full((1, 3, 8, 8), 10.0))
     assert out.shape == y.shape and torch.isfinite(out).all()
@@ -75,8 +75,9 @@ def test_mmse_stage_runs(tmp_path):
 
 
 def _weights(folder: Path) -> dict:
-    return {**load_file(str(folder / "model.safetensors")), **{f"ema.{k}": v for k, v in
-            load_file(str(folder / checkpoints.WEIGHTS)).items()}}
+    """Every tensor of a checkpoint's training state: G, critic, EMA and both optimizers."""
+    names = ("generator", "critic", checkpoints.EMA, "optimizer_generator", "optimizer_critic")
+    return {f"{name}.{k}": v for name in names for k, v in load_file(str(folder / f"{name}.safetensors")).items()}
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
@@ -152,5 +153,12 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
     assert pj.metrics.coefficient_agreement(sampler.mmse(jf)[None], jf).coefficients == 1.0
     samples = sampler.sample(jf, n=2, seed=0, project=False)
     assert not torch.equal(samples[0], samples[1])
+    other_mean = train(tiny(tmp_path / "mean2", "stage=mmse", "steps=4", "generator.noise=false", "seed=1",
+                            "generator.trunk=plain", "checkpoint_every=4", "val_every=4"))
+    warm = Trainer(tiny(tmp_path / "warm", f"anchor={other_mean}", f"init_from={run_dir}"))
+    other_weights = load_file(str(checkpoints.latest_checkpoint(other_mean) / checkpoints.WEIGHTS))
+    for key, value in warm.ema.state_dict().items():  # S continues, over the new anchor
+        source = other_weights[key[len("mean."):]] if key.startswith("mean.") else anchored_weights[key]
+        assert torch.equal(value, source), key
     with pytest.raises(pj.PosteriorJpegError, match="posterior-mean"):
         Sampler(build_generator("tiny"), "tiny").mmse(jf)  # a one-network G with noise has no M
