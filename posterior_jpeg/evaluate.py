@@ -14,6 +14,13 @@ draws one fresh sample per image; Ours-A and the diversity metrics use the K sam
 seed + i * SEED_STRIDE + 0..K-1; the MMSE model (same architecture, noise inputs included) is run
 once with seed + i * SEED_STRIDE. Nothing depends on how images are split across processes.
 
+Images are read as 8-bit RGB (16-bit PNGs scaled, not clipped to white; grayscale samples measured as
+RGB, like libjpeg's decode). A test image that cannot be measured (unreadable, not a JPEG, under one
+16x16 MCU with crop mod16, under the 31x31 pixels LPIPS alex needs, 16x16 for vgg) is skipped and listed
+with its reason under "skipped"; the job goes on. A fid_reference .npz must hold mu [2048] and sigma
+[2048, 2048] and is refused with one line otherwise; a cached reference that cannot be read is computed
+again.
+
 Many processes: image i goes to process i mod N; Inception features and per-image measurements are
 gathered before any statistic, so the numbers equal a single process's (up to float rounding of
 differently composed Inception batches).

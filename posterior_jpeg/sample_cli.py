@@ -67,7 +67,7 @@ and the PNGs (mode L); the std map and the grid stay in colour.
 
 Batch runs resume: running the same command again completes exactly the outputs that are missing
 (after Ctrl-C, a kill, a full disk) and keeps those the manifest records as made from the same input
-with the same seed, checkpoint and projection. An existing output that the manifest does not record
+with the same seed, checkpoint and projection, unchanged since (their sha256). An existing output that the manifest does not record
 that way is never replaced without --overwrite (its input is reported as failed); --overwrite makes
 everything again. Files are written under a temporary name and renamed when complete, each one's
 manifest record appended (one whole line) just before its rename, so an interrupted run leaves only

@@ -1,9 +1,6 @@
 import errno
 import multiprocessing
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +12,6 @@ from posterior_jpeg.atomic import (
     remove_stale_temporaries,
     write_atomically,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_write_replaces_the_whole_file(tmp_path):
@@ -62,15 +57,8 @@ def test_processes_writing_one_file_at_once_do_not_collide(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["cache.npz"]
 
 
-def _dead_pid() -> int:
-    """The pid of a process that has ended (and been reaped)."""
-    process = subprocess.Popen([sys.executable, "-c", ""])
-    process.wait()
-    return process.pid
-
-
-def test_stale_temporaries_of_dead_processes_are_removed_live_ones_kept(tmp_path):
-    dead = tmp_path / f".x_s1.png.{_dead_pid()}.tmp"
+def test_stale_temporaries_of_dead_processes_are_removed_live_ones_kept(tmp_path, dead_pid):
+    dead = tmp_path / f".x_s1.png.{dead_pid()}.tmp"
     live = tmp_path / f".x_s2.png.{os.getpid()}.tmp"
     other = tmp_path / ".hidden.tmp"  # not a name write_atomically makes: left alone
     for path in (dead, live, other):
@@ -107,24 +95,8 @@ def test_read_lines_cuts_a_torn_last_line(tmp_path):
     assert path.read_text().splitlines() == ['{"n": 1}', '{"n": 2}', '{"n": 4}']
 
 
-HOLD_LOCK = """
-import sys
-from posterior_jpeg.atomic import FolderLock
-with FolderLock(sys.argv[1]):
-    print("locked", flush=True)
-    sys.stdin.read()
-"""
-
-
-def _hold_lock(folder):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert holder.stdout.readline() == "locked\n"
-    return holder
-
-
-def test_folder_lock_refuses_a_second_writer_and_is_freed_when_its_holder_dies(tmp_path):
-    holder = _hold_lock(tmp_path)
+def test_folder_lock_refuses_a_second_writer_and_is_freed_when_its_holder_dies(tmp_path, hold_lock):
+    holder = hold_lock(tmp_path)
     with pytest.raises(FolderBusyError, match=f"{tmp_path}: another run \\(pid {holder.pid}\\)"):
         with FolderLock(tmp_path):
             pass
@@ -133,9 +105,7 @@ def test_folder_lock_refuses_a_second_writer_and_is_freed_when_its_holder_dies(t
     assert (tmp_path / FolderLock.NAME).read_text() == f"{holder.pid}\n"
     with FolderLock(tmp_path):  # a dead process's lock is taken over
         assert (tmp_path / FolderLock.NAME).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(FolderBusyError, match=f"pid {os.getpid()}"):  # and held against everyone else
+            with FolderLock(tmp_path):
+                pass
     assert list(tmp_path.iterdir()) == []  # released: no lock file left
-    holder = _hold_lock(tmp_path)  # and an orderly holder frees it on exit
-    holder.stdin.close()
-    assert holder.wait() == 0
-    with FolderLock(tmp_path):
-        pass

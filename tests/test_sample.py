@@ -23,7 +23,7 @@ from posterior_jpeg.cli import main as cli_main
 from posterior_jpeg.config import load_config
 from posterior_jpeg.jpeg import tables
 from posterior_jpeg.models.generator import GeneratorConfig, build_generator
-from posterior_jpeg.sample_cli import apply_orientation, expand_inputs, main
+from posterior_jpeg.sample_cli import apply_orientation, expand_inputs, main, undo_orientation
 from posterior_jpeg.sampling import PositionalNoise, Sampler, normal_from_bits, tile_spans
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +193,10 @@ def test_orientation_is_applied_and_the_icc_profile_embedded(checkpoint, write_j
     agreement = pj.metrics.coefficient_agreement(torch.from_numpy(stored).permute(2, 0, 1).float() / 255, jf)
     assert agreement.coefficients >= 0.9999
     assert json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["orientation_applied"] == 6
+    # one more sample and the mean: the kept sample is read back into stored orientation for the mean
+    more = ["-n", "2", "--mean", "--checkpoint", str(checkpoint), "--quiet"]
+    assert main([str(jpeg), "-o", str(out), *more]) == 0 and main([str(jpeg), "-o", str(tmp_path / "fresh"), *more]) == 0
+    assert (out / "turned_mean.png").read_bytes() == (tmp_path / "fresh" / "turned_mean.png").read_bytes()
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -203,6 +207,8 @@ def test_apply_orientation_matches_pillow(orientation):
     expected = np.array(ImageOps.exif_transpose(image))
     ours = apply_orientation(torch.from_numpy(array).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
     assert np.array_equal(ours, expected)
+    back = undo_orientation(torch.from_numpy(ours).permute(2, 0, 1), orientation)  # how a rerun reads a kept sample
+    assert np.array_equal(back.permute(1, 2, 0).numpy(), array)
 
 
 def test_bad_inputs_are_reported_one_line_each_and_skipped(checkpoint, write_jpeg, tmp_path, capsys):
@@ -356,19 +362,13 @@ def outputs_state(out: Path) -> dict[str, tuple]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.png")}
 
 
-def _dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", ""])
-    process.wait()
-    return process.pid
-
-
-def test_a_run_killed_mid_way_is_completed_by_the_same_command(checkpoint, write_jpeg, tmp_path):
+def test_a_run_killed_mid_way_is_completed_by_the_same_command(checkpoint, write_jpeg, tmp_path, dead_pid):
     """SIGKILL a real run after its first outputs, plant the temporary a kill can leave, and run the
     same command again: exactly the missing outputs are made, equal to an uninterrupted run's."""
     inputs = [write_jpeg(f"in/p{i}.jpg", 64, 96, seed=i) for i in range(3)]
-    options = ["-n", "4", "--mean", "--checkpoint", checkpoint, "--quiet", "--device", "cpu"]
+    options = ["-n", "4", "--mean", "--checkpoint", str(checkpoint), "--quiet", "--device", "cpu"]
     reference, out = tmp_path / "reference", tmp_path / "out"
-    assert run_sample_py(*inputs, "-o", reference, *options).wait(timeout=600) == 0
+    assert main([*map(str, inputs), "-o", str(reference), *options]) == 0
     expected = sorted(p.name for p in reference.glob("*.png"))
     assert len(expected) == 15
 
@@ -381,12 +381,10 @@ def test_a_run_killed_mid_way_is_completed_by_the_same_command(checkpoint, write
     run.wait()
     before = outputs_state(out)
     assert 0 < len(before) < len(expected)  # killed part-way
-    stale = out / f".p2_s3.png.{_dead_pid()}.tmp"
+    stale = out / f".p2_s3.png.{dead_pid()}.tmp"
     stale.write_bytes(b"half a png")
 
-    rerun = run_sample_py(*inputs, "-o", out, *options)
-    _, err = rerun.communicate(timeout=600)
-    assert rerun.returncode == 0, err
+    assert main([*map(str, inputs), "-o", str(out), *options]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == expected
     for name in expected:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
@@ -469,13 +467,11 @@ def test_outputs_not_recorded_as_this_commands_are_kept_without_overwrite(checkp
     assert manifest_records(out)[-1]["projected"] is False
 
 
-def test_a_second_run_into_the_same_folder_is_refused(checkpoint, write_jpeg, tmp_path, capsys):
+def test_a_second_run_into_the_same_folder_is_refused(checkpoint, write_jpeg, tmp_path, capsys, hold_lock):
     jpeg = write_jpeg("x.jpg")
     out = tmp_path / "out"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, cwd=ROOT)
-    assert holder.stdout.readline() == "locked\n"
+    holder = hold_lock(out)
     command = [str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet"]
     assert main(command) == 2
     err = capsys.readouterr().err
@@ -554,11 +550,3 @@ def test_libjpegs_caution_while_measuring_is_caught_and_named(checkpoint, natura
         assert quiet or f"{jpeg}: warning: {caution}\n" in err
         assert [r["warnings"] for r in manifest_records(out)] == [[caution]] * 2
 
-
-HOLD_LOCK = """
-import sys
-from posterior_jpeg.atomic import FolderLock
-with FolderLock(sys.argv[1]):
-    print("locked", flush=True)
-    sys.stdin.read()
-"""
