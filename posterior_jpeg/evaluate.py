@@ -442,7 +442,8 @@ class Evaluation:
             first = repeat == 0  # repeat 0 draws all K samples: its sample is the first of them
             seed = cfg.seed + item.index * SEED_STRIDE + repeat
             # a grayscale file's samples have one channel: measured as RGB, like libjpeg's decode
-            raw = sampler.sample(item.jpeg, n=cfg.samples if first else 1, seed=seed, project=False).expand(-1, 3, -1, -1)
+            raw = sampler.sample(item.jpeg, n=cfg.samples if first else 1, seed=seed, project=False)
+            raw = raw.expand(-1, 3, -1, -1)
             result = {}
             if "ours" in methods:
                 samples = to_8bit(raw)

@@ -67,13 +67,13 @@ and the PNGs (mode L); the std map and the grid stay in colour.
 
 Batch runs resume: running the same command again completes exactly the outputs that are missing
 (after Ctrl-C, a kill, a full disk) and keeps those the manifest records as made from the same input
-with the same seed, checkpoint and projection, unchanged since (their sha256). An existing output that the manifest does not record
-that way is never replaced without --overwrite (its input is reported as failed); --overwrite makes
-everything again. Files are written under a temporary name and renamed when complete, each one's
-manifest record appended (one whole line) just before its rename, so an interrupted run leaves only
-whole files and whole lines; temporaries of killed runs are removed by the next run. One run at a
-time writes into OUT: a second one is refused while the first runs (OUT/.posterior-jpeg.lock holds
-its pid; a lock left by a dead process is taken over).
+with the same seed, checkpoint and projection, unchanged since (their sha256). An existing output
+that the manifest does not record that way is never replaced without --overwrite (its input is
+reported as failed); --overwrite makes everything again. Files are written under a temporary name
+and renamed when complete, each one's manifest record appended (one whole line) just before its
+rename, so an interrupted run leaves only whole files and whole lines; temporaries of killed runs
+are removed by the next run. One run at a time writes into OUT: a second one is refused while the
+first runs (OUT/.posterior-jpeg.lock holds its pid; a lock left by a dead process is taken over).
 
 Inputs whose names give the same <stem> would write the same outputs: the first one in argument
 order is sampled, the others are reported as failed (sample them into another -o folder). Bad inputs
@@ -233,7 +233,8 @@ def undo_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
 def encode_png(array: np.ndarray, icc_profile: bytes | None) -> bytes:
     """uint8 [H, W, 3] (RGB) or [H, W, 1] (grayscale: mode L) -> the bytes of a PNG."""
     buffer = io.BytesIO()
-    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG", icc_profile=icc_profile)
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    image.save(buffer, format="PNG", icc_profile=icc_profile)
     return buffer.getvalue()
 
 
