@@ -32,6 +32,10 @@ class DataError(PosteriorJpegError):
     """The training data cannot be used: missing folder, no images, or no readable image."""
 
 
+class ImageError(PosteriorJpegError):
+    """An image file that cannot be read (or, in evaluation, is too small to be measured)."""
+
+
 def list_images(root) -> list[pathlib.Path]:
     """All images under root (recursive), sorted so that every process sees the same list."""
     root = pathlib.Path(root)
@@ -97,12 +101,19 @@ def synthetic_image(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB 8-bit; 16-bit grey (modes I, I;16*) is scaled, since Pillow's convert would clip it to white."""
-    if image.mode == "I" or image.mode.startswith("I;16"):
-        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    return image.convert("RGB")
+def read_rgb(path) -> Image.Image:
+    """An image file as 8-bit RGB: the one loader of training, evaluation and reference images.
+
+    16-bit grey (modes I, I;16*) is scaled to 8 bits, since Pillow's convert would clip it to white;
+    Pillow itself reduces 16-bit colour to its top 8 bits. ImageError names the file otherwise."""
+    try:
+        with Image.open(path) as image:
+            if image.mode == "I" or image.mode.startswith("I;16"):
+                grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+                return Image.fromarray(grey, "L").convert("RGB")
+            return image.convert("RGB")
+    except _UNREADABLE as error:
+        raise ImageError(f"{path}: cannot read image ({error})") from None
 
 
 class JpegCropDataset(torch.utils.data.Dataset):
@@ -193,11 +204,10 @@ class JpegCropDataset(torch.utils.data.Dataset):
         if path in self._unreadable:
             return None
         try:
-            with Image.open(path) as image:
-                return _to_rgb(image)
-        except _UNREADABLE as error:
+            return read_rgb(path)
+        except ImageError as error:
             self._unreadable.add(path)
-            warnings.warn(f"{path}: skipping unreadable training image ({error})")
+            warnings.warn(f"{error}; skipping this training image")
             return None
 
     def _random_crop(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:

@@ -2,12 +2,15 @@
 samples, their mean and an uncertainty map out as PNGs, with a manifest of what was made and how."""
 
 import argparse
+import contextlib
 import dataclasses
 import glob
+import hashlib
 import io
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from time import perf_counter
 
@@ -17,12 +20,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import checkpoints
-from .metrics.fid import file_digest
-from .atomic import write_atomically
-from .errors import PosteriorJpegError
+from .atomic import FolderBusyError, FolderLock, append_line, read_lines, remove_stale_temporaries, write_atomically
+from .errors import LibjpegWarning, PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import project
 from .metrics import coefficient_agreement, consistency_rmse
+from .metrics.fid import file_digest
 from .models.generator import PAD_MULTIPLE
 from .sampling import DEFAULT_OVERLAP, DEFAULT_TILE, Sampler
 from .visualize import contact_sheet, std_map, to_uint8
@@ -43,10 +46,12 @@ Outputs, in OUT:
   <stem>_std.png       --std: per-pixel standard deviation across samples, black (0) -> red ->
                        yellow -> white (>= 0.1, i.e. 25 gray levels)
   <stem>_grid.png      --grid: contact sheet: input decode | samples | mean | std
-  manifest.jsonl       one JSON line appended per sample written: input path and sha256, seed,
-                       checkpoint and sha256 of its weights, model config, projection on/off,
-                       consistency_rmse and coefficient/block agreement measured on the saved
-                       8-bit pixels (in the file's stored orientation), seconds taken
+  manifest.jsonl       one JSON line appended per output written: kind (sample, mean, std,
+                       grid), input path and sha256, seed (seeds of a summary), checkpoint and
+                       sha256 of its weights, model config, projection on/off, libjpeg's warnings,
+                       seconds; for samples, consistency_rmse and coefficient/block agreement
+                       measured on the saved 8-bit pixels (in the file's stored orientation). The
+                       last record of an output describes it.
 
 Orientation and colour: PNGs are written the way the photo is shown, i.e. the file's EXIF
 orientation is applied to the pixels (PNG viewers ignore EXIF), and the file's ICC profile is
@@ -57,13 +62,26 @@ Big images go through the generator in tiles of --tile pixels that overlap and a
 each sample is projected as a whole: memory follows the tile size, not the image. A seed gives the
 same sample whatever the batch or tile size, up to small differences near tile seams.
 
+Grayscale files give grayscale outputs: one channel through the generator's luma, the projection
+and the PNGs (mode L); the std map and the grid stay in colour.
+
+Batch runs resume: running the same command again completes exactly the outputs that are missing
+(after Ctrl-C, a kill, a full disk) and keeps those the manifest records as made from the same input
+with the same seed, checkpoint and projection, unchanged since (their sha256). An existing output
+that the manifest does not record that way is never replaced without --overwrite (its input is
+reported as failed); --overwrite makes everything again. Files are written under a temporary name
+and renamed when complete, each one's manifest record appended (one whole line) just before its
+rename, so an interrupted run leaves only whole files and whole lines; temporaries of killed runs
+are removed by the next run. One run at a time writes into OUT: a second one is refused while the
+first runs (OUT/.posterior-jpeg.lock holds its pid; a lock left by a dead process is taken over).
+
 Inputs whose names give the same <stem> would write the same outputs: the first one in argument
-order is sampled, the others are reported as failed (sample them into another -o folder). An output
-that already exists is never replaced without --overwrite (its input is reported as failed). Files
-are written under a temporary name and renamed when complete, so an interrupted run (Ctrl-C) leaves
-only whole files. Bad inputs (not a JPEG, truncated, unsupported kind, too many pixels) are reported
-as 'FILE: reason' on stderr and skipped. Exit status: 0 all done, 1 some input failed, 2 the model or
-the options are unusable, 130 interrupted.
+order is sampled, the others are reported as failed (sample them into another -o folder). Bad inputs
+(not a JPEG, truncated, unsupported kind, too many pixels) are reported as 'FILE: reason' on stderr
+and skipped. libjpeg's warnings about a file (corrupt data it decoded anyway, tables too coarse for
+a baseline re-encode) are printed as 'FILE: warning: ...' (not with --quiet) and listed in every
+manifest record of that file. Exit status: 0 all done, 1 some input failed, 2 the model, the options
+or OUT are unusable (another run holds it), 130 interrupted.
 """
 
 EPILOG = """\
@@ -134,8 +152,10 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help=f"tile size in pixels, a multiple of 16; 0 runs whole images (default {DEFAULT_TILE})")
     parser.add_argument("--recursive", action="store_true",
                         help="descend into sub-folders of folder INPUTs ('**' in globs)")
-    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary: print errors only")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="make every output again (default: keep those a previous run recorded, make the missing)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar, summary or warnings: print errors only (warnings stay in the manifest)")
     parser.set_defaults(run=run)
     return parser
 
@@ -188,26 +208,40 @@ def split_name_clashes(files: list[Path]) -> tuple[list[Path], list[str]]:
     return kept, errors
 
 
+_TRANSFORMS = {
+    1: lambda x: x,
+    2: lambda x: x.flip(2),
+    3: lambda x: x.flip(1, 2),
+    4: lambda x: x.flip(1),
+    5: lambda x: x.transpose(1, 2),
+    6: lambda x: x.transpose(1, 2).flip(2),
+    7: lambda x: x.transpose(1, 2).flip(1, 2),
+    8: lambda x: x.transpose(1, 2).flip(1),
+}
+_INVERSE = {6: 8, 8: 6}  # the quarter turns undo each other; every other transform undoes itself
+
+
 def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """[C, H, W] in stored orientation -> as displayed under EXIF `orientation` (1-8)."""
-    transforms = {
-        1: lambda x: x,
-        2: lambda x: x.flip(2),
-        3: lambda x: x.flip(1, 2),
-        4: lambda x: x.flip(1),
-        5: lambda x: x.transpose(1, 2),
-        6: lambda x: x.transpose(1, 2).flip(2),
-        7: lambda x: x.transpose(1, 2).flip(1, 2),
-        8: lambda x: x.transpose(1, 2).flip(1),
-    }
-    return transforms[orientation](image)
+    return _TRANSFORMS[orientation](image)
+
+
+def undo_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """[C, H, W] as displayed under EXIF `orientation` -> in stored orientation."""
+    return _TRANSFORMS[_INVERSE.get(orientation, orientation)](image)
+
+
+def encode_png(array: np.ndarray, icc_profile: bytes | None) -> bytes:
+    """uint8 [H, W, 3] (RGB) or [H, W, 1] (grayscale: mode L) -> the bytes of a PNG."""
+    buffer = io.BytesIO()
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    image.save(buffer, format="PNG", icc_profile=icc_profile)
+    return buffer.getvalue()
 
 
 def write_png(array: np.ndarray, path: Path, icc_profile: bytes | None) -> None:
-    """Write uint8 [H, W, 3] as a PNG, atomically (see `write_atomically`)."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", icc_profile=icc_profile)
-    write_atomically(path, buffer.getvalue())
+    """Write uint8 [H, W, 3] or [H, W, 1] as a PNG, atomically (see `write_atomically`)."""
+    write_atomically(path, encode_png(array, icc_profile))
 
 
 class FileFailed(Exception):
@@ -227,98 +261,202 @@ class Job:
     out: Path
     checkpoint_sha256: str
     model: dict
+    recorded: dict  # output file name -> its last manifest record
 
-    def outputs(self, stem: str) -> list[Path]:
-        names = [f"{stem}_s{self.args.seed + i}.png" for i in range(self.args.samples)]
-        names += [f"{stem}_{kind}.png" for kind in ("mean", "std", "grid") if getattr(self.args, kind)]
-        return [self.out / name for name in names]
+    def planned(self, stem: str, input_sha256: str) -> dict[Path, dict]:
+        """Every output of an input with its recipe, the record fields that make it what it is: a
+        rerun keeps an existing output whose last manifest record has the same recipe and the
+        file's sha256 (so a file replaced since, or one a killed run never renamed, is not kept)."""
+        args = self.args
+        seeds = list(range(args.seed, args.seed + args.samples))
+        common = {"input_sha256": input_sha256, "checkpoint_sha256": self.checkpoint_sha256,
+                  "projected": not args.no_project}
+        plan = {self.out / f"{stem}_s{seed}.png": {"kind": "sample", "seed": seed, **common} for seed in seeds}
+        for kind in ("mean", "std", "grid"):
+            if getattr(args, kind):
+                plan[self.out / f"{stem}_{kind}.png"] = {"kind": kind, "seeds": seeds, **common}
+        return plan
 
-    def record(self, line: dict) -> None:
-        with open(self.out / MANIFEST, "a", encoding="utf-8") as manifest:
-            manifest.write(json.dumps(line) + "\n")
+    def is_recorded(self, output: Path, recipe: dict) -> bool:
+        record = self.recorded.get(output.name, {})
+        if any(record.get(key) != value for key, value in recipe.items()):
+            return False
+        return record.get("output_sha256") == file_digest(output)
+
+    def write(self, output: Path, array: np.ndarray, icc_profile: bytes | None, line: dict, began: float) -> None:
+        """Write one output PNG atomically, appending its manifest record (`line` with the PNG's
+        sha256 and the seconds since `began`) just before the rename makes it visible."""
+        data = encode_png(array, icc_profile)
+        record = {**line, "output_sha256": hashlib.sha256(data).hexdigest()}
+
+        def append() -> None:
+            record["seconds"] = round(perf_counter() - began, 3)
+            append_line(self.out / MANIFEST, json.dumps(record))
+            self.recorded[output.name] = record
+
+        write_atomically(output, data, before_rename=append)
+
+
+def read_manifest(path: Path) -> tuple[dict, int]:
+    """The last record of each output named in a manifest, by file name, and the bytes of a torn
+    last line cut off (see `read_lines`). Lines that are not records (glued together by an older
+    version on a full disk) are ignored: their outputs count as unrecorded."""
+    lines, torn = read_lines(path)
+    recorded = {}
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("output"), str):
+            recorded[Path(record["output"]).name] = record
+    return recorded, torn
+
+
+@contextlib.contextmanager
+def libjpeg_warnings(found: list[str]):
+    """Collect the text of the LibjpegWarnings raised inside into `found`; other warnings go on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LibjpegWarning)
+        yield
+    for warning in caught:
+        if isinstance(warning.message, LibjpegWarning):
+            found.append(warning.message.text)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _pixels(image: torch.Tensor) -> torch.Tensor:
-    """[3, H, W] in [0, 1] -> the 8-bit values a PNG stores, as uint8."""
+    """[C, H, W] in [0, 1] -> the 8-bit values a PNG stores, as uint8."""
     return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _save(image: torch.Tensor, jf: JpegFile, path: Path, icc: bool = True) -> None:
-    write_png(to_uint8(apply_orientation(image, jf.orientation)), path, jf.icc_profile if icc else None)
+def _kept_sample(output: Path, jf: JpegFile) -> torch.Tensor:
+    """A sample PNG a previous run wrote (its sha256 checked), back as uint8 [C, H, W] in the file's
+    stored orientation."""
+    with Image.open(output) as image:
+        array = np.array(image)
+    return undo_orientation(torch.from_numpy(array).reshape(*array.shape[:2], -1).permute(2, 0, 1), jf.orientation)
 
 
-def sample_file(job: Job, path: Path, advance=lambda: None) -> None:
-    """Sample one input and write its outputs, calling `advance` after each sample; FileFailed says
-    why it could not."""
+def _seed_runs(seeds: list[int]) -> list[tuple[int, int]]:
+    """Sorted seeds -> (first, count) of each run of consecutive ones (one sampler call each)."""
+    runs = []
+    for seed in seeds:
+        if runs and runs[-1][0] + runs[-1][1] == seed:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((seed, 1))
+    return runs
+
+
+def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda line: None) -> int:
+    """Sample one input: write its missing outputs (every output with --overwrite), calling
+    `advance` for each sample made or kept and `warn` with each new warning line. Returns how many
+    files it wrote (0: complete already); FileFailed says why it could not."""
     args = job.args
     try:
         jf = read_jpeg(path)
     except PosteriorJpegError as error:
         raise FileFailed(str(error)) from None
-    existing = [p for p in job.outputs(path.stem) if p.exists()]
-    if existing and not args.overwrite:
-        also = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise FileFailed(f"{path}: {existing[0]} exists{also}; pass --overwrite to replace")
     input_sha256 = file_digest(path)
-    summaries = args.mean or args.std or args.grid
-    samples = []  # kept (8-bit) only for the summaries
-    for sample in job.sampler.samples(jf, args.samples, args.seed, project=not args.no_project):
-        began = perf_counter()
-        pixels = _pixels(sample.image)
-        saved = pixels.float() / 255  # measure exactly what the PNG holds, in stored orientation
-        agreement = coefficient_agreement(saved, jf)
-        output = job.out / f"{path.stem}_s{sample.seed}.png"
-        _save(saved, jf, output)
-        if summaries:
-            samples.append(pixels)
-        job.record({
-            "input": str(path),
-            "input_sha256": input_sha256,
-            "output": str(output),
-            "seed": sample.seed,
-            "checkpoint": job.sampler.source,
-            "checkpoint_sha256": job.checkpoint_sha256,
-            "model": job.model,
-            "projected": not args.no_project,
-            "consistency_rmse": consistency_rmse(saved, jf).item(),
-            "coefficient_agreement": agreement.coefficients,
-            "block_agreement": agreement.blocks,
-            "orientation_applied": jf.orientation,
-            "icc_profile_embedded": jf.icc_profile is not None,
-            "tile": job.sampler.tile,
-            "device": str(job.sampler.device),
-            "seconds": round(sample.seconds + perf_counter() - began, 3),
-        })
-        advance()
-    if not summaries:
-        return
+    plan = job.planned(path.stem, input_sha256)
+    todo = {output for output, recipe in plan.items()
+            if args.overwrite or not (output.exists() and job.is_recorded(output, recipe))}
+    foreign = [output for output in plan if output in todo and output.exists() and not args.overwrite]
+    if foreign:
+        also = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise FileFailed(f"{path}: {foreign[0]} exists{also} and {MANIFEST} does not record it as made from this "
+                         "input with these options; pass --overwrite to replace")
+    reported = list(dict.fromkeys(jf.warnings))
+    for text in reported:
+        warn(f"{path}: warning: {text}")
+    if not todo:
+        advance(args.samples)
+        return 0
+    common = {"input": str(path), "input_sha256": input_sha256, "checkpoint": job.sampler.source,
+              "checkpoint_sha256": job.checkpoint_sha256, "model": job.model, "projected": not args.no_project,
+              "orientation_applied": jf.orientation, "tile": job.sampler.tile, "device": str(job.sampler.device)}
+    summaries = [kind for kind in ("mean", "std", "grid") if job.out / f"{path.stem}_{kind}.png" in todo]
+    wanted = sorted(plan[output]["seed"] for output in todo if plan[output]["kind"] == "sample")
+    advance(args.samples - len(wanted))
+    samples = {}  # seed -> uint8 [C, H, W], kept only for the summaries
+    for first, count in _seed_runs(wanted):
+        for sample in job.sampler.samples(jf, count, first, project=not args.no_project):
+            began = perf_counter()
+            pixels = _pixels(sample.image)
+            saved = pixels.float() / 255  # measure exactly what the PNG holds, in stored orientation
+            measured = []
+            with libjpeg_warnings(measured):
+                agreement = coefficient_agreement(saved, jf)
+                rmse = consistency_rmse(saved, jf).item()
+            for text in dict.fromkeys(measured):
+                if text not in reported:
+                    reported.append(text)
+                    warn(f"{path}: warning: {text}")
+            output = job.out / f"{path.stem}_s{sample.seed}.png"
+            line = {**common, "kind": "sample", "output": str(output), "seed": sample.seed,
+                    "consistency_rmse": rmse, "coefficient_agreement": agreement.coefficients,
+                    "block_agreement": agreement.blocks, "icc_profile_embedded": jf.icc_profile is not None,
+                    "warnings": list(dict.fromkeys([*jf.warnings, *measured]))}
+            shown = to_uint8(apply_orientation(saved, jf.orientation))
+            job.write(output, shown, jf.icc_profile, line, began - sample.seconds)
+            if summaries:
+                samples[sample.seed] = pixels
+            advance()
+    if summaries:
+        for output, recipe in plan.items():
+            if recipe["kind"] == "sample" and recipe["seed"] not in samples:
+                samples[recipe["seed"]] = _kept_sample(output, jf)
+        _write_summaries(job, path, jf, [samples[seed] for seed in sorted(samples)], summaries, common)
+    return len(todo)
+
+
+def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: list[str], common: dict) -> None:
+    """The mean, std map and contact sheet of an input's samples (uint8 [C, H, W] each), as asked."""
+    began = perf_counter()
     stack = torch.stack(samples).float() / 255
-    mean = stack.mean(dim=0) if args.no_project else project(stack.mean(dim=0), jf)
-    if args.mean:
-        _save(mean, jf, job.out / f"{path.stem}_mean.png")
-    if args.std:
-        _save(std_map(stack), jf, job.out / f"{path.stem}_std.png", icc=False)
-    if args.grid:
-        row = [jf.decode(), *stack, mean, std_map(stack)]
-        sheet = contact_sheet([[apply_orientation(image, jf.orientation) for image in row]])
-        write_png(sheet, job.out / f"{path.stem}_grid.png", jf.icc_profile)
+    mean = stack.mean(dim=0) if job.args.no_project else project(stack.mean(dim=0), jf)
+    seeds = list(range(job.args.seed, job.args.seed + job.args.samples))
+    for kind in kinds:
+        if kind == "grid":
+            row = [jf.decode(), *stack, mean, std_map(stack)]
+            array = contact_sheet([[apply_orientation(image.expand(3, -1, -1), jf.orientation) for image in row]])
+        else:
+            array = to_uint8(apply_orientation(mean if kind == "mean" else std_map(stack), jf.orientation))
+        icc = None if kind == "std" else jf.icc_profile  # the std map is a false-colour chart
+        output = job.out / f"{path.stem}_{kind}.png"
+        line = {**common, "kind": kind, "output": str(output), "seeds": seeds,
+                "icc_profile_embedded": icc is not None, "warnings": list(jf.warnings)}
+        job.write(output, array, icc, line, began)
 
 
-def _prepare(args) -> Job:
-    """The shared state of a run; CannotStart with the line that says why it cannot start."""
+def _prepare(args, stack: contextlib.ExitStack) -> Job:
+    """The shared state of a run, holding OUT's lock (released by `stack`); CannotStart with the line
+    that says why it cannot start."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CannotStart("--device cuda: CUDA is not available here (use --device cpu)")
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(FolderLock(out))
+        removed = remove_stale_temporaries(out)
+        recorded, torn = read_manifest(out / MANIFEST)
+    except FolderBusyError as error:
+        raise CannotStart(str(error)) from None
     except OSError as error:
-        raise CannotStart(f"{out}: cannot create the output folder ({error.strerror or error})") from None
+        raise CannotStart(f"{out}: cannot use the output folder ({error.strerror or error})") from None
+    if not args.quiet and removed:
+        print(f"sample: {out}: removed {len(removed)} temporary file(s) left by a killed run", file=sys.stderr)
+    if not args.quiet and torn:
+        print(f"sample: {out / MANIFEST}: cut off a torn last line ({torn} bytes) left by an interrupted run",
+              file=sys.stderr)
     try:
         sampler = Sampler.from_checkpoint(args.checkpoint, args.device, args.dtype, tile=args.tile)
         weights, _ = checkpoints.resolve(sampler.source)
     except PosteriorJpegError as error:
         raise CannotStart(str(error)) from None
-    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(sampler.generator.config))
+    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(sampler.generator.config), recorded)
 
 
 def _sample_all(args) -> int:
@@ -329,19 +467,32 @@ def _sample_all(args) -> int:
         print(line, file=sys.stderr)
     if not files:
         return 1
-    try:
-        job = _prepare(args)
-    except CannotStart as error:
-        print(f"sample: {error}", file=sys.stderr)
-        return 2
-    failed, done = len(errors), 0
+    with contextlib.ExitStack() as stack:
+        try:
+            job = _prepare(args, stack)
+        except CannotStart as error:
+            print(f"sample: {error}", file=sys.stderr)
+            return 2
+        return _sample_files(job, files, len(errors))
+
+
+def _sample_files(job: Job, files: list[Path], failed: int) -> int:
+    args = job.args
+    done = complete = 0
+
+    def warn(line: str) -> None:
+        if not args.quiet:
+            tqdm.write(line, file=sys.stderr)
+
     with tqdm(total=len(files) * args.samples, unit="sample", disable=args.quiet, file=sys.stderr) as bar:
         for index, path in enumerate(files, 1):
             bar.set_description(f"{index}/{len(files)} {path.name}")
             before = bar.n
             try:
-                sample_file(job, path, lambda: bar.update(1))
-                done += 1
+                if sample_file(job, path, bar.update, warn):
+                    done += 1
+                else:
+                    complete += 1
             except FileFailed as error:
                 tqdm.write(str(error), file=sys.stderr)
                 failed += 1
@@ -353,7 +504,8 @@ def _sample_all(args) -> int:
                 failed += 1
             bar.update(before + args.samples - bar.n)  # a failed file's samples count as passed
     if not args.quiet:
-        print(f"sampled {done} file(s) into {job.out}" + (f"; {failed} input(s) failed" if failed else ""))
+        print(f"sampled {done} file(s) into {job.out}" + (f"; {complete} complete already" if complete else "")
+              + (f"; {failed} input(s) failed" if failed else ""))
     return 1 if failed else 0
 
 
@@ -362,7 +514,8 @@ def run(args) -> int:
     try:
         return _sample_all(args)
     except KeyboardInterrupt:
-        print("sample: interrupted; the outputs written so far are complete", file=sys.stderr)
+        print("sample: interrupted; the outputs written so far are complete (run the same command again to "
+              "make the rest)", file=sys.stderr)
         return INTERRUPTED
 
 

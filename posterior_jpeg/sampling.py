@@ -6,6 +6,9 @@ to positions: the map drawn before a given layer at a given trunk cell depends o
 sample's seed, the layer and the cell's place in the whole image. So a seed gives the same sample
 whatever the batch size, and tiled and untiled runs differ only where a tile's edge cuts G's
 receptive field (near the seams, where the blending ramps hide it).
+
+Grayscale in, grayscale out: for a grayscale file each sample is G's output reduced to its luma
+(libjpeg's RGB -> Y), one channel through the projection and into the PNG.
 """
 
 from dataclasses import dataclass
@@ -16,7 +19,9 @@ from typing import Iterator
 import torch
 
 from . import checkpoints
+from .jpeg.color import rgb_to_gray
 from .jpeg.file import JpegFile
+from .jpeg.sampling import GRAY
 from .jpeg.projection import project as project_onto
 from .errors import PosteriorJpegError
 from .models.generator import PAD_MULTIPLE, UNSHUFFLE, AnchoredGenerator, Generator
@@ -133,8 +138,9 @@ def _ramp(start: int, end: int, length: int, overlap: int) -> torch.Tensor:
 
 @dataclass
 class Sample:
-    """One posterior sample: its seed, the image [3, H, W] in [0, 1] on the CPU, and the seconds it
-    took (its share of its batch's generator pass and projection)."""
+    """One posterior sample: its seed, the image [C, H, W] in [0, 1] on the CPU (C = 1 for a
+    grayscale file, else 3), and the seconds it took (its share of its batch's generator pass and
+    projection)."""
 
     seed: int
     image: torch.Tensor
@@ -199,7 +205,8 @@ class Sampler:
         return cls(generator, str(path), chosen, _dtype(dtype, chosen), batch_size, tile, overlap)
 
     def sample(self, jpeg: JpegFile, n: int = 8, seed: int = 0, project: bool = True) -> torch.Tensor:
-        """[n, 3, H, W] in [0, 1] on the CPU: sample i uses seed + i, whatever the batch size.
+        """[n, C, H, W] in [0, 1] on the CPU (C = 1 for a grayscale file, else 3): sample i uses
+        seed + i, whatever the batch size.
 
         The input y is the file decoded from its coefficients, on the 8-bit grid as in training."""
         return torch.stack([s.image for s in self.samples(jpeg, n, seed, project)])
@@ -216,6 +223,8 @@ class Sampler:
             seeds = list(range(seed + start, seed + min(n, start + self.batch_size)))
             began = perf_counter()
             batch = self.generate(y, tables, seeds)
+            if jpeg.sampling == GRAY:
+                batch = rgb_to_gray(batch)
             if project:
                 batch = project_onto(batch, jpeg)
             share = (perf_counter() - began) / len(seeds)
@@ -224,7 +233,7 @@ class Sampler:
 
     @torch.no_grad()
     def mmse(self, jpeg: JpegFile, project: bool = True) -> torch.Tensor:
-        """The posterior-mean decode M(y, q), [3, H, W] in [0, 1] on the CPU, projected by default:
+        """The posterior-mean decode M(y, q), [C, H, W] in [0, 1] on the CPU, projected by default:
         the best-PSNR output, from an anchored model's M or a noise-free (MMSE) model."""
         if self.mean_network is None:
             raise PosteriorJpegError(
@@ -232,7 +241,9 @@ class Sampler:
             )
         y = (jpeg.decode(device=self.device) * 255).round() / 255
         mean = self._tiled(self.mean_network, y, jpeg.qtable_tensor(self.device), [0]).clamp(0, 1)
-        return project_onto(mean, jpeg)[0] if project else mean[0]
+        if jpeg.sampling == GRAY:
+            mean = rgb_to_gray(mean)
+        return (project_onto(mean, jpeg)[0] if project else mean[0]).cpu()
 
     @torch.no_grad()
     def generate(self, y: torch.Tensor, tables: torch.Tensor, seeds: list[int]) -> torch.Tensor:

@@ -1,10 +1,15 @@
 """Shared test fixtures: synthetic natural-looking images and their JPEG encodings (no files in the repo)."""
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from posterior_jpeg.atomic import FolderLock
 
 
 def _natural_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -48,3 +53,45 @@ def pillow_jpeg():
         return buffer.getvalue()
 
     return encode
+
+
+@pytest.fixture
+def dead_pid():
+    """Factory dead_pid() -> the pid of a process that has ended (and been reaped)."""
+
+    def make() -> int:
+        process = subprocess.Popen([sys.executable, "-c", ""])
+        process.wait()
+        return process.pid
+
+    return make
+
+
+# Another process holding an output folder the way FolderLock does: an flock on the lock file, its pid inside.
+_HOLD_LOCK = """
+import fcntl, os, sys
+descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(descriptor, fcntl.LOCK_EX)
+os.write(descriptor, f"{os.getpid()}\\n".encode())
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def hold_lock():
+    """Factory hold_lock(folder) -> a process that holds the folder's lock until its stdin closes
+    (or it is killed); killed at the end of the test if still running."""
+    holders = []
+
+    def start(folder) -> subprocess.Popen:
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(Path(folder) / FolderLock.NAME)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout.readline() == "locked\n"
+        return holder
+
+    yield start
+    for holder in holders:
+        holder.kill()
+        holder.wait()

@@ -22,7 +22,7 @@ from posterior_jpeg.config import load_config
 from posterior_jpeg.data import synthetic_image
 from posterior_jpeg.errors import PosteriorJpegError
 from posterior_jpeg.metrics import LPIPS, GaussianStats, InceptionFeatures, frechet_distance
-from posterior_jpeg.metrics.fid import random_state
+from posterior_jpeg.metrics.fid import StatisticsError, random_state
 from posterior_jpeg.metrics.perceptual import BACKBONES
 from posterior_jpeg.models.features import MissingWeightsError
 from posterior_jpeg.sampling import Sampler
@@ -248,6 +248,8 @@ def test_real_jpeg_folder_without_ground_truth_and_a_bad_file(workspace, pillow_
     folder.mkdir()
     for i in range(2):
         (folder / f"photo_{i}.jpg").write_bytes(pillow_jpeg(natural_rgb(32, 48, seed=i), quality=20))
+    gray = Image.fromarray(natural_rgb(32, 48, seed=2)).convert("L")  # one-channel samples, measured as RGB
+    (folder / "photo_gray.jpg").write_bytes(pillow_jpeg(gray, quality=20))
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     cfg = ev.load_eval_config(ROOT / "configs" / "eval.yaml", [
         f"checkpoints=[{workspace['run']}]", "methods=[jpeg,ours,ours_p]", f"data.jpegs={folder}", "repeats=1",
@@ -255,9 +257,85 @@ def test_real_jpeg_folder_without_ground_truth_and_a_bad_file(workspace, pillow_
     results = ev.evaluate(cfg)  # no FID reference: Inception is not even built
     assert list(results["skipped"]) == [str(folder / "broken.jpg")]
     rows = {row["method"]: row for row in results["rows"]}
-    assert all(r["images"] == 2 and r["fid"] is None and r["psnr_rgb"] is None for r in rows.values())
+    assert all(r["images"] == 3 and r["fid"] is None and r["psnr_rgb"] is None for r in rows.values())
     assert rows["Ours-P"]["consistency_rmse"] == 0.0 and rows["Ours"]["pixel_std"] > 0
     assert rows["JPEG (libjpeg)"]["subsampling"] is None
+
+
+def _jpeg_only_job(truth: Path, out_dir: Path, cache: Path, *extra) -> list[str]:
+    return ["methods=[jpeg]", f"data.ground_truth={truth}", "data.crop=full", "features.inception=random",
+            "features.lpips=random", f"fid_cache={cache}", f"out_dir={out_dir}", "device=cpu", "progress=false", *extra]
+
+
+def test_sixteen_bit_and_too_small_ground_truth(tmp_path):
+    """A 16-bit PNG measures like its 8-bit twin (it used to be read as pure white: PSNR 100 against a
+    white decode); an 8x8 image, too small for LPIPS, is skipped with its reason (it used to end the
+    job with a traceback); a cached reference that cannot be read is computed again."""
+    rng = np.random.default_rng(5)
+    grays = [synthetic_image(rng, 32)[..., 0] for _ in range(2)]
+    for folder, to_file in (("eight", lambda g: g), ("sixteen", lambda g: g.astype(np.uint16) * 257)):
+        (tmp_path / folder).mkdir()
+        for i, gray in enumerate(grays):
+            Image.fromarray(to_file(gray)).save(tmp_path / folder / f"image_{i}.png")
+        Image.fromarray(to_file(grays[0][:8, :8])).save(tmp_path / folder / "tiny.png")
+    assert Image.open(tmp_path / "sixteen" / "image_0.png").mode == "I;16"
+    assert np.array_equal(ev.load_image(tmp_path / "sixteen" / "image_1.png", "full"), np.stack([grays[1]] * 3, axis=-1))
+    cache = tmp_path / "cache"
+    rows = {}
+    for folder in ("eight", "sixteen"):
+        results = ev.evaluate(ev.load_eval_config(ROOT / "configs" / "eval.yaml", _jpeg_only_job(
+            tmp_path / folder, tmp_path / f"{folder}_out", cache / folder)), print_table=False)
+        tiny = str(tmp_path / folder / "tiny.png")
+        assert results["skipped"] == {tiny: f"{tiny}: 8x8 is smaller than the 31x31 pixels LPIPS needs; not measured"}
+        (rows[folder],) = results["rows"]
+    assert rows["eight"]["images"] == 2 and rows["eight"]["psnr_rgb"] < 40
+    for name in ("psnr_rgb", "psnr_y", "lpips", "fid"):
+        assert rows["sixteen"][name] == pytest.approx(rows["eight"][name], rel=1e-9), name
+    (cached,) = (cache / "eight").glob("*.npz")
+    cached.write_bytes(b"cut short by a full disk")
+    again = ev.evaluate(ev.load_eval_config(ROOT / "configs" / "eval.yaml", _jpeg_only_job(
+        tmp_path / "eight", tmp_path / "again", cache / "eight")), print_table=False)
+    assert again["rows"][0]["fid"] == pytest.approx(rows["eight"]["fid"], rel=1e-9)
+    assert GaussianStats.load(cached).count == 3  # the reference takes the tiny image too (Inception resizes)
+
+
+def test_lpips_knows_the_smallest_image_it_measures():
+    for net, side in (("alex", 31), ("vgg", 16)):
+        lpips = LPIPS("random", net)
+        assert lpips.min_size == side
+        assert lpips(torch.rand(1, 3, side, side + 9), torch.rand(1, 3, side, side + 9)).shape == (1,)
+        with pytest.raises(ValueError, match=f"LPIPS \\({net}\\) needs images of at least {side}x{side} pixels"):
+            lpips(torch.rand(1, 3, side - 1, 64), torch.rand(1, 3, side - 1, 64))
+
+
+def test_unusable_fid_statistics_are_refused_with_one_line(tmp_path):
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    np.savez(tmp_path / "nokeys.npz", means=np.zeros(3))
+    np.savez(tmp_path / "shapes.npz", mu=np.zeros(3), sigma=np.zeros((2, 2)))
+    np.savez(tmp_path / "nan.npz", mu=np.zeros(2), sigma=np.full((2, 2), np.nan))
+    np.savez(tmp_path / "objects.npz", mu=np.array([{}], dtype=object), sigma=np.zeros((1, 1)))
+    whole = (tmp_path / "shapes.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "garbage.npz").write_bytes(b"not statistics at all")
+    reasons = {"garbage.npz": "not an .npz file", "array.npy": "not an .npz file", "cut.npz": "not an .npz file",
+               "objects.npz": "not an .npz file", "nokeys.npz": "need arrays mu and sigma, found means",
+               "shapes.npz": "do not fit", "nan.npz": "not finite", "missing.npz": "cannot read"}
+    for name, reason in reasons.items():
+        with pytest.raises(StatisticsError) as error:
+            GaussianStats.load(tmp_path / name)
+        assert str(error.value).startswith(f"{tmp_path / name}: ") and reason in str(error.value), str(error.value)
+
+
+def test_a_bad_fid_reference_ends_the_job_with_one_line(workspace, tmp_path, capsys):
+    (tmp_path / "garbage.npz").write_bytes(b"not statistics at all")
+    GaussianStats.from_features(np.random.default_rng(0).normal(size=(4, 8))).save(tmp_path / "small.npz")
+    for name, reason in (("garbage.npz", "not an .npz file of FID statistics"),
+                         ("small.npz", "statistics of 8-d features; FID's Inception pool3 features are 2048-d")):
+        overrides = _jpeg_only_job(workspace["truth"], tmp_path / "out", tmp_path / "cache",
+                                   f"data.fid_reference={tmp_path / name}")
+        assert cli(["eval", "--config", str(ROOT / "configs" / "eval.yaml"), *overrides]) == 1
+        assert capsys.readouterr().err == f"posterior-jpeg eval: {tmp_path / name}: {reason}" + (
+            " (it does not start like a zip archive)\n" if name == "garbage.npz" else "\n")
 
 
 def test_cli_reports_config_and_weights_errors(workspace, tmp_path, monkeypatch, capsys):

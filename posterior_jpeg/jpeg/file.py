@@ -246,6 +246,7 @@ class JpegFile:
     orientation: int = 1
     icc_profile: bytes | None = None
     source: str = "<bytes>"
+    warnings: tuple = ()
 
     @property
     def height(self) -> int:

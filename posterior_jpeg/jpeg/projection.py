@@ -19,7 +19,7 @@ import torch
 
 from . import sampling
 from .codec import component_tables, encode
-from .color import YCC_OFFSET, rgb_to_ycbcr, ycbcr_to_rgb, ycc_to_rgb_rows
+from .color import YCC_OFFSET, rgb_to_gray, rgb_to_ycbcr, ycbcr_to_rgb, ycc_to_rgb_rows
 from .dct import BLOCK, dct_matrix, unblockify
 
 
@@ -60,7 +60,8 @@ def _block_diagonal_dct(blocks: int, dtype: torch.dtype, device: torch.device) -
 def interval_projection(
     ycc: torch.Tensor, mode: str, bounds: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Orthogonal projection of [K, 3, H, W] YCbCr tiles onto the intervals (`Intervals.bounds`).
+    """Orthogonal projection of [K, 3, H, W] YCbCr tiles (or [K, 1, H, W] Y of a grayscale file)
+    onto the intervals (`Intervals.bounds`).
 
     Chroma is changed by spreading its block-domain change over the pixels it averages (the
     least-squares inverse of the averaging). Returns the projection and, per tile, how far (DCT
@@ -79,8 +80,6 @@ def interval_projection(
         outside = torch.maximum(outside, change.abs().flatten(1).amax(1))
         delta = sampling.fold_padding(rows.T @ change @ cols, *plane.shape[1:])
         planes[c] = planes[c] + sampling.fold_padding(sampling.spread(delta, factors), height, width)
-    if mode == sampling.GRAY:
-        planes[1:] = [torch.full_like(planes[0], 128.0)] * 2
     return torch.stack(planes, dim=1), outside
 
 
@@ -89,7 +88,10 @@ def gamut_projection(ycc: torch.Tensor) -> torch.Tensor:
 
     Each channel bound is a slab in YCbCr; one orthogonal projection onto each slab in turn (exact
     projections in the same metric as `interval_projection`, so alternating them converges). Only
-    the pixels outside the cube are touched, which keeps this cheap on natural images."""
+    the pixels outside the cube are touched, which keeps this cheap on natural images. Gray [K, 1,
+    H, W]: the cube is the range 0..255 itself."""
+    if ycc.shape[1] == 1:
+        return ycc.clamp(0.0, 255.0)
     rgb = ycbcr_to_rgb(ycc)
     outside = ((rgb < 0.0) | (rgb > 255.0)).any(dim=1)
     if not outside.any():
@@ -103,6 +105,15 @@ def gamut_projection(ycc: torch.Tensor) -> torch.Tensor:
         pixels = pixels - excess.unsqueeze(1) * row
     channels_last[outside] = pixels + offset
     return channels_last.permute(0, 3, 1, 2)
+
+
+def _to_working(images: torch.Tensor) -> torch.Tensor:
+    """Pixels (0..255) -> the space the projections work in: YCbCr, or Y itself for gray [K, 1, h, w]."""
+    return images if images.shape[1] == 1 else rgb_to_ycbcr(images)
+
+
+def _from_working(ycc: torch.Tensor) -> torch.Tensor:
+    return ycc if ycc.shape[1] == 1 else ycbcr_to_rgb(ycc)
 
 
 def inconsistent_coefficients(images_8bit: torch.Tensor, intervals: Intervals) -> list[torch.Tensor]:
@@ -120,10 +131,10 @@ def _spans(length: int, unit: int) -> list[tuple[int, int, int]]:
 
 
 def _tiles(images: torch.Tensor, jpeg) -> list[tuple[tuple, torch.Tensor, Intervals]]:
-    """Cut [N, 3, H, W] into MCU tiles, grouped by tile size (interior, right and bottom edges).
+    """Cut [N, C, H, W] into MCU tiles, grouped by tile size (interior, right and bottom edges).
 
-    Returns (region, tiles [K, 3, th, tw], their intervals) per group; region locates the group."""
-    n = images.shape[0]
+    Returns (region, tiles [K, C, th, tw], their intervals) per group; region locates the group."""
+    n, channels = images.shape[:2]
     mode = jpeg.sampling
     mcu = [BLOCK * max(sampling.component_factors(mode, c)[i] for c in range(len(jpeg.coefficients))) for i in (0, 1)]
     stored = jpeg.coefficient_tensors(images.device)
@@ -132,7 +143,7 @@ def _tiles(images: torch.Tensor, jpeg) -> list[tuple[tuple, torch.Tensor, Interv
     for top, th, rows in _spans(jpeg.height, mcu[0]):
         for left, tw, cols in _spans(jpeg.width, mcu[1]):
             crop = images[:, :, top : top + rows * th, left : left + cols * tw]
-            tiles = crop.reshape(n, 3, rows, th, cols, tw).permute(0, 2, 4, 1, 3, 5).reshape(-1, 3, th, tw)
+            tiles = crop.reshape(n, channels, rows, th, cols, tw).permute(0, 2, 4, 1, 3, 5).reshape(-1, channels, th, tw)
             coefficients, tile_tables = [], []
             for c, blocks in enumerate(stored):
                 fv, fh = sampling.component_factors(mode, c)
@@ -150,8 +161,9 @@ def _tiles(images: torch.Tensor, jpeg) -> list[tuple[tuple, torch.Tensor, Interv
 
 def _untile(out: torch.Tensor, region: tuple, tiles: torch.Tensor) -> None:
     top, th, rows, left, tw, cols = region
-    n = out.shape[0]
-    crop = tiles.reshape(n, rows, cols, 3, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(n, 3, rows * th, cols * tw)
+    n, channels = out.shape[:2]
+    crop = tiles.reshape(n, rows, cols, channels, th, tw).permute(0, 3, 1, 4, 2, 5)
+    crop = crop.reshape(n, channels, rows * th, cols * tw)
     out[:, :, top : top + rows * th, left : left + cols * tw] = crop
 
 
@@ -164,7 +176,7 @@ def _bayer(size: int) -> torch.Tensor:
 
 
 def dithered_round(images: torch.Tensor) -> torch.Tensor:
-    """Round [K, 3, h, w] to integers with an 8x8 ordered dither, so that block means survive.
+    """Round [K, C, h, w] to integers with an 8x8 ordered dither, so that block means survive.
 
     Plain rounding of a nearly flat area moves every pixel the same way, shifting a block's DC (and
     chroma DC most) by up to half a level, which a float correction smaller than that cannot undo."""
@@ -182,7 +194,7 @@ def _failures(images_8bit: torch.Tensor, intervals: Intervals) -> torch.Tensor:
 
 
 def _solve(tiles: torch.Tensor, intervals: Intervals, settings: dict) -> torch.Tensor:
-    """Rounds of float projection, 8-bit rounding and exact checking on [K, 3, h, w] tiles (0..255).
+    """Rounds of float projection, 8-bit rounding and exact checking on [K, C, h, w] tiles (0..255).
 
     Tiles that are consistent once rounded are left as they are; for the others the best 8-bit
     state seen (fewest differing coefficients) is returned, so no tile ends worse than it began."""
@@ -195,7 +207,7 @@ def _solve(tiles: torch.Tensor, intervals: Intervals, settings: dict) -> torch.T
         if active.numel() == 0:
             break
         target = intervals.subset(active)
-        ycc = rgb_to_ycbcr(state[active])
+        ycc = _to_working(state[active])
         # alternate the projections; a tile leaves the working set once its intervals hold, or once
         # it stops getting closer (margins can leave no room inside the RGB cube)
         moving = torch.arange(active.numel(), device=tiles.device)
@@ -216,7 +228,7 @@ def _solve(tiles: torch.Tensor, intervals: Intervals, settings: dict) -> torch.T
             if moving.numel() == 0:
                 break
         ycc[moving] = work
-        rounded = ycbcr_to_rgb(ycc).clamp(0.0, 255.0)
+        rounded = _from_working(ycc).clamp(0.0, 255.0)
         rounded = dithered_round(rounded) if round_index else rounded.round()
         state[active] = rounded
         failing = inconsistent_coefficients(rounded, target)
@@ -240,6 +252,8 @@ def project(
     relaxation: float = 1.5,
 ) -> torch.Tensor:
     """Make candidates [N, 3, H, W] (or [3, H, W]) in [0, 1] consistent with `jpeg` (a JpegFile).
+    A grayscale file's candidates may have one channel; either way they are projected as one
+    channel (libjpeg's luma of RGB ones) and come back with the channels they had, gray.
 
     Returns images on the 8-bit grid (k / 255), so saving them as 8-bit files loses nothing: their
     libjpeg re-encode with the file's tables and sampling reproduces the file's coefficients. Each
@@ -251,20 +265,22 @@ def project(
     """
     single = images.dim() == 3
     batch = images.unsqueeze(0) if single else images
-    if batch.dim() != 4 or batch.shape[1] != 3 or tuple(batch.shape[-2:]) != tuple(jpeg.size):
+    gray = jpeg.sampling == sampling.GRAY
+    channels = (1, 3) if gray else (3,)
+    if batch.dim() != 4 or batch.shape[1] not in channels or tuple(batch.shape[-2:]) != tuple(jpeg.size):
         raise ValueError(
-            f"candidates must be [N, 3, {jpeg.height}, {jpeg.width}] to match {jpeg.source}, "
-            f"got {tuple(images.shape)}"
+            f"candidates must be [N, {' or '.join(map(str, channels))}, {jpeg.height}, {jpeg.width}] to match "
+            f"{jpeg.source}, got {tuple(images.shape)}"
         )
     settings = dict(
         margin=margin, margin_step=margin_step, max_rounds=max_rounds, float_passes=float_passes, relaxation=relaxation
     )
     with torch.no_grad():
         source = batch.float() * 255.0
-        if jpeg.sampling == sampling.GRAY:  # a grayscale file's outputs are gray
-            source = rgb_to_ycbcr(source)[:, :1].expand(-1, 3, -1, -1)
+        if gray and source.shape[1] == 3:  # a grayscale file's outputs are gray
+            source = rgb_to_gray(source)
         out = torch.empty_like(source)
         for region, tiles, intervals in _tiles(source, jpeg):
             _untile(out, region, _solve(tiles, intervals, settings))
-    result = (out / 255.0).to(images.dtype)
+    result = (out / 255.0).to(images.dtype).expand(-1, batch.shape[1], -1, -1).contiguous()
     return result[0] if single else result
