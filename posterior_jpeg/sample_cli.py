@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import checkpoints
+from . import checkpoints, explorer, export
 from .metrics.fid import file_digest
 from .atomic import write_atomically
 from .errors import PosteriorJpegError
@@ -38,15 +38,20 @@ saved as 8-bit and compressed again by libjpeg with the file's tables, it gives 
 coefficients.
 
 Outputs, in OUT:
-  <stem>_s<seed>.png   one 8-bit PNG per sample
-  <stem>_mean.png      --mean: the sample mean (projected too, unless --no-project)
+  <stem>_s<seed>.png   one 8-bit PNG per sample (.webp / .jpg with --format webp / jpeg)
+  <stem>_mean.png      --mean: the sample mean (projected too, unless --no-project), same format
   <stem>_std.png       --std: per-pixel standard deviation across samples, black (0) -> red ->
                        yellow -> white (>= 0.1, i.e. 25 gray levels)
   <stem>_grid.png      --grid: contact sheet: input decode | samples | mean | std
   manifest.jsonl       one JSON line appended per sample written: input path and sha256, seed,
                        checkpoint and sha256 of its weights, model config, projection on/off,
                        consistency_rmse and coefficient/block agreement measured on the saved
-                       8-bit pixels (in the file's stored orientation), seconds taken
+                       8-bit pixels (in the file's stored orientation), seconds taken, and the
+                       format written with its written_consistency: 8-bit, partial or none
+  index.html           --html: a page to flip through and zoom into every file's outputs
+
+Formats: --format png16 writes 16-bit PNGs of the float output; webp and jpeg are lossy, so a
+re-exported lossy file is NO LONGER consistent with the input JPEG (written_consistency: none).
 
 Orientation and colour: PNGs are written the way the photo is shown, i.e. the file's EXIF
 orientation is applied to the pixels (PNG viewers ignore EXIF), and the file's ICC profile is
@@ -135,6 +140,10 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="descend into sub-folders of folder INPUTs ('**' in globs)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary: print errors only")
+    parser.add_argument("--html", action="store_true",
+                        help="at the end, write OUT/index.html: a page to flip through and zoom into every "
+                             "file's decode, samples, mean and std map (no network needed)")
+    export.add_arguments(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -226,10 +235,13 @@ class Job:
     out: Path
     checkpoint_sha256: str
     model: dict
+    export: export.ExportSettings
 
     def outputs(self, stem: str) -> list[Path]:
-        names = [f"{stem}_s{self.args.seed + i}.png" for i in range(self.args.samples)]
-        names += [f"{stem}_{kind}.png" for kind in ("mean", "std", "grid") if getattr(self.args, kind)]
+        suffix = self.export.suffix
+        names = [f"{stem}_s{self.args.seed + i}{suffix}" for i in range(self.args.samples)]
+        names += [f"{stem}_mean{suffix}"] if self.args.mean else []
+        names += [f"{stem}_{kind}.png" for kind in ("std", "grid") if getattr(self.args, kind)]
         return [self.out / name for name in names]
 
     def record(self, line: dict) -> None:
@@ -242,8 +254,9 @@ def _pixels(image: torch.Tensor) -> torch.Tensor:
     return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _save(image: torch.Tensor, jf: JpegFile, path: Path, icc: bool = True) -> None:
-    write_png(to_uint8(apply_orientation(image, jf.orientation)), path, jf.icc_profile if icc else None)
+def _save_map(image: torch.Tensor, jf: JpegFile, path: Path) -> None:
+    """A false-colour map as displayed, as a PNG without the file's ICC profile (it is no photo)."""
+    write_png(to_uint8(apply_orientation(image, jf.orientation)), path, None)
 
 
 def sample_file(job: Job, path: Path, advance=lambda: None) -> None:
@@ -259,6 +272,7 @@ def sample_file(job: Job, path: Path, advance=lambda: None) -> None:
         also = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise FileFailed(f"{path}: {existing[0]} exists{also}; pass --overwrite to replace")
     input_sha256 = file_digest(path)
+    metadata = export.input_metadata(path, jf.icc_profile, job.export)
     summaries = args.mean or args.std or args.grid
     samples = []  # kept (8-bit) only for the summaries
     for sample in job.sampler.samples(jf, args.samples, args.seed, project=not args.no_project):
@@ -266,8 +280,8 @@ def sample_file(job: Job, path: Path, advance=lambda: None) -> None:
         pixels = _pixels(sample.image)
         saved = pixels.float() / 255  # measure exactly what the PNG holds, in stored orientation
         agreement = coefficient_agreement(saved, jf)
-        output = job.out / f"{path.stem}_s{sample.seed}.png"
-        _save(saved, jf, output)
+        output = job.out / f"{path.stem}_s{sample.seed}{job.export.suffix}"
+        export.write_image(apply_orientation(sample.image, jf.orientation), output, job.export, metadata)
         if summaries:
             samples.append(pixels)
         job.record({
@@ -287,6 +301,10 @@ def sample_file(job: Job, path: Path, advance=lambda: None) -> None:
             "tile": job.sampler.tile,
             "device": str(job.sampler.device),
             "seconds": round(sample.seconds + perf_counter() - began, 3),
+            "format": job.export.format,
+            "quality": job.export.quality,
+            "metadata": job.export.metadata,
+            "written_consistency": job.export.written_consistency(agreement.coefficients),
         })
         advance()
     if not summaries:
@@ -294,9 +312,10 @@ def sample_file(job: Job, path: Path, advance=lambda: None) -> None:
     stack = torch.stack(samples).float() / 255
     mean = stack.mean(dim=0) if args.no_project else project(stack.mean(dim=0), jf)
     if args.mean:
-        _save(mean, jf, job.out / f"{path.stem}_mean.png")
+        output = job.out / f"{path.stem}_mean{job.export.suffix}"
+        export.write_image(apply_orientation(mean, jf.orientation), output, job.export, metadata)
     if args.std:
-        _save(std_map(stack), jf, job.out / f"{path.stem}_std.png", icc=False)
+        _save_map(std_map(stack), jf, job.out / f"{path.stem}_std.png")
     if args.grid:
         row = [jf.decode(), *stack, mean, std_map(stack)]
         sheet = contact_sheet([[apply_orientation(image, jf.orientation) for image in row]])
@@ -313,11 +332,15 @@ def _prepare(args) -> Job:
     except OSError as error:
         raise CannotStart(f"{out}: cannot create the output folder ({error.strerror or error})") from None
     try:
+        settings = export.settings_from(args)
+    except ValueError as error:
+        raise CannotStart(str(error)) from None
+    try:
         sampler = Sampler.from_checkpoint(args.checkpoint, args.device, args.dtype, tile=args.tile)
         weights, _ = checkpoints.resolve(sampler.source)
     except PosteriorJpegError as error:
         raise CannotStart(str(error)) from None
-    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(sampler.generator.config))
+    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(sampler.generator.config), settings)
 
 
 def _sample_all(args) -> int:
@@ -351,6 +374,10 @@ def _sample_all(args) -> int:
                 tqdm.write(f"{path}: out of memory on {job.sampler.device} (try a smaller --tile)", file=sys.stderr)
                 failed += 1
             bar.update(before + args.samples - bar.n)  # a failed file's samples count as passed
+    if args.html:
+        page = explorer.write_sample_page(job.out)
+        if not args.quiet:
+            print(f"explorer page: {page}")
     if not args.quiet:
         print(f"sampled {done} file(s) into {job.out}" + (f"; {failed} input(s) failed" if failed else ""))
     return 1 if failed else 0
