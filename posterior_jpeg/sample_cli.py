@@ -55,7 +55,8 @@ re-exported lossy file is NO LONGER consistent with the input JPEG (written_cons
 
 Orientation and colour: PNGs are written the way the photo is shown, i.e. the file's EXIF
 orientation is applied to the pixels (PNG viewers ignore EXIF), and the file's ICC profile is
-embedded in the samples, the mean and the grid (not in the false-colour std map). Undo the rotation
+embedded in the samples, the mean and the grid (not in the false-colour std map; none of it with
+--metadata strip), the EXIF in samples and mean with its orientation set to 1. Undo the rotation
 before comparing a PNG with the file's coefficients; the manifest's figures are measured that way.
 
 Big images go through the generator in tiles of --tile pixels that overlap and are blended, then
@@ -319,7 +320,7 @@ def sample_file(job: Job, path: Path, advance=lambda: None) -> None:
     if args.grid:
         row = [jf.decode(), *stack, mean, std_map(stack)]
         sheet = contact_sheet([[apply_orientation(image, jf.orientation) for image in row]])
-        write_png(sheet, job.out / f"{path.stem}_grid.png", jf.icc_profile)
+        write_png(sheet, job.out / f"{path.stem}_grid.png", metadata.icc_profile)
 
 
 def _prepare(args) -> Job:
@@ -375,9 +376,13 @@ def _sample_all(args) -> int:
                 failed += 1
             bar.update(before + args.samples - bar.n)  # a failed file's samples count as passed
     if args.html:
-        page = explorer.write_sample_page(job.out)
-        if not args.quiet:
-            print(f"explorer page: {page}")
+        try:
+            page = explorer.write_sample_page(job.out)
+            if not args.quiet:
+                print(f"explorer page: {page}")
+        except OSError as error:
+            print(f"{job.out / explorer.PAGE}: cannot write the explorer page ({error})", file=sys.stderr)
+            failed += 1
     if not args.quiet:
         print(f"sampled {done} file(s) into {job.out}" + (f"; {failed} input(s) failed" if failed else ""))
     return 1 if failed else 0

@@ -170,17 +170,18 @@ def png_bit_depth(path: Path) -> int:
     ("png", None, ".png", "PNG"), ("png16", None, ".png", "PNG"), ("webp", 80, ".webp", "WEBP"),
     ("jpeg", 80, ".jpg", "JPEG")])
 def test_each_format_keeps_size_and_metadata(inputs, tmp_path, fmt, quality, suffix, pil_format):
-    options = ["--format", fmt, *(["--quality", str(quality)] if quality else [])]
+    options = ["--format", fmt, *(["--quality", str(quality)] if quality else []), "--mean"]
     record = export_run(inputs, tmp_path, *options)
     written = Path(record["output"])
-    assert written.name == f"photo_s0{suffix}"
+    assert written.name == f"photo_s0{suffix}" and (tmp_path / f"photo_mean{suffix}").is_file()
     assert (record["format"], record["quality"], record["metadata"]) == (fmt, quality, "keep")
     assert record["written_consistency"] == ("none" if fmt in ("webp", "jpeg") else "8-bit")
-    with Image.open(written) as image:
-        assert (image.format, image.mode, image.size) == (pil_format, "RGB", (48, 80))
-        assert image.info["icc_profile"] == SRGB
-        exif = image.getexif()
-        assert exif[ORIENTATION] == 1 and exif[MAKE] == "TestCam"
+    for path in (written, tmp_path / f"photo_mean{suffix}"):
+        with Image.open(path) as image:
+            assert (image.format, image.mode, image.size) == (pil_format, "RGB", (48, 80))
+            assert image.info["icc_profile"] == SRGB
+            exif = image.getexif()
+            assert exif[ORIENTATION] == 1 and exif[MAKE] == "TestCam"
     if fmt.startswith("png"):
         assert png_bit_depth(written) == (16 if fmt == "png16" else 8)
     if fmt == "jpeg":
@@ -190,9 +191,12 @@ def test_each_format_keeps_size_and_metadata(inputs, tmp_path, fmt, quality, suf
 
 def test_metadata_strip_leaves_neither_exif_nor_icc(inputs, tmp_path):
     for fmt in ("png", "png16", "webp", "jpeg"):
-        record = export_run(inputs, tmp_path / fmt, "--format", fmt, "--metadata", "strip")
-        with Image.open(record["output"]) as image:
-            assert image.size == (48, 80) and "icc_profile" not in image.info and not image.getexif(), fmt
+        record = export_run(inputs, tmp_path / fmt, "--format", fmt, "--metadata", "strip", "--mean", "--grid")
+        written = Path(record["output"])
+        for path in (written, written.with_stem("photo_mean"), written.with_name("photo_grid.png")):
+            with Image.open(path) as image:
+                assert "icc_profile" not in image.info and not image.getexif(), path
+        assert Image.open(written).size == (48, 80)
 
 
 @pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision's libpng reader
