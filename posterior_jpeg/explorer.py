@@ -18,6 +18,7 @@ from urllib.parse import quote
 from PIL import Image, ImageOps
 
 from .atomic import write_atomically
+from .export import SUFFIXES
 from .errors import PosteriorJpegError
 
 PAGE = "index.html"
@@ -26,7 +27,7 @@ THUMB_SIZE = 192  # pixels, long side
 CROPS = "crops"  # sub-folder of an evaluation's per-image crops, with crops.json listing them
 CROP_IMAGES = 4  # test images per setting shown as crops
 CROP_SIZE = 128  # pixels, side of the centre crop
-VIEW_SUFFIXES = (".png", ".webp", ".jpg")  # what the sample command writes (export.SUFFIXES)
+VIEW_SUFFIXES = tuple(dict.fromkeys(SUFFIXES.values()))  # what the sample command may have written
 SUMMARY_VIEWS = ("mean", "mmse", "std")
 
 
