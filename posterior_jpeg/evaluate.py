@@ -41,7 +41,7 @@ from accelerate.utils import gather_object
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, explorer
 from .atomic import write_atomically
 from .checkpoints import resolve
 from .config import ConfigError, load_structured, parse_config_arguments, run_with_config
@@ -536,6 +536,7 @@ class Evaluation:
         results = {"header": self.header(images), "rows": rows, "skipped": skipped}
         if self.state.is_main_process:
             write_results(results, Path(self.cfg.out_dir))
+            explorer.write_evaluation_page(self, results)
             if print_table:
                 print(markdown(results))
         self.state.wait_for_everyone()

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import checkpoints
+from . import checkpoints, explorer, export
 from .atomic import FolderBusyError, FolderLock, append_line, read_lines, remove_stale_temporaries, write_atomically
 from .errors import LibjpegWarning, PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
@@ -51,7 +51,12 @@ Outputs, in OUT:
                        sha256 of its weights, model config, projection on/off, libjpeg's warnings,
                        seconds; for samples, consistency_rmse and coefficient/block agreement
                        measured on the saved 8-bit pixels (in the file's stored orientation). The
-                       last record of an output describes it.
+                       last record of an output describes it. Samples and the mean also record
+                       the format written and its written_consistency: 8-bit, partial or none.
+  index.html           --html: a page to flip through and zoom into every file's outputs
+
+Formats: --format png16 writes 16-bit PNGs of the float output; webp and jpeg are lossy, so a
+re-exported lossy file is NO LONGER consistent with the input JPEG (written_consistency: none).
 
 Orientation and colour: PNGs are written the way the photo is shown, i.e. the file's EXIF
 orientation is applied to the pixels (PNG viewers ignore EXIF), and the file's ICC profile is
@@ -156,6 +161,10 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="make every output again (default: keep those a previous run recorded, make the missing)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar, summary or warnings: print errors only (warnings stay in the manifest)")
+    parser.add_argument("--html", action="store_true",
+                        help="at the end, write OUT/index.html: a page to flip through and zoom into every "
+                             "file's decode, samples, mean and std map (no network needed)")
+    export.add_arguments(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -262,6 +271,7 @@ class Job:
     checkpoint_sha256: str
     model: dict
     recorded: dict  # output file name -> its last manifest record
+    export: export.ExportSettings
 
     def planned(self, stem: str, input_sha256: str) -> dict[Path, dict]:
         """Every output of an input with its recipe, the record fields that make it what it is: a
@@ -271,8 +281,13 @@ class Job:
         seeds = list(range(args.seed, args.seed + args.samples))
         common = {"input_sha256": input_sha256, "checkpoint_sha256": self.checkpoint_sha256,
                   "projected": not args.no_project}
-        plan = {self.out / f"{stem}_s{seed}.png": {"kind": "sample", "seed": seed, **common} for seed in seeds}
-        for kind in ("mean", "std", "grid"):
+        exported = {"format": self.export.format, "quality": self.export.quality, "metadata": self.export.metadata}
+        suffix = self.export.suffix
+        plan = {self.out / f"{stem}_s{seed}{suffix}": {"kind": "sample", "seed": seed, **common, **exported}
+                for seed in seeds}
+        if args.mean:
+            plan[self.out / f"{stem}_mean{suffix}"] = {"kind": "mean", "seeds": seeds, **common, **exported}
+        for kind in ("std", "grid"):
             if getattr(args, kind):
                 plan[self.out / f"{stem}_{kind}.png"] = {"kind": kind, "seeds": seeds, **common}
         return plan
@@ -283,10 +298,9 @@ class Job:
             return False
         return record.get("output_sha256") == file_digest(output)
 
-    def write(self, output: Path, array: np.ndarray, icc_profile: bytes | None, line: dict, began: float) -> None:
-        """Write one output PNG atomically, appending its manifest record (`line` with the PNG's
-        sha256 and the seconds since `began`) just before the rename makes it visible."""
-        data = encode_png(array, icc_profile)
+    def write(self, output: Path, data: bytes, line: dict, began: float) -> None:
+        """Write one output file's bytes atomically, appending its manifest record (`line` with the
+        file's sha256 and the seconds since `began`) just before the rename makes it visible."""
         record = {**line, "output_sha256": hashlib.sha256(data).hexdigest()}
 
         def append() -> None:
@@ -332,10 +346,10 @@ def _pixels(image: torch.Tensor) -> torch.Tensor:
 
 
 def _kept_sample(output: Path, jf: JpegFile) -> torch.Tensor:
-    """A sample PNG a previous run wrote (its sha256 checked), back as uint8 [C, H, W] in the file's
-    stored orientation."""
+    """A sample a previous run wrote (its sha256 checked), back as uint8 [C, H, W] in the file's
+    stored orientation (for the summaries; a lossy export comes back with its losses)."""
     with Image.open(output) as image:
-        array = np.array(image)
+        array = np.array(image.convert("L" if image.mode in ("L", "I;16", "I") else "RGB"))
     return undo_orientation(torch.from_numpy(array).reshape(*array.shape[:2], -1).permute(2, 0, 1), jf.orientation)
 
 
@@ -368,6 +382,7 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
         also = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise FileFailed(f"{path}: {foreign[0]} exists{also} and {MANIFEST} does not record it as made from this "
                          "input with these options; pass --overwrite to replace")
+    metadata = export.input_metadata(path, jf.icc_profile, job.export)
     reported = list(dict.fromkeys(jf.warnings))
     for text in reported:
         warn(f"{path}: warning: {text}")
@@ -377,7 +392,7 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
     common = {"input": str(path), "input_sha256": input_sha256, "checkpoint": job.sampler.source,
               "checkpoint_sha256": job.checkpoint_sha256, "model": job.model, "projected": not args.no_project,
               "orientation_applied": jf.orientation, "tile": job.sampler.tile, "device": str(job.sampler.device)}
-    summaries = [kind for kind in ("mean", "std", "grid") if job.out / f"{path.stem}_{kind}.png" in todo]
+    summaries = [plan[output]["kind"] for output in todo if plan[output]["kind"] != "sample"]
     wanted = sorted(plan[output]["seed"] for output in todo if plan[output]["kind"] == "sample")
     advance(args.samples - len(wanted))
     samples = {}  # seed -> uint8 [C, H, W], kept only for the summaries
@@ -394,13 +409,14 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
                 if text not in reported:
                     reported.append(text)
                     warn(f"{path}: warning: {text}")
-            output = job.out / f"{path.stem}_s{sample.seed}.png"
-            line = {**common, "kind": "sample", "output": str(output), "seed": sample.seed,
+            output = job.out / f"{path.stem}_s{sample.seed}{job.export.suffix}"
+            line = {**common, **plan[output], "output": str(output),
                     "consistency_rmse": rmse, "coefficient_agreement": agreement.coefficients,
-                    "block_agreement": agreement.blocks, "icc_profile_embedded": jf.icc_profile is not None,
+                    "block_agreement": agreement.blocks, "icc_profile_embedded": metadata.icc_profile is not None,
+                    "written_consistency": job.export.written_consistency(agreement.coefficients),
                     "warnings": list(dict.fromkeys([*jf.warnings, *measured]))}
-            shown = to_uint8(apply_orientation(saved, jf.orientation))
-            job.write(output, shown, jf.icc_profile, line, began - sample.seconds)
+            data = export.encode(apply_orientation(sample.image, jf.orientation), job.export, metadata)
+            job.write(output, data, line, began - sample.seconds)
             if summaries:
                 samples[sample.seed] = pixels
             advance()
@@ -408,27 +424,34 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
         for output, recipe in plan.items():
             if recipe["kind"] == "sample" and recipe["seed"] not in samples:
                 samples[recipe["seed"]] = _kept_sample(output, jf)
-        _write_summaries(job, path, jf, [samples[seed] for seed in sorted(samples)], summaries, common)
+        _write_summaries(job, path, jf, [samples[seed] for seed in sorted(samples)], summaries, common, metadata)
     return len(todo)
 
 
-def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: list[str], common: dict) -> None:
+def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: list[str], common: dict,
+                     metadata: export.Metadata) -> None:
     """The mean, std map and contact sheet of an input's samples (uint8 [C, H, W] each), as asked."""
     began = perf_counter()
     stack = torch.stack(samples).float() / 255
     mean = stack.mean(dim=0) if job.args.no_project else project(stack.mean(dim=0), jf)
     seeds = list(range(job.args.seed, job.args.seed + job.args.samples))
     for kind in kinds:
-        if kind == "grid":
-            row = [jf.decode(), *stack, mean, std_map(stack)]
-            array = contact_sheet([[apply_orientation(image.expand(3, -1, -1), jf.orientation) for image in row]])
-        else:
-            array = to_uint8(apply_orientation(mean if kind == "mean" else std_map(stack), jf.orientation))
-        icc = None if kind == "std" else jf.icc_profile  # the std map is a false-colour chart
-        output = job.out / f"{path.stem}_{kind}.png"
+        icc = None if kind == "std" else metadata.icc_profile  # the std map is a false-colour chart
+        output = job.out / f"{path.stem}_{kind}{job.export.suffix if kind == 'mean' else '.png'}"
         line = {**common, "kind": kind, "output": str(output), "seeds": seeds,
                 "icc_profile_embedded": icc is not None, "warnings": list(jf.warnings)}
-        job.write(output, array, icc, line, began)
+        if kind == "mean":
+            agreement = coefficient_agreement(_pixels(mean).float() / 255, jf).coefficients
+            line.update(format=job.export.format, quality=job.export.quality, metadata=job.export.metadata,
+                        written_consistency=job.export.written_consistency(agreement))
+            data = export.encode(apply_orientation(mean, jf.orientation), job.export, metadata)
+        elif kind == "grid":
+            row = [jf.decode(), *stack, mean, std_map(stack)]
+            data = encode_png(contact_sheet([[apply_orientation(image.expand(3, -1, -1), jf.orientation)
+                                              for image in row]]), icc)
+        else:
+            data = encode_png(to_uint8(apply_orientation(std_map(stack), jf.orientation)), icc)
+        job.write(output, data, line, began)
 
 
 def _prepare(args, stack: contextlib.ExitStack) -> Job:
@@ -448,6 +471,10 @@ def _prepare(args, stack: contextlib.ExitStack) -> Job:
         raise CannotStart(f"{out}: cannot use the output folder ({error.strerror or error})") from None
     if not args.quiet and removed:
         print(f"sample: {out}: removed {len(removed)} temporary file(s) left by a killed run", file=sys.stderr)
+    try:
+        settings = export.settings_from(args)
+    except ValueError as error:
+        raise CannotStart(str(error)) from None
     if not args.quiet and torn:
         print(f"sample: {out / MANIFEST}: cut off a torn last line ({torn} bytes) left by an interrupted run",
               file=sys.stderr)
@@ -456,7 +483,8 @@ def _prepare(args, stack: contextlib.ExitStack) -> Job:
         weights, _ = checkpoints.resolve(sampler.source)
     except PosteriorJpegError as error:
         raise CannotStart(str(error)) from None
-    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(sampler.generator.config), recorded)
+    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(sampler.generator.config), recorded,
+               settings)
 
 
 def _sample_all(args) -> int:
@@ -503,6 +531,14 @@ def _sample_files(job: Job, files: list[Path], failed: int) -> int:
                 tqdm.write(f"{path}: out of memory on {job.sampler.device} (try a smaller --tile)", file=sys.stderr)
                 failed += 1
             bar.update(before + args.samples - bar.n)  # a failed file's samples count as passed
+    if args.html:
+        try:
+            page = explorer.write_sample_page(job.out)
+            if not args.quiet:
+                print(f"explorer page: {page}")
+        except OSError as error:
+            print(f"{job.out / explorer.PAGE}: cannot write the explorer page ({error})", file=sys.stderr)
+            failed += 1
     if not args.quiet:
         print(f"sampled {done} file(s) into {job.out}" + (f"; {complete} complete already" if complete else "")
               + (f"; {failed} input(s) failed" if failed else ""))

@@ -1,6 +1,8 @@
 """Shared test fixtures: synthetic natural-looking images and their JPEG encodings (no files in the repo)."""
 
 import io
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +97,74 @@ def hold_lock():
     for holder in holders:
         holder.kill()
         holder.wait()
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1000")
+
+
+class Browser:
+    """A headless Chromium driven by Selenium, with what the page tests check: console messages,
+    every URL the browser requested, and whether images are shown."""
+
+    def __init__(self, driver):
+        self.driver = driver
+
+    def load(self, path) -> None:
+        self.driver.get_log("browser")  # drop what earlier pages logged
+        self.driver.get_log("performance")
+        self.driver.get(path.resolve().as_uri())
+
+    def console_errors(self) -> list[str]:
+        return [entry["message"] for entry in self.driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+    def requested_urls(self) -> list[str]:
+        """Every URL the browser asked for since the page was loaded, from Chrome's network events."""
+        urls = []
+        for entry in self.driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                urls.append(message["params"]["request"]["url"])
+        return urls
+
+    def run(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def load_every_image(self) -> list[dict]:
+        """Scroll through the page, then make lazy images load now; each image's src and naturalWidth."""
+        self.run("window.scrollTo(0, document.body.scrollHeight)")
+        self.run("document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
+        return self.images("img[src]")
+
+    def images(self, selector: str) -> list[dict]:
+        """The images matched by `selector` once loaded (up to 10 s): src and naturalWidth."""
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        complete = f"return [...document.querySelectorAll({selector!r})].every(i => i.complete)"
+        WebDriverWait(self.driver, 10).until(lambda d: d.execute_script(complete))
+        return self.run(f"return [...document.querySelectorAll({selector!r})]"
+                        ".map(i => ({src: i.getAttribute('src'), width: i.naturalWidth}))")
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """Headless Chromium (Debian's chromium and chromium-driver, which .ci/run installs); skipped
+    only when they are not installed here."""
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver; .ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.get("about:blank")  # leave the new-tab page, whose chrome:// requests are not the tests' pages'
+    yield Browser(driver)
+    driver.quit()

@@ -378,3 +378,60 @@ def test_sweep_end_to_end_and_resume(workspace, monkeypatch):
     changed = sw.load_sweep_config(ROOT / "configs" / "sweep_consistency.yaml", [*overrides, "eval.seed=1"])
     with pytest.raises(AssertionError, match="recomputed"):  # other eval settings: evaluated again
         sw.run_sweep(changed)
+
+
+# ----------------------------------------------------------------------------------- result pages
+def zoom_transforms(browser, group: int) -> list[str]:
+    return browser.run(f"return [...document.querySelectorAll('.zoom-group')[{group}].querySelectorAll('img')]"
+                       ".map(i => i.style.transform)")
+
+
+def check_page_in_chromium(browser, page: Path, images: int) -> None:
+    """Loads with every image shown, no console error, no request outside the folder; a wheel on a
+    crop zooms its whole row and no other."""
+    browser.load(page)
+    shown = browser.load_every_image()
+    assert len(shown) == images and all(image["width"] > 0 for image in shown), shown
+    frame = browser.driver.find_elements("css selector", ".zoom-group .frame")[1]
+    before = zoom_transforms(browser, 1)
+    browser.run("const f = arguments[0], r = f.getBoundingClientRect(); f.dispatchEvent(new WheelEvent('wheel',"
+                " {deltaY: -500, clientX: r.left + 5, clientY: r.top + 5, bubbles: true, cancelable: true}))", frame)
+    zoomed = zoom_transforms(browser, 0)
+    assert len(set(zoomed)) == 1 and "scale(1)" not in zoomed[0] and zoom_transforms(browser, 1) == before
+    assert browser.console_errors() == []
+    assert all(url.startswith(("file://", "data:")) for url in browser.requested_urls())
+
+
+def test_evaluation_page_shows_table_and_crops_of_every_method(single_process, workspace, browser):
+    results, out_dir = single_process
+    rows = json.loads((out_dir / "crops" / "crops.json").read_text())
+    assert [r["image"] for r in rows] == ["image_0.png", "image_1.png", "image_2.png"]
+    methods = ["original", "JPEG (libjpeg)", "MMSE", "Ours", "Ours-P", "Ours-A"]
+    assert all([c["method"] for c in r["crops"]] == methods for r in rows)
+    # the crops are the evaluated outputs: original and libjpeg decode of image 1, Ours-P consistent
+    item = ev.TestSet(ev.load_eval_config(None, _eval_overrides(workspace, "x")).data, ev.Setting(10, "4:2:0")).item(1)
+    crops = {c["method"]: np.array(Image.open(out_dir / c["file"])) for c in rows[1]["crops"]}
+    for method, image in (("original", item.ground_truth), ("JPEG (libjpeg)", item.decoded)):
+        assert np.array_equal(crops[method], (image[0] * 255).round().byte().permute(1, 2, 0).numpy())
+    projected = torch.from_numpy(crops["Ours-P"]).permute(2, 0, 1).float() / 255
+    assert ev.coefficient_agreement(projected, item.jpeg).coefficients == 1.0
+    page = (out_dir / "index.html").read_text()
+    assert "NOT comparable" in page and "<td>Ours-P</td>" in page
+    check_page_in_chromium(browser, out_dir / "index.html", images=3 * len(methods))
+
+
+def test_sweep_page_shows_plot_table_and_crops_across_points(workspace, browser):
+    out_dir = workspace["root"] / "sweep_page"
+    points = ", ".join(f"{{name: {name}, checkpoint: '{workspace['run']}'}}" for name in ("first", "second"))
+    cfg = sw.load_sweep_config(ROOT / "configs" / "sweep_consistency.yaml", [
+        f"out_dir={out_dir}", "lambda_values=[]", f"points=[{points}]", f"eval.data.ground_truth={workspace['truth']}",
+        "eval.methods=[jpeg,ours_p]", "eval.repeats=1", "eval.samples=2", "eval.features.inception=random",
+        "eval.features.lpips=random", f"eval.fid_cache={workspace['cache']}", "eval.device=cpu", "eval.progress=false"])
+    result = sw.run_sweep(cfg)
+    page = (out_dir / "index.html").read_text()
+    (plot,) = result["plots"]
+    assert f'src="{Path(plot).name}"' in page
+    for link in ("baselines/index.html", "points/first/index.html", "points/second/index.html"):
+        assert f'href="{link}"' in page and (out_dir / link).is_file()
+    assert page.count("<b>first: Ours-P</b>") == page.count("<b>second: Ours-P</b>") == 3
+    check_page_in_chromium(browser, out_dir / "index.html", images=1 + 3 * 4)  # plot; original, JPEG, 2 points
