@@ -119,7 +119,8 @@ def sample_page_data(folder: Path) -> dict:
         by_input.setdefault(record["input"], {})[Path(record["output"]).name] = record
     files, checkpoints = [], set()
     for source, outputs in by_input.items():
-        samples = sorted((r for name, r in outputs.items() if (folder / name).is_file()), key=lambda r: r["seed"])
+        samples = sorted((r for name, r in outputs.items() if r.get("kind", "sample") == "sample"
+                          and (folder / name).is_file()), key=lambda r: r["seed"])
         if not samples:
             continue
         stem = Path(source).stem

@@ -392,7 +392,8 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
     common = {"input": str(path), "input_sha256": input_sha256, "checkpoint": job.sampler.source,
               "checkpoint_sha256": job.checkpoint_sha256, "model": job.model, "projected": not args.no_project,
               "orientation_applied": jf.orientation, "tile": job.sampler.tile, "device": str(job.sampler.device)}
-    summaries = [plan[output]["kind"] for output in todo if plan[output]["kind"] != "sample"]
+    kinds_todo = {plan[output]["kind"] for output in todo}
+    summaries = [kind for kind in ("mean", "std", "grid") if kind in kinds_todo]
     wanted = sorted(plan[output]["seed"] for output in todo if plan[output]["kind"] == "sample")
     advance(args.samples - len(wanted))
     samples = {}  # seed -> uint8 [C, H, W], kept only for the summaries
