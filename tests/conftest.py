@@ -2,6 +2,7 @@
 
 import io
 
+import jpeglib
 import numpy as np
 import pytest
 from PIL import Image
@@ -48,3 +49,17 @@ def pillow_jpeg():
         return buffer.getvalue()
 
     return encode
+
+
+@pytest.fixture
+def libjpeg_read(capfd):
+    """Factory libjpeg_read(path) -> (coefficient planes, set of lines printed): what libjpeg itself
+    makes of a file through jpeglib.read_dct (it prints to file descriptor 2, captured by capfd)."""
+
+    def read(path) -> tuple[list[np.ndarray], set[str]]:
+        capfd.readouterr()
+        jpeg = jpeglib.read_dct(str(path))
+        planes = [jpeg.Y] + ([jpeg.Cb, jpeg.Cr] if jpeg.has_chrominance else [])
+        return planes, {line.strip() for line in capfd.readouterr().err.splitlines() if line.strip()}
+
+    return read
