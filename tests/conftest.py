@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jpeglib
 import numpy as np
 import pytest
 from PIL import Image
@@ -168,3 +169,17 @@ def browser(tmp_path_factory):
     driver.get("about:blank")  # leave the new-tab page, whose chrome:// requests are not the tests' pages'
     yield Browser(driver)
     driver.quit()
+
+
+@pytest.fixture
+def libjpeg_read(capfd):
+    """Factory libjpeg_read(path) -> (coefficient planes, set of lines printed): what libjpeg itself
+    makes of a file through jpeglib.read_dct (it prints to file descriptor 2, captured by capfd)."""
+
+    def read(path) -> tuple[list[np.ndarray], set[str]]:
+        capfd.readouterr()
+        jpeg = jpeglib.read_dct(str(path))
+        planes = [jpeg.Y] + ([jpeg.Cb, jpeg.Cr] if jpeg.has_chrominance else [])
+        return planes, {line.strip() for line in capfd.readouterr().err.splitlines() if line.strip()}
+
+    return read
