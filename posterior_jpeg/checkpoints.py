@@ -11,7 +11,8 @@ Every file is safetensors, YAML or JSON: nothing this module reads is unpickled,
 run folder from someone else cannot run code.
 
 Checkpoints written before model.yaml existed (config.yaml only) are read through migration 0 -> 1:
-the `generator` section of their config.yaml, alone, is the model config; every other key of it is
+the `generator` section of their config.yaml (and `mean_generator`, where an anchored run of that
+time wrote it), alone, is the model config; every other key of it is
 ignored, so renaming or removing a training key breaks no model. Their training state (Accelerate's,
 pickled) is never loaded: such a run continues as a new run with init_from.
 """
@@ -240,10 +241,14 @@ def model_config(folder: Path) -> ModelFile:
                                       "(written by another version of posterior-jpeg?)")
             _section(node, "generator", model)
             return build_structured(ModelFile, [node], model)
-        if config.is_file():  # migration 0 -> 1: the generator section of the training config
-            generator = build_structured(GeneratorConfig, [_section(read_yaml(config), "generator", config)],
-                                         f"{config}: generator")
-            return ModelFile(generator=generator)
+        if config.is_file():  # migration 0 -> 1: the generator (and mean_generator) sections of the training config
+            node = read_yaml(config)
+            generator = build_structured(GeneratorConfig, [_section(node, "generator", config)], f"{config}: generator")
+            mean = None
+            if node.get("mean_generator") is not None:
+                mean = build_structured(GeneratorConfig, [_section(node, "mean_generator", config)],
+                                        f"{config}: mean_generator")
+            return ModelFile(generator=generator, mean_generator=mean)
     except ConfigError as error:
         raise CheckpointError(str(error)) from None
     raise CheckpointError(f"{folder}: neither {MODEL} nor {CONFIG} beside {WEIGHTS}")

@@ -162,3 +162,12 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
         assert torch.equal(value, source), key
     with pytest.raises(pj.PosteriorJpegError, match="posterior-mean"):
         Sampler(build_generator("tiny"), "tiny").mmse(jf)  # a one-network G with noise has no M
+
+    folder = checkpoints.latest_checkpoint(run_dir)  # as anchored runs wrote it before model.yaml
+    (folder / checkpoints.MODEL).unlink()
+    config = folder / checkpoints.CONFIG
+    config.write_text(config.read_text() + "mean_generator: {trunk: plain, features: 16, blocks: 1, growth: 8, "
+                      "table_embedding: 8, noise: false}\n")
+    migrated, model = checkpoints.load_generator(folder)
+    assert isinstance(migrated, AnchoredGenerator) and not model.mean_generator.noise
+    assert all(torch.equal(v, anchored_weights[k]) for k, v in migrated.state_dict().items())
