@@ -43,6 +43,8 @@ coefficients.
 Outputs, in OUT:
   <stem>_s<seed>.png   one 8-bit PNG per sample
   <stem>_mean.png      --mean: the sample mean (projected too, unless --no-project)
+  <stem>_mmse.png      --mmse: the posterior-mean decode M(y, q), the best-PSNR output (projected
+                       too, unless --no-project), from models that have M (the bundled one does)
   <stem>_std.png       --std: per-pixel standard deviation across samples, black (0) -> red ->
                        yellow -> white (>= 0.1, i.e. 25 gray levels)
   <stem>_grid.png      --grid: contact sheet: input decode | samples | mean | std
@@ -147,6 +149,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-project", action="store_true",
                         help="keep the generator's raw outputs (not exactly consistent with the file)")
     parser.add_argument("--mean", action="store_true", help="also write <stem>_mean.png")
+    parser.add_argument("--mmse", action="store_true",
+                        help="also write <stem>_mmse.png: the posterior-mean decode M (the best-PSNR output, "
+                             "projected unless --no-project); needs a model with M, like the bundled one")
     parser.add_argument("--std", action="store_true", help="also write <stem>_std.png, the uncertainty map")
     parser.add_argument("--grid", action="store_true", help="also write <stem>_grid.png, a contact sheet")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -285,6 +290,8 @@ class Job:
         suffix = self.export.suffix
         plan = {self.out / f"{stem}_s{seed}{suffix}": {"kind": "sample", "seed": seed, **common, **exported}
                 for seed in seeds}
+        if args.mmse:
+            plan[self.out / f"{stem}_mmse{suffix}"] = {"kind": "mmse", **common, **exported}
         if args.mean:
             plan[self.out / f"{stem}_mean{suffix}"] = {"kind": "mean", "seeds": seeds, **common, **exported}
         for kind in ("std", "grid"):
@@ -397,27 +404,36 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
     wanted = sorted(plan[output]["seed"] for output in todo if plan[output]["kind"] == "sample")
     advance(args.samples - len(wanted))
     samples = {}  # seed -> uint8 [C, H, W], kept only for the summaries
+
+    def write_decoded(output: Path, image: torch.Tensor, began: float) -> torch.Tensor:
+        """Measure a decoded image [C, H, W] as its file will hold it, write it with its manifest
+        record, report new warnings; returns its 8-bit pixels."""
+        pixels = _pixels(image)
+        saved = pixels.float() / 255  # measure exactly what the PNG holds, in stored orientation
+        measured = []
+        with libjpeg_warnings(measured):
+            agreement = coefficient_agreement(saved, jf)
+            rmse = consistency_rmse(saved, jf).item()
+        for text in dict.fromkeys(measured):
+            if text not in reported:
+                reported.append(text)
+                warn(f"{path}: warning: {text}")
+        line = {**common, **plan[output], "output": str(output),
+                "consistency_rmse": rmse, "coefficient_agreement": agreement.coefficients,
+                "block_agreement": agreement.blocks, "icc_profile_embedded": metadata.icc_profile is not None,
+                "written_consistency": job.export.written_consistency(agreement.coefficients),
+                "warnings": list(dict.fromkeys([*jf.warnings, *measured]))}
+        job.write(output, export.encode(apply_orientation(image, jf.orientation), job.export, metadata), line, began)
+        return pixels
+
+    mmse_output = job.out / f"{path.stem}_mmse{job.export.suffix}"
+    if mmse_output in todo:
+        began = perf_counter()
+        write_decoded(mmse_output, job.sampler.mmse(jf, project=not args.no_project), began)
     for first, count in _seed_runs(wanted):
         for sample in job.sampler.samples(jf, count, first, project=not args.no_project):
-            began = perf_counter()
-            pixels = _pixels(sample.image)
-            saved = pixels.float() / 255  # measure exactly what the PNG holds, in stored orientation
-            measured = []
-            with libjpeg_warnings(measured):
-                agreement = coefficient_agreement(saved, jf)
-                rmse = consistency_rmse(saved, jf).item()
-            for text in dict.fromkeys(measured):
-                if text not in reported:
-                    reported.append(text)
-                    warn(f"{path}: warning: {text}")
             output = job.out / f"{path.stem}_s{sample.seed}{job.export.suffix}"
-            line = {**common, **plan[output], "output": str(output),
-                    "consistency_rmse": rmse, "coefficient_agreement": agreement.coefficients,
-                    "block_agreement": agreement.blocks, "icc_profile_embedded": metadata.icc_profile is not None,
-                    "written_consistency": job.export.written_consistency(agreement.coefficients),
-                    "warnings": list(dict.fromkeys([*jf.warnings, *measured]))}
-            data = export.encode(apply_orientation(sample.image, jf.orientation), job.export, metadata)
-            job.write(output, data, line, began - sample.seconds)
+            pixels = write_decoded(output, sample.image, perf_counter() - sample.seconds)
             if summaries:
                 samples[sample.seed] = pixels
             advance()
@@ -484,7 +500,10 @@ def _prepare(args, stack: contextlib.ExitStack) -> Job:
         weights, _ = checkpoints.resolve(sampler.source)
     except PosteriorJpegError as error:
         raise CannotStart(str(error)) from None
-    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(sampler.generator.config), recorded,
+    if args.mmse and sampler.mean_network is None:
+        raise CannotStart(f"--mmse: {sampler.source} has no posterior-mean network M")
+    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(checkpoints.model_file(sampler.generator)),
+               recorded,
                settings)
 
 

@@ -99,8 +99,9 @@ def test_cli_writes_samples_mean_std_grid_and_a_manifest(checkpoint, write_jpeg,
     assert record["input_sha256"] == hashlib.sha256(jpeg.read_bytes()).hexdigest()
     weights = checkpoint / checkpoints.WEIGHTS
     assert record["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert record["model"] == {"trunk": "rrdb", "features": 16, "blocks": 1, "growth": 8, "table_embedding": 8,
-                               "full_res_features": 0, "noise": True}
+    assert record["model"] == {"format_version": 1, "mean_generator": None, "generator": {
+        "trunk": "rrdb", "features": 16, "blocks": 1, "growth": 8, "table_embedding": 8, "full_res_features": 0,
+        "noise": True}}
     assert record["projected"] is True and record["seconds"] > 0
     assert record["coefficient_agreement"] >= 0.9999 and record["block_agreement"] >= 0.99
     assert record["consistency_rmse"] < 0.1
@@ -550,3 +551,27 @@ def test_libjpegs_caution_while_measuring_is_caught_and_named(checkpoint, natura
         assert quiet or f"{jpeg}: warning: {caution}\n" in err
         assert [r["warnings"] for r in manifest_records(out)] == [[caution]] * 2
 
+
+
+def test_mmse_writes_the_projected_posterior_mean_of_an_anchored_model(checkpoint, write_jpeg, tmp_path):
+    from posterior_jpeg.models.generator import AnchoredGenerator
+
+    config = load_config(ROOT / "configs" / "tiny.yaml")
+    torch.manual_seed(1)
+    mean = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=1, table_embedding=8, noise=False))
+    with torch.no_grad():
+        mean.conv_out.weight.mul_(30)  # an M that visibly changes y
+    anchored = checkpoint.parent / "anchored"
+    anchored.mkdir()
+    checkpoints.save_inference_files(anchored, AnchoredGenerator(mean, build_generator(config.generator)), config)
+    jpeg = write_jpeg("photo.jpg")
+    out = tmp_path / "out"
+    assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(anchored), "--mmse", "--quiet"]) == 0
+    jf = pj.read_jpeg(jpeg)
+    written = read_png(out / "photo_mmse.png")
+    expected = Sampler.from_checkpoint(anchored, device="cpu", dtype="fp32").mmse(jf)
+    assert torch.equal(written, (expected * 255).round() / 255)
+    assert (written - jf.decode()).abs().mean() > 1e-3
+    records = {r["kind"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert records["mmse"]["coefficient_agreement"] == 1.0 and records["mmse"]["model"]["mean_generator"]["noise"] is False
+    assert main([str(jpeg), "-n", "1", "-o", str(tmp_path / "o2"), "--checkpoint", str(checkpoint), "--mmse"]) == 2
