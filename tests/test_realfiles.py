@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from jpeg_fuzz import REALFILES
+from jpeg_fuzz import REALFILES, split
 from posterior_jpeg import PosteriorJpegError, read_jpeg
 
 FILES = sorted(REALFILES.rglob("*.jpg")) if REALFILES.is_dir() else []
@@ -50,6 +50,7 @@ class Outcome:
     outcome: str
     size: str = ""
     sampling: str = ""
+    per_byte: str = ""  # declared pixels per byte of scan data (max_pixels_per_byte's measure)
     note: str = ""  # warnings or the reason of a refusal, and the distance to Pillow's decode
     problem: str = ""
 
@@ -68,8 +69,10 @@ def read_and_decode(path: Path) -> Outcome:
     except Exception as error:  # a crash of our own: reported in the table, then failed
         return Outcome(name, "foreign error", problem=f"{type(error).__name__}: {error}")
     image = jpeg.decode()
+    scan_bytes = sum(len(piece.scan_data) for piece in split(path.read_bytes()))
     outcome = Outcome(name, "accepted", f"{jpeg.width}x{jpeg.height}",
-                      jpeg.sampling + (" progressive" if jpeg.progressive else ""), "; ".join(jpeg.warnings))
+                      jpeg.sampling + (" progressive" if jpeg.progressive else ""),
+                      f"{jpeg.width * jpeg.height / scan_bytes:.0f} px/B", "; ".join(jpeg.warnings))
     if image.shape != (3, *jpeg.size) or not bool(torch.isfinite(image).all()):
         outcome.problem = f"decode gave {tuple(image.shape)}"
     elif reference is not None:
@@ -84,10 +87,11 @@ def read_and_decode(path: Path) -> Outcome:
 
 def check(files: list[Path]) -> None:
     outcomes = [read_and_decode(path) for path in files]
-    widths = [max(len(getattr(o, key)) for o in outcomes) for key in ("file", "outcome", "size", "sampling")]
+    keys = ("file", "outcome", "size", "sampling", "per_byte")
+    widths = [max(len(getattr(o, key)) for o in outcomes) for key in keys]
     print()
     for o in outcomes:
-        cells = [o.file, o.outcome, o.size, o.sampling]
+        cells = [getattr(o, key) for key in keys]
         print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + "  " + o.note)
     problems = [f"{o.file}: {o.problem}" for o in outcomes if o.problem]
     assert problems == []
