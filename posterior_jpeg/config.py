@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .data import SYNTHETIC
 from .errors import CheckpointError, PosteriorJpegError
 from .losses import Schedule
 from .models.discriminator import DiscriminatorConfig
@@ -31,23 +32,33 @@ class QualityConfig:
     """JPEG quality per training crop: "skewed" draws low + (high - low) * u**power (the paper's
     [5, 50] skewed to low qualities), "uniform" draws integers in [low, high]."""
 
-    kind: str = "skewed"
-    low: int = 5
-    high: int = 50
-    power: float = 2.0
+    kind: str = "skewed"  # "skewed" or "uniform"
+    low: int = 5  # lowest quality drawn (1..100)
+    high: int = 50  # highest quality drawn; real-world files reach 95 and more
+    power: float = 2.0  # skew: > 1 favours low qualities, 1 is uniform over the reals, < 1 favours high
 
 
 @dataclass
 class DataConfig:
-    """train / val: image folders (searched recursively); null trains on synthetic images."""
+    """Training crops, each compressed by libjpeg at its own drawn quality and subsampling."""
 
-    train: str | None = None
-    val: str | None = None
-    crop: int = 128
-    quality: QualityConfig = field(default_factory=QualityConfig)
-    modes: list[str] = field(default_factory=lambda: ["4:2:0"])
-    flips: bool = True
-    workers: int = 2
+    train: str = MISSING  # required: an image folder (searched recursively), or "synthetic" (generated images)
+    val: str | None = None  # image folder of the validation sheets; null: the training images
+    crop: int = 128  # crop side in pixels, a multiple of 16
+    quality: QualityConfig = field(default_factory=QualityConfig)  # quality per crop (QualityConfig)
+    modes: list[str] = field(default_factory=lambda: ["4:2:0"])  # subsampling per crop, drawn from these
+    double_share: float = 0.0  # share of crops saved twice: a first save, a 0-7 pixel shift, the final save
+    flips: bool = True  # random horizontal and vertical flips
+    workers: int = 2  # DataLoader worker processes; 0 loads in the training process
+    cache_mb: int = 1024  # decoded training images kept per loading process (uint8); the rest decoded per crop
+
+    def __post_init__(self):
+        if not self.train:
+            raise ConfigError(f"data.train must name an image folder or {SYNTHETIC!r}")
+        if not 0.0 <= self.double_share <= 1.0:
+            raise ConfigError(f"data.double_share must be in [0, 1], got {self.double_share}")
+        if self.workers < 0 or self.cache_mb < 0:
+            raise ConfigError("data.workers and data.cache_mb must be >= 0")
 
 
 @dataclass

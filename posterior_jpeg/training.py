@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoints, losses
 from .config import TrainConfig, to_yaml
-from .data import QualitySampler, list_images, make_loader
+from .data import SYNTHETIC, QualitySampler, list_images, make_loader, to_unit_float
 from .errors import CheckpointError
 from .models.discriminator import build_discriminator
 from .models.features import VGGFeatures
@@ -59,11 +59,15 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 def _to_device(batch: dict, device) -> dict:
+    """The batch on device, images and coefficients as float32 (they travel as uint8 and int16)."""
     moved = dict(batch)
-    for key in ("x", "y", "qtables"):
-        moved[key] = batch[key].to(device, non_blocking=True)
-    moved["groups"] = {m: i.to(device) for m, i in batch["groups"].items()}
-    moved["coefficients"] = {m: [c.to(device) for c in cs] for m, cs in batch["coefficients"].items()}
+    for key in ("x", "y"):
+        moved[key] = to_unit_float(batch[key].to(device, non_blocking=True))
+    moved["qtables"] = batch["qtables"].to(device, non_blocking=True)
+    moved["groups"] = {m: i.to(device, non_blocking=True) for m, i in batch["groups"].items()}
+    if "coefficients" in batch:
+        moved["coefficients"] = {m: [c.to(device, non_blocking=True).float() for c in cs]
+                                 for m, cs in batch["coefficients"].items()}
     return moved
 
 
@@ -133,7 +137,7 @@ class Trainer:
         self.step = 0
         self.last_logged: dict[str, float] = {}  # the latest gathered losses, as every process saw them
         self._resume()
-        self.train_files = list_images(cfg.data.train) if cfg.data.train else None
+        self.train_files = None if cfg.data.train == SYNTHETIC else list_images(cfg.data.train)
 
     # ----------------------------------------------------------------------------- state
     def _models(self) -> dict[str, torch.nn.Module]:
@@ -309,11 +313,10 @@ class Trainer:
             files, cfg.data.crop, QualitySampler("uniform", cfg.val_quality, cfg.val_quality), ("4:2:0",),
             seed=cfg.seed + 1, batch_size=cfg.val_images, length=cfg.val_images,
         )
-        batch = next(iter(loader))
+        batch = _to_device(next(iter(loader)), self.accelerator.device)
         rows = []
         for i in range(batch["y"].shape[0]):
-            y = batch["y"][i : i + 1].to(self.accelerator.device)
-            tables = batch["qtables"][i : i + 1].to(self.accelerator.device)
+            y, tables = batch["y"][i : i + 1], batch["qtables"][i : i + 1]
             samples = self.ema(y.expand(4, -1, -1, -1), tables.expand(4, -1, -1, -1),
                                seeded_generators([0, 1, 2, 3], self.accelerator.device)).clamp(0, 1)
             rows.append(posterior_row(y[0], samples))
@@ -335,7 +338,9 @@ class Trainer:
             QualitySampler(cfg.data.quality.kind, cfg.data.quality.low, cfg.data.quality.high, cfg.data.quality.power),
             tuple(cfg.data.modes), seed=cfg.seed, batch_size=cfg.batch_size,
             start_counter=self.step * per_step * world, rank=accelerator.process_index, world_size=world,
-            workers=cfg.data.workers, flips=cfg.data.flips,
+            workers=cfg.data.workers, flips=cfg.data.flips, double_share=cfg.data.double_share,
+            coefficients=cfg.loss.consistency_kind == "dct", cache_bytes=cfg.data.cache_mb * 2**20,
+            pin_memory=accelerator.device.type == "cuda",
         )
         batches = iter(loader)
         progress = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.stage}",

@@ -12,9 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from posterior_jpeg import checkpoints
+from posterior_jpeg import checkpoints, losses
+from posterior_jpeg import data as data_module
 from posterior_jpeg.config import ConfigError, load_config
-from posterior_jpeg.training import Trainer, train
+from posterior_jpeg.data import JpegCropDataset, QualitySampler, collate_jpeg_batch, make_loader
+from posterior_jpeg.jpeg import codec
+from posterior_jpeg.training import Trainer, _consistency, _to_device, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -31,8 +34,25 @@ NOT_TRAINING = {"eval.yaml", "sweep_consistency.yaml"}  # evaluation configs, te
     "path", sorted(p for p in (ROOT / "configs").glob("*.yaml") if p.name not in NOT_TRAINING), ids=lambda p: p.name
 )
 def test_every_shipped_training_config_loads(path):
-    cfg = load_config(path)
+    try:
+        cfg = load_config(path)
+    except ConfigError as error:  # the paper recipes name no folder: the user gives theirs
+        assert "missing mandatory value: train" in str(error)
+        cfg = load_config(path, ["data.train=photos"])
     assert cfg.steps > 0 and cfg.stage in ("mmse", "posterior")
+
+
+def test_training_data_is_named_explicitly(tmp_path):
+    """data.train is a folder or "synthetic"; null (once synthetic) and a missing value are errors."""
+    assert load_config(TINY).data.train == "synthetic"
+    (tmp_path / "nodata.yaml").write_text("steps: 3\n")
+    with pytest.raises(ConfigError, match="train"):
+        load_config(tmp_path / "nodata.yaml")
+    with pytest.raises(ConfigError):
+        load_config(TINY, ["data.train=null"])
+    for bad in ("data.double_share=1.5", "data.cache_mb=-1", "data.workers=-1"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(TINY, [bad])
 
 
 def test_unknown_keys_and_bad_values_are_errors(tmp_path):
@@ -40,7 +60,7 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path):
         load_config(TINY, ["stepz=3"])
     with pytest.raises(ConfigError, match="trunk"):
         load_config(TINY, ["generator.trunk=transformer"])
-    (tmp_path / "bad.yaml").write_text("loss: {consistency_kind: l1}\n")
+    (tmp_path / "bad.yaml").write_text("data: {train: synthetic}\nloss: {consistency_kind: l1}\n")
     with pytest.raises(ConfigError, match="consistency_kind"):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="not found"):
@@ -72,6 +92,59 @@ def test_mmse_stage_runs(tmp_path):
     run_dir = train(tiny(tmp_path / "mmse", "stage=mmse", "steps=4", "log_every=2"))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert set(records[0]) >= {"mse", "lr"} and records[-1]["mse"] > 0
+
+
+@pytest.mark.parametrize("kind", ["pixel", "dct"])
+def test_real_world_conditions_train_end_to_end(tmp_path, monkeypatch, kind):
+    """Qualities 5-95, every subsampling mode and crops saved twice, through both consistency losses;
+    the pixel loss never has the coefficients parsed."""
+    if kind == "pixel":
+        def refuse(*args, **kwargs):
+            raise AssertionError("coefficients parsed for the pixel consistency loss")
+
+        monkeypatch.setattr(data_module, "read_jpeg", refuse)
+    run_dir = train(tiny(tmp_path / kind, "steps=4", "log_every=2", "val_every=1000", "checkpoint_every=1000",
+                         f"loss.consistency_kind={kind}", "data.modes=['4:2:0','4:2:2','4:4:4']", "data.double_share=0.5",
+                         "data.quality={kind: skewed, low: 5, high: 95, power: 1.5}"))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(math.isfinite(v) for r in records for v in r.values())
+    assert records[-1]["consistency"] > 0
+
+
+def test_batches_reach_the_losses_as_floats_in_every_mode():
+    """_to_device turns uint8 images into k / 255 and int16 coefficients into floats; in every mode
+    (4:2:2 included) the codec re-encodes x to the file's coefficients exactly, so the clean crop
+    has zero dead-zone consistency loss in a mixed-mode batch, and a perturbed one does not."""
+    modes = ("4:4:4", "4:2:2", "4:2:0")
+    dataset = JpegCropDataset(None, crop=32, qualities=QualitySampler("skewed", 5, 95, 1.5), modes=modes, seed=3,
+                              coefficients=True)
+    raw = collate_jpeg_batch([dataset[counter] for counter in range(12)])
+    batch = _to_device(raw, "cpu")
+    assert set(batch["groups"]) == set(modes)
+    for key in ("x", "y"):
+        assert batch[key].dtype == torch.float32 and torch.equal(batch[key] * 255, raw[key].float())
+    for mode, index in batch["groups"].items():
+        encoded = codec.encode(batch["x"][index], batch["qtables"][index], mode)
+        for ours, stored in zip(encoded, batch["coefficients"][mode], strict=True):
+            assert stored.dtype == torch.float32 and torch.equal(ours, stored)
+    cfg = tiny("unused", "loss.consistency_kind=dct")
+    assert _consistency(cfg, batch["x"], batch).item() == 0
+    assert _consistency(cfg, (batch["x"] + 0.05).clamp(0, 1), batch).item() > 0
+    pixel = _consistency(tiny("unused"), batch["x"], batch).item()
+    assert 0 < pixel < losses.consistency_pixel(batch["y"], batch["x"], batch["qtables"], "4:4:4").item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pinned_batches_reach_the_gpu_as_floats():
+    loader = make_loader(None, 32, QualitySampler(), ("4:2:0", "4:2:2"), seed=0, batch_size=4, length=4,
+                         coefficients=True, pin_memory=True)
+    batch = next(iter(loader))
+    assert batch["x"].is_pinned() and batch["coefficients"]["4:2:0"][0].is_pinned()
+    moved = _to_device(batch, "cuda")
+    assert moved["x"].is_cuda and moved["x"].dtype == torch.float32
+    assert torch.equal(moved["y"].cpu(), _to_device(batch, "cpu")["y"])
 
 
 def _weights(folder: Path) -> dict:
