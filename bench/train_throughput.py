@@ -1,98 +1,118 @@
-"""Training throughput: iterations/s and peak memory per config, against plain fp32 eager in the same run.
+"""Training throughput: steps/s of the whole training loop (data loading included) per setting.
 
-    python bench/train_throughput.py [--configs tiny demo] [--steps 6] [--device cpu|cuda]
+    python bench/train_throughput.py [--recipe cpu_default] [--steps 48] [--repeats 5]
+        [--threads 1 2] [--variant "mixed_precision=bf16" ...] [--before DIR] [--data FOLDER]
 
-Each measurement runs in a fresh subprocess (so peak RSS is its own): a Trainer on synthetic data,
-a few warm-up steps, then timed steps. The reference is the same model and batch in fp32 eager
-mode (the authors' setting); the variant adds bf16 autocast, channels_last and (on CUDA)
-torch.compile. On CUDA the "paper" config (RRDB 64x23, batch 32 of 128x128) is measured too.
+Every measurement is a fresh `train.py` run of the recipe in a subprocess, exactly as a user runs it
+(workers, real images, the recipe's loss schedule), with `log_every` set to the warm-up: the speed
+is the steps between the first and the last log line over the time between them, so start-up, the
+loader's first batches, the final validation sheet and the checkpoint are not counted.
+
+A setting is a variant (config overrides, "" = the recipe as configured) times a thread count
+(OMP_NUM_THREADS). --before DIR adds the recipe as configured in another checkout DIR (e.g.
+`git archive <commit> | tar -x -C DIR`), run with its own code: the "before" of a change.
+Settings are measured round-robin, `repeats` times each, so that load from other jobs on the
+machine spreads over all of them; each line reports the median, the range and the ratio of
+medians to the first setting (the --before one when given).
 """
 
 import argparse
 import json
+import os
 import resource
+import runpy
+import statistics
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import emit  # noqa: E402
+from common import SHARED_DATA, emit  # noqa: E402
 
-SETTINGS = {
-    "tiny": ["--config", "configs/tiny.yaml"],
-    "demo": ["--config", "configs/demo.yaml", "batch_size=8", "data.crop=64", "critic.size=64",
-             "loss.moment_images=2", "loss.moment_samples=4"],
-    "paper": ["--config", "configs/ffhq128_qf5.yaml"],
+# Per recipe: its config file and the overrides that make it the run it documents.
+RECIPES = {
+    # stage 2 of the bundled model; the bundled weights stand in for its MMSE model (same network)
+    "cpu_default": ["configs/cpu_default.yaml", "mmse_model=posterior_jpeg/weights/default"],
+    "tiny": ["configs/tiny.yaml"],
+    "demo": ["configs/demo.yaml"],
+    "paper": ["configs/ffhq128_qf5.yaml"],
 }
 
 
-def measure(config: str, device: str, steps: int, fast: bool) -> dict:
-    """Run in this process: build the trainer, warm up, time `steps` training steps."""
+def child(checkout: Path, argv: list[str]) -> None:
+    """Run checkout's train.py with argv in this process, then print the peak memory as JSON."""
+    os.chdir(checkout)
+    sys.path.insert(0, str(checkout))
+    sys.argv = ["train.py", *argv]
+    try:
+        runpy.run_path("train.py", run_name="__main__")
+    except SystemExit as done:
+        if done.code:
+            raise
     import torch
 
-    from posterior_jpeg.config import load_config
-    from posterior_jpeg.training import Trainer, _to_device
-
-    args = SETTINGS[config]
-    overrides = args[2:] + [f"out_dir=/tmp/bench_train_{config}", "resume=null", "progress=false", f"device={device}",
-                            "data.train=null", "data.workers=0", "loss.moments_every=4", "loss.r1_every=4"]
-    if fast:
-        overrides += ["channels_last=true", "mixed_precision=bf16"] + (["compile=true"] if device == "cuda" else [])
-    cfg = load_config(ROOT / args[1], overrides)
-    trainer = Trainer(cfg)
-    from posterior_jpeg.data import QualitySampler, make_loader
-
-    loader = iter(make_loader(None, cfg.data.crop, QualitySampler(), tuple(cfg.data.modes), 0, cfg.batch_size))
-    batches = [_to_device(next(loader), trainer.accelerator.device) for _ in range(4)]
-    for i in range(4):  # warm-up covers every kind of step (R1 and moments every 4)
-        trainer.train_step(batches[i % 4])
-        trainer.step += 1
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for i in range(steps):
-        trainer.train_step(batches[i % 4])
-        trainer.step += 1
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"it_s": steps / seconds, "peak_bytes": peak, "batch": cfg.batch_size, "crop": cfg.data.crop}
+    print(json.dumps({"peak_bytes": peak}))
+
+
+def measure(checkout: Path, recipe: str, overrides: list[str], threads: int, warmup: int, steps: int,
+            data: str, device: str) -> dict:
+    """One fresh training run; steps/s between its first and last log line."""
+    config, *fixed = RECIPES[recipe]
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as out_dir:
+        argv = ["--config", config, *fixed, f"out_dir={out_dir}", "resume=null", "progress=false",
+                f"steps={warmup + steps}", f"log_every={warmup}", "val_every=1000000",
+                "checkpoint_every=1000000", f"data.train={data}", "data.val=null", f"device={device}", *overrides]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+        out = subprocess.run([sys.executable, __file__, "--child", str(checkout), *argv],
+                             capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            sys.exit(f"{checkout} {' '.join(argv)}:\n{out.stderr[-3000:]}")
+        records = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    first, last = records[0], records[-1]
+    peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+    return {"it_s": (last["step"] - first["step"]) / (last["seconds"] - first["seconds"]), "peak_bytes": peak}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=None, help="tiny, demo, paper")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "FAST"), help=argparse.SUPPRESS)
+    parser.add_argument("--recipe", default="cpu_default", choices=sorted(RECIPES))
+    parser.add_argument("--variant", action="append", default=None,
+                        help='config overrides, space-separated ("" = as configured); repeatable')
+    parser.add_argument("--threads", type=int, nargs="+", default=[1], help="OMP_NUM_THREADS values")
+    parser.add_argument("--before", type=Path, help="another checkout whose recipe is measured first")
+    parser.add_argument("--steps", type=int, default=48, help="timed steps (a multiple of the moment interval)")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed steps first (also the log interval)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--data", default=str(SHARED_DATA / "train"), help="training image folder")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.child:
-        print(json.dumps(measure(args.child[0], device, args.steps, args.child[1] == "1")))
+        child(Path(args.child[0]), args.child[1:])
         return
-    configs = args.configs or (["tiny", "demo", "paper"] if device == "cuda" else ["tiny", "demo"])
-    for config in configs:
-        results = {}
-        for fast in (False, True):
-            out = subprocess.run([sys.executable, __file__, "--device", device, "--steps", str(args.steps),
-                                  "--child", config, "1" if fast else "0"], capture_output=True, text=True, cwd=ROOT)
-            if out.returncode != 0:
-                sys.exit(out.stderr[-2000:])
-            results[fast] = json.loads(out.stdout.strip().splitlines()[-1])
-        emit(bench="train_throughput", config=config, device=device, batch=results[True]["batch"],
-             crop=results[True]["crop"], ours="bf16 autocast + channels_last" + (" + compile" if device == "cuda" else ""),
-             ours_it_s=results[True]["it_s"], ours_peak_mb=results[True]["peak_bytes"] / 2**20,
-             reference="fp32 eager", reference_it_s=results[False]["it_s"],
-             reference_peak_mb=results[False]["peak_bytes"] / 2**20,
-             ratio=results[True]["it_s"] / results[False]["it_s"])
+    if args.steps % args.warmup:
+        parser.error("--steps must be a multiple of --warmup (the log interval)")
+    settings = [("before", args.before, [], args.threads[0])] if args.before else []
+    for variant in args.variant or [""]:
+        for threads in args.threads:
+            settings.append((variant or "as configured", ROOT, variant.split(), threads))
+    results = {index: [] for index in range(len(settings))}
+    for _ in range(args.repeats):
+        for index, (_, checkout, overrides, threads) in enumerate(settings):
+            results[index].append(measure(checkout.resolve(), args.recipe, overrides, threads, args.warmup,
+                                          args.steps, args.data, args.device))
+    reference = statistics.median(r["it_s"] for r in results[0])
+    for index, (name, checkout, _, threads) in enumerate(settings):
+        speeds = [r["it_s"] for r in results[index]]
+        emit(bench="train_throughput", recipe=args.recipe, setting=name, threads=threads, checkout=str(checkout),
+             device=args.device, it_s_median=statistics.median(speeds), it_s_min=min(speeds), it_s_max=max(speeds),
+             repeats=args.repeats, steps=args.steps, ratio_to_first=statistics.median(speeds) / reference,
+             peak_mb=max(r["peak_bytes"] for r in results[index]) / 2**20)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Rebuild examples/chelsea_q10_sheet.png, the README's picture: a 2x crop of the bundled example
-decoded by the default model, as input | 3 projected samples | their mean | per-pixel std map.
+decoded by the default model, as input | posterior mean M | 3 projected samples | their mean |
+per-pixel std map.
 Also prints, for the whole image, the blockiness of the decode and of the samples, the samples'
 per-pixel std and their coefficient agreement with the file.
 
@@ -29,7 +30,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "chelsea_q10_sheet.png")
     args = parser.parse_args()
     jpeg = read_jpeg(HERE / "chelsea_q10.jpg")
-    samples = Sampler.from_checkpoint(args.checkpoint).sample(jpeg, n=3, seed=0)
+    sampler = Sampler.from_checkpoint(args.checkpoint)
+    samples = sampler.sample(jpeg, n=3, seed=0)
+    mean_decode = sampler.mmse(jpeg)
     y = (jpeg.decode() * 255).round() / 255
     top, left, height, width = CROP
 
@@ -38,6 +41,7 @@ def main() -> None:
         return F.interpolate(crop, scale_factor=ZOOM, mode="nearest")
 
     row = posterior_row(zoom(y[None])[0], zoom(samples))
+    row.insert(1, zoom(mean_decode[None])[0])
     Image.fromarray(contact_sheet([row])).save(args.out)
     print(f"wrote {args.out}")
     print(f"blockiness: libjpeg decode {blockiness(y[None]):.2f}, samples {blockiness(samples):.2f}; "

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import sample_cli
 from .sample_cli import write_png
 from .config import add_config_arguments
+from .data import read_rgb
 from .errors import PosteriorJpegError
 from .jpeg.file import read_jpeg
 from .jpeg.projection import project
+from .jpeg.sampling import GRAY
 from .metrics import coefficient_agreement, consistency_rmse
 
 
@@ -45,12 +46,9 @@ def _info(args) -> int:
 def _project(args) -> int:
     try:
         jf = read_jpeg(args.jpeg)
-        image = Image.open(args.image).convert("RGB")
+        image = read_rgb(args.image)
     except PosteriorJpegError as error:
         print(error, file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"{args.image}: cannot read image ({error})", file=sys.stderr)
         return 1
     if (image.height, image.width) != jf.size:
         print(f"{args.image}: size {image.width}x{image.height} differs from {args.jpeg} "
@@ -62,6 +60,8 @@ def _project(args) -> int:
     candidate = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
     before = coefficient_agreement(candidate, jf)
     projected = project(candidate, jf)
+    if jf.sampling == GRAY:  # grayscale in, grayscale out
+        projected = projected[:1]
     after = coefficient_agreement(projected, jf)
     pixels = (projected * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     write_png(pixels, Path(args.output), jf.icc_profile)

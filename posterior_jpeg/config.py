@@ -9,10 +9,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import PosteriorJpegError
+from .data import SYNTHETIC
+from .errors import CheckpointError, PosteriorJpegError
 from .losses import Schedule
 from .models.discriminator import DiscriminatorConfig
 from .models.generator import GeneratorConfig
@@ -30,23 +32,33 @@ class QualityConfig:
     """JPEG quality per training crop: "skewed" draws low + (high - low) * u**power (the paper's
     [5, 50] skewed to low qualities), "uniform" draws integers in [low, high]."""
 
-    kind: str = "skewed"
-    low: int = 5
-    high: int = 50
-    power: float = 2.0
+    kind: str = "skewed"  # "skewed" or "uniform"
+    low: int = 5  # lowest quality drawn (1..100)
+    high: int = 50  # highest quality drawn; real-world files reach 95 and more
+    power: float = 2.0  # skew: > 1 favours low qualities, 1 is uniform over the reals, < 1 favours high
 
 
 @dataclass
 class DataConfig:
-    """train / val: image folders (searched recursively); null trains on synthetic images."""
+    """Training crops, each compressed by libjpeg at its own drawn quality and subsampling."""
 
-    train: str | None = None
-    val: str | None = None
-    crop: int = 128
-    quality: QualityConfig = field(default_factory=QualityConfig)
-    modes: list[str] = field(default_factory=lambda: ["4:2:0"])
-    flips: bool = True
-    workers: int = 2
+    train: str = MISSING  # required: an image folder (searched recursively), or "synthetic" (generated images)
+    val: str | None = None  # image folder of the validation sheets; null: the training images
+    crop: int = 128  # crop side in pixels, a multiple of 16
+    quality: QualityConfig = field(default_factory=QualityConfig)  # quality per crop (QualityConfig)
+    modes: list[str] = field(default_factory=lambda: ["4:2:0"])  # subsampling per crop, drawn from these
+    double_share: float = 0.0  # share of crops saved twice: a first save, a 0-7 pixel shift, the final save
+    flips: bool = True  # random horizontal and vertical flips
+    workers: int = 2  # DataLoader worker processes; 0 loads in the training process
+    cache_mb: int = 1024  # decoded training images kept per loading process (uint8); the rest decoded per crop
+
+    def __post_init__(self):
+        if not self.train:
+            raise ConfigError(f"data.train must name an image folder or {SYNTHETIC!r}")
+        if not 0.0 <= self.double_share <= 1.0:
+            raise ConfigError(f"data.double_share must be in [0, 1], got {self.double_share}")
+        if self.workers < 0 or self.cache_mb < 0:
+            raise ConfigError("data.workers and data.cache_mb must be >= 0")
 
 
 @dataclass
@@ -87,7 +99,10 @@ class TrainConfig:
 
     stage: "mmse" (L2 regression: the MMSE estimator and regression baseline) or "posterior" (GAN
     with all penalties). init_from: weights to start G from (e.g. the MMSE run). mmse_model: the
-    frozen MMSE estimator xbar for the second moment. resume: "auto" continues the run in out_dir
+    frozen MMSE estimator xbar for the second moment. anchor: a noise-free MMSE checkpoint M (an
+    mmse-stage run with generator.noise false): G becomes S(z, M(y, q), q), M frozen, only S (the
+    `generator` section) trained, and M serves as eq. 7's xbar; init_from an anchored checkpoint
+    then warm-starts S alone over this anchor. resume: "auto" continues the run in out_dir
     if it has a checkpoint, a path resumes that checkpoint, null always starts fresh."""
 
     stage: str = "posterior"
@@ -110,6 +125,7 @@ class TrainConfig:
     resume: str | None = "auto"
     init_from: str | None = None
     mmse_model: str | None = None
+    anchor: str | None = None
     progress: bool = True
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     critic: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
@@ -126,6 +142,10 @@ class TrainConfig:
             raise ConfigError(f"loss.consistency_kind must be 'pixel' or 'dct', got {self.loss.consistency_kind!r}")
         if self.loss.second_moment_kind not in ("eq7", "std"):
             raise ConfigError(f"loss.second_moment_kind must be 'eq7' or 'std', got {self.loss.second_moment_kind!r}")
+        if self.anchor and self.mmse_model:
+            raise ConfigError("anchor and mmse_model are both set: an anchored G uses its anchor as eq. 7's xbar")
+        if self.anchor and self.stage != "posterior":
+            raise ConfigError("anchor trains the detail network S: it needs stage posterior")
         if self.loss.moment_images > self.batch_size:
             raise ConfigError(f"loss.moment_images ({self.loss.moment_images}) exceeds batch_size ({self.batch_size})")
         if min(self.steps, self.batch_size, self.grad_accumulation, self.log_every, self.val_every,
@@ -133,21 +153,75 @@ class TrainConfig:
             raise ConfigError("steps, batch_size, grad_accumulation and every *_every must be >= 1")
 
 
-def load_structured(schema, path: str | Path | None = None, overrides: list[str] = ()):
-    """Defaults of the dataclass `schema` <- YAML file <- dotlist overrides -> a validated instance.
-    Unknown keys, wrong types and failed checks become one-line ConfigErrors."""
+def read_yaml(path: str | Path) -> DictConfig:
+    """A YAML config file as one mapping of keys to values, or a one-line ConfigError naming the file.
+
+    Interpolations (`${...}`) are refused, not resolved: a resolver such as oc.env would copy
+    environment values (tokens, paths) into a config that is saved beside checkpoints and shared."""
     try:
-        merged = OmegaConf.structured(schema)
-        if path is not None:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"{path or 'config'}: {error}".splitlines()[0]) from None
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except ValueError as error:  # a __post_init__ check of a nested dataclass
-        raise ConfigError(f"{path or 'config'}: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML file (not UTF-8 text)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file ({error.strerror or error})") from None
+    try:
+        node = OmegaConf.create(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{path}: {_reason(error)}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got a {type(node).__name__.removesuffix('Config').lower()}")
+    refuse_interpolations(node, path)
+    return node
+
+
+def refuse_interpolations(node: DictConfig, source) -> None:
+    """ConfigError for the first value that contains `${` (see read_yaml)."""
+
+    def walk(value, key: str) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                walk(item, f"{key}.{name}" if key else str(name))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{key}[{index}]")
+        elif isinstance(value, str) and "${" in value:
+            raise ConfigError(f"{source}: {key}: interpolations (${{...}}) are not supported, write the value itself")
+
+    walk(OmegaConf.to_container(node, resolve=False), "")
+
+
+def _reason(error: OmegaConfBaseException) -> str:
+    """OmegaConf's message on one line, with the dotted key it concerns."""
+    message = str(error).splitlines()[0]
+    key = getattr(error, "full_key", None)
+    return f"{key}: {message}" if key and key not in message else message
+
+
+def build_structured(schema, nodes: list, source):
+    """Defaults of the dataclass `schema` <- each of `nodes` in turn -> a validated instance; unknown
+    keys, wrong types and failed checks become one-line ConfigErrors that name `source`."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), *nodes))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{source}: {_reason(error)}") from None
+    except ValueError as error:  # a __post_init__ check (ConfigError is one)
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def load_structured(schema, path: str | Path | None = None, overrides: list[str] = ()):
+    """Defaults of the dataclass `schema` <- YAML file <- dotlist overrides -> a validated instance.
+    Unknown keys, wrong types, interpolations and failed checks become one-line ConfigErrors."""
+    nodes = [read_yaml(path)] if path is not None else []
+    try:
+        command_line = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"command line: {_reason(error)}") from None
+    refuse_interpolations(command_line, "command line")
+    return build_structured(schema, [*nodes, command_line], path or "config")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
@@ -155,13 +229,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     return load_structured(TrainConfig, path, overrides)
 
 
-def to_yaml(config: TrainConfig) -> str:
+def to_yaml(config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
-
-
-def from_yaml(text: str) -> TrainConfig:
-    """The config saved beside a checkpoint, read back (unknown keys are still errors)."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(text)))
 
 
 def add_config_arguments(parser, example: str) -> None:
@@ -180,15 +249,15 @@ def parse_config_arguments(argv, prog: str | None, description: str, example: st
 
 
 def run_with_config(program: str, load, action, path: str | None, overrides: list[str]) -> int:
-    """Load a config and run `action(cfg)`, as a command line does: exit status 0, 2 for a config
-    that cannot be used, 1 for a job that failed with one of our errors (one line on stderr each)."""
+    """Load a config and run `action(cfg)`, as a command line does: exit status 0, 2 for a config or
+    a checkpoint that cannot be used, 1 for a job that failed with one of our errors (one line on
+    stderr each)."""
     try:
         cfg = load(path, overrides)
-    except ConfigError as error:
+        action(cfg)
+    except (ConfigError, CheckpointError) as error:
         print(f"{program}: {error}", file=sys.stderr)
         return 2
-    try:
-        action(cfg)
     except PosteriorJpegError as error:
         print(f"{program}: {error}", file=sys.stderr)
         return 1

@@ -3,6 +3,9 @@
 Every sample is a pure function of (seed, global sample counter): the counter, not an image index,
 addresses the data. Training resumes exactly by starting the counter where it stopped
 (step * batch_size * world_size), and ranks or workers never need shared random state.
+
+Items travel as uint8 (a quarter of float32 through worker IPC and to the device); `to_unit_float`
+turns them into [0, 1] floats on the training side.
 """
 
 import io
@@ -18,18 +21,27 @@ from PIL import Image
 
 from .errors import PosteriorJpegError
 from .jpeg.file import read_jpeg
+from .jpeg.tables import ijg_tables
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # The subsampling modes Pillow's JPEG writer accepts.
 WRITABLE_MODES = ("4:4:4", "4:2:2", "4:2:0")
 # A multiple of the largest MCU (16x16 in 4:2:0): every mode's block grids cover the crop exactly.
 CROP_MULTIPLE = 16
+# A re-saved file's block grid is offset from the first save's by 0..7 pixels per axis.
+MAX_SHIFT = 7
+# Value of data.train that selects synthetic images (synthetic_image) instead of a folder.
+SYNTHETIC = "synthetic"
 # Exceptions Pillow raises for files it cannot open or decode.
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class DataError(PosteriorJpegError):
     """The training data cannot be used: missing folder, no images, or no readable image."""
+
+
+class ImageError(PosteriorJpegError):
+    """An image file that cannot be read (or, in evaluation, is too small to be measured)."""
 
 
 def list_images(root) -> list[pathlib.Path]:
@@ -97,28 +109,45 @@ def synthetic_image(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB 8-bit; 16-bit grey (modes I, I;16*) is scaled, since Pillow's convert would clip it to white."""
-    if image.mode == "I" or image.mode.startswith("I;16"):
-        grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    return image.convert("RGB")
+def read_rgb(path) -> Image.Image:
+    """An image file as 8-bit RGB: the one loader of training, evaluation and reference images.
+
+    16-bit grey (modes I, I;16*) is scaled to 8 bits, since Pillow's convert would clip it to white;
+    Pillow itself reduces 16-bit colour to its top 8 bits. ImageError names the file otherwise."""
+    try:
+        with Image.open(path) as image:
+            if image.mode == "I" or image.mode.startswith("I;16"):
+                grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+                return Image.fromarray(grey, "L").convert("RGB")
+            return image.convert("RGB")
+    except _UNREADABLE as error:
+        raise ImageError(f"{path}: cannot read image ({error})") from None
 
 
 class JpegCropDataset(torch.utils.data.Dataset):
     """Map-style dataset over global sample counters (any int >= 0), not over images.
 
     dataset[counter] draws, from np.random.default_rng([seed, counter]): quality, subsampling mode,
-    flips, then an image and a crop position. The crop is JPEG-compressed in memory by Pillow
-    (libjpeg) and returned with Pillow's decode y and the stored coefficients and tables.
+    flips, whether the crop is saved twice (only when double_share > 0), then an image and a crop
+    position. The crop is JPEG-compressed in memory by Pillow (libjpeg) and returned as uint8 x
+    (the clean crop) and y (Pillow's decode), with the file's tables (libjpeg's IJG tables at the
+    quality: the ones Pillow writes) and, when `coefficients` is set, the stored DCT coefficients
+    (int16; parsing them costs more than the compression, and only the "dct" loss reads them).
 
-    files=None: synthetic images (see synthetic_image). Images smaller than the crop are upscaled
-    (bicubic, short side = crop, aspect kept) rather than reflect-padded: padding would put mirror
-    seams into the training crops, upscaling only blurs. Unreadable files are skipped with one
-    warning per file (per process: every DataLoader worker holds its own copy) and a replacement is
-    drawn from the same rng, so the substitute is deterministic too. Flips are horizontal and
-    vertical, each with probability 1/2; EXIF orientation is ignored (a rotated crop is as good a
-    training sample).
+    A crop saved twice is a re-saved file: a window MAX_SHIFT pixels larger is compressed at a
+    first quality and mode (drawn like the final ones), decoded, shifted by 0..MAX_SHIFT pixels
+    per axis and cropped, then compressed at the item's quality and mode; x is the clean window
+    at the same shift, and y, tables and coefficients are those of the second file.
+
+    files=None: synthetic images (see synthetic_image). Each source image is decoded once per
+    process and kept as uint8 while the cache holds under cache_bytes (beyond it, images are
+    decoded per crop; the items are the same either way). Images smaller than the crop are
+    upscaled (bicubic, short side = crop, aspect kept) rather than reflect-padded: padding would
+    put mirror seams into the training crops, upscaling only blurs. Unreadable files are skipped
+    with one warning per file (per process: every DataLoader worker holds its own copy) and a
+    replacement is drawn from the same rng, so the substitute is deterministic too. Flips are
+    horizontal and vertical, each with probability 1/2; EXIF orientation is ignored (a rotated
+    crop is as good a training sample).
     """
 
     def __init__(
@@ -129,6 +158,9 @@ class JpegCropDataset(torch.utils.data.Dataset):
         modes: tuple[str, ...] = ("4:2:0",),
         seed: int = 0,
         flips: bool = True,
+        double_share: float = 0.0,
+        coefficients: bool = False,
+        cache_bytes: int = 2**30,
     ):
         if files is not None and len(files) == 0:
             raise DataError("no training images given (pass files=None for synthetic data)")
@@ -137,12 +169,21 @@ class JpegCropDataset(torch.utils.data.Dataset):
         modes = tuple(modes)
         if not modes or any(mode not in WRITABLE_MODES for mode in modes):
             raise ValueError(f"modes must be a non-empty selection of {WRITABLE_MODES}, got {modes}")
+        if not 0.0 <= double_share <= 1.0:
+            raise ValueError(f"double_share must be in [0, 1], got {double_share}")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.files = None if files is None else [pathlib.Path(f) for f in files]
         self.crop = crop
         self.qualities = qualities
         self.modes = modes
         self.seed = seed
         self.flips = flips
+        self.double_share = double_share
+        self.coefficients = coefficients
+        self.cache_bytes = cache_bytes
+        self._cache: dict[pathlib.Path, np.ndarray] = {}
+        self._cached_bytes = 0
         self._unreadable: set[pathlib.Path] = set()
 
     def __getitem__(self, counter) -> dict:
@@ -151,69 +192,116 @@ class JpegCropDataset(torch.utils.data.Dataset):
             raise IndexError(f"sample counters start at 0, got {counter}")
         rng = np.random.default_rng([self.seed, counter])
         quality = self.qualities.sample(rng)
-        mode = self.modes[rng.integers(len(self.modes))]
+        mode = self._draw_mode(rng)
         flip_h, flip_v = rng.random(2) < 0.5 if self.flips else (False, False)
+        # drawn only when enabled, so that double_share = 0 keeps the draws (and items) of before
+        twice = self.double_share > 0 and rng.random() < self.double_share
+        size = self.crop + MAX_SHIFT if twice else self.crop
         if self.files is None:
-            crop = synthetic_image(rng, self.crop)
+            window = synthetic_image(rng, size)
         else:
-            crop = self._random_crop(self._pick_image(rng), rng)
+            window = self._random_crop(self._pick_image(rng), size, rng)
         if flip_h:
-            crop = crop[:, ::-1]
+            window = window[:, ::-1]
         if flip_v:
-            crop = crop[::-1]
-        crop = np.ascontiguousarray(crop)
-
-        buffer = io.BytesIO()
-        Image.fromarray(crop).save(buffer, format="JPEG", quality=quality, subsampling=mode)
-        data = buffer.getvalue()
-        decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        jpeg = read_jpeg(data)
-        return {
-            "x": _to_chw_float(crop),
-            "y": _to_chw_float(decoded),
-            "qtables": torch.from_numpy(jpeg.qtables.astype(np.float32)),
+            window = window[::-1]
+        window = np.ascontiguousarray(window)
+        if twice:
+            first = _decode(_compress(window, self.qualities.sample(rng), self._draw_mode(rng)))
+            top, left = rng.integers(MAX_SHIFT + 1, size=2)
+            x = window[top : top + self.crop, left : left + self.crop]
+            source = first[top : top + self.crop, left : left + self.crop]
+        else:
+            x = source = window
+        data = _compress(source, quality, mode)
+        item = {
+            "x": _to_chw_uint8(x),
+            "y": _to_chw_uint8(_decode(data)),
+            "qtables": jpeg_tables(quality),
             "quality": quality,
             "mode": mode,
-            "coefficients": [torch.from_numpy(c.astype(np.float32)) for c in jpeg.coefficients],
         }
+        if self.coefficients:
+            item["coefficients"] = [torch.from_numpy(c) for c in read_jpeg(data).coefficients]
+        return item
 
-    def _pick_image(self, rng: np.random.Generator) -> Image.Image:
+    def _draw_mode(self, rng: np.random.Generator) -> str:
+        return self.modes[rng.integers(len(self.modes))]
+
+    def _pick_image(self, rng: np.random.Generator) -> np.ndarray:
         """A readable image: a random draw, else the first readable one of a random permutation."""
         first = int(rng.integers(len(self.files)))
-        image = self._open(self.files[first])
+        image = self._image(self.files[first])
         if image is not None:
             return image
         for index in rng.permutation(len(self.files)):
-            image = None if index == first else self._open(self.files[index])
+            image = None if index == first else self._image(self.files[index])
             if image is not None:
                 return image
         raise DataError(f"none of the {len(self.files)} training images could be read")
+
+    def _image(self, path: pathlib.Path) -> np.ndarray | None:
+        """uint8 [H, W, 3] of path, decoded once while the cache has room; None if unreadable."""
+        image = self._cache.get(path)
+        if image is None:
+            opened = self._open(path)
+            if opened is None:
+                return None
+            image = np.asarray(opened)
+            if self._cached_bytes + image.nbytes <= self.cache_bytes:
+                self._cache[path] = image
+                self._cached_bytes += image.nbytes
+        return image
 
     def _open(self, path: pathlib.Path) -> Image.Image | None:
         if path in self._unreadable:
             return None
         try:
-            with Image.open(path) as image:
-                return _to_rgb(image)
-        except _UNREADABLE as error:
+            return read_rgb(path)
+        except ImageError as error:
             self._unreadable.add(path)
-            warnings.warn(f"{path}: skipping unreadable training image ({error})")
+            warnings.warn(f"{error}; skipping this training image")
             return None
 
-    def _random_crop(self, image: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        width, height = image.size
-        if min(width, height) < self.crop:
-            scale = self.crop / min(width, height)
-            size = (max(self.crop, round(width * scale)), max(self.crop, round(height * scale)))
-            image = image.resize(size, Image.Resampling.BICUBIC)
-            width, height = size
-        top = int(rng.integers(height - self.crop + 1))
-        left = int(rng.integers(width - self.crop + 1))
-        return np.asarray(image.crop((left, top, left + self.crop, top + self.crop)))
+    def _random_crop(self, image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+        """A size x size window at a random position; a smaller image is upscaled to short side = size."""
+        height, width = image.shape[:2]
+        if min(width, height) < size:
+            scale = size / min(width, height)
+            shape = (max(size, round(width * scale)), max(size, round(height * scale)))
+            image = np.asarray(Image.fromarray(image).resize(shape, Image.Resampling.BICUBIC))
+            height, width = image.shape[:2]
+        top = int(rng.integers(height - size + 1))
+        left = int(rng.integers(width - size + 1))
+        return image[top : top + size, left : left + size]
 
 
-def _to_chw_float(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
+def jpeg_tables(quality: int) -> torch.Tensor:
+    """float32 [3, 8, 8] (Y, Cb, Cr): the tables libjpeg writes for `quality` (what Pillow's
+    quality= sets), known without reading the file back."""
+    luma, chroma = ijg_tables(quality)
+    return torch.from_numpy(np.stack([luma, chroma, chroma]).astype(np.float32))
+
+
+def _compress(image: np.ndarray, quality: int, mode: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=mode)
+    return buffer.getvalue()
+
+
+def _decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _to_chw_uint8(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (any layout) -> float32 k / 255 on their device: the values that the codec and
+    the losses take for 8-bit pixels."""
+    return images.float() / 255.0
 
 
 class CounterSampler(torch.utils.data.Sampler):
@@ -246,24 +334,27 @@ class CounterSampler(torch.utils.data.Sampler):
 
 
 def collate_jpeg_batch(items: list[dict]) -> dict:
-    """Stack a batch; coefficients are stacked per subsampling mode, because the chroma block grids
-    differ between modes (the consistency losses run once per mode group)."""
+    """Stack a batch; coefficients (when the items have them) are stacked per subsampling mode,
+    because the chroma block grids differ between modes (the consistency losses run once per mode
+    group)."""
     modes = [item["mode"] for item in items]
     groups = {}
     for index, mode in enumerate(modes):
         groups.setdefault(mode, []).append(index)
-    return {
+    batch = {
         "x": torch.stack([item["x"] for item in items]),
         "y": torch.stack([item["y"] for item in items]),
         "qtables": torch.stack([item["qtables"] for item in items]),
         "quality": torch.tensor([item["quality"] for item in items], dtype=torch.long),
         "modes": modes,
         "groups": {mode: torch.tensor(indices, dtype=torch.long) for mode, indices in groups.items()},
-        "coefficients": {
+    }
+    if "coefficients" in items[0]:
+        batch["coefficients"] = {
             mode: [torch.stack([items[i]["coefficients"][c] for i in indices]) for c in range(3)]
             for mode, indices in groups.items()
-        },
-    }
+        }
+    return batch
 
 
 def make_loader(
@@ -279,18 +370,23 @@ def make_loader(
     workers: int = 0,
     length: int | None = None,
     flips: bool = True,
+    double_share: float = 0.0,
+    coefficients: bool = False,
+    cache_bytes: int = 2**30,
+    pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
     """Batches for one rank from counter start_counter on (length: counters for this rank, None =
     endless). Randomness comes from the counters, so workers need no seeding and any worker count
-    gives the same batches."""
-    dataset = JpegCropDataset(files, crop=crop, qualities=qualities, modes=modes, seed=seed, flips=flips)
+    gives the same batches. pin_memory: page-locked batches, for asynchronous copies to a CUDA device."""
+    dataset = JpegCropDataset(files, crop=crop, qualities=qualities, modes=modes, seed=seed, flips=flips,
+                              double_share=double_share, coefficients=coefficients, cache_bytes=cache_bytes)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=CounterSampler(start_counter, rank=rank, world_size=world_size, length=length),
         num_workers=workers,
         collate_fn=collate_jpeg_batch,
-        pin_memory=False,
+        pin_memory=pin_memory,
         drop_last=False,
         persistent_workers=workers > 0,
         # its own generator: a DataLoader draws a base seed per iterator, which must not advance the

@@ -15,3 +15,17 @@ class UnsupportedJpegError(PosteriorJpegError, ValueError):
 
 class ImageTooLargeError(InvalidJpegError):
     """The declared image size exceeds the pixel limit (a decompression-bomb guard)."""
+
+
+class CheckpointError(PosteriorJpegError, ValueError):
+    """A checkpoint or run folder that holds nothing usable: missing, unreadable or not fitting files."""
+
+
+class LibjpegWarning(UserWarning):
+    """Something libjpeg printed about a file while coding it (it went on). str() names the file;
+    `text` is libjpeg's own words, for reports that name the file themselves."""
+
+    def __init__(self, source: str, text: str):
+        super().__init__(f"{source}: {text}")
+        self.source = source
+        self.text = text

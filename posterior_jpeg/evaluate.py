@@ -14,6 +14,13 @@ draws one fresh sample per image; Ours-A and the diversity metrics use the K sam
 seed + i * SEED_STRIDE + 0..K-1; the MMSE model (same architecture, noise inputs included) is run
 once with seed + i * SEED_STRIDE. Nothing depends on how images are split across processes.
 
+Images are read as 8-bit RGB (16-bit PNGs scaled, not clipped to white; grayscale samples measured as
+RGB, like libjpeg's decode). A test image that cannot be measured (unreadable, not a JPEG, under one
+16x16 MCU with crop mod16, under the 31x31 pixels LPIPS alex needs, 16x16 for vgg) is skipped and listed
+with its reason under "skipped"; the job goes on. A fid_reference .npz must hold mu [2048] and sigma
+[2048, 2048] and is refused with one line otherwise; a cached reference that cannot be read is computed
+again.
+
 Many processes: image i goes to process i mod N; Inception features and per-image measurements are
 gathered before any statistic, so the numbers equal a single process's (up to float rounding of
 differently composed Inception batches).
@@ -34,11 +41,11 @@ from accelerate.utils import gather_object
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, explorer
 from .atomic import write_atomically
 from .checkpoints import resolve
 from .config import ConfigError, load_structured, parse_config_arguments, run_with_config
-from .data import WRITABLE_MODES, list_images
+from .data import WRITABLE_MODES, ImageError, list_images, read_rgb
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import project
@@ -54,7 +61,7 @@ from .metrics import (
     psnr,
     psnr_y,
 )
-from .metrics.fid import RANDOM, statistics_key
+from .metrics.fid import FEATURE_DIM, RANDOM, StatisticsError, statistics_key
 from .sampling import Sampler
 
 METHODS = ("jpeg", "mmse", "ours", "ours_p", "ours_a")
@@ -146,17 +153,10 @@ def load_eval_config(path: str | Path | None = None, overrides: list[str] = ()) 
     return load_structured(EvalConfig, path, overrides)
 
 
-class ImageError(PosteriorJpegError):
-    """A test or reference image that cannot be read or is too small for the crop."""
-
-
 def load_image(path: Path, crop: str) -> np.ndarray:
-    """uint8 [H, W, 3] RGB of an image file after the crop policy (see EvalData)."""
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageError(f"{path}: cannot read image ({error})") from None
+    """uint8 [H, W, 3] RGB of an image file (16-bit ones scaled, see `read_rgb`) after the crop
+    policy (see EvalData)."""
+    image = read_rgb(path)
     width, height = image.size
     if crop == "mod16":
         new_w, new_h = width // 16 * 16, height // 16 * 16
@@ -210,9 +210,10 @@ class Item:
 
 
 class TestSet:
-    """The test images under one setting, addressed by index (every process sees the same list)."""
+    """The test images under one setting, addressed by index (every process sees the same list).
+    min_side: images with a smaller height or width are refused (the least LPIPS can measure)."""
 
-    def __init__(self, data: EvalData, setting: Setting):
+    def __init__(self, data: EvalData, setting: Setting, min_side: int = 1):
         if data.jpegs is not None:
             self.root = Path(data.jpegs)
             self.files = [p for p in list_images(self.root) if p.suffix.lower() in (".jpg", ".jpeg")]
@@ -224,21 +225,27 @@ class TestSet:
         self.files = self.files[: data.limit]
         self.crop = data.crop
         self.setting = setting
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.files)
 
     def item(self, index: int) -> Item:
         path = self.files[index]
-        if self.setting.quality is None:
-            data = path.read_bytes()
-            return Item(index, None, read_jpeg(data), libjpeg_decode(data)[None])
-        pixels = load_image(path, self.crop)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="JPEG", quality=self.setting.quality,
-                                     subsampling=self.setting.subsampling)
-        data = buffer.getvalue()
-        return Item(index, to_tensor(pixels)[None], read_jpeg(data), libjpeg_decode(data)[None])
+        if self.setting.quality is None:  # read from the path, so that its warnings name the file
+            item = Item(index, None, read_jpeg(path), libjpeg_decode(path.read_bytes())[None])
+        else:
+            pixels = load_image(path, self.crop)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="JPEG", quality=self.setting.quality,
+                                         subsampling=self.setting.subsampling)
+            data = buffer.getvalue()
+            item = Item(index, to_tensor(pixels)[None], read_jpeg(data), libjpeg_decode(data)[None])
+        height, width = item.jpeg.size
+        if min(height, width) < self.min_side:
+            raise ImageError(f"{path}: {width}x{height} is smaller than the {self.min_side}x{self.min_side} "
+                             "pixels LPIPS needs; not measured")
+        return item
 
 
 def repeat_summary(values: list[float]) -> tuple[float | None, float | None]:
@@ -357,6 +364,9 @@ class Evaluation:
             return None
         if source.endswith(".npz"):
             stats = GaussianStats.load(source)
+            if len(stats.mu) != FEATURE_DIM:
+                raise StatisticsError(f"{source}: statistics of {len(stats.mu)}-d features; FID's Inception "
+                                      f"pool3 features are {FEATURE_DIM}-d")
             self.reference_note = f"{source} (given statistics, {stats.count or 'unknown'} images)"
             return stats
         root = Path(source)
@@ -365,10 +375,12 @@ class Evaluation:
             files = files[: cfg.data.limit]
         key = statistics_key(root, files, self.inception.identity, {"crop": cfg.data.crop})
         cache = Path(cfg.fid_cache).expanduser() / f"{key}.npz"
-        if cache.is_file():
+        try:  # a cache file that cannot be read is computed again
             stats = GaussianStats.load(cache)
             self.reference_note = f"{source} ({stats.count} images, crop {cfg.data.crop}; cached statistics {cache})"
             return stats
+        except StatisticsError:
+            pass
         batches = FeatureBatches(self.inception, cfg.features.batch_size)
         mine = range(self.rank, len(files), self.world)
         for index in self._progress(mine, "FID reference"):
@@ -418,7 +430,8 @@ class Evaluation:
             outputs[method_key(None, "jpeg")] = item.decoded
         if self.mmse is not None:
             seed = self.cfg.seed + item.index * SEED_STRIDE
-            outputs[method_key(None, "mmse")] = to_8bit(self.mmse.sample(item.jpeg, n=1, seed=seed, project=False))
+            mmse = self.mmse.sample(item.jpeg, n=1, seed=seed, project=False).expand(-1, 3, -1, -1)  # gray: as RGB
+            outputs[method_key(None, "mmse")] = to_8bit(mmse)
         return outputs
 
     def _posterior_outputs(self, label: str, repeat: int):
@@ -428,7 +441,9 @@ class Evaluation:
         def outputs(item: Item, tally: Tally) -> dict[str, torch.Tensor]:
             first = repeat == 0  # repeat 0 draws all K samples: its sample is the first of them
             seed = cfg.seed + item.index * SEED_STRIDE + repeat
+            # a grayscale file's samples have one channel: measured as RGB, like libjpeg's decode
             raw = sampler.sample(item.jpeg, n=cfg.samples if first else 1, seed=seed, project=False)
+            raw = raw.expand(-1, 3, -1, -1)
             result = {}
             if "ours" in methods:
                 samples = to_8bit(raw)
@@ -458,7 +473,7 @@ class Evaluation:
 
     def evaluate_setting(self, setting: Setting, reference: GaussianStats | None) -> list[dict]:
         cfg = self.cfg
-        test_set = TestSet(cfg.data, setting)
+        test_set = TestSet(cfg.data, setting, self.lpips.min_size if self.lpips is not None else 1)
         tally = Tally()
         fids: dict[str, list[float]] = defaultdict(list)
 
@@ -521,6 +536,7 @@ class Evaluation:
         results = {"header": self.header(images), "rows": rows, "skipped": skipped}
         if self.state.is_main_process:
             write_results(results, Path(self.cfg.out_dir))
+            explorer.write_evaluation_page(self, results)
             if print_table:
                 print(markdown(results))
         self.state.wait_for_everyone()

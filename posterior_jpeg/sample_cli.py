@@ -2,12 +2,15 @@
 samples, their mean and an uncertainty map out as PNGs, with a manifest of what was made and how."""
 
 import argparse
+import contextlib
 import dataclasses
 import glob
+import hashlib
 import io
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from time import perf_counter
 
@@ -16,13 +19,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import checkpoints
-from .metrics.fid import file_digest
-from .atomic import write_atomically
-from .errors import PosteriorJpegError
+from . import checkpoints, explorer, export
+from .atomic import FolderBusyError, FolderLock, append_line, read_lines, remove_stale_temporaries, write_atomically
+from .errors import LibjpegWarning, PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import project
 from .metrics import coefficient_agreement, consistency_rmse
+from .metrics.fid import file_digest
 from .models.generator import PAD_MULTIPLE
 from .sampling import DEFAULT_OVERLAP, DEFAULT_TILE, Sampler
 from .visualize import contact_sheet, std_map, to_uint8
@@ -40,13 +43,22 @@ coefficients.
 Outputs, in OUT:
   <stem>_s<seed>.png   one 8-bit PNG per sample
   <stem>_mean.png      --mean: the sample mean (projected too, unless --no-project)
+  <stem>_mmse.png      --mmse: the posterior-mean decode M(y, q), the best-PSNR output (projected
+                       too, unless --no-project), from models that have M (the bundled one does)
   <stem>_std.png       --std: per-pixel standard deviation across samples, black (0) -> red ->
                        yellow -> white (>= 0.1, i.e. 25 gray levels)
   <stem>_grid.png      --grid: contact sheet: input decode | samples | mean | std
-  manifest.jsonl       one JSON line appended per sample written: input path and sha256, seed,
-                       checkpoint and sha256 of its weights, model config, projection on/off,
-                       consistency_rmse and coefficient/block agreement measured on the saved
-                       8-bit pixels (in the file's stored orientation), seconds taken
+  manifest.jsonl       one JSON line appended per output written: kind (sample, mean, std,
+                       grid), input path and sha256, seed (seeds of a summary), checkpoint and
+                       sha256 of its weights, model config, projection on/off, libjpeg's warnings,
+                       seconds; for samples, consistency_rmse and coefficient/block agreement
+                       measured on the saved 8-bit pixels (in the file's stored orientation). The
+                       last record of an output describes it. Samples and the mean also record
+                       the format written and its written_consistency: 8-bit, partial or none.
+  index.html           --html: a page to flip through and zoom into every file's outputs
+
+Formats: --format png16 writes 16-bit PNGs of the float output; webp and jpeg are lossy, so a
+re-exported lossy file is NO LONGER consistent with the input JPEG (written_consistency: none).
 
 Orientation and colour: PNGs are written the way the photo is shown, i.e. the file's EXIF
 orientation is applied to the pixels (PNG viewers ignore EXIF), and the file's ICC profile is
@@ -57,13 +69,26 @@ Big images go through the generator in tiles of --tile pixels that overlap and a
 each sample is projected as a whole: memory follows the tile size, not the image. A seed gives the
 same sample whatever the batch or tile size, up to small differences near tile seams.
 
+Grayscale files give grayscale outputs: one channel through the generator's luma, the projection
+and the PNGs (mode L); the std map and the grid stay in colour.
+
+Batch runs resume: running the same command again completes exactly the outputs that are missing
+(after Ctrl-C, a kill, a full disk) and keeps those the manifest records as made from the same input
+with the same seed, checkpoint and projection, unchanged since (their sha256). An existing output
+that the manifest does not record that way is never replaced without --overwrite (its input is
+reported as failed); --overwrite makes everything again. Files are written under a temporary name
+and renamed when complete, each one's manifest record appended (one whole line) just before its
+rename, so an interrupted run leaves only whole files and whole lines; temporaries of killed runs
+are removed by the next run. One run at a time writes into OUT: a second one is refused while the
+first runs (OUT/.posterior-jpeg.lock holds its pid; a lock left by a dead process is taken over).
+
 Inputs whose names give the same <stem> would write the same outputs: the first one in argument
-order is sampled, the others are reported as failed (sample them into another -o folder). An output
-that already exists is never replaced without --overwrite (its input is reported as failed). Files
-are written under a temporary name and renamed when complete, so an interrupted run (Ctrl-C) leaves
-only whole files. Bad inputs (not a JPEG, truncated, unsupported kind, too many pixels) are reported
-as 'FILE: reason' on stderr and skipped. Exit status: 0 all done, 1 some input failed, 2 the model or
-the options are unusable, 130 interrupted.
+order is sampled, the others are reported as failed (sample them into another -o folder). Bad inputs
+(not a JPEG, truncated, unsupported kind, too many pixels) are reported as 'FILE: reason' on stderr
+and skipped. libjpeg's warnings about a file (corrupt data it decoded anyway, tables too coarse for
+a baseline re-encode) are printed as 'FILE: warning: ...' (not with --quiet) and listed in every
+manifest record of that file. Exit status: 0 all done, 1 some input failed, 2 the model, the options
+or OUT are unusable (another run holds it), 130 interrupted.
 """
 
 EPILOG = """\
@@ -79,7 +104,8 @@ examples:
       the same command from the installed package; smaller tiles for less GPU memory
 
 --checkpoint takes a run folder written by train.py (its latest checkpoint), a checkpoint folder, or
-a generator_ema.safetensors file with config.yaml beside it.
+a generator_ema.safetensors file with model.yaml (or, written before model.yaml existed,
+config.yaml) beside it. A checkpoint that cannot be used stops the run with one line, exit status 2.
 """
 
 
@@ -123,6 +149,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-project", action="store_true",
                         help="keep the generator's raw outputs (not exactly consistent with the file)")
     parser.add_argument("--mean", action="store_true", help="also write <stem>_mean.png")
+    parser.add_argument("--mmse", action="store_true",
+                        help="also write <stem>_mmse.png: the posterior-mean decode M (the best-PSNR output, "
+                             "projected unless --no-project); needs a model with M, like the bundled one")
     parser.add_argument("--std", action="store_true", help="also write <stem>_std.png, the uncertainty map")
     parser.add_argument("--grid", action="store_true", help="also write <stem>_grid.png, a contact sheet")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -133,8 +162,14 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help=f"tile size in pixels, a multiple of 16; 0 runs whole images (default {DEFAULT_TILE})")
     parser.add_argument("--recursive", action="store_true",
                         help="descend into sub-folders of folder INPUTs ('**' in globs)")
-    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary: print errors only")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="make every output again (default: keep those a previous run recorded, make the missing)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar, summary or warnings: print errors only (warnings stay in the manifest)")
+    parser.add_argument("--html", action="store_true",
+                        help="at the end, write OUT/index.html: a page to flip through and zoom into every "
+                             "file's decode, samples, mean and std map (no network needed)")
+    export.add_arguments(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -187,26 +222,40 @@ def split_name_clashes(files: list[Path]) -> tuple[list[Path], list[str]]:
     return kept, errors
 
 
+_TRANSFORMS = {
+    1: lambda x: x,
+    2: lambda x: x.flip(2),
+    3: lambda x: x.flip(1, 2),
+    4: lambda x: x.flip(1),
+    5: lambda x: x.transpose(1, 2),
+    6: lambda x: x.transpose(1, 2).flip(2),
+    7: lambda x: x.transpose(1, 2).flip(1, 2),
+    8: lambda x: x.transpose(1, 2).flip(1),
+}
+_INVERSE = {6: 8, 8: 6}  # the quarter turns undo each other; every other transform undoes itself
+
+
 def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """[C, H, W] in stored orientation -> as displayed under EXIF `orientation` (1-8)."""
-    transforms = {
-        1: lambda x: x,
-        2: lambda x: x.flip(2),
-        3: lambda x: x.flip(1, 2),
-        4: lambda x: x.flip(1),
-        5: lambda x: x.transpose(1, 2),
-        6: lambda x: x.transpose(1, 2).flip(2),
-        7: lambda x: x.transpose(1, 2).flip(1, 2),
-        8: lambda x: x.transpose(1, 2).flip(1),
-    }
-    return transforms[orientation](image)
+    return _TRANSFORMS[orientation](image)
+
+
+def undo_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """[C, H, W] as displayed under EXIF `orientation` -> in stored orientation."""
+    return _TRANSFORMS[_INVERSE.get(orientation, orientation)](image)
+
+
+def encode_png(array: np.ndarray, icc_profile: bytes | None) -> bytes:
+    """uint8 [H, W, 3] (RGB) or [H, W, 1] (grayscale: mode L) -> the bytes of a PNG."""
+    buffer = io.BytesIO()
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    image.save(buffer, format="PNG", icc_profile=icc_profile)
+    return buffer.getvalue()
 
 
 def write_png(array: np.ndarray, path: Path, icc_profile: bytes | None) -> None:
-    """Write uint8 [H, W, 3] as a PNG, atomically (see `write_atomically`)."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", icc_profile=icc_profile)
-    write_atomically(path, buffer.getvalue())
+    """Write uint8 [H, W, 3] or [H, W, 1] as a PNG, atomically (see `write_atomically`)."""
+    write_atomically(path, encode_png(array, icc_profile))
 
 
 class FileFailed(Exception):
@@ -226,98 +275,236 @@ class Job:
     out: Path
     checkpoint_sha256: str
     model: dict
+    recorded: dict  # output file name -> its last manifest record
+    export: export.ExportSettings
 
-    def outputs(self, stem: str) -> list[Path]:
-        names = [f"{stem}_s{self.args.seed + i}.png" for i in range(self.args.samples)]
-        names += [f"{stem}_{kind}.png" for kind in ("mean", "std", "grid") if getattr(self.args, kind)]
-        return [self.out / name for name in names]
+    def planned(self, stem: str, input_sha256: str) -> dict[Path, dict]:
+        """Every output of an input with its recipe, the record fields that make it what it is: a
+        rerun keeps an existing output whose last manifest record has the same recipe and the
+        file's sha256 (so a file replaced since, or one a killed run never renamed, is not kept)."""
+        args = self.args
+        seeds = list(range(args.seed, args.seed + args.samples))
+        common = {"input_sha256": input_sha256, "checkpoint_sha256": self.checkpoint_sha256,
+                  "projected": not args.no_project}
+        exported = {"format": self.export.format, "quality": self.export.quality, "metadata": self.export.metadata}
+        suffix = self.export.suffix
+        plan = {self.out / f"{stem}_s{seed}{suffix}": {"kind": "sample", "seed": seed, **common, **exported}
+                for seed in seeds}
+        if args.mmse:
+            plan[self.out / f"{stem}_mmse{suffix}"] = {"kind": "mmse", **common, **exported}
+        if args.mean:
+            plan[self.out / f"{stem}_mean{suffix}"] = {"kind": "mean", "seeds": seeds, **common, **exported}
+        for kind in ("std", "grid"):
+            if getattr(args, kind):
+                plan[self.out / f"{stem}_{kind}.png"] = {"kind": kind, "seeds": seeds, **common}
+        return plan
 
-    def record(self, line: dict) -> None:
-        with open(self.out / MANIFEST, "a", encoding="utf-8") as manifest:
-            manifest.write(json.dumps(line) + "\n")
+    def is_recorded(self, output: Path, recipe: dict) -> bool:
+        record = self.recorded.get(output.name, {})
+        if any(record.get(key) != value for key, value in recipe.items()):
+            return False
+        return record.get("output_sha256") == file_digest(output)
+
+    def write(self, output: Path, data: bytes, line: dict, began: float) -> None:
+        """Write one output file's bytes atomically, appending its manifest record (`line` with the
+        file's sha256 and the seconds since `began`) just before the rename makes it visible."""
+        record = {**line, "output_sha256": hashlib.sha256(data).hexdigest()}
+
+        def append() -> None:
+            record["seconds"] = round(perf_counter() - began, 3)
+            append_line(self.out / MANIFEST, json.dumps(record))
+            self.recorded[output.name] = record
+
+        write_atomically(output, data, before_rename=append)
+
+
+def read_manifest(path: Path) -> tuple[dict, int]:
+    """The last record of each output named in a manifest, by file name, and the bytes of a torn
+    last line cut off (see `read_lines`). Lines that are not records (glued together by an older
+    version on a full disk) are ignored: their outputs count as unrecorded."""
+    lines, torn = read_lines(path)
+    recorded = {}
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("output"), str):
+            recorded[Path(record["output"]).name] = record
+    return recorded, torn
+
+
+@contextlib.contextmanager
+def libjpeg_warnings(found: list[str]):
+    """Collect the text of the LibjpegWarnings raised inside into `found`; other warnings go on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LibjpegWarning)
+        yield
+    for warning in caught:
+        if isinstance(warning.message, LibjpegWarning):
+            found.append(warning.message.text)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _pixels(image: torch.Tensor) -> torch.Tensor:
-    """[3, H, W] in [0, 1] -> the 8-bit values a PNG stores, as uint8."""
+    """[C, H, W] in [0, 1] -> the 8-bit values a PNG stores, as uint8."""
     return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _save(image: torch.Tensor, jf: JpegFile, path: Path, icc: bool = True) -> None:
-    write_png(to_uint8(apply_orientation(image, jf.orientation)), path, jf.icc_profile if icc else None)
+def _kept_sample(output: Path, jf: JpegFile) -> torch.Tensor:
+    """A sample a previous run wrote (its sha256 checked), back as uint8 [C, H, W] in the file's
+    stored orientation (for the summaries; a lossy export comes back with its losses)."""
+    with Image.open(output) as image:
+        array = np.array(image.convert("L" if image.mode in ("L", "I;16", "I") else "RGB"))
+    return undo_orientation(torch.from_numpy(array).reshape(*array.shape[:2], -1).permute(2, 0, 1), jf.orientation)
 
 
-def sample_file(job: Job, path: Path, advance=lambda: None) -> None:
-    """Sample one input and write its outputs, calling `advance` after each sample; FileFailed says
-    why it could not."""
+def _seed_runs(seeds: list[int]) -> list[tuple[int, int]]:
+    """Sorted seeds -> (first, count) of each run of consecutive ones (one sampler call each)."""
+    runs = []
+    for seed in seeds:
+        if runs and runs[-1][0] + runs[-1][1] == seed:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((seed, 1))
+    return runs
+
+
+def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda line: None) -> int:
+    """Sample one input: write its missing outputs (every output with --overwrite), calling
+    `advance` for each sample made or kept and `warn` with each new warning line. Returns how many
+    files it wrote (0: complete already); FileFailed says why it could not."""
     args = job.args
     try:
         jf = read_jpeg(path)
     except PosteriorJpegError as error:
         raise FileFailed(str(error)) from None
-    existing = [p for p in job.outputs(path.stem) if p.exists()]
-    if existing and not args.overwrite:
-        also = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise FileFailed(f"{path}: {existing[0]} exists{also}; pass --overwrite to replace")
     input_sha256 = file_digest(path)
-    summaries = args.mean or args.std or args.grid
-    samples = []  # kept (8-bit) only for the summaries
-    for sample in job.sampler.samples(jf, args.samples, args.seed, project=not args.no_project):
-        began = perf_counter()
-        pixels = _pixels(sample.image)
+    plan = job.planned(path.stem, input_sha256)
+    todo = {output for output, recipe in plan.items()
+            if args.overwrite or not (output.exists() and job.is_recorded(output, recipe))}
+    foreign = [output for output in plan if output in todo and output.exists() and not args.overwrite]
+    if foreign:
+        also = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise FileFailed(f"{path}: {foreign[0]} exists{also} and {MANIFEST} does not record it as made from this "
+                         "input with these options; pass --overwrite to replace")
+    metadata = export.input_metadata(path, jf.icc_profile, job.export)
+    reported = list(dict.fromkeys(jf.warnings))
+    for text in reported:
+        warn(f"{path}: warning: {text}")
+    if not todo:
+        advance(args.samples)
+        return 0
+    common = {"input": str(path), "input_sha256": input_sha256, "checkpoint": job.sampler.source,
+              "checkpoint_sha256": job.checkpoint_sha256, "model": job.model, "projected": not args.no_project,
+              "orientation_applied": jf.orientation, "tile": job.sampler.tile, "device": str(job.sampler.device)}
+    kinds_todo = {plan[output]["kind"] for output in todo}
+    summaries = [kind for kind in ("mean", "std", "grid") if kind in kinds_todo]
+    wanted = sorted(plan[output]["seed"] for output in todo if plan[output]["kind"] == "sample")
+    advance(args.samples - len(wanted))
+    samples = {}  # seed -> uint8 [C, H, W], kept only for the summaries
+
+    def write_decoded(output: Path, image: torch.Tensor, began: float) -> torch.Tensor:
+        """Measure a decoded image [C, H, W] as its file will hold it, write it with its manifest
+        record, report new warnings; returns its 8-bit pixels."""
+        pixels = _pixels(image)
         saved = pixels.float() / 255  # measure exactly what the PNG holds, in stored orientation
-        agreement = coefficient_agreement(saved, jf)
-        output = job.out / f"{path.stem}_s{sample.seed}.png"
-        _save(saved, jf, output)
-        if summaries:
-            samples.append(pixels)
-        job.record({
-            "input": str(path),
-            "input_sha256": input_sha256,
-            "output": str(output),
-            "seed": sample.seed,
-            "checkpoint": job.sampler.source,
-            "checkpoint_sha256": job.checkpoint_sha256,
-            "model": job.model,
-            "projected": not args.no_project,
-            "consistency_rmse": consistency_rmse(saved, jf).item(),
-            "coefficient_agreement": agreement.coefficients,
-            "block_agreement": agreement.blocks,
-            "orientation_applied": jf.orientation,
-            "icc_profile_embedded": jf.icc_profile is not None,
-            "tile": job.sampler.tile,
-            "device": str(job.sampler.device),
-            "seconds": round(sample.seconds + perf_counter() - began, 3),
-        })
-        advance()
-    if not summaries:
-        return
+        measured = []
+        with libjpeg_warnings(measured):
+            agreement = coefficient_agreement(saved, jf)
+            rmse = consistency_rmse(saved, jf).item()
+        for text in dict.fromkeys(measured):
+            if text not in reported:
+                reported.append(text)
+                warn(f"{path}: warning: {text}")
+        line = {**common, **plan[output], "output": str(output),
+                "consistency_rmse": rmse, "coefficient_agreement": agreement.coefficients,
+                "block_agreement": agreement.blocks, "icc_profile_embedded": metadata.icc_profile is not None,
+                "written_consistency": job.export.written_consistency(agreement.coefficients),
+                "warnings": list(dict.fromkeys([*jf.warnings, *measured]))}
+        job.write(output, export.encode(apply_orientation(image, jf.orientation), job.export, metadata), line, began)
+        return pixels
+
+    mmse_output = job.out / f"{path.stem}_mmse{job.export.suffix}"
+    if mmse_output in todo:
+        began = perf_counter()
+        write_decoded(mmse_output, job.sampler.mmse(jf, project=not args.no_project), began)
+    for first, count in _seed_runs(wanted):
+        for sample in job.sampler.samples(jf, count, first, project=not args.no_project):
+            output = job.out / f"{path.stem}_s{sample.seed}{job.export.suffix}"
+            pixels = write_decoded(output, sample.image, perf_counter() - sample.seconds)
+            if summaries:
+                samples[sample.seed] = pixels
+            advance()
+    if summaries:
+        for output, recipe in plan.items():
+            if recipe["kind"] == "sample" and recipe["seed"] not in samples:
+                samples[recipe["seed"]] = _kept_sample(output, jf)
+        _write_summaries(job, path, jf, [samples[seed] for seed in sorted(samples)], summaries, common, metadata)
+    return len(todo)
+
+
+def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: list[str], common: dict,
+                     metadata: export.Metadata) -> None:
+    """The mean, std map and contact sheet of an input's samples (uint8 [C, H, W] each), as asked."""
+    began = perf_counter()
     stack = torch.stack(samples).float() / 255
-    mean = stack.mean(dim=0) if args.no_project else project(stack.mean(dim=0), jf)
-    if args.mean:
-        _save(mean, jf, job.out / f"{path.stem}_mean.png")
-    if args.std:
-        _save(std_map(stack), jf, job.out / f"{path.stem}_std.png", icc=False)
-    if args.grid:
-        row = [jf.decode(), *stack, mean, std_map(stack)]
-        sheet = contact_sheet([[apply_orientation(image, jf.orientation) for image in row]])
-        write_png(sheet, job.out / f"{path.stem}_grid.png", jf.icc_profile)
+    mean = stack.mean(dim=0) if job.args.no_project else project(stack.mean(dim=0), jf)
+    seeds = list(range(job.args.seed, job.args.seed + job.args.samples))
+    for kind in kinds:
+        icc = None if kind == "std" else metadata.icc_profile  # the std map is a false-colour chart
+        output = job.out / f"{path.stem}_{kind}{job.export.suffix if kind == 'mean' else '.png'}"
+        line = {**common, "kind": kind, "output": str(output), "seeds": seeds,
+                "icc_profile_embedded": icc is not None, "warnings": list(jf.warnings)}
+        if kind == "mean":
+            agreement = coefficient_agreement(_pixels(mean).float() / 255, jf).coefficients
+            line.update(format=job.export.format, quality=job.export.quality, metadata=job.export.metadata,
+                        written_consistency=job.export.written_consistency(agreement))
+            data = export.encode(apply_orientation(mean, jf.orientation), job.export, metadata)
+        elif kind == "grid":
+            row = [jf.decode(), *stack, mean, std_map(stack)]
+            data = encode_png(contact_sheet([[apply_orientation(image.expand(3, -1, -1), jf.orientation)
+                                              for image in row]]), icc)
+        else:
+            data = encode_png(to_uint8(apply_orientation(std_map(stack), jf.orientation)), icc)
+        job.write(output, data, line, began)
 
 
-def _prepare(args) -> Job:
-    """The shared state of a run; CannotStart with the line that says why it cannot start."""
+def _prepare(args, stack: contextlib.ExitStack) -> Job:
+    """The shared state of a run, holding OUT's lock (released by `stack`); CannotStart with the line
+    that says why it cannot start."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CannotStart("--device cuda: CUDA is not available here (use --device cpu)")
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(FolderLock(out))
+        removed = remove_stale_temporaries(out)
+        recorded, torn = read_manifest(out / MANIFEST)
+    except FolderBusyError as error:
+        raise CannotStart(str(error)) from None
     except OSError as error:
-        raise CannotStart(f"{out}: cannot create the output folder ({error.strerror or error})") from None
+        raise CannotStart(f"{out}: cannot use the output folder ({error.strerror or error})") from None
+    if not args.quiet and removed:
+        print(f"sample: {out}: removed {len(removed)} temporary file(s) left by a killed run", file=sys.stderr)
+    try:
+        settings = export.settings_from(args)
+    except ValueError as error:
+        raise CannotStart(str(error)) from None
+    if not args.quiet and torn:
+        print(f"sample: {out / MANIFEST}: cut off a torn last line ({torn} bytes) left by an interrupted run",
+              file=sys.stderr)
     try:
         sampler = Sampler.from_checkpoint(args.checkpoint, args.device, args.dtype, tile=args.tile)
         weights, _ = checkpoints.resolve(sampler.source)
     except PosteriorJpegError as error:
         raise CannotStart(str(error)) from None
-    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(sampler.generator.config))
+    if args.mmse and sampler.mean_network is None:
+        raise CannotStart(f"--mmse: {sampler.source} has no posterior-mean network M")
+    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(checkpoints.model_file(sampler.generator)),
+               recorded,
+               settings)
 
 
 def _sample_all(args) -> int:
@@ -328,19 +515,32 @@ def _sample_all(args) -> int:
         print(line, file=sys.stderr)
     if not files:
         return 1
-    try:
-        job = _prepare(args)
-    except CannotStart as error:
-        print(f"sample: {error}", file=sys.stderr)
-        return 2
-    failed, done = len(errors), 0
+    with contextlib.ExitStack() as stack:
+        try:
+            job = _prepare(args, stack)
+        except CannotStart as error:
+            print(f"sample: {error}", file=sys.stderr)
+            return 2
+        return _sample_files(job, files, len(errors))
+
+
+def _sample_files(job: Job, files: list[Path], failed: int) -> int:
+    args = job.args
+    done = complete = 0
+
+    def warn(line: str) -> None:
+        if not args.quiet:
+            tqdm.write(line, file=sys.stderr)
+
     with tqdm(total=len(files) * args.samples, unit="sample", disable=args.quiet, file=sys.stderr) as bar:
         for index, path in enumerate(files, 1):
             bar.set_description(f"{index}/{len(files)} {path.name}")
             before = bar.n
             try:
-                sample_file(job, path, lambda: bar.update(1))
-                done += 1
+                if sample_file(job, path, bar.update, warn):
+                    done += 1
+                else:
+                    complete += 1
             except FileFailed as error:
                 tqdm.write(str(error), file=sys.stderr)
                 failed += 1
@@ -351,8 +551,17 @@ def _sample_all(args) -> int:
                 tqdm.write(f"{path}: out of memory on {job.sampler.device} (try a smaller --tile)", file=sys.stderr)
                 failed += 1
             bar.update(before + args.samples - bar.n)  # a failed file's samples count as passed
+    if args.html:
+        try:
+            page = explorer.write_sample_page(job.out)
+            if not args.quiet:
+                print(f"explorer page: {page}")
+        except OSError as error:
+            print(f"{job.out / explorer.PAGE}: cannot write the explorer page ({error})", file=sys.stderr)
+            failed += 1
     if not args.quiet:
-        print(f"sampled {done} file(s) into {job.out}" + (f"; {failed} input(s) failed" if failed else ""))
+        print(f"sampled {done} file(s) into {job.out}" + (f"; {complete} complete already" if complete else "")
+              + (f"; {failed} input(s) failed" if failed else ""))
     return 1 if failed else 0
 
 
@@ -361,7 +570,8 @@ def run(args) -> int:
     try:
         return _sample_all(args)
     except KeyboardInterrupt:
-        print("sample: interrupted; the outputs written so far are complete", file=sys.stderr)
+        print("sample: interrupted; the outputs written so far are complete (run the same command again to "
+              "make the rest)", file=sys.stderr)
         return INTERRUPTED
 
 

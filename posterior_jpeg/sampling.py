@@ -6,6 +6,9 @@ to positions: the map drawn before a given layer at a given trunk cell depends o
 sample's seed, the layer and the cell's place in the whole image. So a seed gives the same sample
 whatever the batch size, and tiled and untiled runs differ only where a tile's edge cuts G's
 receptive field (near the seams, where the blending ramps hide it).
+
+Grayscale in, grayscale out: for a grayscale file each sample is G's output reduced to its luma
+(libjpeg's RGB -> Y), one channel through the projection and into the PNG.
 """
 
 from dataclasses import dataclass
@@ -16,9 +19,12 @@ from typing import Iterator
 import torch
 
 from . import checkpoints
+from .jpeg.color import rgb_to_gray
 from .jpeg.file import JpegFile
+from .jpeg.sampling import GRAY
 from .jpeg.projection import project as project_onto
-from .models.generator import PAD_MULTIPLE, UNSHUFFLE, Generator
+from .errors import PosteriorJpegError
+from .models.generator import PAD_MULTIPLE, UNSHUFFLE, AnchoredGenerator, Generator
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
 DEFAULT_TILE = 512
@@ -132,8 +138,9 @@ def _ramp(start: int, end: int, length: int, overlap: int) -> torch.Tensor:
 
 @dataclass
 class Sample:
-    """One posterior sample: its seed, the image [3, H, W] in [0, 1] on the CPU, and the seconds it
-    took (its share of its batch's generator pass and projection)."""
+    """One posterior sample: its seed, the image [C, H, W] in [0, 1] on the CPU (C = 1 for a
+    grayscale file, else 3), and the seconds it took (its share of its batch's generator pass and
+    projection)."""
 
     seed: int
     image: torch.Tensor
@@ -144,11 +151,12 @@ class Sampler:
     """Draws samples G(z_seed, y, q) for a JpegFile and projects them onto it.
 
     tile: run G on tiles of at most tile x tile pixels (a multiple of 16), None or 0 for the whole
-    image at once; overlap: pixels shared by neighbouring tiles (a multiple of 16, at most tile / 2)."""
+    image at once; overlap: pixels shared by neighbouring tiles (a multiple of 16, at most tile / 2).
+    An anchored G = S(z, M(y, q), q) runs M once per file and S once per sample."""
 
     def __init__(
         self,
-        generator: Generator,
+        generator: Generator | AnchoredGenerator,
         source: str,
         device="cpu",
         dtype=torch.float32,
@@ -163,6 +171,9 @@ class Sampler:
                 f"tile must be a multiple of {PAD_MULTIPLE} and at least {max(2 * overlap, PAD_MULTIPLE)}, got {tile}"
             )
         self.generator = generator.to(device).eval()
+        anchored = isinstance(generator, AnchoredGenerator)
+        self.mean_network = generator.mean if anchored else (None if generator.config.noise else generator)
+        self.sample_network = generator.detail if anchored else generator
         self.source = source
         self.device = torch.device(device)
         self.dtype = dtype
@@ -194,7 +205,8 @@ class Sampler:
         return cls(generator, str(path), chosen, _dtype(dtype, chosen), batch_size, tile, overlap)
 
     def sample(self, jpeg: JpegFile, n: int = 8, seed: int = 0, project: bool = True) -> torch.Tensor:
-        """[n, 3, H, W] in [0, 1] on the CPU: sample i uses seed + i, whatever the batch size.
+        """[n, C, H, W] in [0, 1] on the CPU (C = 1 for a grayscale file, else 3): sample i uses
+        seed + i, whatever the batch size.
 
         The input y is the file decoded from its coefficients, on the 8-bit grid as in training."""
         return torch.stack([s.image for s in self.samples(jpeg, n, seed, project)])
@@ -205,46 +217,72 @@ class Sampler:
         each out without holding all n."""
         y = (jpeg.decode(device=self.device) * 255).round() / 255
         tables = jpeg.qtable_tensor(self.device)
+        if self.sample_network is not self.generator:
+            y = self._tiled(self.mean_network, y, tables, [0])[0]  # S's input: M(y, q), once per file
         for start in range(0, n, self.batch_size):
             seeds = list(range(seed + start, seed + min(n, start + self.batch_size)))
             began = perf_counter()
             batch = self.generate(y, tables, seeds)
+            if jpeg.sampling == GRAY:
+                batch = rgb_to_gray(batch)
             if project:
                 batch = project_onto(batch, jpeg)
             share = (perf_counter() - began) / len(seeds)
-            for index, image in zip(seeds, batch):
+            for index, image in zip(seeds, batch.cpu()):  # one copy to the host per batch
                 yield Sample(index, image, share)
 
     @torch.no_grad()
+    def mmse(self, jpeg: JpegFile, project: bool = True) -> torch.Tensor:
+        """The posterior-mean decode M(y, q), [C, H, W] in [0, 1] on the CPU, projected by default:
+        the best-PSNR output, from an anchored model's M or a noise-free (MMSE) model."""
+        if self.mean_network is None:
+            raise PosteriorJpegError(
+                f"{self.source}: this model has no posterior-mean network (train one with configs/cpu_mean.yaml)"
+            )
+        y = (jpeg.decode(device=self.device) * 255).round() / 255
+        mean = self._tiled(self.mean_network, y, jpeg.qtable_tensor(self.device), [0]).clamp(0, 1)
+        if jpeg.sampling == GRAY:
+            mean = rgb_to_gray(mean)
+        return (project_onto(mean, jpeg)[0] if project else mean[0]).cpu()
+
+    @torch.no_grad()
     def generate(self, y: torch.Tensor, tables: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        """G on y [3, H, W] for each seed, tile by tile (row by row, in a fixed order), blended:
-        [len(seeds), 3, H, W] in [0, 1] on the CPU, not projected."""
+        """The sampling network on y [3, H, W] (an anchored model's M(y, q)) for each seed, tile by
+        tile, blended: [len(seeds), 3, H, W] in [0, 1] on the CPU, not projected."""
+        return self._tiled(self.sample_network, y, tables, seeds).clamp(0, 1)
+
+    def _tiled(self, network: Generator, y: torch.Tensor, tables: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """network on y [3, H, W] for each seed, tile by tile (row by row, in a fixed order), blended
+        with linear ramps: [len(seeds), 3, H, W] on the model's device, not clamped."""
         height, width = y.shape[-2:]
         rows = tile_spans(height, self.tile, self.overlap)
         cols = tile_spans(width, self.tile, self.overlap)
         if len(rows) == len(cols) == 1:
-            return self._run(y, tables, seeds, 0, 0).clamp(0, 1)
-        total = torch.zeros(len(seeds), 3, height, width)
-        weight = torch.zeros(height, width)
+            return self._run(network, y, tables, seeds, 0, 0)
+        total = torch.zeros(len(seeds), 3, height, width, device=self.device)
+        weight = torch.zeros(height, width, device=self.device)
         for top, bottom in rows:
             for left, right in cols:
-                ramp = _ramp(top, bottom, height, self.overlap)[:, None] * _ramp(left, right, width, self.overlap)
-                out = self._run(y[:, top:bottom, left:right], tables, seeds, top, left)
+                ramp = (_ramp(top, bottom, height, self.overlap)[:, None]
+                        * _ramp(left, right, width, self.overlap)).to(self.device)
+                out = self._run(network, y[:, top:bottom, left:right], tables, seeds, top, left)
                 total[:, :, top:bottom, left:right] += out * ramp
                 weight[top:bottom, left:right] += ramp
-        return (total / weight).clamp(0, 1)
+        return total / weight
 
-    def _run(self, y: torch.Tensor, tables: torch.Tensor, seeds: list[int], top: int, left: int) -> torch.Tensor:
-        """G on one tile whose corner is pixel (top, left) of the image, with that place's noise;
-        float32 on the CPU."""
+    def _run(self, network: Generator, y: torch.Tensor, tables: torch.Tensor, seeds: list[int], top: int,
+             left: int) -> torch.Tensor:
+        """network on one tile whose corner is pixel (top, left) of the image, with that place's
+        noise; float32 on the model's device."""
         noise = PositionalNoise(seeds, top // UNSHUFFLE, left // UNSHUFFLE, self.device)
         count = len(seeds)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            out = self.generator(y.expand(count, -1, -1, -1), tables.expand(count, -1, -1, -1), noise)
-        return out.float().cpu()
+            out = network(y.expand(count, -1, -1, -1), tables.expand(count, -1, -1, -1), noise)
+        return out.float()
 
     def compile(self) -> "Sampler":
-        """torch.compile G's trunk, the bulk of the work. The first run at each tile shape compiles,
+        """torch.compile the trunks, the bulk of the work. The first run at each tile shape compiles,
         which takes a while."""
-        self.generator.trunk.forward = torch.compile(self.generator.trunk.forward)
+        for network in {self.mean_network, self.sample_network} - {None}:
+            network.trunk.forward = torch.compile(network.trunk.forward)
         return self

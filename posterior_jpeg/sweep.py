@@ -27,7 +27,7 @@ from accelerate import PartialState
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import checkpoints
+from . import checkpoints, explorer
 from .atomic import write_atomically
 from .config import ConfigError, TrainConfig, load_config, load_structured, parse_config_arguments, run_with_config
 from .evaluate import DEFAULT_METHODS, POSTERIOR_METHODS, EvalConfig, format_cell, evaluate
@@ -188,6 +188,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     if _is_main():
         result["plots"] = [str(p) for p in plot(rows, out_dir, random_weights=header["random_feature_weights"])]
         write_table(result, out_dir)
+        explorer.write_sweep_page(result, out_dir)
     return result
 
 

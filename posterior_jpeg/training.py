@@ -6,13 +6,15 @@ consistency penalty through the differentiable codec, the first and second momen
 optionally the VGG perceptual loss, each weighted by its schedule.
 
 Exact resume: data items are a function of (seed, sample counter), the learning rates and loss
-weights a function of the step, and Accelerate saves models, optimizers and RNG states; so a run
-stopped at step s and resumed reproduces the uninterrupted run.
+weights a function of the step, and checkpoints hold the models, the EMA, the optimizers and every
+process's RNG states (safetensors and JSON: nothing is unpickled); so a run stopped at step s and
+resumed reproduces the uninterrupted run.
 """
 
 import copy
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -21,15 +23,15 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import checkpoints, losses
 from .config import TrainConfig, to_yaml
-from .data import QualitySampler, list_images, make_loader
+from .data import SYNTHETIC, QualitySampler, list_images, make_loader, to_unit_float
+from .errors import CheckpointError
 from .models.discriminator import build_discriminator
 from .models.features import VGGFeatures
-from .models.generator import GeneratorConfig, build_generator, seeded_generators
+from .models.generator import AnchoredGenerator, Generator, GeneratorConfig, build_generator, seeded_generators
 from .visualize import contact_sheet, posterior_row
 
 
@@ -57,11 +59,15 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 def _to_device(batch: dict, device) -> dict:
+    """The batch on device, images and coefficients as float32 (they travel as uint8 and int16)."""
     moved = dict(batch)
-    for key in ("x", "y", "qtables"):
-        moved[key] = batch[key].to(device, non_blocking=True)
-    moved["groups"] = {m: i.to(device) for m, i in batch["groups"].items()}
-    moved["coefficients"] = {m: [c.to(device) for c in cs] for m, cs in batch["coefficients"].items()}
+    for key in ("x", "y"):
+        moved[key] = to_unit_float(batch[key].to(device, non_blocking=True))
+    moved["qtables"] = batch["qtables"].to(device, non_blocking=True)
+    moved["groups"] = {m: i.to(device, non_blocking=True) for m, i in batch["groups"].items()}
+    if "coefficients" in batch:
+        moved["coefficients"] = {m: [c.to(device, non_blocking=True).float() for c in cs]
+                                 for m, cs in batch["coefficients"].items()}
     return moved
 
 
@@ -87,20 +93,31 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator = _accelerator(cfg, self.run_dir)
         set_seed(cfg.seed)
-        self.generator = build_generator(GeneratorConfig(**vars(cfg.generator)))
+        if cfg.anchor:
+            mean, _ = checkpoints.load_generator(cfg.anchor)
+            if not isinstance(mean, Generator) or mean.config.noise:
+                raise checkpoints.CheckpointError(
+                    f"{cfg.anchor}: an anchor must be a noise-free MMSE model (generator.noise: false)")
+            self.generator = AnchoredGenerator(mean, build_generator(GeneratorConfig(**vars(cfg.generator))))
+        else:
+            self.generator = build_generator(GeneratorConfig(**vars(cfg.generator)))
         if cfg.init_from:
-            weights, _ = checkpoints.resolve(cfg.init_from)
-            self.generator.load_state_dict(load_file(str(weights)))
+            weights, model = checkpoints.resolve(cfg.init_from)
+            if cfg.anchor and model.mean_generator is not None:  # warm-start S, over this run's anchor
+                checkpoints.load_weights(self.generator.detail, weights, "this run's S (init_from)", prefix="detail.")
+            else:
+                checkpoints.load_weights(self.generator, weights, "this run's generator (init_from)")
         self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         betas = tuple(cfg.optim.betas)
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.optim.lr(0, cfg.steps), betas=betas)
+        trained = [p for p in self.generator.parameters() if p.requires_grad]  # an anchor's M stays frozen
+        self.opt_g = torch.optim.Adam(trained, lr=cfg.optim.lr(0, cfg.steps), betas=betas)
         posterior = cfg.stage == "posterior"
         self.critic = build_discriminator(cfg.critic) if posterior else None
         self.opt_d = (
             torch.optim.Adam(self.critic.parameters(), lr=cfg.optim.critic_lr(0, cfg.steps), betas=betas)
             if posterior else None
         )
-        self.mmse = None
+        self.mmse = self.generator.mean if cfg.anchor else None
         if posterior and cfg.mmse_model and cfg.loss.second_moment.start + cfg.loss.second_moment.end > 0:
             self.mmse, _ = checkpoints.load_generator(cfg.mmse_model, self.accelerator.device)
             self.mmse.requires_grad_(False)
@@ -116,41 +133,74 @@ class Trainer:
         else:
             self.generator, self.opt_g = self.accelerator.prepare(self.generator, self.opt_g)
         self.ema.to(self.accelerator.device)
-        self.accelerator.register_for_checkpointing(self.ema)
         self.forward_g = torch.compile(self.generator) if cfg.compile else self.generator
         self.step = 0
         self.last_logged: dict[str, float] = {}  # the latest gathered losses, as every process saw them
         self._resume()
-        self.train_files = list_images(cfg.data.train) if cfg.data.train else None
+        self.train_files = None if cfg.data.train == SYNTHETIC else list_images(cfg.data.train)
 
     # ----------------------------------------------------------------------------- state
+    def _models(self) -> dict[str, torch.nn.Module]:
+        """The trained models by checkpoint file name (the EMA is saved as the inference weights)."""
+        models = {"generator": self.accelerator.unwrap_model(self.generator)}
+        if self.critic is not None:
+            models["critic"] = self.accelerator.unwrap_model(self.critic)
+        return models
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        optimizers = {"optimizer_generator": self.opt_g}
+        if self.opt_d is not None:
+            optimizers["optimizer_critic"] = self.opt_d
+        return optimizers
+
     def _resume(self) -> None:
-        cfg = self.cfg
+        """Continue from the newest checkpoint whose every file loads and fits (resume=auto) or from
+        the one given, and say which checkpoints were passed over and why. A run folder with
+        checkpoints but none usable is an error: starting over would silently drop the run."""
+        cfg, accelerator = self.cfg, self.accelerator
         if cfg.resume is None:
             return
-        folder = checkpoints.latest_checkpoint(self.run_dir) if cfg.resume == "auto" else Path(cfg.resume)
-        if folder is None:
+        auto = cfg.resume == "auto"
+        folders, notes = checkpoints.checkpoint_order(self.run_dir) if auto else ([Path(cfg.resume)], [])
+        models = {**self._models(), checkpoints.EMA: self.ema}
+        for folder in folders:
+            try:
+                state = checkpoints.read_training_state(folder, models, self._optimizers(), accelerator.scaler,
+                                                        accelerator.process_index, accelerator.num_processes)
+            except CheckpointError as error:
+                if not auto:
+                    raise
+                notes.append(str(error))
+                continue
+            checkpoints.apply_training_state(state, models, self._optimizers(), accelerator.scaler)
+            self.step = state.step
+            if accelerator.is_main_process:
+                for note in notes:
+                    print(f"train: passed over {note}", file=sys.stderr)
+            accelerator.print(f"resumed from {folder} at step {self.step}")
             return
-        if not (folder / "trainer.json").is_file():
-            raise checkpoints.CheckpointError(f"{folder}: not a training checkpoint (no trainer.json)")
-        self.accelerator.load_state(str(folder))
-        self.step = json.loads((folder / "trainer.json").read_text())["step"]
-        self.accelerator.print(f"resumed from {folder} at step {self.step}")
+        if folders or notes:
+            raise CheckpointError(f"{self.run_dir}: no usable checkpoint to resume from ({'; '.join(notes)}); "
+                                  "repair or move them away, or pass resume=null to start over")
 
     def save_checkpoint(self) -> Path | None:
         """Write the checkpoint to a staging folder, then move it into place (never half-written)."""
-        self.accelerator.wait_for_everyone()
+        accelerator = self.accelerator
         staging = self.run_dir / "checkpoints" / f".staging_{checkpoints.checkpoint_name(self.step)}"
-        if self.accelerator.is_main_process and staging.exists():
-            shutil.rmtree(staging)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        checkpoints.save_random_states(staging, accelerator.process_index)
+        accelerator.wait_for_everyone()
         final = None
-        if self.accelerator.is_main_process:
+        if accelerator.is_main_process:
+            checkpoints.save_training_state(staging, self.step, self._models(), self._optimizers(), accelerator.scaler)
             checkpoints.save_inference_files(staging, self.ema, self.cfg)
-            (staging / "trainer.json").write_text(json.dumps({"step": self.step}))
             final = checkpoints.publish_checkpoint(staging, self.run_dir, self.step, self.cfg.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
         return final
 
     # ----------------------------------------------------------------------------- steps
@@ -263,11 +313,10 @@ class Trainer:
             files, cfg.data.crop, QualitySampler("uniform", cfg.val_quality, cfg.val_quality), ("4:2:0",),
             seed=cfg.seed + 1, batch_size=cfg.val_images, length=cfg.val_images,
         )
-        batch = next(iter(loader))
+        batch = _to_device(next(iter(loader)), self.accelerator.device)
         rows = []
         for i in range(batch["y"].shape[0]):
-            y = batch["y"][i : i + 1].to(self.accelerator.device)
-            tables = batch["qtables"][i : i + 1].to(self.accelerator.device)
+            y, tables = batch["y"][i : i + 1], batch["qtables"][i : i + 1]
             samples = self.ema(y.expand(4, -1, -1, -1), tables.expand(4, -1, -1, -1),
                                seeded_generators([0, 1, 2, 3], self.accelerator.device)).clamp(0, 1)
             rows.append(posterior_row(y[0], samples))
@@ -289,7 +338,9 @@ class Trainer:
             QualitySampler(cfg.data.quality.kind, cfg.data.quality.low, cfg.data.quality.high, cfg.data.quality.power),
             tuple(cfg.data.modes), seed=cfg.seed, batch_size=cfg.batch_size,
             start_counter=self.step * per_step * world, rank=accelerator.process_index, world_size=world,
-            workers=cfg.data.workers, flips=cfg.data.flips,
+            workers=cfg.data.workers, flips=cfg.data.flips, double_share=cfg.data.double_share,
+            coefficients=cfg.loss.consistency_kind == "dct", cache_bytes=cfg.data.cache_mb * 2**20,
+            pin_memory=accelerator.device.type == "cuda",
         )
         batches = iter(loader)
         progress = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.stage}",

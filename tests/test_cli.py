@@ -41,6 +41,26 @@ def test_project_writes_a_consistent_png(natural_rgb, pillow_jpeg, tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jpg", "out.png", "restored.png"]
 
 
+def test_project_reads_a_16_bit_restoration_and_keeps_a_grayscale_file_gray(natural_rgb, pillow_jpeg, tmp_path, capsys):
+    gray = np.asarray(Image.fromarray(natural_rgb(30, 44)).convert("L"))
+    jpeg = tmp_path / "in.jpg"
+    jpeg.write_bytes(pillow_jpeg(gray, quality=40))
+    blurred = np.asarray(Image.fromarray(gray).filter(ImageFilter.GaussianBlur(1)))
+    Image.fromarray(blurred).save(tmp_path / "restored8.png")
+    Image.fromarray(blurred.astype(np.uint16) * 257).save(tmp_path / "restored16.png")  # was read as white
+    before = []
+    for bits in (8, 16):
+        output = tmp_path / f"out{bits}.png"
+        assert main(["project", str(jpeg), str(tmp_path / f"restored{bits}.png"), "-o", str(output)]) == 0
+        before.append(json.loads(capsys.readouterr().out)["coefficient_agreement_before"])
+    assert before[0] == before[1] < 1.0  # the same pixels
+    assert (tmp_path / "out8.png").read_bytes() == (tmp_path / "out16.png").read_bytes()
+    saved = Image.open(output)
+    assert saved.mode == "L"
+    pixels = torch.from_numpy(np.array(saved))[None].float() / 255
+    assert pj.metrics.coefficient_agreement(pixels, pj.read_jpeg(str(jpeg))).coefficients == 1.0
+
+
 def test_project_refuses_a_size_mismatch(natural_rgb, pillow_jpeg, tmp_path, capsys):
     jpeg = tmp_path / "in.jpg"
     jpeg.write_bytes(pillow_jpeg(natural_rgb(30, 44), quality=40))

@@ -1,4 +1,5 @@
-"""Training data pipeline: folders, quality distribution, crops compressed by real libjpeg, batching."""
+"""Training data pipeline: folders, quality distribution, crops compressed by real libjpeg (once or
+twice), the decoded-image cache, batching."""
 
 import io
 import itertools
@@ -9,15 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
+from posterior_jpeg import data as data_module
 from posterior_jpeg import read_jpeg
 from posterior_jpeg.data import (
+    MAX_SHIFT,
     CounterSampler,
     DataError,
     JpegCropDataset,
     QualitySampler,
     collate_jpeg_batch,
+    jpeg_tables,
     list_images,
     make_loader,
+    to_unit_float,
 )
 from posterior_jpeg.errors import PosteriorJpegError
 from posterior_jpeg.jpeg.tables import ijg_tables
@@ -36,14 +41,19 @@ def image_folder(tmp_path, natural_rgb):
     return tmp_path
 
 
-def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
-    return np.rint(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+def hwc(image: torch.Tensor) -> np.ndarray:
+    """An item's uint8 [3, H, W] image as the [H, W, 3] array Pillow takes."""
+    return image.permute(1, 2, 0).numpy()
 
 
-def jpeg_of(x: torch.Tensor, quality: int, mode: str) -> bytes:
+def jpeg_of(image: np.ndarray, quality: int, mode: str) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(to_uint8_hwc(x)).save(buffer, format="JPEG", quality=quality, subsampling=mode)
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=mode)
     return buffer.getvalue()
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def assert_items_equal(a: dict, b: dict) -> None:
@@ -51,17 +61,20 @@ def assert_items_equal(a: dict, b: dict) -> None:
     assert (a["quality"], a["mode"]) == (b["quality"], b["mode"])
     for key in ("x", "y", "qtables"):
         assert torch.equal(a[key], b[key]), key
-    assert all(torch.equal(p, q) for p, q in zip(a["coefficients"], b["coefficients"], strict=True))
+    if "coefficients" in a:
+        assert all(torch.equal(p, q) for p, q in zip(a["coefficients"], b["coefficients"], strict=True))
 
 
 def assert_batches_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
     for key in ("x", "y", "qtables", "quality"):
         assert torch.equal(a[key], b[key]), key
     assert a["modes"] == b["modes"]
     assert a["groups"].keys() == b["groups"].keys()
     for mode in a["groups"]:
         assert torch.equal(a["groups"][mode], b["groups"][mode])
-        assert all(torch.equal(p, q) for p, q in zip(a["coefficients"][mode], b["coefficients"][mode], strict=True))
+        if "coefficients" in a:
+            assert all(torch.equal(p, q) for p, q in zip(a["coefficients"][mode], b["coefficients"][mode], strict=True))
 
 
 # --- folders -------------------------------------------------------------------------------------
@@ -127,39 +140,90 @@ def test_quality_sampler_rejects_bad_settings(kwargs):
 
 def test_items_have_the_documented_fields(image_folder):
     dataset = JpegCropDataset(list_images(image_folder), crop=CROP, modes=ALL_MODES, seed=3)
+    with_coefficients = JpegCropDataset(list_images(image_folder), crop=CROP, modes=ALL_MODES, seed=3,
+                                        coefficients=True)
     for counter in range(6):
         item = dataset[counter]
+        assert set(item) == {"x", "y", "qtables", "quality", "mode"}  # no coefficients unless asked
         for key in ("x", "y"):
-            assert item[key].shape == (3, CROP, CROP) and item[key].dtype == torch.float32
-            assert item[key].min() >= 0 and item[key].max() <= 1
+            assert item[key].shape == (3, CROP, CROP) and item[key].dtype == torch.uint8
         assert item["qtables"].shape == (3, 8, 8) and item["qtables"].dtype == torch.float32
         assert isinstance(item["quality"], int) and 5 <= item["quality"] <= 50
         assert item["mode"] in ALL_MODES
-        assert len(item["coefficients"]) == 3
-        assert all(c.dtype == torch.float32 for c in item["coefficients"])
-        assert item["coefficients"][0].shape == (CROP // 8, CROP // 8, 8, 8)
         assert not torch.equal(item["x"], item["y"])  # it really went through lossy compression
+        full = with_coefficients[counter]
+        assert_items_equal({k: v for k, v in full.items() if k != "coefficients"}, item)
+        assert len(full["coefficients"]) == 3
+        assert all(c.dtype == torch.int16 for c in full["coefficients"])
+        assert full["coefficients"][0].shape == (CROP // 8, CROP // 8, 8, 8)
+
+
+def test_to_unit_float_gives_the_8_bit_grid():
+    images = torch.arange(256, dtype=torch.uint8).reshape(1, 4, 8, 8)
+    floats = to_unit_float(images)
+    assert floats.dtype == torch.float32
+    assert torch.equal(floats * 255, images.float()) and floats.max() == 1
 
 
 def test_y_coefficients_and_tables_are_those_of_libjpeg(image_folder):
-    """Re-encoding x with the item's quality and mode reproduces y, coefficients and tables exactly."""
-    dataset = JpegCropDataset(list_images(image_folder), crop=CROP, modes=ALL_MODES, seed=0)
+    """Re-encoding x with the item's quality and mode reproduces y, coefficients and tables exactly;
+    the tables (known from the quality, not read back) equal the file's and Pillow's."""
+    dataset = JpegCropDataset(list_images(image_folder), crop=CROP, modes=ALL_MODES, seed=0,
+                              qualities=QualitySampler("uniform", 1, 100), coefficients=True)
     seen = set()
     for counter in range(40):
         item = dataset[counter]
         seen.add(item["mode"])
-        data = jpeg_of(item["x"], item["quality"], item["mode"])
-        decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        assert np.array_equal(to_uint8_hwc(item["y"]), decoded)
+        data = jpeg_of(hwc(item["x"]), item["quality"], item["mode"])
+        assert np.array_equal(hwc(item["y"]), decoded(data))
         jpeg = read_jpeg(data)
         assert jpeg.sampling == item["mode"]
         for ours, stored in zip(item["coefficients"], jpeg.coefficients, strict=True):
-            assert np.array_equal(ours.numpy(), stored.astype(np.float32))
-        luma, chroma = ijg_tables(item["quality"])
-        assert np.array_equal(item["qtables"].numpy(), np.stack([luma, chroma, chroma]).astype(np.float32))
+            assert np.array_equal(ours.numpy(), stored)
+        assert np.array_equal(item["qtables"].numpy(), jpeg.qtables.astype(np.float32))
+        pillow = Image.open(io.BytesIO(data)).quantization  # natural order, as Pillow reads them
+        assert item["qtables"][:2].flatten().tolist() == pillow[0] + pillow[1]
         if seen == set(ALL_MODES) and counter >= 8:
             break
     assert seen == set(ALL_MODES)
+
+
+def test_tables_are_libjpegs_at_every_quality():
+    for quality in range(1, 101):
+        data = jpeg_of(np.full((16, 16, 3), 128, np.uint8), quality, "4:2:0")
+        assert np.array_equal(jpeg_tables(quality).numpy(), read_jpeg(data).qtables.astype(np.float32)), quality
+
+
+def test_coefficients_are_parsed_only_when_asked(image_folder, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("read_jpeg called although no loss needs coefficients")
+
+    files = list_images(image_folder)
+    expected = [JpegCropDataset(files, crop=CROP, modes=ALL_MODES)[counter] for counter in range(4)]
+    monkeypatch.setattr(data_module, "read_jpeg", refuse)
+    dataset = JpegCropDataset(files, crop=CROP, modes=ALL_MODES)
+    for counter in range(4):
+        assert_items_equal(dataset[counter], expected[counter])
+
+
+def test_each_image_is_decoded_once_per_process(image_folder, monkeypatch):
+    files = list_images(image_folder)
+    opened = []
+    original = JpegCropDataset._open
+
+    def counting(self, path):
+        opened.append(path)
+        return original(self, path)
+
+    monkeypatch.setattr(JpegCropDataset, "_open", counting)
+    cached = JpegCropDataset(files, crop=CROP, modes=ALL_MODES, seed=2)
+    items = [cached[counter] for counter in range(30)]
+    assert sorted(opened) == sorted(set(opened)) and len(opened) <= len(files)
+    opened.clear()
+    uncached = JpegCropDataset(files, crop=CROP, modes=ALL_MODES, seed=2, cache_bytes=0)
+    for counter, item in enumerate(items):  # without room in the cache: decoded per crop, same items
+        assert_items_equal(uncached[counter], item)
+    assert len(opened) == len(items)
 
 
 def test_x_is_a_crop_of_the_source_image_with_all_flips(tmp_path, natural_rgb):
@@ -168,7 +232,7 @@ def test_x_is_a_crop_of_the_source_image_with_all_flips(tmp_path, natural_rgb):
     dataset = JpegCropDataset([tmp_path / "only.png"], crop=CROP, seed=0)
     positions, flips = set(), set()
     for counter in range(16):
-        x = to_uint8_hwc(dataset[counter]["x"])
+        x = hwc(dataset[counter]["x"])
         variants = {"none": x, "h": x[:, ::-1], "v": x[::-1], "hv": x[::-1, ::-1]}
         found = [
             (top, left, flip)
@@ -189,7 +253,7 @@ def test_without_flips_crops_are_unflipped(tmp_path, natural_rgb):
     Image.fromarray(source).save(tmp_path / "only.png")
     dataset = JpegCropDataset([tmp_path / "only.png"], crop=CROP, seed=0, flips=False)
     for counter in range(4):
-        x = to_uint8_hwc(dataset[counter]["x"])
+        x = hwc(dataset[counter]["x"])
         assert any(
             np.array_equal(source[t : t + CROP, l : l + CROP], x) for t in range(9) for l in range(9)
         )
@@ -197,9 +261,9 @@ def test_without_flips_crops_are_unflipped(tmp_path, natural_rgb):
 
 def test_items_are_a_function_of_seed_and_counter(image_folder):
     files = list_images(image_folder)
-    dataset = JpegCropDataset(files, crop=CROP, modes=ALL_MODES, seed=5)
-    again = JpegCropDataset(files, crop=CROP, modes=ALL_MODES, seed=5)
-    for counter in (0, 1, 17, 10**30):
+    dataset = JpegCropDataset(files, crop=CROP, modes=ALL_MODES, seed=5, double_share=0.5, coefficients=True)
+    again = JpegCropDataset(files, crop=CROP, modes=ALL_MODES, seed=5, double_share=0.5, coefficients=True)
+    for counter in (0, 1, 2, 3, 17, 10**30):
         assert_items_equal(dataset[counter], dataset[counter])
         assert_items_equal(dataset[counter], again[counter])
     assert not torch.equal(dataset[0]["x"], dataset[1]["x"])
@@ -210,7 +274,8 @@ def test_items_are_a_function_of_seed_and_counter(image_folder):
 
 
 def test_modes_come_from_the_configured_set(image_folder):
-    dataset = JpegCropDataset(list_images(image_folder), crop=CROP, modes=("4:4:4", "4:2:2"), seed=1)
+    dataset = JpegCropDataset(list_images(image_folder), crop=CROP, modes=("4:4:4", "4:2:2"), seed=1,
+                              coefficients=True)
     chroma_grid = {"4:4:4": (4, 4), "4:2:2": (4, 2)}
     modes = []
     for counter in range(30):
@@ -220,7 +285,8 @@ def test_modes_come_from_the_configured_set(image_folder):
     assert set(modes) == {"4:4:4", "4:2:2"}
 
 
-@pytest.mark.parametrize("kwargs", [dict(modes=("4:1:1",)), dict(modes=()), dict(crop=24), dict(crop=0)])
+@pytest.mark.parametrize("kwargs", [dict(modes=("4:1:1",)), dict(modes=()), dict(crop=24), dict(crop=0),
+                                    dict(double_share=-0.1), dict(double_share=1.5), dict(cache_bytes=-1)])
 def test_dataset_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         JpegCropDataset(None, **kwargs)
@@ -231,21 +297,78 @@ def test_empty_file_list_is_a_data_error():
         JpegCropDataset([], crop=CROP)
 
 
-@pytest.mark.parametrize("size", [(20, 20), (10, 30), (32, 8)])
+@pytest.mark.parametrize("size", [(20, 20), (10, 30), (32, 8), (36, 36)])
 def test_small_images_are_upscaled_to_full_crops(tmp_path, natural_rgb, size):
+    """(36, 36) holds a crop but not the larger window of a crop saved twice."""
     Image.fromarray(natural_rgb(*size, 2)).save(tmp_path / "small.png")
-    dataset = JpegCropDataset([tmp_path / "small.png"], crop=CROP, modes=ALL_MODES, seed=0)
-    for counter in range(3):
+    dataset = JpegCropDataset([tmp_path / "small.png"], crop=CROP, modes=ALL_MODES, seed=0, double_share=0.5)
+    for counter in range(6):
         item = dataset[counter]
         assert item["x"].shape == item["y"].shape == (3, CROP, CROP)
-        assert item["x"].std() > 0.05  # image content, not padding
+        assert to_unit_float(item["x"]).std() > 0.05  # image content, not padding
 
 
 def test_sixteen_bit_grey_png_keeps_its_range(tmp_path):
     ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
     Image.fromarray(ramp).save(tmp_path / "deep.png")
-    x = JpegCropDataset([tmp_path / "deep.png"], crop=CROP, seed=0, flips=False)[0]["x"]
+    x = to_unit_float(JpegCropDataset([tmp_path / "deep.png"], crop=CROP, seed=0, flips=False)[0]["x"])
     assert 0.1 < x.mean() < 0.9 and x.std() > 0.05
+
+
+# --- crops saved twice ---------------------------------------------------------------------------
+
+
+def test_a_crop_saved_twice_is_the_second_save_of_a_shifted_first_save(tmp_path, natural_rgb):
+    """Rebuilt independently from the source: some first quality and mode, some shift of 0..7 pixels
+    and the item's own quality and mode reproduce y bit for bit, and the item's tables and
+    coefficients are those of that second file."""
+    source = natural_rgb(48, 48, 3)
+    Image.fromarray(source).save(tmp_path / "only.png")
+    qualities = QualitySampler("uniform", 20, 23)
+    dataset = JpegCropDataset([tmp_path / "only.png"], crop=CROP, qualities=qualities, modes=ALL_MODES, seed=1,
+                              flips=False, double_share=1.0, coefficients=True)
+    window = CROP + MAX_SHIFT
+    shifts = set()
+    for counter in range(4):
+        item = dataset[counter]
+        x, y = hwc(item["x"]), hwc(item["y"])
+        assert not np.array_equal(y, decoded(jpeg_of(x, item["quality"], item["mode"])))  # not saved once
+        (top, left), = [(t, l) for t in range(48 - CROP + 1) for l in range(48 - CROP + 1)
+                        if np.array_equal(source[t : t + CROP, l : l + CROP], x)]
+        matches = []
+        for dy, dx in itertools.product(range(MAX_SHIFT + 1), repeat=2):
+            if not (0 <= top - dy <= 48 - window and 0 <= left - dx <= 48 - window):
+                continue
+            first_window = source[top - dy : top - dy + window, left - dx : left - dx + window]
+            for first_quality, first_mode in itertools.product(range(20, 24), ALL_MODES):
+                first = decoded(jpeg_of(first_window, first_quality, first_mode))
+                second = jpeg_of(np.ascontiguousarray(first[dy : dy + CROP, dx : dx + CROP]),
+                                 item["quality"], item["mode"])
+                if np.array_equal(decoded(second), y):
+                    matches.append(((dy, dx), second))
+        assert matches, f"counter {counter}: y is not a second save of a shifted first save"
+        shifts.add(matches[0][0])
+        second = read_jpeg(matches[0][1])
+        assert np.array_equal(item["qtables"].numpy(), second.qtables.astype(np.float32))
+        assert all(np.array_equal(ours.numpy(), stored) for ours, stored in
+                   zip(item["coefficients"], second.coefficients, strict=True))
+    assert len(shifts) > 1
+
+
+def test_the_share_of_crops_saved_twice_is_respected():
+    """A crop saved once is exactly the decode of x at its quality and mode; one saved twice is not
+    (the count is binomial: 400 crops at a share of 0.3 give 120 +- 9)."""
+    counts = {}
+    for share in (0.0, 0.3, 1.0):
+        dataset = JpegCropDataset(None, crop=16, modes=ALL_MODES, seed=4, double_share=share)
+        twice = 0
+        for counter in range(400 if share == 0.3 else 40):
+            item = dataset[counter]
+            once = decoded(jpeg_of(hwc(item["x"]), item["quality"], item["mode"]))
+            twice += not np.array_equal(hwc(item["y"]), once)
+        counts[share] = twice
+    assert counts[0.0] == 0 and counts[1.0] >= 38
+    assert 120 - 4 * 9 <= counts[0.3] <= 120 + 4 * 9
 
 
 # --- synthetic data ------------------------------------------------------------------------------
@@ -255,17 +378,16 @@ def test_synthetic_items_are_valid_and_varied():
     dataset = JpegCropDataset(None, crop=CROP, modes=ALL_MODES, seed=0)
     items = [dataset[counter] for counter in range(8)]
     for item in items:
-        x = item["x"]
+        x = to_unit_float(item["x"])
         assert x.shape == item["y"].shape == (3, CROP, CROP)
-        assert 0 <= x.min() and x.max() <= 1
         assert x.std() > 0.03
         # natural-looking: neighbouring pixels are strongly correlated, unlike white noise
         left, right = x[:, :, :-1].flatten(), x[:, :, 1:].flatten()
         assert torch.corrcoef(torch.stack([left, right]))[0, 1] > 0.5
-        data = jpeg_of(x, item["quality"], item["mode"])
-        assert np.array_equal(to_uint8_hwc(item["y"]), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        data = jpeg_of(hwc(item["x"]), item["quality"], item["mode"])
+        assert np.array_equal(hwc(item["y"]), decoded(data))
     for a, b in itertools.combinations(items, 2):
-        assert (a["x"] - b["x"]).abs().mean() > 0.02
+        assert (to_unit_float(a["x"]) - to_unit_float(b["x"])).abs().mean() > 0.02
     assert_items_equal(dataset[5], JpegCropDataset(None, crop=CROP, modes=ALL_MODES, seed=0)[5])
 
 
@@ -333,7 +455,7 @@ def test_ranks_interleave_to_the_single_process_sequence(world_size):
 
 
 def test_collate_groups_a_mixed_mode_batch():
-    dataset = JpegCropDataset(None, crop=CROP, modes=ALL_MODES, seed=2)
+    dataset = JpegCropDataset(None, crop=CROP, modes=ALL_MODES, seed=2, coefficients=True)
     items = [dataset[counter] for counter in range(12)]
     modes = [item["mode"] for item in items]
     assert set(modes) == set(ALL_MODES)
@@ -354,22 +476,26 @@ def test_collate_groups_a_mixed_mode_batch():
     assert batch["coefficients"]["4:2:0"][1].shape[1:3] == (2, 2)
     assert batch["coefficients"]["4:4:4"][1].shape[1:3] == (4, 4)
     assert torch.equal(batch["x"][5], items[5]["x"])
+    without = collate_jpeg_batch([JpegCropDataset(None, crop=CROP, modes=ALL_MODES, seed=2)[c] for c in range(12)])
+    assert "coefficients" not in without and torch.equal(without["y"], batch["y"])
 
 
-def test_loader_resumes_exactly_and_shards_by_rank():
+@pytest.mark.parametrize("options", [{}, dict(double_share=0.5, coefficients=True)], ids=["plain", "twice+dct"])
+def test_loader_resumes_exactly_and_shards_by_rank(options):
     args = (None, CROP, QualitySampler(), ALL_MODES, 0)
-    full = list(make_loader(*args, batch_size=4, length=12))
-    resumed = list(make_loader(*args, batch_size=4, start_counter=8, length=4))
+    full = list(make_loader(*args, batch_size=4, length=12, **options))
+    resumed = list(make_loader(*args, batch_size=4, start_counter=8, length=4, **options))
     assert_batches_equal(resumed[0], full[2])
-    rank1 = next(iter(make_loader(*args, batch_size=2, rank=1, world_size=2, length=2)))
+    rank1 = next(iter(make_loader(*args, batch_size=2, rank=1, world_size=2, length=2, **options)))
     assert torch.equal(rank1["x"], full[0]["x"][1::2])
 
 
 def test_worker_processes_give_the_same_batches(image_folder):
     args = (list_images(image_folder), CROP, QualitySampler(), ALL_MODES, 4)
-    in_process = list(make_loader(*args, batch_size=3, length=9, workers=0))
-    loader = make_loader(*args, batch_size=3, length=9, workers=2)
+    in_process = list(make_loader(*args, batch_size=3, length=9, workers=0, double_share=0.5))
+    loader = make_loader(*args, batch_size=3, length=9, workers=2, double_share=0.5)
     assert loader.persistent_workers and not loader.pin_memory
+    assert make_loader(*args, batch_size=3, pin_memory=True).pin_memory
     with_workers = list(loader)
     assert len(with_workers) == len(in_process) == 3
     for a, b in zip(in_process, with_workers):

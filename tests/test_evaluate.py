@@ -22,7 +22,7 @@ from posterior_jpeg.config import load_config
 from posterior_jpeg.data import synthetic_image
 from posterior_jpeg.errors import PosteriorJpegError
 from posterior_jpeg.metrics import LPIPS, GaussianStats, InceptionFeatures, frechet_distance
-from posterior_jpeg.metrics.fid import random_state
+from posterior_jpeg.metrics.fid import StatisticsError, random_state
 from posterior_jpeg.metrics.perceptual import BACKBONES
 from posterior_jpeg.models.features import MissingWeightsError
 from posterior_jpeg.sampling import Sampler
@@ -248,6 +248,8 @@ def test_real_jpeg_folder_without_ground_truth_and_a_bad_file(workspace, pillow_
     folder.mkdir()
     for i in range(2):
         (folder / f"photo_{i}.jpg").write_bytes(pillow_jpeg(natural_rgb(32, 48, seed=i), quality=20))
+    gray = Image.fromarray(natural_rgb(32, 48, seed=2)).convert("L")  # one-channel samples, measured as RGB
+    (folder / "photo_gray.jpg").write_bytes(pillow_jpeg(gray, quality=20))
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     cfg = ev.load_eval_config(ROOT / "configs" / "eval.yaml", [
         f"checkpoints=[{workspace['run']}]", "methods=[jpeg,ours,ours_p]", f"data.jpegs={folder}", "repeats=1",
@@ -255,9 +257,85 @@ def test_real_jpeg_folder_without_ground_truth_and_a_bad_file(workspace, pillow_
     results = ev.evaluate(cfg)  # no FID reference: Inception is not even built
     assert list(results["skipped"]) == [str(folder / "broken.jpg")]
     rows = {row["method"]: row for row in results["rows"]}
-    assert all(r["images"] == 2 and r["fid"] is None and r["psnr_rgb"] is None for r in rows.values())
+    assert all(r["images"] == 3 and r["fid"] is None and r["psnr_rgb"] is None for r in rows.values())
     assert rows["Ours-P"]["consistency_rmse"] == 0.0 and rows["Ours"]["pixel_std"] > 0
     assert rows["JPEG (libjpeg)"]["subsampling"] is None
+
+
+def _jpeg_only_job(truth: Path, out_dir: Path, cache: Path, *extra) -> list[str]:
+    return ["methods=[jpeg]", f"data.ground_truth={truth}", "data.crop=full", "features.inception=random",
+            "features.lpips=random", f"fid_cache={cache}", f"out_dir={out_dir}", "device=cpu", "progress=false", *extra]
+
+
+def test_sixteen_bit_and_too_small_ground_truth(tmp_path):
+    """A 16-bit PNG measures like its 8-bit twin (it used to be read as pure white: PSNR 100 against a
+    white decode); an 8x8 image, too small for LPIPS, is skipped with its reason (it used to end the
+    job with a traceback); a cached reference that cannot be read is computed again."""
+    rng = np.random.default_rng(5)
+    grays = [synthetic_image(rng, 32)[..., 0] for _ in range(2)]
+    for folder, to_file in (("eight", lambda g: g), ("sixteen", lambda g: g.astype(np.uint16) * 257)):
+        (tmp_path / folder).mkdir()
+        for i, gray in enumerate(grays):
+            Image.fromarray(to_file(gray)).save(tmp_path / folder / f"image_{i}.png")
+        Image.fromarray(to_file(grays[0][:8, :8])).save(tmp_path / folder / "tiny.png")
+    assert Image.open(tmp_path / "sixteen" / "image_0.png").mode == "I;16"
+    assert np.array_equal(ev.load_image(tmp_path / "sixteen" / "image_1.png", "full"), np.stack([grays[1]] * 3, axis=-1))
+    cache = tmp_path / "cache"
+    rows = {}
+    for folder in ("eight", "sixteen"):
+        results = ev.evaluate(ev.load_eval_config(ROOT / "configs" / "eval.yaml", _jpeg_only_job(
+            tmp_path / folder, tmp_path / f"{folder}_out", cache / folder)), print_table=False)
+        tiny = str(tmp_path / folder / "tiny.png")
+        assert results["skipped"] == {tiny: f"{tiny}: 8x8 is smaller than the 31x31 pixels LPIPS needs; not measured"}
+        (rows[folder],) = results["rows"]
+    assert rows["eight"]["images"] == 2 and rows["eight"]["psnr_rgb"] < 40
+    for name in ("psnr_rgb", "psnr_y", "lpips", "fid"):
+        assert rows["sixteen"][name] == pytest.approx(rows["eight"][name], rel=1e-9), name
+    (cached,) = (cache / "eight").glob("*.npz")
+    cached.write_bytes(b"cut short by a full disk")
+    again = ev.evaluate(ev.load_eval_config(ROOT / "configs" / "eval.yaml", _jpeg_only_job(
+        tmp_path / "eight", tmp_path / "again", cache / "eight")), print_table=False)
+    assert again["rows"][0]["fid"] == pytest.approx(rows["eight"]["fid"], rel=1e-9)
+    assert GaussianStats.load(cached).count == 3  # the reference takes the tiny image too (Inception resizes)
+
+
+def test_lpips_knows_the_smallest_image_it_measures():
+    for net, side in (("alex", 31), ("vgg", 16)):
+        lpips = LPIPS("random", net)
+        assert lpips.min_size == side
+        assert lpips(torch.rand(1, 3, side, side + 9), torch.rand(1, 3, side, side + 9)).shape == (1,)
+        with pytest.raises(ValueError, match=f"LPIPS \\({net}\\) needs images of at least {side}x{side} pixels"):
+            lpips(torch.rand(1, 3, side - 1, 64), torch.rand(1, 3, side - 1, 64))
+
+
+def test_unusable_fid_statistics_are_refused_with_one_line(tmp_path):
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    np.savez(tmp_path / "nokeys.npz", means=np.zeros(3))
+    np.savez(tmp_path / "shapes.npz", mu=np.zeros(3), sigma=np.zeros((2, 2)))
+    np.savez(tmp_path / "nan.npz", mu=np.zeros(2), sigma=np.full((2, 2), np.nan))
+    np.savez(tmp_path / "objects.npz", mu=np.array([{}], dtype=object), sigma=np.zeros((1, 1)))
+    whole = (tmp_path / "shapes.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "garbage.npz").write_bytes(b"not statistics at all")
+    reasons = {"garbage.npz": "not an .npz file", "array.npy": "not an .npz file", "cut.npz": "not an .npz file",
+               "objects.npz": "not an .npz file", "nokeys.npz": "need arrays mu and sigma, found means",
+               "shapes.npz": "do not fit", "nan.npz": "not finite", "missing.npz": "cannot read"}
+    for name, reason in reasons.items():
+        with pytest.raises(StatisticsError) as error:
+            GaussianStats.load(tmp_path / name)
+        assert str(error.value).startswith(f"{tmp_path / name}: ") and reason in str(error.value), str(error.value)
+
+
+def test_a_bad_fid_reference_ends_the_job_with_one_line(workspace, tmp_path, capsys):
+    (tmp_path / "garbage.npz").write_bytes(b"not statistics at all")
+    GaussianStats.from_features(np.random.default_rng(0).normal(size=(4, 8))).save(tmp_path / "small.npz")
+    for name, reason in (("garbage.npz", "not an .npz file of FID statistics"),
+                         ("small.npz", "statistics of 8-d features; FID's Inception pool3 features are 2048-d")):
+        overrides = _jpeg_only_job(workspace["truth"], tmp_path / "out", tmp_path / "cache",
+                                   f"data.fid_reference={tmp_path / name}")
+        assert cli(["eval", "--config", str(ROOT / "configs" / "eval.yaml"), *overrides]) == 1
+        assert capsys.readouterr().err == f"posterior-jpeg eval: {tmp_path / name}: {reason}" + (
+            " (it does not start like a zip archive)\n" if name == "garbage.npz" else "\n")
 
 
 def test_cli_reports_config_and_weights_errors(workspace, tmp_path, monkeypatch, capsys):
@@ -300,3 +378,60 @@ def test_sweep_end_to_end_and_resume(workspace, monkeypatch):
     changed = sw.load_sweep_config(ROOT / "configs" / "sweep_consistency.yaml", [*overrides, "eval.seed=1"])
     with pytest.raises(AssertionError, match="recomputed"):  # other eval settings: evaluated again
         sw.run_sweep(changed)
+
+
+# ----------------------------------------------------------------------------------- result pages
+def zoom_transforms(browser, group: int) -> list[str]:
+    return browser.run(f"return [...document.querySelectorAll('.zoom-group')[{group}].querySelectorAll('img')]"
+                       ".map(i => i.style.transform)")
+
+
+def check_page_in_chromium(browser, page: Path, images: int) -> None:
+    """Loads with every image shown, no console error, no request outside the folder; a wheel on a
+    crop zooms its whole row and no other."""
+    browser.load(page)
+    shown = browser.load_every_image()
+    assert len(shown) == images and all(image["width"] > 0 for image in shown), shown
+    frame = browser.driver.find_elements("css selector", ".zoom-group .frame")[1]
+    before = zoom_transforms(browser, 1)
+    browser.run("const f = arguments[0], r = f.getBoundingClientRect(); f.dispatchEvent(new WheelEvent('wheel',"
+                " {deltaY: -500, clientX: r.left + 5, clientY: r.top + 5, bubbles: true, cancelable: true}))", frame)
+    zoomed = zoom_transforms(browser, 0)
+    assert len(set(zoomed)) == 1 and "scale(1)" not in zoomed[0] and zoom_transforms(browser, 1) == before
+    assert browser.console_errors() == []
+    assert all(url.startswith(("file://", "data:")) for url in browser.requested_urls())
+
+
+def test_evaluation_page_shows_table_and_crops_of_every_method(single_process, workspace, browser):
+    results, out_dir = single_process
+    rows = json.loads((out_dir / "crops" / "crops.json").read_text())
+    assert [r["image"] for r in rows] == ["image_0.png", "image_1.png", "image_2.png"]
+    methods = ["original", "JPEG (libjpeg)", "MMSE", "Ours", "Ours-P", "Ours-A"]
+    assert all([c["method"] for c in r["crops"]] == methods for r in rows)
+    # the crops are the evaluated outputs: original and libjpeg decode of image 1, Ours-P consistent
+    item = ev.TestSet(ev.load_eval_config(None, _eval_overrides(workspace, "x")).data, ev.Setting(10, "4:2:0")).item(1)
+    crops = {c["method"]: np.array(Image.open(out_dir / c["file"])) for c in rows[1]["crops"]}
+    for method, image in (("original", item.ground_truth), ("JPEG (libjpeg)", item.decoded)):
+        assert np.array_equal(crops[method], (image[0] * 255).round().byte().permute(1, 2, 0).numpy())
+    projected = torch.from_numpy(crops["Ours-P"]).permute(2, 0, 1).float() / 255
+    assert ev.coefficient_agreement(projected, item.jpeg).coefficients == 1.0
+    page = (out_dir / "index.html").read_text()
+    assert "NOT comparable" in page and "<td>Ours-P</td>" in page
+    check_page_in_chromium(browser, out_dir / "index.html", images=3 * len(methods))
+
+
+def test_sweep_page_shows_plot_table_and_crops_across_points(workspace, browser):
+    out_dir = workspace["root"] / "sweep_page"
+    points = ", ".join(f"{{name: {name}, checkpoint: '{workspace['run']}'}}" for name in ("first", "second"))
+    cfg = sw.load_sweep_config(ROOT / "configs" / "sweep_consistency.yaml", [
+        f"out_dir={out_dir}", "lambda_values=[]", f"points=[{points}]", f"eval.data.ground_truth={workspace['truth']}",
+        "eval.methods=[jpeg,ours_p]", "eval.repeats=1", "eval.samples=2", "eval.features.inception=random",
+        "eval.features.lpips=random", f"eval.fid_cache={workspace['cache']}", "eval.device=cpu", "eval.progress=false"])
+    result = sw.run_sweep(cfg)
+    page = (out_dir / "index.html").read_text()
+    (plot,) = result["plots"]
+    assert f'src="{Path(plot).name}"' in page
+    for link in ("baselines/index.html", "points/first/index.html", "points/second/index.html"):
+        assert f'href="{link}"' in page and (out_dir / link).is_file()
+    assert page.count("<b>first: Ours-P</b>") == page.count("<b>second: Ours-P</b>") == 3
+    check_page_in_chromium(browser, out_dir / "index.html", images=1 + 3 * 4)  # plot; original, JPEG, 2 points

@@ -144,6 +144,27 @@ def test_gray_and_440(natural_rgb, pillow_jpeg, tmp_path):
             assert torch.equal(projected[0], projected[1]) and torch.equal(projected[1], projected[2])
 
 
+def test_a_grayscale_file_projects_one_channel_and_colour_candidates_to_exact_gray(natural_rgb, pillow_jpeg):
+    """Gray candidates [N, 1, H, W] stay one channel; colourful RGB ones (a generator's raw output)
+    come back with three exactly equal channels, the gray image their luma projects to. Blacks and
+    whites that ring past 0..255 used to pull the three-channel projection off gray by a level."""
+    gray = np.asarray(Image.fromarray(natural_rgb(40, 56, seed=6)).convert("L"), dtype=np.float64)
+    saturated = np.clip((gray - 128) * 4 + 128, 0, 255).astype(np.uint8)
+    jf = pj.read_jpeg(pillow_jpeg(saturated, quality=20))
+    colour = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(2))
+    luma = pj.jpeg.color.rgb_to_gray(colour)
+    gray = pj.project(luma, jf)
+    assert gray.shape == (2, 1, 40, 56)
+    assert coefficient_agreement(gray, jf).coefficients == 1.0
+    assert consistency_rmse(gray, jf).max() == 0.0
+    rgb = pj.project(colour, jf)
+    assert rgb.shape == (2, 3, 40, 56) and torch.equal(rgb, rgb[:, :1].expand(-1, 3, -1, -1))
+    assert coefficient_agreement(rgb, jf).coefficients == 1.0
+    assert (rgb[:, :1] - gray).abs().max() <= 1 / 255  # the same luma, up to float rounding
+    with pytest.raises(ValueError, match="candidates must be \\[N, 3, 40, 56\\]"):
+        pj.project(luma, pj.read_jpeg(pillow_jpeg(natural_rgb(40, 56), quality=20)))  # one channel for a colour file
+
+
 def test_consistent_input_is_returned_unchanged(natural_rgb, pillow_jpeg):
     rgb = natural_rgb(40, 40, seed=4)
     for quality in (50, 95):

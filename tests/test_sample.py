@@ -1,23 +1,29 @@
 """Sampling: the Sampler's tiling and noise, and the sample command end to end on small JPEGs."""
 
+import dataclasses
+import errno
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import jpeglib
 import pytest
 import torch
 from PIL import Image, ImageCms, ImageOps
 
 import posterior_jpeg as pj
-from posterior_jpeg import checkpoints
+from posterior_jpeg import checkpoints, sample_cli
 from posterior_jpeg.cli import main as cli_main
 from posterior_jpeg.config import load_config
+from posterior_jpeg.jpeg import tables
 from posterior_jpeg.models.generator import GeneratorConfig, build_generator
-from posterior_jpeg.sample_cli import apply_orientation, expand_inputs, main
+from posterior_jpeg.sample_cli import apply_orientation, expand_inputs, main, undo_orientation
 from posterior_jpeg.sampling import PositionalNoise, Sampler, normal_from_bits, tile_spans
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,15 +90,18 @@ def test_cli_writes_samples_mean_std_grid_and_a_manifest(checkpoint, write_jpeg,
     assert not torch.equal(samples[0], samples[1]) and not torch.equal(samples[1], samples[2])
 
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert [r["seed"] for r in records] == [0, 1, 2]
-    assert [Path(r["output"]).name for r in records] == ["photo_s0.png", "photo_s1.png", "photo_s2.png"]
+    assert [r["kind"] for r in records] == ["sample"] * 3 + ["mean", "std", "grid"]  # one line per output
+    assert [r["seed"] for r in records[:3]] == [0, 1, 2] and all(r["seeds"] == [0, 1, 2] for r in records[3:])
+    assert [Path(r["output"]).name for r in records] == [
+        "photo_s0.png", "photo_s1.png", "photo_s2.png", "photo_mean.png", "photo_std.png", "photo_grid.png"]
     record = records[0]
     assert record["input"] == str(jpeg)
     assert record["input_sha256"] == hashlib.sha256(jpeg.read_bytes()).hexdigest()
     weights = checkpoint / checkpoints.WEIGHTS
     assert record["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert record["model"] == {"trunk": "rrdb", "features": 16, "blocks": 1, "growth": 8, "table_embedding": 8,
-                               "full_res_features": 0}
+    assert record["model"] == {"format_version": 1, "mean_generator": None, "generator": {
+        "trunk": "rrdb", "features": 16, "blocks": 1, "growth": 8, "table_embedding": 8, "full_res_features": 0,
+        "noise": True}}
     assert record["projected"] is True and record["seconds"] > 0
     assert record["coefficient_agreement"] >= 0.9999 and record["block_agreement"] >= 0.99
     assert record["consistency_rmse"] < 0.1
@@ -184,7 +193,11 @@ def test_orientation_is_applied_and_the_icc_profile_embedded(checkpoint, write_j
     jf = pj.read_jpeg(jpeg)
     agreement = pj.metrics.coefficient_agreement(torch.from_numpy(stored).permute(2, 0, 1).float() / 255, jf)
     assert agreement.coefficients >= 0.9999
-    assert json.loads((out / "manifest.jsonl").read_text())["orientation_applied"] == 6
+    assert json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["orientation_applied"] == 6
+    # one more sample and the mean: the kept sample is read back into stored orientation for the mean
+    more = ["-n", "2", "--mean", "--checkpoint", str(checkpoint), "--quiet"]
+    assert main([str(jpeg), "-o", str(out), *more]) == 0 and main([str(jpeg), "-o", str(tmp_path / "fresh"), *more]) == 0
+    assert (out / "turned_mean.png").read_bytes() == (tmp_path / "fresh" / "turned_mean.png").read_bytes()
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -195,6 +208,8 @@ def test_apply_orientation_matches_pillow(orientation):
     expected = np.array(ImageOps.exif_transpose(image))
     ours = apply_orientation(torch.from_numpy(array).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
     assert np.array_equal(ours, expected)
+    back = undo_orientation(torch.from_numpy(ours).permute(2, 0, 1), orientation)  # how a rerun reads a kept sample
+    assert np.array_equal(back.permute(1, 2, 0).numpy(), array)
 
 
 def test_bad_inputs_are_reported_one_line_each_and_skipped(checkpoint, write_jpeg, tmp_path, capsys):
@@ -248,13 +263,19 @@ def test_ctrl_c_leaves_only_complete_files(checkpoint, write_jpeg, tmp_path, mon
         return original(self, data)
 
     monkeypatch.setattr(Path, "write_bytes", interrupted_second_write)
-    assert main([str(jpeg), "-n", "3", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet"]) == 130
+    command = [str(jpeg), "-n", "3", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet"]
+    assert main(command) == 130
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl", "x_s0.png"]
     assert leftovers(out) == []
     monkeypatch.setattr(Path, "write_bytes", original)
     assert Image.open(out / "x_s0.png").size == (96, 64)
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 1
+    first = (out / "x_s0.png").stat()
+    assert main(command) == 0  # the same command again completes the run
+    assert sorted(p.name for p in out.glob("*.png")) == ["x_s0.png", "x_s1.png", "x_s2.png"]
+    assert (out / "x_s0.png").stat().st_mtime_ns == first.st_mtime_ns  # kept, not made again
+    assert [json.loads(line)["seed"] for line in (out / "manifest.jsonl").read_text().splitlines()] == [0, 1, 2]
 
 
 def test_same_stem_from_two_folders_is_reported_not_overwritten(checkpoint, write_jpeg, tmp_path, capsys):
@@ -323,3 +344,234 @@ def test_bundled_default_model_gives_different_deblocked_consistent_samples():
     assert pj.metrics.per_pixel_std(samples) > 0.002
     assert pj.metrics.blockiness(samples) < 0.6 * pj.metrics.blockiness(decode)
     assert pj.metrics.coefficient_agreement(samples, jpeg).coefficients == 1.0
+
+
+# ---------------------------------------------------------------------------------- batch runs
+def run_sample_py(*args, **popen):
+    """sample.py in a process of its own (one thread, this checkout's package)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(ROOT / "sample.py"), *map(str, args)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def manifest_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def outputs_state(out: Path) -> dict[str, tuple]:
+    """Each PNG's inode and modification time: a file made again gets new ones."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.png")}
+
+
+def test_a_run_killed_mid_way_is_completed_by_the_same_command(checkpoint, write_jpeg, tmp_path, dead_pid):
+    """SIGKILL a real run after its first outputs, plant the temporary a kill can leave, and run the
+    same command again: exactly the missing outputs are made, equal to an uninterrupted run's."""
+    inputs = [write_jpeg(f"in/p{i}.jpg", 64, 96, seed=i) for i in range(3)]
+    options = ["-n", "4", "--mean", "--checkpoint", str(checkpoint), "--quiet", "--device", "cpu"]
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert main([*map(str, inputs), "-o", str(reference), *options]) == 0
+    expected = sorted(p.name for p in reference.glob("*.png"))
+    assert len(expected) == 15
+
+    run = run_sample_py(*inputs, "-o", out, *options)
+    deadline = time.monotonic() + 300
+    while not ((out / "manifest.jsonl").is_file() and (out / "manifest.jsonl").read_bytes().count(b"\n") >= 2):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.01)
+    run.kill()
+    run.wait()
+    before = outputs_state(out)
+    assert 0 < len(before) < len(expected)  # killed part-way
+    stale = out / f".p2_s3.png.{dead_pid()}.tmp"
+    stale.write_bytes(b"half a png")
+
+    assert main([*map(str, inputs), "-o", str(out), *options]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == expected
+    for name in expected:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    after = outputs_state(out)
+    assert {name: after[name] for name in before} == before  # nothing that was complete is made again
+    assert leftovers(out) == []  # the stale temporary is gone, and so is the lock
+    last = {Path(r["output"]).name: r for r in manifest_records(out)}
+    assert sorted(last) == expected
+    assert all(r["output_sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest() for name, r in last.items())
+
+
+@pytest.mark.parametrize("what", ["manifest", "png"])
+def test_a_full_disk_fails_the_file_cleanly_and_a_rerun_completes_it(checkpoint, write_jpeg, tmp_path, monkeypatch,
+                                                                    capsys, what):
+    """The disk fills while the second output is written (its PNG, or its manifest line: write(2)
+    then writes part of it): that input fails with one line, no half record or file is left, the
+    next input goes on, and the same command completes the run once there is room again."""
+    inputs = [write_jpeg("a.jpg", seed=1), write_jpeg("b.jpg", seed=2)]
+    out = tmp_path / "out"
+    command = [*map(str, inputs), "-n", "2", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet"]
+    real_write, real_write_bytes = os.write, Path.write_bytes
+    writes = []
+
+    def short_record(descriptor, data):
+        if data.startswith(b'{"input"'):
+            writes.append(data)
+            if len(writes) == 2:
+                return real_write(descriptor, data[: len(data) // 2])
+        return real_write(descriptor, data)
+
+    def png_fills_the_disk(self, data):
+        writes.append(self)
+        if len(writes) == 2:
+            real_write_bytes(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write_bytes(self, data)
+
+    if what == "manifest":
+        monkeypatch.setattr(os, "write", short_record)
+    else:
+        monkeypatch.setattr(Path, "write_bytes", png_fills_the_disk)
+    assert main(command) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{inputs[0]}: cannot write outputs") and "No space left" in err[0]
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.glob("*.png")) == ["a_s0.png", "b_s0.png", "b_s1.png"]
+    assert leftovers(out) == []
+    assert [Path(r["output"]).name for r in manifest_records(out)] == ["a_s0.png", "b_s0.png", "b_s1.png"]
+    before = outputs_state(out)
+    assert main(command) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["a_s0.png", "a_s1.png", "b_s0.png", "b_s1.png"]
+    assert {name: outputs_state(out)[name] for name in before} == before
+    assert [Path(r["output"]).name for r in manifest_records(out)] == ["a_s0.png", "b_s0.png", "b_s1.png", "a_s1.png"]
+
+
+def test_a_torn_last_manifest_line_is_cut_before_appending(checkpoint, write_jpeg, tmp_path, capsys):
+    jpeg = write_jpeg("x.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    torn = '{"input": "old.jpg", "outp'  # its writer died half-way
+    (out / "manifest.jsonl").write_text('{"input": "old.jpg", "output": "old_s0.png"}\n' + torn)
+    assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(checkpoint)]) == 0
+    assert f"cut off a torn last line ({len(torn)} bytes)" in capsys.readouterr().err
+    assert [Path(r["output"]).name for r in manifest_records(out)] == ["old_s0.png", "x_s0.png"]
+
+
+def test_outputs_not_recorded_as_this_commands_are_kept_without_overwrite(checkpoint, write_jpeg, tmp_path, capsys):
+    jpeg = write_jpeg("x.jpg")
+    other = write_jpeg("other/x.jpg", seed=9)
+    out = tmp_path / "out"
+    common = ["-n", "1", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet"]
+    assert main([str(jpeg), *common]) == 0
+    made = (out / "x_s0.png").read_bytes()
+    assert main([str(other), *common]) == 1  # another input with the same stem
+    assert main([str(jpeg), *common, "--no-project"]) == 1  # other options
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("does not record it" in line and "--overwrite" in line for line in err)
+    assert (out / "x_s0.png").read_bytes() == made
+    assert main([str(jpeg), *common, "--no-project", "--overwrite"]) == 0
+    assert manifest_records(out)[-1]["projected"] is False
+
+
+def test_a_second_run_into_the_same_folder_is_refused(checkpoint, write_jpeg, tmp_path, capsys, hold_lock):
+    jpeg = write_jpeg("x.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = hold_lock(out)
+    command = [str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet"]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err == f"sample: {out}: another run (pid {holder.pid}) is writing into this folder; wait for it to end or choose another output folder\n"
+    assert not list(out.glob("*.png"))
+    holder.kill()  # killed while holding it: its lock file stays, and is taken over
+    holder.wait()
+    assert main(command) == 0 and (out / "x_s0.png").is_file()
+
+
+def test_two_runs_started_at_once_never_make_an_output_twice(checkpoint, write_jpeg, tmp_path):
+    inputs = [write_jpeg(f"in/p{i}.jpg", 64, 96, seed=i) for i in range(3)]
+    out = tmp_path / "out"
+    runs = [run_sample_py(*inputs, "-n", "3", "-o", out, "--checkpoint", checkpoint, "--quiet") for _ in range(2)]
+    results = [(run.wait(timeout=600), run.stderr.read()) for run in runs]
+    assert sorted(code for code, _ in results)[0] == 0, results
+    for code, err in results:  # the other one was refused, or found everything done when it started
+        assert code == 0 or (code == 2 and "another run" in err), results
+    names = [Path(r["output"]).name for r in manifest_records(out)]
+    assert sorted(names) == sorted(p.name for p in out.glob("*.png")) and len(names) == 9
+
+
+# ---------------------------------------------------------------------------------- grayscale
+def test_grayscale_files_give_grayscale_samples_and_pngs(checkpoint, natural_rgb, pillow_jpeg, tmp_path):
+    """One channel through the sampler, the projection and the PNGs (mode L); the earlier RGB
+    samples of a grayscale file differed between channels by a level here and there."""
+    jpeg = tmp_path / "g.jpg"
+    jpeg.write_bytes(pillow_jpeg(Image.fromarray(natural_rgb(64, 96, 3)).convert("L"), quality=30))
+    jf = pj.read_jpeg(jpeg)
+    assert jf.sampling == "gray"
+    sampler = Sampler.from_checkpoint(checkpoint, "cpu", "fp32")
+    assert sampler.sample(jf, 2, seed=0).shape == sampler.sample(jf, 2, seed=0, project=False).shape == (2, 1, 64, 96)
+    for flags in ([], ["--no-project"]):
+        out = tmp_path / f"out{len(flags)}"
+        assert main([str(jpeg), "-n", "2", "-o", str(out), "--checkpoint", str(checkpoint), "--mean", "--std", "--grid",
+                     "--quiet", *flags]) == 0
+        modes = {p.name: Image.open(p).mode for p in out.glob("*.png")}
+        assert modes == {"g_s0.png": "L", "g_s1.png": "L", "g_mean.png": "L", "g_std.png": "RGB", "g_grid.png": "RGB"}
+    for name in ("g_s0.png", "g_s1.png", "g_mean.png"):  # projected: consistent as one channel
+        pixels = torch.from_numpy(np.array(Image.open(tmp_path / "out0" / name)))[None].float() / 255
+        assert pj.metrics.coefficient_agreement(pixels, jf).coefficients == 1.0, name
+    assert all(r["coefficient_agreement"] == 1.0 for r in manifest_records(tmp_path / "out0")[:2])
+
+
+# ---------------------------------------------------------------------------------- libjpeg's warnings
+CORRUPT = "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9"
+
+
+def test_a_files_libjpeg_warnings_are_printed_once_with_its_name_and_recorded(checkpoint, write_jpeg, tmp_path,
+                                                                             monkeypatch, capsys):
+    jpeg = write_jpeg("w.jpg")
+    real_read = sample_cli.read_jpeg
+    monkeypatch.setattr(sample_cli, "read_jpeg", lambda path: dataclasses.replace(real_read(path), warnings=(CORRUPT,)))
+    for quiet, out in ((False, tmp_path / "loud"), (True, tmp_path / "quiet")):
+        assert main([str(jpeg), "-n", "2", "-o", str(out), "--checkpoint", str(checkpoint), "--mean",
+                     *(["--quiet"] if quiet else [])]) == 0
+        err = capsys.readouterr().err
+        assert err.count(CORRUPT) == (0 if quiet else 1)
+        assert quiet or f"{jpeg}: warning: {CORRUPT}\n" in err
+        assert [r["warnings"] for r in manifest_records(out)] == [[CORRUPT]] * 3
+
+
+def test_libjpegs_caution_while_measuring_is_caught_and_named(checkpoint, natural_rgb, tmp_path, capfd):
+    """Tables above 255 make libjpeg print a caution on stderr at every re-encode of the consistency
+    measurement; it used to reach the terminal bare, even with --quiet."""
+    jpeg = tmp_path / "coarse.jpg"
+    coarse = np.stack([tables.ijg_tables(50)[0], tables.ijg_tables(5)[1] * 2]).astype(np.uint16)  # up to 510
+    jpeglib.from_spatial(np.ascontiguousarray(natural_rgb(64, 96, 5))).write_spatial(str(jpeg), qt=coarse)
+    capfd.readouterr()  # the caution of writing it
+    caution = "Caution: quantization tables are too coarse for baseline JPEG"
+    for quiet, out in ((False, tmp_path / "loud"), (True, tmp_path / "quiet")):
+        assert main([str(jpeg), "-n", "2", "-o", str(out), "--checkpoint", str(checkpoint),
+                     *(["--quiet"] if quiet else [])]) == 0
+        err = capfd.readouterr().err
+        assert err.count(caution) == (0 if quiet else 1), err
+        assert quiet or f"{jpeg}: warning: {caution}\n" in err
+        assert [r["warnings"] for r in manifest_records(out)] == [[caution]] * 2
+
+
+
+def test_mmse_writes_the_projected_posterior_mean_of_an_anchored_model(checkpoint, write_jpeg, tmp_path):
+    from posterior_jpeg.models.generator import AnchoredGenerator
+
+    config = load_config(ROOT / "configs" / "tiny.yaml")
+    torch.manual_seed(1)
+    mean = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=1, table_embedding=8, noise=False))
+    with torch.no_grad():
+        mean.conv_out.weight.mul_(30)  # an M that visibly changes y
+    anchored = checkpoint.parent / "anchored"
+    anchored.mkdir()
+    checkpoints.save_inference_files(anchored, AnchoredGenerator(mean, build_generator(config.generator)), config)
+    jpeg = write_jpeg("photo.jpg")
+    out = tmp_path / "out"
+    assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(anchored), "--mmse", "--quiet"]) == 0
+    jf = pj.read_jpeg(jpeg)
+    written = read_png(out / "photo_mmse.png")
+    expected = Sampler.from_checkpoint(anchored, device="cpu", dtype="fp32").mmse(jf)
+    assert torch.equal(written, (expected * 255).round() / 255)
+    assert (written - jf.decode()).abs().mean() > 1e-3
+    records = {r["kind"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert records["mmse"]["coefficient_agreement"] == 1.0 and records["mmse"]["model"]["mean_generator"]["noise"] is False
+    assert main([str(jpeg), "-n", "1", "-o", str(tmp_path / "o2"), "--checkpoint", str(checkpoint), "--mmse"]) == 2

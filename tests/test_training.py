@@ -12,9 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from posterior_jpeg import checkpoints
+from posterior_jpeg import checkpoints, losses
+from posterior_jpeg import data as data_module
 from posterior_jpeg.config import ConfigError, load_config
-from posterior_jpeg.training import Trainer, train
+from posterior_jpeg.data import JpegCropDataset, QualitySampler, collate_jpeg_batch, make_loader
+from posterior_jpeg.jpeg import codec
+from posterior_jpeg.training import Trainer, _consistency, _to_device, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -31,8 +34,25 @@ NOT_TRAINING = {"eval.yaml", "sweep_consistency.yaml"}  # evaluation configs, te
     "path", sorted(p for p in (ROOT / "configs").glob("*.yaml") if p.name not in NOT_TRAINING), ids=lambda p: p.name
 )
 def test_every_shipped_training_config_loads(path):
-    cfg = load_config(path)
+    try:
+        cfg = load_config(path)
+    except ConfigError as error:  # the paper recipes name no folder: the user gives theirs
+        assert "missing mandatory value: train" in str(error)
+        cfg = load_config(path, ["data.train=photos"])
     assert cfg.steps > 0 and cfg.stage in ("mmse", "posterior")
+
+
+def test_training_data_is_named_explicitly(tmp_path):
+    """data.train is a folder or "synthetic"; null (once synthetic) and a missing value are errors."""
+    assert load_config(TINY).data.train == "synthetic"
+    (tmp_path / "nodata.yaml").write_text("steps: 3\n")
+    with pytest.raises(ConfigError, match="train"):
+        load_config(tmp_path / "nodata.yaml")
+    with pytest.raises(ConfigError):
+        load_config(TINY, ["data.train=null"])
+    for bad in ("data.double_share=1.5", "data.cache_mb=-1", "data.workers=-1"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(TINY, [bad])
 
 
 def test_unknown_keys_and_bad_values_are_errors(tmp_path):
@@ -40,7 +60,7 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path):
         load_config(TINY, ["stepz=3"])
     with pytest.raises(ConfigError, match="trunk"):
         load_config(TINY, ["generator.trunk=transformer"])
-    (tmp_path / "bad.yaml").write_text("loss: {consistency_kind: l1}\n")
+    (tmp_path / "bad.yaml").write_text("data: {train: synthetic}\nloss: {consistency_kind: l1}\n")
     with pytest.raises(ConfigError, match="consistency_kind"):
         load_config(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="not found"):
@@ -61,8 +81,8 @@ def test_tiny_run_gives_finite_losses_a_grid_and_a_loadable_checkpoint(tmp_path)
         assert all(math.isfinite(v) for v in record.values())
     assert {"d_loss", "g_adv", "consistency", "g_total"} <= set(records[-1])
     assert (run_dir / "val" / "step_00000020.png").is_file()
-    generator, cfg = checkpoints.load_generator(run_dir)  # a run folder -> its latest checkpoint
-    assert cfg.steps == 20 and checkpoints.latest_checkpoint(run_dir).name == "step_00000020"
+    generator, model = checkpoints.load_generator(run_dir)  # a run folder -> its latest checkpoint
+    assert model.generator == tiny(tmp_path).generator and checkpoints.latest_checkpoint(run_dir).name == "step_00000020"
     y = torch.rand(1, 3, 21, 35)
     out = generator(y, torch.full((1, 3, 8, 8), 10.0))
     assert out.shape == y.shape and torch.isfinite(out).all()
@@ -74,9 +94,63 @@ def test_mmse_stage_runs(tmp_path):
     assert set(records[0]) >= {"mse", "lr"} and records[-1]["mse"] > 0
 
 
+@pytest.mark.parametrize("kind", ["pixel", "dct"])
+def test_real_world_conditions_train_end_to_end(tmp_path, monkeypatch, kind):
+    """Qualities 5-95, every subsampling mode and crops saved twice, through both consistency losses;
+    the pixel loss never has the coefficients parsed."""
+    if kind == "pixel":
+        def refuse(*args, **kwargs):
+            raise AssertionError("coefficients parsed for the pixel consistency loss")
+
+        monkeypatch.setattr(data_module, "read_jpeg", refuse)
+    run_dir = train(tiny(tmp_path / kind, "steps=4", "log_every=2", "val_every=1000", "checkpoint_every=1000",
+                         f"loss.consistency_kind={kind}", "data.modes=['4:2:0','4:2:2','4:4:4']", "data.double_share=0.5",
+                         "data.quality={kind: skewed, low: 5, high: 95, power: 1.5}"))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(math.isfinite(v) for r in records for v in r.values())
+    assert records[-1]["consistency"] > 0
+
+
+def test_batches_reach_the_losses_as_floats_in_every_mode():
+    """_to_device turns uint8 images into k / 255 and int16 coefficients into floats; in every mode
+    (4:2:2 included) the codec re-encodes x to the file's coefficients exactly, so the clean crop
+    has zero dead-zone consistency loss in a mixed-mode batch, and a perturbed one does not."""
+    modes = ("4:4:4", "4:2:2", "4:2:0")
+    dataset = JpegCropDataset(None, crop=32, qualities=QualitySampler("skewed", 5, 95, 1.5), modes=modes, seed=3,
+                              coefficients=True)
+    raw = collate_jpeg_batch([dataset[counter] for counter in range(12)])
+    batch = _to_device(raw, "cpu")
+    assert set(batch["groups"]) == set(modes)
+    for key in ("x", "y"):
+        assert batch[key].dtype == torch.float32 and torch.equal(batch[key] * 255, raw[key].float())
+    for mode, index in batch["groups"].items():
+        encoded = codec.encode(batch["x"][index], batch["qtables"][index], mode)
+        for ours, stored in zip(encoded, batch["coefficients"][mode], strict=True):
+            assert stored.dtype == torch.float32 and torch.equal(ours, stored)
+    cfg = tiny("unused", "loss.consistency_kind=dct")
+    assert _consistency(cfg, batch["x"], batch).item() == 0
+    assert _consistency(cfg, (batch["x"] + 0.05).clamp(0, 1), batch).item() > 0
+    pixel = _consistency(tiny("unused"), batch["x"], batch).item()
+    assert 0 < pixel < losses.consistency_pixel(batch["y"], batch["x"], batch["qtables"], "4:4:4").item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pinned_batches_reach_the_gpu_as_floats():
+    loader = make_loader(None, 32, QualitySampler(), ("4:2:0", "4:2:2"), seed=0, batch_size=4, length=4,
+                         coefficients=True, pin_memory=True)
+    batch = next(iter(loader))
+    assert batch["x"].is_pinned() and batch["coefficients"]["4:2:0"][0].is_pinned()
+    moved = _to_device(batch, "cuda")
+    assert moved["x"].is_cuda and moved["x"].dtype == torch.float32
+    assert torch.equal(moved["y"].cpu(), _to_device(batch, "cpu")["y"])
+
+
 def _weights(folder: Path) -> dict:
-    return {**load_file(str(folder / "model.safetensors")), **{f"ema.{k}": v for k, v in
-            load_file(str(folder / checkpoints.WEIGHTS)).items()}}
+    """Every tensor of a checkpoint's training state: G, critic, EMA and both optimizers."""
+    names = ("generator", "critic", checkpoints.EMA, "optimizer_generator", "optimizer_critic")
+    return {f"{name}.{k}": v for name in names for k, v in load_file(str(folder / f"{name}.safetensors")).items()}
 
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
@@ -123,3 +197,50 @@ def test_two_processes_keep_identical_replicas(tmp_path):
     assert ranks[0]["params"] == ranks[1]["params"]
     assert ranks[0]["ema"] == ranks[1]["ema"]
     assert ranks[0]["logged"] == ranks[1]["logged"] and "g_total" in ranks[0]["logged"]
+
+
+def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean(tmp_path):
+    import posterior_jpeg as pj
+    from posterior_jpeg.models.generator import AnchoredGenerator, build_generator
+    from posterior_jpeg.sampling import Sampler
+
+    mean_run = train(tiny(tmp_path / "mean", "stage=mmse", "steps=4", "generator.noise=false",
+                          "generator.trunk=plain", "checkpoint_every=4", "val_every=4"))
+    with pytest.raises(ConfigError, match="anchor"):
+        tiny(tmp_path / "both", f"anchor={mean_run}", f"mmse_model={mean_run}")
+    run_dir = train(tiny(tmp_path / "anchored", f"anchor={mean_run}", "steps=4", "checkpoint_every=4",
+                         "val_every=4", "loss.second_moment.start=1", "loss.second_moment.end=1", "loss.moments_every=2"))
+    mean_weights = load_file(str(checkpoints.latest_checkpoint(mean_run) / checkpoints.WEIGHTS))
+    anchored_weights = load_file(str(checkpoints.latest_checkpoint(run_dir) / checkpoints.WEIGHTS))
+    for key, value in mean_weights.items():  # M is frozen inside G
+        assert torch.equal(anchored_weights[f"mean.{key}"], value)
+    assert any(k.startswith("detail.") for k in anchored_weights)
+
+    sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32")
+    assert isinstance(sampler.generator, AnchoredGenerator)
+    jf = pj.read_jpeg(ROOT / "examples" / "chelsea_q10.jpg")
+    y = (jf.decode() * 255).round() / 255
+    mean = sampler.mmse(jf, project=False)
+    expected = sampler.generator.mean(y[None], jf.qtable_tensor())[0].clamp(0, 1)
+    assert torch.allclose(mean, expected, atol=1e-5)
+    assert pj.metrics.coefficient_agreement(sampler.mmse(jf)[None], jf).coefficients == 1.0
+    samples = sampler.sample(jf, n=2, seed=0, project=False)
+    assert not torch.equal(samples[0], samples[1])
+    other_mean = train(tiny(tmp_path / "mean2", "stage=mmse", "steps=4", "generator.noise=false", "seed=1",
+                            "generator.trunk=plain", "checkpoint_every=4", "val_every=4"))
+    warm = Trainer(tiny(tmp_path / "warm", f"anchor={other_mean}", f"init_from={run_dir}"))
+    other_weights = load_file(str(checkpoints.latest_checkpoint(other_mean) / checkpoints.WEIGHTS))
+    for key, value in warm.ema.state_dict().items():  # S continues, over the new anchor
+        source = other_weights[key[len("mean."):]] if key.startswith("mean.") else anchored_weights[key]
+        assert torch.equal(value, source), key
+    with pytest.raises(pj.PosteriorJpegError, match="posterior-mean"):
+        Sampler(build_generator("tiny"), "tiny").mmse(jf)  # a one-network G with noise has no M
+
+    folder = checkpoints.latest_checkpoint(run_dir)  # as anchored runs wrote it before model.yaml
+    (folder / checkpoints.MODEL).unlink()
+    config = folder / checkpoints.CONFIG
+    config.write_text(config.read_text() + "mean_generator: {trunk: plain, features: 16, blocks: 1, growth: 8, "
+                      "table_embedding: 8, noise: false}\n")
+    migrated, model = checkpoints.load_generator(folder)
+    assert isinstance(migrated, AnchoredGenerator) and not model.mean_generator.noise
+    assert all(torch.equal(v, anchored_weights[k]) for k, v in migrated.state_dict().items())

@@ -43,6 +43,7 @@ def component_tables(qtables: torch.Tensor, batch: int, components: int) -> torc
 
 def component_planes(images: torch.Tensor, mode: str, libjpeg_rounding: bool = True) -> list[torch.Tensor]:
     """[N, 3, H, W] RGB in [0, 1] -> the sample planes libjpeg would transform, one per component.
+    For "gray", [N, 1, H, W] grayscale pixels are the Y plane itself (no colour conversion).
 
     With libjpeg_rounding the pixels are first rounded to the 8 bits libjpeg reads and the planes
     hold libjpeg's integers (straight-through gradients); without, they are the plain float colour
@@ -50,6 +51,8 @@ def component_planes(images: torch.Tensor, mode: str, libjpeg_rounding: bool = T
     rgb = images * 255.0
     if libjpeg_rounding:
         rgb = straight_through(rgb, rgb.detach().clamp(0.0, 255.0).round())
+    if mode == sampling.GRAY and images.shape[1] == 1:
+        return [rgb[:, 0]]
     ycc = rgb_to_ycbcr(rgb)
     if libjpeg_rounding:
         ycc = straight_through(ycc, round_ycbcr_like_libjpeg(ycc))
@@ -75,7 +78,8 @@ def libjpeg_dct(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def encode(images: torch.Tensor, qtables: torch.Tensor, mode: str) -> list[torch.Tensor]:
-    """Compress [N, 3, H, W] RGB in [0, 1] to quantized DCT coefficients, as libjpeg does.
+    """Compress [N, 3, H, W] RGB (or, for "gray", [N, 1, H, W] grayscale) in [0, 1] to quantized DCT
+    coefficients, as libjpeg does.
 
     qtables: see `component_tables`. Returns one [N, hb, wb, 8, 8] tensor per component (Y, Cb, Cr;
     Y alone for "gray"), integer-valued, differentiable through straight-through rounding. For

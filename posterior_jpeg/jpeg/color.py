@@ -61,6 +61,12 @@ def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
     return _apply("rgb_to_ycc", rgb) + _offset(rgb)
 
 
+def rgb_to_gray(rgb: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] RGB -> [N, 1, H, W] luma Y on the same scale: libjpeg's own conversion of a
+    colour image to grayscale (its weights sum to exactly 1, so gray RGB keeps its value)."""
+    return _apply(_RGB_TO_YCC[:1], rgb)
+
+
 def ycbcr_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
     """Exact inverse of `rgb_to_ycbcr` (no clamping)."""
     return _apply("ycc_to_rgb", ycc - _offset(ycc))

@@ -1,17 +1,25 @@
 """Reading real JPEG files: stored quantized coefficients, tables, sampling, size, orientation.
 
-A small marker walk validates the structure first (so that bad, unsupported or oversized files are
-refused with a precise reason before libjpeg allocates anything); libjpeg (through jpeglib) then
-does the entropy decoding. No Huffman decoding of our own.
+A marker walk of our own validates the structure first (so that bad, unsupported, oversized or
+bomb-like files are refused with a precise reason before libjpeg allocates anything) and reads the
+metadata (EXIF, ICC, Adobe). libjpeg (jpeglib's build) then entropy-decodes a sanitized copy of the
+stream that holds only what it needs, as the walk found it: no APPn/COM segments and no stray bytes
+between segments. No Huffman decoding of our own.
 """
 
+import contextlib
+import ctypes
 import os
+import sys
 import tempfile
+import threading
+import warnings
 from dataclasses import dataclass, field
 
 import jpeglib
 import numpy as np
 import torch
+from jpeglib._bind import CJpegLib
 from PIL import Image
 
 from ..errors import ImageTooLargeError, InvalidJpegError, UnsupportedJpegError
@@ -31,8 +39,16 @@ _UNSUPPORTED_SOF = {
     0xCE: "hierarchical arithmetic-coded JPEG",
     0xCF: "hierarchical arithmetic-coded JPEG",
 }
-_SOI, _EOI, _SOS, _DAC = 0xD8, 0xD9, 0xDA, 0xCC
+_SOI, _EOI, _SOS, _DAC, _COM = 0xD8, 0xD9, 0xDA, 0xCC, 0xFE
+_APPN = range(0xE0, 0xF0)
 _STANDALONE = set(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM carry no length
+
+# Real progressive files have about 10 scans; each scan is a pass over all its blocks, so a small
+# file with thousands of scans costs minutes. 500 is libjpeg-turbo's -maxscans preset.
+DEFAULT_MAX_SCANS = 500
+# A scan that codes every block spends at least one bit on each: at most 512 pixels per byte of scan
+# data. Flat images written by Pillow reach 256, the files in ../shared/realfiles at most 108.
+DEFAULT_MAX_PIXELS_PER_BYTE = 1024
 
 
 def default_max_pixels() -> int | None:
@@ -54,17 +70,26 @@ class _Header:
     seen_exif: bool = False
     icc_chunks: dict = field(default_factory=dict)
     seen_sof: bool = False
-    seen_sos: bool = False
+    scans: int = 0
+    coded_bytes: int = 0  # entropy-coded data of all scans
+    stream: list = field(default_factory=list)  # the sanitized copy for libjpeg, in pieces
+    warnings: list = field(default_factory=list)
 
 
-def _parse_exif_orientation(payload: bytes) -> int:
+def _read_exif_orientation(header: _Header, payload: bytes) -> None:
+    """The orientation tag; Pillow's complaints about a broken block become warnings of the file
+    (instead of lines on stderr), and a broken block must not make the image unreadable."""
     exif = Image.Exif()
-    try:
-        exif.load(payload)
-        orientation = int(exif.get(0x0112, 1))
-    except Exception:  # a broken EXIF block must not make the image unreadable
-        return 1
-    return orientation if 1 <= orientation <= 8 else 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            exif.load(payload)
+            orientation = int(exif.get(0x0112, 1))
+        except Exception as error:
+            header.warnings.append(f"EXIF block unreadable ({error}); orientation taken as upright")
+            orientation = 1
+    header.warnings += [f"EXIF: {str(warning.message).strip()}" for warning in caught]
+    header.orientation = orientation if 1 <= orientation <= 8 else 1
 
 
 def _read_sof(header: _Header, marker: int, segment: bytes, source: str, max_pixels: int | None) -> None:
@@ -121,8 +146,30 @@ def _read_sos(header: _Header, segment: bytes, source: str) -> None:
     header.scanned_ids.update(selectors)
 
 
+def _next_marker(data: bytes, pos: int) -> tuple[int, int]:
+    """(position of the next marker code, extraneous bytes skipped before it), found as libjpeg
+    finds it: bytes other than 0xFF are skipped, fill 0xFF are free, a stuffed FF00 counts as two
+    bytes. The position is -1 when the data ends first."""
+    skipped = 0
+    while True:
+        start = data.find(b"\xff", pos)
+        if start < 0:
+            return -1, skipped
+        skipped += start - pos
+        pos = start
+        while pos < len(data) and data[pos] == 0xFF:
+            pos += 1
+        if pos >= len(data):
+            return -1, skipped
+        if data[pos] != 0x00:
+            return pos, skipped
+        skipped += 2
+        pos += 1
+
+
 def _skip_entropy_coded_data(data: bytes, pos: int) -> int:
-    """Position of the next real marker after scan data (stuffed FF00 and RSTn belong to the scan)."""
+    """Position of the 0xFF that starts the next real marker after scan data (stuffed FF00 and RSTn
+    belong to the scan), -1 if there is none."""
     while True:
         pos = data.find(b"\xff", pos)
         if pos < 0 or pos + 1 >= len(data):
@@ -134,30 +181,42 @@ def _skip_entropy_coded_data(data: bytes, pos: int) -> int:
         return pos
 
 
-def _parse_header(data: bytes, source: str, max_pixels: int | None) -> _Header:
+def _read_metadata(header: _Header, marker: int, segment: bytes) -> None:
+    """The APPn segments we use (first EXIF block as in Pillow, ICC chunks, Adobe); others are skipped."""
+    if marker == 0xE1 and segment.startswith(b"Exif\x00\x00") and not header.seen_exif:
+        header.seen_exif = True
+        _read_exif_orientation(header, segment)
+    elif marker == 0xE2 and segment.startswith(b"ICC_PROFILE\x00") and len(segment) > 14:
+        header.icc_chunks[segment[12]] = segment[14:]
+    elif marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
+        header.adobe_transform = segment[11]
+
+
+def _parse_header(
+    data: bytes, source: str, max_pixels: int | None, max_scans: int | None, max_pixels_per_byte: int | None
+) -> _Header:
+    """Walk the markers as libjpeg does, check structure and limits, read metadata and build the
+    sanitized stream (SOI, every segment but APPn/COM, scan data, EOI)."""
     if len(data) == 0:
         raise InvalidJpegError(f"{source}: empty data")
     if data[:2] != b"\xff\xd8":
         raise InvalidJpegError(f"{source}: not a JPEG file (no start-of-image marker)")
-    header = _Header()
+    header = _Header(stream=[b"\xff\xd8"])
     pos = 2
     while True:
-        if pos >= len(data):
+        at, skipped = _next_marker(data, pos)
+        if at < 0:
             raise InvalidJpegError(f"{source}: truncated (no end-of-image marker)")
-        if data[pos] != 0xFF:
-            raise InvalidJpegError(f"{source}: corrupt marker structure at byte {pos}")
-        while pos < len(data) and data[pos] == 0xFF:  # fill bytes
-            pos += 1
-        if pos >= len(data):
-            raise InvalidJpegError(f"{source}: truncated (no end-of-image marker)")
-        marker = data[pos]
-        pos += 1
+        marker = data[at]
+        pos = at + 1
+        if skipped:  # libjpeg's wording: it decodes such files with this warning
+            header.warnings.append(f"Corrupt JPEG data: {skipped} extraneous bytes before marker 0x{marker:02x}")
         if marker == _EOI:
             break
         if marker in _STANDALONE:
             continue
-        if marker == _SOI or marker == 0x00:
-            raise InvalidJpegError(f"{source}: unexpected marker 0xFF{marker:02X} at byte {pos - 2}")
+        if marker == _SOI:
+            raise InvalidJpegError(f"{source}: unexpected marker 0xFF{marker:02X} at byte {at - 1}")
         if pos + 2 > len(data):
             raise InvalidJpegError(f"{source}: truncated inside a marker segment")
         length = int.from_bytes(data[pos : pos + 2], "big")
@@ -165,30 +224,42 @@ def _parse_header(data: bytes, source: str, max_pixels: int | None) -> _Header:
             raise InvalidJpegError(f"{source}: truncated or corrupt marker segment 0xFF{marker:02X}")
         segment = data[pos + 2 : pos + length]
         pos += length
+        if marker in _APPN or marker == _COM:
+            _read_metadata(header, marker, segment)
+            continue
+        header.stream.append(b"\xff" + data[at:pos])
         if marker in _SUPPORTED_SOF or marker in _UNSUPPORTED_SOF:
             _read_sof(header, marker, segment, source, max_pixels)
         elif marker == _DAC:
             raise UnsupportedJpegError(f"{source}: arithmetic-coded JPEG is not supported")
-        elif marker == 0xE1 and segment.startswith(b"Exif\x00\x00") and not header.seen_exif:
-            header.seen_exif = True  # the first EXIF block counts, as in Pillow
-            header.orientation = _parse_exif_orientation(segment)
-        elif marker == 0xE2 and segment.startswith(b"ICC_PROFILE\x00") and len(segment) > 14:
-            header.icc_chunks[segment[12]] = segment[14:]
-        elif marker == 0xEE and segment.startswith(b"Adobe") and len(segment) >= 12:
-            header.adobe_transform = segment[11]
         elif marker == _SOS:
             if not header.seen_sof:
                 raise InvalidJpegError(f"{source}: scan before the frame header")
             _read_sos(header, segment, source)
-            header.seen_sos = True
-            pos = _skip_entropy_coded_data(data, pos)
-            if pos < 0:
+            header.scans += 1
+            if max_scans is not None and header.scans > max_scans:
+                raise ImageTooLargeError(
+                    f"{source}: more than {max_scans} scans (pass max_scans=None to lift the limit for trusted files)"
+                )
+            end = _skip_entropy_coded_data(data, pos)
+            if end < 0:
                 raise InvalidJpegError(f"{source}: truncated (scan data ends without end-of-image marker)")
-    if not header.seen_sos:
+            header.stream.append(data[pos:end])
+            header.coded_bytes += end - pos
+            pos = end
+    if not header.scans:
         raise InvalidJpegError(f"{source}: no image data (no scan)")
     missing = [c for c in header.component_ids if c not in header.scanned_ids]
     if missing:
         raise InvalidJpegError(f"{source}: component(s) {missing} appear in no scan")
+    pixels = header.height * header.width
+    if max_pixels_per_byte is not None and pixels > max_pixels_per_byte * header.coded_bytes:
+        raise ImageTooLargeError(
+            f"{source}: {header.width}x{header.height} pixels from {header.coded_bytes} bytes of scan data, "
+            f"more than {max_pixels_per_byte} pixels per byte (a decompression bomb or missing data; pass "
+            "max_pixels_per_byte=None to lift the limit for trusted files)"
+        )
+    header.stream.append(b"\xff\xd9")
     return header
 
 
@@ -205,25 +276,62 @@ def _sampling_mode(factors: list, source: str) -> str:
     raise UnsupportedJpegError(f"{source}: chroma subsampling {h0}x{v0}:{h1}x{v1} is not supported")
 
 
-def _decode_coefficients(data: bytes, path: str | None, source: str):
-    """Entropy-decode with libjpeg; returns (coefficients per component, tables per component, colour space)."""
-    temporary = None
-    if path is None:
-        handle = tempfile.NamedTemporaryFile(suffix=".jpg", delete=False)
-        with handle:
-            handle.write(data)
-        path = temporary = handle.name
-    try:
-        jpeg = jpeglib.read_dct(path)
-        planes = [jpeg.Y] + ([jpeg.Cb, jpeg.Cr] if jpeg.has_chrominance else [])
-        tables = np.stack([jpeg.qt[index] for index in jpeg.quant_tbl_no[: len(planes)]])
-        color_space = str(jpeg.jpeg_color_space)
-    except OSError as error:
-        raise InvalidJpegError(f"{source}: libjpeg could not decode it ({error})") from None
-    finally:
-        if temporary is not None:
-            os.unlink(temporary)
-    return [np.ascontiguousarray(p, dtype=np.int16) for p in planes], tables.astype(np.int32), color_space
+# libjpeg prints its messages to the process's file descriptor 2, captured one call at a time.
+_LIBJPEG_LOCK = threading.Lock()
+_COLOR_SPACES = {space.value: space.name for space in jpeglib.Colorspace}
+
+
+@contextlib.contextmanager
+def _captured_fd2():
+    """Collect the lines written to file descriptor 2 meanwhile: libjpeg prints its warnings and
+    errors there with fprintf, out of reach of sys.stderr."""
+    lines = []
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += [line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+def _libjpeg_decode(stream: bytes, source: str):
+    """Entropy-decode `stream` with jpeglib's libjpeg: (int16 coefficient planes, tables per
+    component, libjpeg's colour space code, libjpeg's messages).
+
+    Calls jpeglib's C entry points rather than jpeglib.read_dct, which hooks every APPn/COM marker
+    into a buffer that overflows on a zero-length one, writes a temporary copy of the file that it
+    keeps when libjpeg fails, and prints to stdout. Here libjpeg opens an unnamed temporary file
+    through /dev/fd (nothing stays on disk, even if the process dies), sizes the arrays itself in
+    a first pass, and fills them in a second."""
+    lib = CJpegLib.get()
+    block_dims, samp_factor = (ctypes.c_int * 8)(), (ctypes.c_int * 8)()
+    image_dims, color_space = (ctypes.c_int * 2)(), (ctypes.c_int * 2)()
+    components, scans, flags = (ctypes.c_int * 3)(), (ctypes.c_int * 1)(), (ctypes.c_uint64 * 1)()
+    qt, table_ids = (ctypes.c_ushort * 256)(), (ctypes.c_short * 4)()
+    planes = []
+    with _LIBJPEG_LOCK, tempfile.TemporaryFile() as held, _captured_fd2() as messages:
+        held.write(stream)
+        held.flush()
+        path = f"/dev/fd/{held.fileno()}".encode()
+        ok = lib.read_jpeg_info(
+            path, block_dims, image_dims, components, samp_factor, color_space, None, None, None, None, scans, flags
+        )
+        if ok:
+            shapes = [(block_dims[2 * c], block_dims[2 * c + 1], 8, 8) for c in range(components[0])]
+            planes = [np.zeros(shape, np.int16) for shape in shapes]
+            pointers = [plane.ctypes.data_as(ctypes.c_void_p) for plane in planes] + [None] * (4 - len(planes))
+            ok = lib.read_jpeg_dct(path, *pointers, qt, table_ids)
+    if not ok:
+        reason = messages[-1] if messages else "no reason given"
+        raise InvalidJpegError(f"{source}: libjpeg could not decode it ({reason})")
+    tables = np.ctypeslib.as_array(qt).reshape(4, 8, 8)[[table_ids[c] for c in range(len(planes))]]
+    return planes, tables.astype(np.int32), color_space[1], messages
 
 
 @dataclass(frozen=True, eq=False)
@@ -236,6 +344,9 @@ class JpegFile:
     sampling: "4:4:4", "4:2:2", "4:2:0", "4:4:0" or "gray".
     size: (height, width) in pixels, as in tensor shapes.
     orientation: the EXIF orientation tag (1 = upright); coefficients are not rotated.
+    warnings: what libjpeg (or our walk, in libjpeg's words) reported while reading a file it still
+      decodes, e.g. "Corrupt JPEG data: 2 extraneous bytes before marker 0xd9"; without the file
+      name, which callers add.
     """
 
     coefficients: list
@@ -246,6 +357,7 @@ class JpegFile:
     orientation: int = 1
     icc_profile: bytes | None = None
     source: str = "<bytes>"
+    warnings: tuple = ()
 
     @property
     def height(self) -> int:
@@ -276,30 +388,38 @@ class JpegFile:
         )
 
 
-def read_jpeg(source, max_pixels: int | None | str = "default") -> JpegFile:
-    """Read a JPEG from a path or bytes.
+def read_jpeg(
+    source,
+    max_pixels: int | None | str = "default",
+    max_scans: int | None = DEFAULT_MAX_SCANS,
+    max_pixels_per_byte: int | None = DEFAULT_MAX_PIXELS_PER_BYTE,
+) -> JpegFile:
+    """Read a JPEG from a path or bytes; prints nothing, libjpeg's warnings land in `.warnings`.
 
     Raises InvalidJpegError (not a JPEG, empty, truncated, corrupt), UnsupportedJpegError (CMYK,
-    12-bit, arithmetic, lossless, exotic sampling) or ImageTooLargeError (more than max_pixels,
-    checked from the header before decoding; default: Pillow's decompression-bomb limit)."""
+    12-bit, arithmetic, lossless, exotic sampling) or ImageTooLargeError, from the headers before
+    any decoding: more than max_pixels (default: Pillow's decompression-bomb limit), more than
+    max_scans scans, or more than max_pixels_per_byte pixels per byte of scan data (a tiny file
+    that declares a huge image). None lifts a limit."""
     if max_pixels == "default":
         max_pixels = default_max_pixels()
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data, path, name = bytes(source), None, "<bytes>"
+        data, name = bytes(source), "<bytes>"
     else:
-        path = name = os.fspath(source)
+        name = os.fspath(source)
         try:
-            with open(path, "rb") as handle:
+            with open(name, "rb") as handle:
                 data = handle.read()
         except OSError as error:
             raise InvalidJpegError(f"{name}: cannot read ({error.strerror or error})") from None
-    header = _parse_header(data, name, max_pixels)
+    header = _parse_header(data, name, max_pixels, max_scans, max_pixels_per_byte)
     mode = _sampling_mode(header.factors, name)
     if mode != sampling.GRAY and header.adobe_transform == 0:
         raise UnsupportedJpegError(f"{name}: RGB-coded JPEG (Adobe transform 0) is not supported")
-    coefficients, tables, color_space = _decode_coefficients(data, path, name)
-    if mode != sampling.GRAY and "YCbCr" not in color_space:
-        raise UnsupportedJpegError(f"{name}: colour space {color_space} is not supported")
+    coefficients, tables, color_space, messages = _libjpeg_decode(b"".join(header.stream), name)
+    if mode != sampling.GRAY and color_space != jpeglib.JCS_YCbCr.value:
+        space = _COLOR_SPACES.get(color_space, color_space)
+        raise UnsupportedJpegError(f"{name}: colour space {space} is not supported")
     if (tables < 1).any():  # libjpeg accepts 0 (spec: 1..255 or 1..65535); we divide by tables
         raise InvalidJpegError(f"{name}: quantization table with a zero entry")
     icc = b"".join(header.icc_chunks[k] for k in sorted(header.icc_chunks)) or None
@@ -312,4 +432,5 @@ def read_jpeg(source, max_pixels: int | None | str = "default") -> JpegFile:
         orientation=header.orientation,
         icc_profile=icc,
         source=name,
+        warnings=tuple(dict.fromkeys(header.warnings + messages)),  # libjpeg's two passes repeat theirs
     )

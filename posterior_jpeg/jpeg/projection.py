@@ -53,7 +53,7 @@ import torch
 
 from . import sampling
 from .codec import component_tables, plane_blocks
-from .color import rgb_to_ycbcr, round_ycbcr_like_libjpeg, ycbcr_to_rgb, ycc_to_rgb_matrix
+from .color import rgb_to_gray, rgb_to_ycbcr, round_ycbcr_like_libjpeg, ycbcr_to_rgb, ycc_to_rgb_matrix
 from .dct import BLOCK, blockify, dct_matrix, islow_fdct, unblockify
 
 
@@ -689,6 +689,8 @@ def projection(
     search_inset: float = 1.0,
 ) -> Projection:
     """Make candidates [N, 3, H, W] (or [3, H, W]) in [0, 1] consistent with `jpeg` (a JpegFile).
+    A grayscale file's candidates may have one channel; either way they are projected as gray (libjpeg's
+    luma of RGB ones) and come back with the channels they had.
 
     The float result (`Projection.floats`) meets every interval, shrunk by `margin` DCT units so that
     rounding it keeps most coefficients; it is found by up to `float_passes` alternating projections,
@@ -697,10 +699,12 @@ def projection(
     among `candidates` moves): see the module docstring. Batch entries are independent."""
     single = images.dim() == 3
     batch = images.unsqueeze(0) if single else images
-    if batch.dim() != 4 or batch.shape[1] != 3 or tuple(batch.shape[-2:]) != tuple(jpeg.size):
+    gray = jpeg.sampling == sampling.GRAY
+    channels = (1, 3) if gray else (3,)
+    if batch.dim() != 4 or batch.shape[1] not in channels or tuple(batch.shape[-2:]) != tuple(jpeg.size):
         raise ValueError(
-            f"candidates must be [N, 3, {jpeg.height}, {jpeg.width}] to match {jpeg.source}, "
-            f"got {tuple(images.shape)}"
+            f"candidates must be [N, {' or '.join(map(str, channels))}, {jpeg.height}, {jpeg.width}] to match "
+            f"{jpeg.source}, got {tuple(images.shape)}"
         )
     settings = dict(
         margin=margin, float_passes=float_passes, relaxation=relaxation, widenings=widenings, search_rounds=search_rounds,
@@ -709,8 +713,8 @@ def projection(
     n = batch.shape[0]
     with torch.no_grad():
         source = batch.float() * 255.0
-        if jpeg.sampling == sampling.GRAY:  # a grayscale file's outputs are gray
-            source = rgb_to_ycbcr(source)[:, :1].expand(-1, 3, -1, -1)
+        if gray:  # a grayscale file's outputs are gray: worked on as R = G = B = libjpeg's luma
+            source = (rgb_to_gray(source) if source.shape[1] == 3 else source).expand(-1, 3, -1, -1)
         floats, rounded = torch.empty_like(source), torch.empty_like(source)
         failing_blocks, differing, given_up = (torch.zeros(n, dtype=torch.long, device=source.device) for _ in range(3))
         groups = _tiles(source, jpeg)
@@ -750,7 +754,10 @@ def projection(
             _untile(rounded, region, eight_bit)
             failing_blocks += blocks.view(n, -1).sum(1)
             differing += coefficients.view(n, -1).sum(1)
-    fields = (rounded.div_(255.0).to(images.dtype), floats.div_(255.0).to(images.dtype), failing_blocks, differing, given_up)
+    images_out, floats_out = rounded.div_(255.0).to(images.dtype), floats.div_(255.0).to(images.dtype)
+    if batch.shape[1] == 1:  # back with the channel count they came with
+        images_out, floats_out = images_out[:, :1].contiguous(), floats_out[:, :1].contiguous()
+    fields = (images_out, floats_out, failing_blocks, differing, given_up)
     return Projection(*(field[0] if single else field for field in fields))
 
 

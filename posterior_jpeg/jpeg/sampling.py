@@ -96,7 +96,12 @@ def _fancy_upsample_axis(plane: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 def upsample(plane: torch.Tensor, factors: tuple[int, int], height: int, width: int) -> torch.Tensor:
-    """[N, h, w] chroma samples -> [N, height, width] with libjpeg's "fancy" (triangle) upsampling."""
+    """[N, h, w] chroma samples -> [N, height, width] with libjpeg's "fancy" (triangle) upsampling.
+
+    As in libjpeg, a component at most 2 samples wide is widened by repeating each sample instead
+    (its h2v1 and h2v2 filters need 3 columns), and for 4:2:0 its rows are repeated too."""
+    if factors[1] == 2 and plane.shape[2] <= 2:
+        return spread(plane, factors)[:, :height, :width]
     if factors[0] == 2:
         plane = _fancy_upsample_axis(plane, 1)
     if factors[1] == 2:

@@ -1,11 +1,16 @@
-"""Measurements: consistency with a file, FID, LPIPS, PSNR, blockiness and the diversity of posterior samples."""
+"""Measurements: consistency with a file, FID, LPIPS, PSNR, blockiness, the diversity of posterior samples,
+and yardsticks that need no downloaded weights (texture ratio, chroma, periodic peaks, naturalness)."""
 
 from .blockiness import blockiness
+from .chroma import chroma_psnr, is_gray, rgb_luma_gap
 from .consistency import Agreement, FloatConsistency, coefficient_agreement, consistency_rmse, float_consistency, reencode
 from .diversity import mean_pairwise_lpips, per_pixel_std
 from .fid import GaussianStats, InceptionFeatures, frechet_distance
+from .naturalness import naturalness_distance, nss_features
 from .perceptual import LPIPS
-from .psnr import luma, psnr, psnr_y
+from .periodic import periodic_peaks
+from .psnr import as_batch, luma, psnr, psnr_y
+from .texture import laplacian_energy, texture_ratio
 
 __all__ = [
     "Agreement",
@@ -13,15 +18,24 @@ __all__ = [
     "GaussianStats",
     "InceptionFeatures",
     "LPIPS",
+    "as_batch",
     "blockiness",
+    "chroma_psnr",
     "coefficient_agreement",
     "consistency_rmse",
     "float_consistency",
     "frechet_distance",
+    "is_gray",
+    "laplacian_energy",
     "luma",
     "mean_pairwise_lpips",
+    "naturalness_distance",
+    "nss_features",
     "per_pixel_std",
+    "periodic_peaks",
     "psnr",
     "psnr_y",
     "reencode",
+    "rgb_luma_gap",
+    "texture_ratio",
 ]

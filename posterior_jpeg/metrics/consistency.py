@@ -1,22 +1,28 @@
 """Consistency of images with a JPEG file, at two levels.
 
 - 8-bit (`coefficient_agreement`, `consistency_rmse`): the images are rounded to 8-bit RGB (what a
-  user saves) and compressed by libjpeg (the libjpeg-turbo bundled with jpeglib) with the file's
-  own tables, per component, and sampling; the stored coefficients of that file are then compared
-  with the original file's.
+  user saves; grayscale for a grayscale file) and compressed by libjpeg (the libjpeg-turbo bundled
+  with jpeglib) with the file's own tables, per component, and sampling; the stored coefficients of
+  that file are then compared with the original file's. What libjpeg prints while compressing (such
+  as "Caution: quantization tables are too coarse for baseline JPEG", for tables above 255) becomes
+  a LibjpegWarning naming the file.
 - float (`float_consistency`): the exact DCT of the images as they are (no rounding, no clamping;
   float64 colour conversion, chroma averaged over libjpeg's cells and padding) lies inside every
   quantization interval of the file: the paper's notion.
 """
 
+import contextlib
 import os
+import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import jpeglib
 import numpy as np
 import torch
 
+from ..errors import LibjpegWarning
 from ..jpeg import sampling
 from ..jpeg.codec import component_planes, component_tables, plane_blocks
 from ..jpeg.color import rgb_to_ycbcr
@@ -28,14 +34,36 @@ LIBJPEG_VERSION = "turbo210"
 
 def _as_batch(images: torch.Tensor, jpeg: JpegFile) -> torch.Tensor:
     batch = images.unsqueeze(0) if images.dim() == 3 else images
-    if batch.dim() != 4 or batch.shape[1] != 3 or tuple(batch.shape[-2:]) != tuple(jpeg.size):
-        raise ValueError(f"images must be [N, 3, {jpeg.height}, {jpeg.width}], got {tuple(images.shape)}")
+    channels = (1, 3) if jpeg.sampling == sampling.GRAY else (3,)
+    if batch.dim() != 4 or batch.shape[1] not in channels or tuple(batch.shape[-2:]) != tuple(jpeg.size):
+        raise ValueError(f"images must be [N, {' or '.join(map(str, channels))}, {jpeg.height}, {jpeg.width}] "
+                         f"for {jpeg.source}, got {tuple(images.shape)}")
     return batch
 
 
+@contextlib.contextmanager
+def _libjpeg_messages(source: str):
+    """Capture what C code prints on stderr (file descriptor 2) inside the block and raise each
+    distinct line as a LibjpegWarning naming `source`, instead of letting it reach the terminal
+    unattributed (and past a --quiet)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        lines = capture.read().decode(errors="replace").splitlines()
+    for line in dict.fromkeys(line.strip() for line in lines if line.strip()):
+        warnings.warn(LibjpegWarning(source, line), stacklevel=3)
+
+
 def reencode(images: torch.Tensor, jpeg: JpegFile) -> list[JpegFile]:
-    """Round [N, 3, H, W] (or [3, H, W]) in [0, 1] to 8 bits and compress each with libjpeg, using
-    `jpeg`'s tables and sampling; returns the files read back."""
+    """Round [N, 3, H, W] (or [3, H, W]; a grayscale file's may have one channel) in [0, 1] to 8 bits
+    and compress each with libjpeg, using `jpeg`'s tables and sampling; returns the files read back."""
     pixels = (_as_batch(images, jpeg).detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
     components = len(jpeg.coefficients)
     factors = [(1, 1)] if jpeg.sampling == sampling.GRAY else [(1, 1)] * 3
@@ -47,11 +75,12 @@ def reencode(images: torch.Tensor, jpeg: JpegFile) -> list[JpegFile]:
         path = os.path.join(folder, "reencoded.jpg")
         for image in pixels:
             if jpeg.sampling == sampling.GRAY:
-                # libjpeg's own RGB -> Y, as when it converts a colour image to grayscale
+                # gray pixels as they are; RGB through libjpeg's own RGB -> Y, as when it converts a
+                # colour image to grayscale
                 array = component_planes(image[None] / 255.0, sampling.GRAY)[0][0, :, :, None].to(torch.uint8).numpy()
             else:
                 array = image.permute(1, 2, 0).numpy()
-            with jpeglib.version(LIBJPEG_VERSION):
+            with jpeglib.version(LIBJPEG_VERSION), _libjpeg_messages(jpeg.source):
                 spatial = jpeglib.from_spatial(np.ascontiguousarray(array))
                 spatial.samp_factor = np.array(factors)
                 spatial.write_spatial(
@@ -129,10 +158,11 @@ class FloatConsistency:
 
 
 def float_consistency(images: torch.Tensor, jpeg: JpegFile) -> FloatConsistency:
-    """Float consistency of [N, 3, H, W] (or [3, H, W]) images in [0, 1] (any float values): a
+    """Float consistency of [N, 3, H, W] (or [3, H, W]; a grayscale file's may have one channel) images in [0, 1] (any float values): a
     coefficient is consistent when its exact DCT, divided by its step, lies within 1/2 of the stored
     value (a tolerance of 1e-9 steps absorbs float64 rounding)."""
-    ycc = rgb_to_ycbcr(_as_batch(images, jpeg).detach().double().cpu() * 255.0)
+    batch = _as_batch(images, jpeg).detach().double().cpu()
+    ycc = rgb_to_ycbcr(batch.expand(-1, 3, -1, -1) * 255.0)  # one gray channel: R = G = B
     tables = component_tables(jpeg.qtable_tensor(dtype=torch.float64), 1, len(jpeg.coefficients))
     violating_coefficients = total_coefficients = violating_blocks = total_blocks = violating_edge_blocks = 0
     for c, stored in enumerate(jpeg.coefficient_tensors()):

@@ -15,6 +15,8 @@ import io
 import json
 import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -144,6 +146,10 @@ class InceptionFeatures(nn.Module):
         return self.net(torch.cat(batch))[0].flatten(1).double().cpu()
 
 
+class StatisticsError(PosteriorJpegError):
+    """A file that does not hold usable FID statistics."""
+
+
 @dataclass
 class GaussianStats:
     """Mean and covariance of a feature set, with a factor `root` [r, d] such that root.T @ root == sigma.
@@ -185,11 +191,32 @@ class GaussianStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GaussianStats":
-        """Ours, or pytorch-fid's `--save-stats` files (mu and sigma only)."""
-        with np.load(path) as data:
-            if "root" in data:
-                return cls(data["mu"], data["sigma"], data["root"], int(data["count"]))
-            return cls.from_moments(data["mu"], data["sigma"])
+        """Ours, or pytorch-fid's `--save-stats` files (mu and sigma only). StatisticsError, naming
+        the file, for anything else: not an .npz, no mu / sigma, shapes that do not fit, values
+        that are not finite numbers (nothing is unpickled)."""
+        try:
+            with open(path, "rb") as handle:
+                if handle.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+                    raise ValueError("it does not start like a zip archive")
+            with np.load(path, allow_pickle=False) as data:
+                names = data.files
+                arrays = {key: np.asarray(data[key], dtype=np.float64) for key in ("mu", "sigma", "root", "count")
+                          if key in names}
+        except (ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            raise StatisticsError(f"{path}: not an .npz file of FID statistics ({error})") from None
+        except OSError as error:
+            raise StatisticsError(f"{path}: cannot read FID statistics ({error.strerror or error})") from None
+        if "mu" not in arrays or "sigma" not in arrays:
+            raise StatisticsError(f"{path}: FID statistics need arrays mu and sigma, found {', '.join(names) or 'none'}")
+        mu, sigma = arrays["mu"], arrays["sigma"]
+        if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+            raise StatisticsError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit (need [d] and [d, d])")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise StatisticsError(f"{path}: mu or sigma holds values that are not finite")
+        root, count = arrays.get("root"), arrays.get("count")
+        if root is not None and count is not None and root.ndim == 2 and root.shape[1] == len(mu) and count.size == 1:
+            return cls(mu, sigma, root, int(count))
+        return cls.from_moments(mu, sigma)
 
 
 def _symmetric_sqrt(sigma: np.ndarray) -> np.ndarray:

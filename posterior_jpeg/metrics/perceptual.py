@@ -8,6 +8,7 @@ it: `MissingWeightsError`, saying how to supply it. `weights="random"` loads a s
 through the same code, for tests (such LPIPS values are NOT comparable to anything).
 """
 
+import itertools
 import os
 import warnings
 from pathlib import Path
@@ -53,8 +54,27 @@ def load_backbone_state(net: str, weights: str | os.PathLike | None) -> dict[str
     return state
 
 
+def smallest_side(layers) -> int:
+    """The smallest image side, in pixels, that every conv and max-pool of `layers` (in order)
+    leaves at least one pixel of."""
+
+    def remaining(size: int) -> int:
+        for layer in layers:
+            if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+                kernel, stride, padding = (v if isinstance(v, int) else v[0]
+                                           for v in (layer.kernel_size, layer.stride, layer.padding))
+                size = (size + 2 * padding - kernel) // stride + 1
+                if size < 1:
+                    return 0
+        return size
+
+    return next(size for size in itertools.count(1) if remaining(size) >= 1)
+
+
 class LPIPS(nn.Module):
-    """LPIPS distance [N] between images a and b, both [N, 3, H, W] RGB in [0, 1] (lower: more alike)."""
+    """LPIPS distance [N] between images a and b, both [N, 3, H, W] RGB in [0, 1] (lower: more alike).
+
+    min_size: the smallest height and width the backbone can take (31 for alex, 16 for vgg)."""
 
     def __init__(self, weights: str | os.PathLike | None = None, net: str = "alex"):
         super().__init__()
@@ -79,9 +99,14 @@ class LPIPS(nn.Module):
             raise PosteriorJpegError(f"{source} does not hold torchvision {net} ImageNet weights: "
                                      f"{str(error).splitlines()[0]}") from None
         self.model.requires_grad_(False).eval()
+        self.backbone = net
+        self.min_size = smallest_side(list(self.model.net.modules()))
         self.label = f"{RANDOM_LABEL}, lpips {net} v0.1" if weights == RANDOM else f"lpips {net} v0.1 ({source})"
 
     @torch.no_grad()
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if min(a.shape[-2:]) < self.min_size:
+            raise ValueError(f"LPIPS ({self.backbone}) needs images of at least {self.min_size}x{self.min_size} "
+                             f"pixels, got {a.shape[-1]}x{a.shape[-2]}")
         device = next(self.model.parameters()).device
         return self.model(a.float().to(device), b.float().to(device), normalize=True).flatten().cpu()

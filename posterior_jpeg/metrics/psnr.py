@@ -6,6 +6,14 @@ import torch
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
+def as_batch(images: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] as it is, [3, H, W] as a batch of one; anything else is an error."""
+    batch = images.unsqueeze(0) if images.dim() == 3 else images
+    if batch.dim() != 4 or batch.shape[1] != 3:
+        raise ValueError(f"images must be [N, 3, H, W] or [3, H, W], got {tuple(images.shape)}")
+    return batch
+
+
 def luma(images: torch.Tensor) -> torch.Tensor:
     """[N, 3, H, W] RGB in [0, 1] -> [N, 1, H, W] Y in [0, 1]."""
     weights = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)

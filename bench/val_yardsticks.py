@@ -1,0 +1,180 @@
+"""Every yardstick on the validation photos, per quality and decoder: the figures of
+../shared/peers/README.md and the weight-free yardsticks of issue 13.
+
+    python bench/val_yardsticks.py [--qualities 10 30 90] [--checkpoint CKPT] [--samples 4] [--no-model]
+                                   [--data DIR] [--peers FILE] [--limit N]
+
+Each photo of --data (default ../shared/data/val) is centre-cropped to at most 512x512, converted
+to RGB (a grayscale photo becomes a 3-component file with flat chroma) and saved by Pillow
+(libjpeg) with 4:2:0 sampling at each quality. Decoders: "libjpeg" (Pillow's decode), "mmse" (the
+model's posterior-mean decode M, projected, when the model has one), "sample"
+(the model's first projected sample, seed 0) and "meanK" (the mean of its K projected samples,
+seeds 0..K-1, projected again, as `sample.py --mean` writes it), the model being --checkpoint or, without it, the bundled default; "ground truth"
+is the original itself (only the figures that need no reference). Every output is rounded to 8
+bits (what a user saves) before it is measured.
+
+One JSON line per (quality, decoder), means over the photos of per-photo figures:
+  psnr, psnr_y        dB against the original (RGB; luma)
+  agreement           share of the file's coefficients a libjpeg re-encode of the output reproduces
+  blockiness          1 = no block grid
+  hf, hf_in           texture ratio: luma Laplacian energy over the original's, everywhere / inside 8x8 blocks
+  chroma_cb, chroma_cr  PSNR of Cb and Cr, over the colour photos only
+  rgb_luma_gap        PSNR-Y - PSNR, over the grayscale photos only (0 = no colour added)
+  peak2, peak4, peak8 spectral peak over the local median at that period (largest orientation);
+                      *_max: the largest over the photos
+  naturalness         Frechet distance of MSCN patch statistics to the originals' (one figure per set)
+  std                 per-pixel std of the K samples, gray levels (model rows)
+With --peers (default ../shared/peers/val.json, when present) a second line per decoder that the peers
+measured too (libjpeg, ground truth; the model's rows only for the bundled model) sets their figures
+beside ours.
+"""
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import posterior_jpeg as pj
+from posterior_jpeg.evaluate import libjpeg_decode, to_8bit, to_tensor
+from posterior_jpeg.metrics import (
+    blockiness,
+    chroma_psnr,
+    coefficient_agreement,
+    is_gray,
+    naturalness_distance,
+    per_pixel_std,
+    periodic_peaks,
+    psnr,
+    psnr_y,
+    rgb_luma_gap,
+    texture_ratio,
+)
+from posterior_jpeg.metrics.periodic import PERIODS
+
+from common import SHARED_DATA, emit
+
+MAX_SIDE = 512
+PEERS = SHARED_DATA.parent / "peers" / "val.json"
+# our decoder names -> the peers' (val.json "method"); the model's only for the bundled model
+PEER_METHODS = {"libjpeg": "libjpeg", "ground truth": "ground truth"}
+PEER_MODEL_METHODS = {"sample": "ours sample", "mean4": "ours mean4"}
+PEER_FIGURES = ("psnr", "psnr_y", "agreement", "blockiness", "hf", "hf_in", "std")
+
+
+def centre_crop(path: Path) -> np.ndarray:
+    """uint8 [H, W, 3]: the photo as RGB, centre-cropped to at most MAX_SIDE x MAX_SIDE."""
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    width, height = image.size
+    crop_w, crop_h = min(width, MAX_SIDE), min(height, MAX_SIDE)
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return np.array(image.crop((left, top, left + crop_w, top + crop_h)))
+
+
+def compress(pixels: np.ndarray, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
+    return buffer.getvalue()
+
+
+def reference_free(image: torch.Tensor) -> dict:
+    """Figures of one image [3, H, W] that need no original."""
+    peaks = periodic_peaks(image)[0].amax(dim=1)
+    return {"blockiness": blockiness(image[None]), **{f"peak{p}": peaks[i].item() for i, p in enumerate(PERIODS)}}
+
+
+def measure(output: torch.Tensor, original: torch.Tensor, jpeg: pj.JpegFile, gray: bool) -> dict:
+    """Every per-photo figure of one 8-bit output [3, H, W] against its original."""
+    figures = {
+        "psnr": psnr(output[None], original[None]).item(),
+        "psnr_y": psnr_y(output[None], original[None]).item(),
+        "agreement": coefficient_agreement(output, jpeg).coefficients,
+        "hf": texture_ratio(output, original, inside_blocks=False).item(),
+        "hf_in": texture_ratio(output, original).item(),
+        **reference_free(output),
+    }
+    if gray:
+        figures["rgb_luma_gap"] = rgb_luma_gap(output, original).item()
+    else:
+        figures["chroma_cb"], figures["chroma_cr"] = chroma_psnr(output, original)[0].tolist()
+    return figures
+
+
+def summarize(per_photo: list[dict]) -> dict:
+    """Means over the photos that have each figure (with the counts of the partial ones), and the
+    largest periodic peaks."""
+    keys = {key for figures in per_photo for key in figures}
+    summary = {"n": len(per_photo)}
+    for key in sorted(keys):
+        values = [figures[key] for figures in per_photo if key in figures]
+        summary[key] = float(np.mean(values))
+        if key.startswith("peak"):
+            summary[f"{key}_max"] = float(np.max(values))
+        if len(values) != len(per_photo):
+            summary[f"n_{key}"] = len(values)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--qualities", type=int, nargs="+", default=[10, 30, 90])
+    parser.add_argument("--checkpoint", default=None, help="model to measure (default: the bundled one)")
+    parser.add_argument("--samples", type=int, default=4, help="samples per photo (the mean row needs 2 or more)")
+    parser.add_argument("--no-model", action="store_true", help="libjpeg and ground truth only")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "val", help="folder of original photos")
+    parser.add_argument("--peers", type=Path, default=PEERS, help="the peers' val.json, to set beside ours")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N photos")
+    args = parser.parse_args()
+
+    files = sorted(p for p in args.data.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[: args.limit]
+    if not files:
+        sys.exit(f"val_yardsticks: no photos in {args.data} (pass --data DIR)")
+    sampler = None if args.no_model else pj.Sampler.from_checkpoint(args.checkpoint)
+    peers = json.loads(args.peers.read_text())["summary"] if args.peers.is_file() else []
+    peer_methods = dict(PEER_METHODS, **(PEER_MODEL_METHODS if args.checkpoint is None else {}))
+    originals = [to_tensor(centre_crop(path)) for path in files]
+    grays = [is_gray(original).item() for original in originals]
+    print(f"val_yardsticks: {len(files)} photos from {args.data} ({sum(grays)} grayscale), "
+          f"model {'none' if sampler is None else sampler.source}", file=sys.stderr)
+
+    for quality in args.qualities:
+        figures: dict[str, list[dict]] = {"ground truth": [reference_free(original) for original in originals]}
+        outputs: dict[str, list[torch.Tensor]] = {}
+        for original, gray in zip(originals, grays):
+            data = compress((original.permute(1, 2, 0) * 255).round().byte().numpy(), quality)
+            jpeg = pj.read_jpeg(data)
+            decoded = {"libjpeg": libjpeg_decode(data)}
+            spread = None
+            if sampler is not None and sampler.mean_network is not None:
+                decoded["mmse"] = to_8bit(sampler.mmse(jpeg))  # the posterior mean M, projected
+            if sampler is not None:
+                samples = to_8bit(sampler.sample(jpeg, n=args.samples, seed=0))
+                decoded["sample"] = samples[0]
+                if args.samples > 1:
+                    decoded[f"mean{args.samples}"] = pj.project(samples.mean(dim=0), jpeg)  # as sample.py --mean
+                    spread = per_pixel_std(samples) * 255
+            for method, output in decoded.items():
+                row = measure(output, original, jpeg, gray)
+                if spread is not None and method not in ("libjpeg", "mmse"):
+                    row["std"] = spread
+                figures.setdefault(method, []).append(row)
+                outputs.setdefault(method, []).append(output)
+
+        for method, per_photo in figures.items():
+            summary = summarize(per_photo)
+            if method in outputs:
+                summary["naturalness"] = naturalness_distance(outputs[method], originals)
+            emit(quality=quality, method=method, **summary)
+            peer = next((s for s in peers if s["quality"] == quality and s["method"] == peer_methods.get(method)), None)
+            if peer is not None and peer["n"] == summary["n"]:  # the same photos, not a --limit subset
+                emit(quality=quality, method=method, compare="peers/val.json",
+                     **{key: [summary[key], peer[key]] for key in PEER_FIGURES if key in summary and peer.get(key) is not None})
+
+
+if __name__ == "__main__":
+    main()
