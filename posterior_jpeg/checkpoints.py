@@ -50,11 +50,17 @@ _LISTED = 4  # keys named in a mismatch message before "and N more"
 @dataclass
 class ModelFile:
     """model.yaml: the format version and the architecture of G: `generator` alone, or, for an
-    anchored G = S(z, M(y, q), q), S in `generator` and M in `mean_generator`."""
+    anchored G = S(z, M(y, q), q), S in `generator` and M in `mean_generator`; antithetic: the
+    anchored G is M + (S(z) - S(-z)) / 2 (see AnchoredGenerator)."""
 
     format_version: int = MODEL_FORMAT
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     mean_generator: GeneratorConfig | None = None
+    antithetic: bool = False
+
+    def __post_init__(self):
+        if self.antithetic and self.mean_generator is None:
+            raise ConfigError("antithetic needs an anchored model (a mean_generator section)")
 
 
 def build_model(model: ModelFile) -> Generator | AnchoredGenerator:
@@ -62,12 +68,13 @@ def build_model(model: ModelFile) -> Generator | AnchoredGenerator:
     generator = build_generator(model.generator)
     if model.mean_generator is None:
         return generator
-    return AnchoredGenerator(build_generator(model.mean_generator), generator)
+    return AnchoredGenerator(build_generator(model.mean_generator), generator, model.antithetic)
 
 
 def model_file(generator: Generator | AnchoredGenerator) -> ModelFile:
     if isinstance(generator, AnchoredGenerator):
-        return ModelFile(generator=generator.detail.config, mean_generator=generator.mean.config)
+        return ModelFile(generator=generator.detail.config, mean_generator=generator.mean.config,
+                         antithetic=generator.antithetic)
     return ModelFile(generator=generator.config)
 
 
@@ -248,7 +255,7 @@ def model_config(folder: Path) -> ModelFile:
             if node.get("mean_generator") is not None:
                 mean = build_structured(GeneratorConfig, [_section(node, "mean_generator", config)],
                                         f"{config}: mean_generator")
-            return ModelFile(generator=generator, mean_generator=mean)
+            return ModelFile(generator=generator, mean_generator=mean, antithetic=bool(node.get("antithetic", False)))
     except ConfigError as error:
         raise CheckpointError(str(error)) from None
     raise CheckpointError(f"{folder}: neither {MODEL} nor {CONFIG} beside {WEIGHTS}")

@@ -102,7 +102,8 @@ class TrainConfig:
     frozen MMSE estimator xbar for the second moment. anchor: a noise-free MMSE checkpoint M (an
     mmse-stage run with generator.noise false): G becomes S(z, M(y, q), q), M frozen, only S (the
     `generator` section) trained, and M serves as eq. 7's xbar; init_from an anchored checkpoint
-    then warm-starts S alone over this anchor. resume: "auto" continues the run in out_dir
+    then warm-starts S alone over this anchor. antithetic (anchored only): G = M + (S(z) - S(-z)) / 2,
+    whose mean over z is M exactly (see AnchoredGenerator). resume: "auto" continues the run in out_dir
     if it has a checkpoint, a path resumes that checkpoint, null always starts fresh."""
 
     stage: str = "posterior"
@@ -126,6 +127,7 @@ class TrainConfig:
     init_from: str | None = None
     mmse_model: str | None = None
     anchor: str | None = None
+    antithetic: bool = False
     progress: bool = True
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     critic: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
@@ -144,6 +146,8 @@ class TrainConfig:
             raise ConfigError(f"loss.second_moment_kind must be 'eq7' or 'std', got {self.loss.second_moment_kind!r}")
         if self.anchor and self.mmse_model:
             raise ConfigError("anchor and mmse_model are both set: an anchored G uses its anchor as eq. 7's xbar")
+        if self.antithetic and not self.anchor:
+            raise ConfigError("antithetic needs an anchor: it mirrors the detail network S around M")
         if self.anchor and self.stage != "posterior":
             raise ConfigError("anchor trains the detail network S: it needs stage posterior")
         if self.loss.moment_images > self.batch_size:

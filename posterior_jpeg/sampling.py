@@ -171,9 +171,9 @@ class Sampler:
                 f"tile must be a multiple of {PAD_MULTIPLE} and at least {max(2 * overlap, PAD_MULTIPLE)}, got {tile}"
             )
         self.generator = generator.to(device).eval()
-        anchored = isinstance(generator, AnchoredGenerator)
-        self.mean_network = generator.mean if anchored else (None if generator.config.noise else generator)
-        self.sample_network = generator.detail if anchored else generator
+        self.anchored = isinstance(generator, AnchoredGenerator)
+        self.mean_network = generator.mean if self.anchored else (None if generator.config.noise else generator)
+        self.sample_network = generator.add_detail if self.anchored else generator
         self.source = source
         self.device = torch.device(device)
         self.dtype = dtype
@@ -217,7 +217,7 @@ class Sampler:
         each out without holding all n."""
         y = (jpeg.decode(device=self.device) * 255).round() / 255
         tables = jpeg.qtable_tensor(self.device)
-        if self.sample_network is not self.generator:
+        if self.anchored:
             y = self._tiled(self.mean_network, y, tables, [0])[0]  # S's input: M(y, q), once per file
         for start in range(0, n, self.batch_size):
             seeds = list(range(seed + start, seed + min(n, start + self.batch_size)))
@@ -251,7 +251,7 @@ class Sampler:
         tile, blended: [len(seeds), 3, H, W] in [0, 1] on the CPU, not projected."""
         return self._tiled(self.sample_network, y, tables, seeds).clamp(0, 1)
 
-    def _tiled(self, network: Generator, y: torch.Tensor, tables: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    def _tiled(self, network, y: torch.Tensor, tables: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         """network on y [3, H, W] for each seed, tile by tile (row by row, in a fixed order), blended
         with linear ramps: [len(seeds), 3, H, W] on the model's device, not clamped."""
         height, width = y.shape[-2:]
@@ -270,7 +270,7 @@ class Sampler:
                 weight[top:bottom, left:right] += ramp
         return total / weight
 
-    def _run(self, network: Generator, y: torch.Tensor, tables: torch.Tensor, seeds: list[int], top: int,
+    def _run(self, network, y: torch.Tensor, tables: torch.Tensor, seeds: list[int], top: int,
              left: int) -> torch.Tensor:
         """network on one tile whose corner is pixel (top, left) of the image, with that place's
         noise; float32 on the model's device."""
@@ -283,6 +283,7 @@ class Sampler:
     def compile(self) -> "Sampler":
         """torch.compile the trunks, the bulk of the work. The first run at each tile shape compiles,
         which takes a while."""
-        for network in {self.mean_network, self.sample_network} - {None}:
+        networks = [self.generator.mean, self.generator.detail] if self.anchored else [self.generator]
+        for network in networks:
             network.trunk.forward = torch.compile(network.trunk.forward)
         return self

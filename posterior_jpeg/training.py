@@ -98,7 +98,8 @@ class Trainer:
             if not isinstance(mean, Generator) or mean.config.noise:
                 raise checkpoints.CheckpointError(
                     f"{cfg.anchor}: an anchor must be a noise-free MMSE model (generator.noise: false)")
-            self.generator = AnchoredGenerator(mean, build_generator(GeneratorConfig(**vars(cfg.generator))))
+            self.generator = AnchoredGenerator(mean, build_generator(GeneratorConfig(**vars(cfg.generator))),
+                                               cfg.antithetic)
         else:
             self.generator = build_generator(GeneratorConfig(**vars(cfg.generator)))
         if cfg.init_from:

@@ -336,3 +336,41 @@ def test_anchored_generator_starts_at_its_posterior_mean_and_trains_only_the_det
     assert all(p.grad is not None for p in model.detail.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="noise-free"):
         AnchoredGenerator(Generator(TINY["plain"]), Generator(TINY["plain"]))
+
+
+def test_antithetic_anchored_generator_is_odd_in_the_noise_around_its_mean(images):
+    """G(z) - M = -(G(-z) - M): the mean over symmetric noise is M exactly, and what S adds for every
+    z alike (a fixed pattern) cancels; without antithetic it does not."""
+    from posterior_jpeg.models.generator import AnchoredGenerator
+
+    torch.manual_seed(0)
+    mean = Generator(replace(TINY["plain"], noise=False))
+    detail = Generator(TINY["plain_full_res"])
+    with torch.no_grad():  # an S with visible z-independent and z-dependent parts
+        detail.conv_full_res.bias.fill_(0.05)
+        detail.conv_full_res.weight.mul_(30)
+        for block in detail.trunk.blocks:
+            block.noise_scale.fill_(3.0)
+    y, q = images(32, 32, 2), tables(10, 2)
+
+    class Fixed:  # hands out given maps in order: a source of z, or of -z
+        def __init__(self, maps, sign):
+            self.maps, self.sign = iter(maps), sign
+
+        def like(self, features):
+            return self.sign * next(self.maps)
+
+    maps = [torch.randn(2, 1, 8, 8) for _ in range(TINY["plain_full_res"].blocks)]
+    for antithetic in (True, False):
+        model = AnchoredGenerator(mean, detail, antithetic=antithetic).eval()
+        with torch.no_grad():
+            m = model.posterior_mean(y, q)
+            plus, minus = model(y, q, Fixed(maps, 1.0)), model(y, q, Fixed(maps, -1.0))
+            seeded = model(y, q, seeded_generators([3, 4]))
+        average_offset = ((plus + minus) / 2 - m).abs().max()
+        if antithetic:
+            assert average_offset < 1e-5
+            assert (plus - m).abs().mean() > 1e-3  # it still varies with z
+            assert (seeded - m).abs().mean() > 1e-3
+        else:
+            assert average_offset > 0.01  # the z-independent part stays in every sample

@@ -201,3 +201,20 @@ def test_metrics_see_inconsistency(natural_rgb, pillow_jpeg):
     assert 0.5 <= agreement.coefficients < 1.0 and agreement.blocks < agreement.coefficients
     rmse = consistency_rmse(torch.stack([original, shifted]), jf)
     assert rmse[0].item() == 0.0 and rmse[1].item() > 1.0
+
+
+@pytest.mark.parametrize("quality", [50, 95])
+def test_each_candidate_is_projected_as_if_alone(natural_rgb, pillow_jpeg, quality):
+    """A sample must not depend on the others in its batch (a resumed run makes the missing samples
+    in smaller batches than the run it completes): the batch's results equal each candidate's alone,
+    bit for bit, also where the search retries or the descent runs (padded edge blocks: 37 x 53)."""
+    rgb = natural_rgb(37, 53, seed=9)
+    data = pillow_jpeg(rgb, quality=quality, subsampling="4:2:0")
+    jf = pj.read_jpeg(data)
+    batch = torch.cat([candidates(data, jf), (jf.decode() + 0.15 * torch.randn(1, 3, 37, 53)).clamp(0, 1)])
+    together = projection(batch, jf)
+    for i, candidate in enumerate(batch):
+        alone = projection(candidate, jf)
+        assert torch.equal(together.images[i], alone.images), i
+        assert torch.equal(together.floats[i], alone.floats), i
+        assert together.differing_coefficients[i] == alone.differing_coefficients, i

@@ -208,7 +208,9 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
                           "generator.trunk=plain", "checkpoint_every=4", "val_every=4"))
     with pytest.raises(ConfigError, match="anchor"):
         tiny(tmp_path / "both", f"anchor={mean_run}", f"mmse_model={mean_run}")
-    run_dir = train(tiny(tmp_path / "anchored", f"anchor={mean_run}", "steps=4", "checkpoint_every=4",
+    with pytest.raises(ConfigError, match="antithetic needs an anchor"):
+        tiny(tmp_path / "lone", "antithetic=true")
+    run_dir = train(tiny(tmp_path / "anchored", f"anchor={mean_run}", "steps=4", "checkpoint_every=4", "antithetic=true",
                          "val_every=4", "loss.second_moment.start=1", "loss.second_moment.end=1", "loss.moments_every=2"))
     mean_weights = load_file(str(checkpoints.latest_checkpoint(mean_run) / checkpoints.WEIGHTS))
     anchored_weights = load_file(str(checkpoints.latest_checkpoint(run_dir) / checkpoints.WEIGHTS))
@@ -217,7 +219,7 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
     assert any(k.startswith("detail.") for k in anchored_weights)
 
     sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32")
-    assert isinstance(sampler.generator, AnchoredGenerator)
+    assert isinstance(sampler.generator, AnchoredGenerator) and sampler.generator.antithetic
     jf = pj.read_jpeg(ROOT / "examples" / "chelsea_q10.jpg")
     y = (jf.decode() * 255).round() / 255
     mean = sampler.mmse(jf, project=False)
@@ -242,5 +244,5 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
     config.write_text(config.read_text() + "mean_generator: {trunk: plain, features: 16, blocks: 1, growth: 8, "
                       "table_embedding: 8, noise: false}\n")
     migrated, model = checkpoints.load_generator(folder)
-    assert isinstance(migrated, AnchoredGenerator) and not model.mean_generator.noise
+    assert isinstance(migrated, AnchoredGenerator) and not model.mean_generator.noise and migrated.antithetic
     assert all(torch.equal(v, anchored_weights[k]) for k, v in migrated.state_dict().items())

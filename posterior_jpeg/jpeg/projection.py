@@ -710,7 +710,11 @@ def projection(
         margin=margin, float_passes=float_passes, relaxation=relaxation, widenings=widenings, search_rounds=search_rounds,
         search_steps=search_steps, candidates=candidates, search_inset=search_inset,
     )
-    n = batch.shape[0]
+    if batch.shape[0] > 1:  # each on its own: the search's choices never depend on the rest of a batch
+        parts = [projection(candidate, jpeg, **settings) for candidate in batch]
+        fields = [torch.stack([getattr(part, name) for part in parts]) for name in Projection.__dataclass_fields__]
+        return Projection(*fields)
+    n = 1
     with torch.no_grad():
         source = batch.float() * 255.0
         if gray:  # a grayscale file's outputs are gray: worked on as R = G = B = libjpeg's luma

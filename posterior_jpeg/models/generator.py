@@ -308,15 +308,21 @@ class AnchoredGenerator(nn.Module):
     Why: on a CPU budget a single GAN-trained G lost PSNR against the plain decode, while M alone is
     cheap to train and gains over it; S then starts at M (its residual starts near 0) and only has to
     learn the detail that M cannot know. M stays frozen: the `posterior_mean` decode keeps its
-    meaning, and training S costs no backward pass through M."""
+    meaning, and training S costs no backward pass through M.
 
-    def __init__(self, mean: Generator, detail: Generator):
+    antithetic: G(z) = M + (S(z, M) - S(-z, M)) / 2, an odd function of z around M. The noise is
+    symmetric, so E_z[G] = M exactly: the first moment holds by construction, and what S would add
+    whatever z is (a fixed pattern such as a 4-pixel hatch from the 1/4-resolution head) cancels.
+    Costs two passes of S per sample."""
+
+    def __init__(self, mean: Generator, detail: Generator, antithetic: bool = False):
         super().__init__()
         if mean.config.noise:
             raise ValueError("the posterior-mean network M must be noise-free (generator.noise: false)")
         self.mean = mean.requires_grad_(False)
         self.detail = detail
         self.config = detail.config
+        self.antithetic = antithetic
 
     def train(self, mode: bool = True) -> "AnchoredGenerator":
         super().train(mode)
@@ -328,4 +334,41 @@ class AnchoredGenerator(nn.Module):
             return self.mean(y, qtables)
 
     def forward(self, y: torch.Tensor, qtables: torch.Tensor, generator: NoiseGenerator = None) -> torch.Tensor:
-        return self.detail(self.posterior_mean(y, qtables), qtables, generator)
+        return self.add_detail(self.posterior_mean(y, qtables), qtables, generator)
+
+    def add_detail(self, mean: torch.Tensor, qtables: torch.Tensor, generator: NoiseGenerator = None) -> torch.Tensor:
+        """G given M's output: the sampler computes M once per file and this once per sample."""
+        if not self.antithetic:
+            return self.detail(mean, qtables, generator)
+        noise = _RecordedNoise(generator if hasattr(generator, "like") else NoiseSource(mean.shape[0], generator))
+        plus = self.detail(mean, qtables, noise)
+        return mean + 0.5 * (plus - self.detail(mean, qtables, noise.mirrored()))
+
+
+class _RecordedNoise:
+    """A noise source that keeps the maps it hands out, so that a second pass can get -z."""
+
+    def __init__(self, source):
+        self.source = source
+        self.maps: list[torch.Tensor] = []
+
+    def like(self, features: torch.Tensor) -> torch.Tensor:
+        noise = self.source.like(features)
+        self.maps.append(noise)
+        return noise
+
+    def mirrored(self) -> "_Replay":
+        return _Replay([-noise for noise in self.maps])
+
+
+class _Replay:
+    """Hands out given maps in order (the second pass of a network asks in the same order)."""
+
+    def __init__(self, maps: list[torch.Tensor]):
+        self.maps = iter(maps)
+
+    def like(self, features: torch.Tensor) -> torch.Tensor:
+        noise = next(self.maps)
+        if noise.shape[-2:] != features.shape[-2:]:
+            raise RuntimeError("the mirrored pass asked for noise in another order than the first")
+        return noise
