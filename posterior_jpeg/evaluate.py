@@ -26,10 +26,17 @@ gathered before any statistic, so the numbers equal a single process's (up to fl
 differently composed Inception batches).
 """
 
+import sys
+
+if __name__ == "__main__":  # `python -m posterior_jpeg.evaluate` is `posterior-jpeg eval`: parsed before torch loads
+    from posterior_jpeg.cli import main
+
+    sys.exit(main(["eval", *sys.argv[1:]]))
+
+
 import csv
 import io
 import json
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +51,7 @@ from tqdm.auto import tqdm
 from . import __version__, explorer
 from .atomic import write_atomically
 from .checkpoints import resolve
-from .config import ConfigError, load_structured, parse_config_arguments, run_with_config
+from .config import ConfigError, load_structured, run_with_config, show_config
 from .data import WRITABLE_MODES, ImageError, list_images, read_rgb
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
@@ -75,19 +82,14 @@ COLUMNS = ("checkpoint", "quality", "subsampling", "method", "images", "fid", "f
 
 @dataclass
 class EvalData:
-    """ground_truth: a folder of clean images, compressed here at every quality and subsampling.
-    jpegs: instead, a folder of real JPEG files, evaluated as stored (no ground truth: no PSNR, no
-    LPIPS, and FID only with fid_reference). fid_reference: a folder of real images, or FID statistics
-    (.npz, ours or pytorch-fid's), for FID; null: the ground-truth images. crop: "full" (as is),
-    "mod16" (centre crop down to a multiple of 16, whole 4:2:0 MCUs) or a number N (short side resized
-    to N, bicubic, then a centre N x N crop); it applies to ground-truth and reference images. limit:
-    use only the first N test images (sorted paths)."""
+    """Test images: set ground_truth or jpegs. With jpegs, FID needs fid_reference (.npz: ours or
+    pytorch-fid's). crop applies to ground-truth and reference images (resizing is bicubic)."""
 
-    ground_truth: str | None = None
-    jpegs: str | None = None
-    fid_reference: str | None = None
-    crop: str = "mod16"
-    limit: int | None = None
+    ground_truth: str | None = None  # folder of clean test images, compressed here at every quality x subsampling
+    jpegs: str | None = None  # OR a folder of real JPEG files, as stored (no ground truth: no PSNR, LPIPS)
+    fid_reference: str | None = None  # FID reference: image folder or statistics .npz; null: the ground truth
+    crop: str = "mod16"  # "full", "mod16" (centre crop to a multiple of 16) or N (short side to N, centre N x N)
+    limit: int | None = None  # evaluate only the first N test images (sorted paths)
 
 
 @dataclass
@@ -95,31 +97,31 @@ class FeatureWeights:
     """Pretrained feature networks, never downloaded: a file path, null for torch's hub cache, or
     "random" (tests and demos only: the numbers are then NOT comparable to anything)."""
 
-    inception: str | None = None
-    lpips: str | None = None
-    lpips_net: str = "alex"
-    batch_size: int = 32
+    inception: str | None = None  # Inception weights file (pytorch-fid's); null: torch hub cache; "random": tests only
+    lpips: str | None = None  # LPIPS backbone weights file; null: torch hub cache; "random": tests only
+    lpips_net: str = "alex"  # LPIPS backbone: alex or vgg
+    batch_size: int = 32  # images per Inception batch
 
 
 @dataclass
 class EvalConfig:
     """One evaluation job; see configs/eval.yaml for every key."""
 
-    checkpoints: list[str] = field(default_factory=list)
-    mmse_checkpoint: str | None = None
-    data: EvalData = field(default_factory=EvalData)
-    qualities: list[int] = field(default_factory=lambda: [10])
-    subsamplings: list[str] = field(default_factory=lambda: ["4:2:0"])
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    repeats: int = 8
-    samples: int = 8
-    seed: int = 0
-    features: FeatureWeights = field(default_factory=FeatureWeights)
-    fid_cache: str = "~/.cache/posterior-jpeg/fid"
-    out_dir: str = "runs/eval"
-    device: str = "auto"
-    dtype: str = "auto"
-    progress: bool = True
+    checkpoints: list[str] = field(default_factory=list)  # posterior models: run folders, checkpoint folders or weights files
+    mmse_checkpoint: str | None = None  # a stage=mmse run for the mmse method
+    data: EvalData = field(default_factory=EvalData)  # test images
+    qualities: list[int] = field(default_factory=lambda: [10])  # JPEG qualities (1-100), each a setting
+    subsamplings: list[str] = field(default_factory=lambda: ["4:2:0"])  # chroma subsamplings, each a setting
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))  # jpeg, mmse, ours, ours_p (projected), ours_a (mean of samples)
+    repeats: int = 8  # FID repeats, one fresh sample per test image each
+    samples: int = 8  # K samples per image for ours_a and the diversity metrics
+    seed: int = 0  # sample of image i in repeat r: seed + i * SEED_STRIDE + r
+    features: FeatureWeights = field(default_factory=FeatureWeights)  # pretrained feature networks, never downloaded
+    fid_cache: str = "~/.cache/posterior-jpeg/fid"  # reference statistics, keyed by file contents, weights and crop
+    out_dir: str = "runs/eval"  # results.json, results.csv, results.md
+    device: str = "auto"  # auto, cpu or cuda
+    dtype: str = "auto"  # sampling precision: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16
+    progress: bool = True  # progress bars (main process only)
 
     def __post_init__(self):
         data = self.data
@@ -592,15 +594,8 @@ def evaluate(cfg: EvalConfig, print_table: bool = True) -> dict:
     return Evaluation(cfg).run(print_table)
 
 
-def run_command(config: str | None, overrides: list[str], program: str = "evaluate") -> int:
+def run_command(config: str | None, overrides: list[str], program: str, print_config: bool = False) -> int:
     """The command line's work: exit code 0, 1 (a job error, e.g. missing weights) or 2 (bad config)."""
+    if print_config:
+        return show_config(program, EvalConfig, config, overrides)
     return run_with_config(program, load_eval_config, evaluate, config, overrides)
-
-
-def main(argv=None) -> int:
-    args = parse_config_arguments(argv, "python -m posterior_jpeg.evaluate", __doc__, "configs/eval.yaml")
-    return run_command(args.config, args.overrides)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

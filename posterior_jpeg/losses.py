@@ -112,9 +112,9 @@ class Schedule:
     start + (end - start) * (1 - cos(pi * t)) / 2 with t = step / total clipped to [0, 1]; rises
     when end > start and falls when end < start, flat at both ends."""
 
-    kind: str = "constant"
-    start: float = 1.0
-    end: float = 1.0
+    kind: str = "constant"  # "constant" or "cosine"
+    start: float = 1.0  # value at step 0 (throughout, for constant)
+    end: float = 1.0  # value at the last step (cosine)
 
     def __post_init__(self):
         if self.kind not in SCHEDULE_KINDS:

@@ -24,11 +24,10 @@ from .jpeg.file import JpegFile
 from .jpeg.sampling import GRAY
 from .jpeg.projection import project as project_onto
 from .errors import PosteriorJpegError
-from .models.generator import PAD_MULTIPLE, UNSHUFFLE, AnchoredGenerator, Generator
+from .models.generator import UNSHUFFLE, AnchoredGenerator, Generator
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, PAD_MULTIPLE
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
-DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 32
 
 _MASK32 = 0xFFFFFFFF
 

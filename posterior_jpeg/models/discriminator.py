@@ -27,16 +27,13 @@ BRANCH_SCALE = 0.1
 
 @dataclass
 class DiscriminatorConfig:
-    """features: width of the first stage, doubled per downsampling up to max_features.
-    size: the crop size it is built for (a power of two times 4; 128 in the paper).
-    conditional: also see the decoded JPEG y, as three extra input channels.
-    detail_gain: 0 for the paper's critic; > 0 adds the detail layer (three more input channels)."""
+    """Architecture of the critic (the paper's at the defaults, with size 128)."""
 
-    features: int = 64
-    max_features: int = 512
-    size: int = 128
-    conditional: bool = False
-    detail_gain: float = 0.0
+    features: int = 64  # width of the first stage, doubled per downsampling
+    max_features: int = 512  # widest stage
+    size: int = 128  # crop side it is built for: 4 times a power of two
+    conditional: bool = False  # also see the decoded JPEG y (three extra input channels)
+    detail_gain: float = 0.0  # 0: the paper's critic; > 0 adds the detail layer (three more input channels)
 
     def __post_init__(self):
         stages = math.log2(self.size / FINAL_SIZE)

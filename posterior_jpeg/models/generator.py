@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tiling import PAD_MULTIPLE
+
 UNSHUFFLE = 4
-PAD_MULTIPLE = 16  # a whole 4:2:0 MCU: trunk cells then line up with the file's 8x8 blocks
 RESIDUAL_SCALE = 0.2
 PLAIN_NOISE_INIT = 0.1  # added noise starts at a tenth of unit features: seeds differ, features dominate
 TRUNKS = ("rrdb", "plain")
@@ -50,13 +51,13 @@ class GeneratorConfig:
     noise: False builds a deterministic network (no noise inputs, no noise scales): the posterior-mean
     estimate M(y, q), trained with MSE, for which noise is only a nuisance to unlearn."""
 
-    trunk: str = "rrdb"
-    features: int = 64
-    blocks: int = 23
-    growth: int = 32
-    table_embedding: int = 64
-    full_res_features: int = 0
-    noise: bool = True
+    trunk: str = "rrdb"  # "rrdb" (the paper's) or "plain" (fast wide residual blocks)
+    features: int = 64  # trunk width
+    blocks: int = 23  # number of RRDB or residual blocks
+    growth: int = 32  # dense-block growth channels (rrdb only)
+    table_embedding: int = 64  # width of the quantization-table embedding that drives FiLM; 0: table-blind
+    full_res_features: int = 0  # 0: pixel-shuffle the residual; > 0: this many full-resolution features, then a 3x3 conv
+    noise: bool = True  # false: a deterministic network (the MMSE estimate M, no noise inputs)
 
     def __post_init__(self):
         if self.trunk not in TRUNKS:
