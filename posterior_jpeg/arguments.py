@@ -3,6 +3,7 @@ torch (seconds to import) loads; each command imports its heavy modules after pa
 
 import argparse
 
+from .precision import PRECISIONS
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, PAD_MULTIPLE
 
 FORMATS = ("png", "png16", "webp", "jpeg")  # what sample writes (export.py)
@@ -156,7 +157,7 @@ def configure_sample(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--grid", action="store_true", help="also write <stem>_grid.png, a contact sheet")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the generator runs (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+    parser.add_argument("--dtype", choices=("auto", *PRECISIONS), default="auto",
                         help="generator precision (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--tile", type=_tile, default=DEFAULT_TILE,
                         help=f"tile size in pixels, a multiple of 16; 0 runs whole images (default {DEFAULT_TILE})")

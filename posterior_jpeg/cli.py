@@ -37,13 +37,13 @@ def _info(args) -> int:
 
 def _project(args) -> int:
     import numpy as np  # torch and numpy: after parsing
-    import torch
 
     from .data import read_rgb
     from .jpeg.file import read_jpeg
     from .jpeg.projection import project
     from .jpeg.sampling import GRAY
     from .metrics import coefficient_agreement, consistency_rmse
+    from .pixels import to_chw_float, to_hwc_uint8
     from .sample_cli import write_png
 
     try:
@@ -59,13 +59,13 @@ def _project(args) -> int:
     if os.path.exists(args.output) and not args.overwrite:
         print(f"{args.output}: exists (pass --overwrite to replace it)", file=sys.stderr)
         return 1
-    candidate = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+    candidate = to_chw_float(np.array(image))
     before = coefficient_agreement(candidate, jf)
     projected = project(candidate, jf)
     if jf.sampling == GRAY:  # grayscale in, grayscale out
         projected = projected[:1]
     after = coefficient_agreement(projected, jf)
-    pixels = (projected * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pixels = to_hwc_uint8(projected)
     write_png(pixels, Path(args.output), jf.icc_profile)
     print(json.dumps({
         "output": args.output,

@@ -18,29 +18,14 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .data import SYNTHETIC
-from .errors import CheckpointError, PosteriorJpegError
+from .data import SYNTHETIC, QualitySampler
+from .errors import CheckpointError, ConfigError, PosteriorJpegError
 from .losses import Schedule
-from .models.discriminator import DiscriminatorConfig
+from .precision import PRECISIONS
+from .models.critic import CriticConfig
 from .models.generator import GeneratorConfig
 
 STAGES = ("mmse", "posterior")
-PRECISIONS = ("no", "bf16", "fp16")
-
-
-class ConfigError(PosteriorJpegError, ValueError):
-    """A configuration that cannot be used, with the reason."""
-
-
-@dataclass
-class QualityConfig:
-    """JPEG quality per training crop: "skewed" draws low + (high - low) * u**power (the paper's
-    [5, 50] skewed to low qualities), "uniform" draws integers in [low, high]."""
-
-    kind: str = "skewed"  # "skewed" or "uniform"
-    low: int = 5  # lowest quality drawn (1..100)
-    high: int = 50  # highest quality drawn; real-world files reach 95 and more
-    power: float = 2.0  # skew: > 1 favours low qualities, 1 is uniform over the reals, < 1 favours high
 
 
 @dataclass
@@ -50,7 +35,7 @@ class DataConfig:
     train: str = MISSING  # required: an image folder (searched recursively), or "synthetic" (generated images)
     val: str | None = None  # image folder of the validation sheets; null: the training images
     crop: int = 128  # crop side in pixels, a multiple of 16
-    quality: QualityConfig = field(default_factory=QualityConfig)  # quality per crop (QualityConfig)
+    quality: QualitySampler = field(default_factory=QualitySampler)  # JPEG quality distribution of the crops
     modes: list[str] = field(default_factory=lambda: ["4:2:0"])  # subsampling per crop, drawn from these
     double_share: float = 0.0  # share of crops saved twice: a first save, a 0-7 pixel shift, the final save
     flips: bool = True  # random horizontal and vertical flips
@@ -106,7 +91,7 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps of the whole run
     batch_size: int = 32  # crops per step, over all processes
     grad_accumulation: int = 1  # micro-batches accumulated per step
-    mixed_precision: str = "no"  # autocast precision: "no" (fp32), "bf16" or "fp16"
+    mixed_precision: str = "fp32"  # autocast precision: "fp32" (none), "bf16" or "fp16"
     device: str = "auto"  # "auto" (the accelerator when present) or "cpu"
     seed: int = 0  # seed of initialisation, data order and noise
     ema: float = 0.999  # per-step decay of the EMA copy of G that checkpoints publish
@@ -124,7 +109,7 @@ class TrainConfig:
     anchor: str | None = None  # noise-free MMSE checkpoint M: G becomes S(z, M(y, q), q) and only S trains
     progress: bool = True  # progress bar on the console
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # architecture of G
-    critic: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)  # architecture of the critic
+    critic: CriticConfig = field(default_factory=CriticConfig)  # architecture of the critic
     loss: LossConfig = field(default_factory=LossConfig)  # weights of the objective, each a schedule over the run
     data: DataConfig = field(default_factory=DataConfig)  # training crops
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizers
@@ -133,7 +118,8 @@ class TrainConfig:
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.mixed_precision not in PRECISIONS:
-            raise ConfigError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
+            renamed = " (written 'no' before: now 'fp32')" if self.mixed_precision in ("no", "False") else ""
+            raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}{renamed}")
         if self.loss.consistency_kind not in ("pixel", "dct"):
             raise ConfigError(f"loss.consistency_kind must be 'pixel' or 'dct', got {self.loss.consistency_kind!r}")
         if self.loss.second_moment_kind not in ("eq7", "std"):

@@ -69,6 +69,8 @@ from .metrics import (
     psnr_y,
 )
 from .metrics.fid import FEATURE_DIM, RANDOM, StatisticsError, statistics_key
+from .pixels import round_to_8_bits, to_chw_float
+from .precision import PRECISIONS
 from .sampling import Sampler
 
 METHODS = ("jpeg", "mmse", "ours", "ours_p", "ours_a")
@@ -144,7 +146,7 @@ class EvalConfig:
             raise ConfigError(f"subsamplings must be a non-empty selection of {WRITABLE_MODES}, got {self.subsamplings}")
         if not 1 <= self.repeats < SEED_STRIDE or not 2 <= self.samples < SEED_STRIDE:
             raise ConfigError(f"need 1 <= repeats and 2 <= samples, both < {SEED_STRIDE}")
-        if self.device not in ("auto", "cpu", "cuda") or self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+        if self.device not in ("auto", "cpu", "cuda") or self.dtype not in ("auto", *PRECISIONS):
             raise ConfigError("device must be auto, cpu or cuda; dtype auto, fp32, bf16 or fp16")
         if self.features.batch_size < 1:
             raise ConfigError("features.batch_size must be >= 1")
@@ -177,18 +179,10 @@ def load_image(path: Path, crop: str) -> np.ndarray:
     return np.array(image)
 
 
-def to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255
-
-
-def to_8bit(images: torch.Tensor) -> torch.Tensor:
-    return (images.clamp(0, 1) * 255).round() / 255
-
-
 def libjpeg_decode(data: bytes) -> torch.Tensor:
     """[3, H, W] in [0, 1]: libjpeg's own decode of the file (through Pillow), in stored orientation."""
     with Image.open(io.BytesIO(data)) as image:
-        return to_tensor(np.array(image.convert("RGB")))
+        return to_chw_float(np.array(image.convert("RGB")))
 
 
 @dataclass(frozen=True)
@@ -242,7 +236,7 @@ class TestSet:
             Image.fromarray(pixels).save(buffer, format="JPEG", quality=self.setting.quality,
                                          subsampling=self.setting.subsampling)
             data = buffer.getvalue()
-            item = Item(index, to_tensor(pixels)[None], read_jpeg(data), libjpeg_decode(data)[None])
+            item = Item(index, to_chw_float(pixels)[None], read_jpeg(data), libjpeg_decode(data)[None])
         height, width = item.jpeg.size
         if min(height, width) < self.min_side:
             raise ImageError(f"{path}: {width}x{height} is smaller than the {self.min_side}x{self.min_side} "
@@ -387,7 +381,7 @@ class Evaluation:
         mine = range(self.rank, len(files), self.world)
         for index in self._progress(mine, "FID reference"):
             try:
-                batches.add("reference", index, to_tensor(load_image(files[index], cfg.data.crop))[None])
+                batches.add("reference", index, to_chw_float(load_image(files[index], cfg.data.crop))[None])
             except ImageError as error:
                 self.skipped[str(files[index])] = str(error)
         stats = self._gathered_statistics(batches.finish()).get("reference")
@@ -433,7 +427,7 @@ class Evaluation:
         if self.mmse is not None:
             seed = self.cfg.seed + item.index * SEED_STRIDE
             mmse = self.mmse.sample(item.jpeg, n=1, seed=seed, project=False).expand(-1, 3, -1, -1)  # gray: as RGB
-            outputs[method_key(None, "mmse")] = to_8bit(mmse)
+            outputs[method_key(None, "mmse")] = round_to_8_bits(mmse)
         return outputs
 
     def _posterior_outputs(self, label: str, repeat: int):
@@ -448,7 +442,7 @@ class Evaluation:
             raw = raw.expand(-1, 3, -1, -1)
             result = {}
             if "ours" in methods:
-                samples = to_8bit(raw)
+                samples = round_to_8_bits(raw)
                 result[method_key(label, "ours")] = samples[:1]
                 if first:
                     self._diversity(method_key(label, "ours"), samples, item.index, tally)
@@ -458,7 +452,7 @@ class Evaluation:
                 if first:
                     self._diversity(method_key(label, "ours_p"), projected, item.index, tally)
             if first and "ours_a" in methods:
-                result[method_key(label, "ours_a")] = to_8bit(raw.mean(dim=0, keepdim=True))
+                result[method_key(label, "ours_a")] = round_to_8_bits(raw.mean(dim=0, keepdim=True))
             return result
 
         return outputs

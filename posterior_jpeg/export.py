@@ -17,7 +17,7 @@ from PIL import Image
 
 from .arguments import DEFAULT_QUALITY, FORMATS
 from .atomic import write_atomically
-from .visualize import to_uint8
+from .pixels import to_hwc_uint8
 
 LOSSY = ("webp", "jpeg")
 SUFFIXES = {"png": ".png", "png16": ".png", "webp": ".webp", "jpeg": ".jpg"}
@@ -127,7 +127,7 @@ def encode(image: torch.Tensor, settings: ExportSettings, metadata: Metadata) ->
     else:
         options.update(format="PNG")
     buffer = io.BytesIO()
-    pixels = to_uint8(image)
+    pixels = to_hwc_uint8(image)
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, **options)
     return buffer.getvalue()
 

@@ -28,7 +28,8 @@ from .jpeg.projection import project
 from .metrics import coefficient_agreement, consistency_rmse
 from .metrics.fid import file_digest
 from .sampling import Sampler
-from .visualize import contact_sheet, std_map, to_uint8
+from .pixels import round_to_8_bits, to_hwc_uint8, to_uint8, to_unit_float
+from .visualize import contact_sheet, std_map
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 MANIFEST = "manifest.jsonl"
@@ -203,11 +204,6 @@ def libjpeg_warnings(found: list[str]):
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-def _pixels(image: torch.Tensor) -> torch.Tensor:
-    """[C, H, W] in [0, 1] -> the 8-bit values a PNG stores, as uint8."""
-    return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def _kept_sample(output: Path, jf: JpegFile) -> torch.Tensor:
     """A sample a previous run wrote (its sha256 checked), back as uint8 [C, H, W] in the file's
     stored orientation (for the summaries; a lossy export comes back with its losses)."""
@@ -264,8 +260,8 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
     def write_decoded(output: Path, image: torch.Tensor, began: float) -> torch.Tensor:
         """Measure a decoded image [C, H, W] as its file will hold it, write it with its manifest
         record, report new warnings; returns its 8-bit pixels."""
-        pixels = _pixels(image)
-        saved = pixels.float() / 255  # measure exactly what the PNG holds, in stored orientation
+        pixels = to_uint8(image)
+        saved = to_unit_float(pixels)  # measure exactly what the PNG holds, in stored orientation
         measured = []
         with libjpeg_warnings(measured):
             agreement = coefficient_agreement(saved, jf)
@@ -305,7 +301,7 @@ def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: l
                      metadata: export.Metadata) -> None:
     """The mean, std map and contact sheet of an input's samples (uint8 [C, H, W] each), as asked."""
     began = perf_counter()
-    stack = torch.stack(samples).float() / 255
+    stack = to_unit_float(torch.stack(samples))
     mean = stack.mean(dim=0) if job.args.no_project else project(stack.mean(dim=0), jf)
     seeds = list(range(job.args.seed, job.args.seed + job.args.samples))
     for kind in kinds:
@@ -314,7 +310,7 @@ def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: l
         line = {**common, "kind": kind, "output": str(output), "seeds": seeds,
                 "icc_profile_embedded": icc is not None, "warnings": list(jf.warnings)}
         if kind == "mean":
-            agreement = coefficient_agreement(_pixels(mean).float() / 255, jf).coefficients
+            agreement = coefficient_agreement(round_to_8_bits(mean), jf).coefficients
             line.update(format=job.export.format, quality=job.export.quality, metadata=job.export.metadata,
                         written_consistency=job.export.written_consistency(agreement))
             data = export.encode(apply_orientation(mean, jf.orientation), job.export, metadata)
@@ -323,7 +319,7 @@ def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: l
             data = encode_png(contact_sheet([[apply_orientation(image.expand(3, -1, -1), jf.orientation)
                                               for image in row]]), icc)
         else:
-            data = encode_png(to_uint8(apply_orientation(std_map(stack), jf.orientation)), icc)
+            data = encode_png(to_hwc_uint8(apply_orientation(std_map(stack), jf.orientation)), icc)
         job.write(output, data, line, began)
 
 
