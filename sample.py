@@ -7,7 +7,8 @@ See `python sample.py --help` (the same command is `posterior-jpeg sample`).
 
 import sys
 
-from posterior_jpeg.sample_cli import main
+from posterior_jpeg.arguments import build_sample_parser
 
 if __name__ == "__main__":
-    sys.exit(main())
+    args = build_sample_parser().parse_args()  # before torch loads: --help answers at once
+    sys.exit(args.run(args))

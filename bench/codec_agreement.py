@@ -16,12 +16,9 @@ from PIL import Image
 
 import posterior_jpeg as pj
 from posterior_jpeg.jpeg import codec, tables
+from posterior_jpeg.pixels import to_chw_float
 
 from common import SHARED_DATA, emit
-
-
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255
 
 
 def compress(rgb: np.ndarray, quality: int, mode: str) -> bytes:
@@ -43,7 +40,7 @@ def main() -> None:
             same = total = 0
             for rgb in photos:
                 jf = pj.read_jpeg(compress(rgb, quality, mode))
-                ours = codec.encode(to_tensor(rgb), torch.from_numpy(jf.qtables).float(), mode)
+                ours = codec.encode(to_chw_float(rgb)[None], torch.from_numpy(jf.qtables).float(), mode)
                 for a, b in zip(ours, jf.coefficient_tensors()):
                     same += int((a.long() == b).sum())
                     total += b.numel()
@@ -53,8 +50,8 @@ def main() -> None:
         for rgb in photos:
             rgb = np.ascontiguousarray(rgb[: rgb.shape[0] // 16 * 16, : rgb.shape[1] // 16 * 16])  # kornia: x16
             data = compress(rgb, quality, "4:2:0")
-            libjpeg = to_tensor(np.array(Image.open(io.BytesIO(data)).convert("RGB"))) * 255
-            x = to_tensor(rgb)
+            libjpeg = to_chw_float(np.array(Image.open(io.BytesIO(data)).convert("RGB")))[None] * 255
+            x = to_chw_float(rgb)[None]
             ours = codec.roundtrip(x, torch.from_numpy(tables.ijg_tables(quality)).float(), "4:2:0")[1] * 255
             theirs = kornia.enhance.jpeg_codec_differentiable(x, torch.tensor([float(quality)])) * 255
             errors.append([(ours - libjpeg).abs().mean().item(), (theirs - libjpeg).abs().mean().item()])

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from posterior_jpeg.pixels import to_chw_float, to_hwc_uint8
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # ../shared/realfiles beside the repo (as in CI); POSTERIOR_JPEG_REALFILES points elsewhere (a worktree)
 REAL_FILES = Path(os.environ.get("POSTERIOR_JPEG_REALFILES") or SHARED_DATA.parent / "realfiles")
@@ -58,6 +60,6 @@ def perturbed(y: torch.Tensor, kind: str, seed: int = 0, sigma: float = 0.04) ->
         return (y + sigma * torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
     from PIL import ImageFilter
 
-    image = Image.fromarray((y.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+    image = Image.fromarray(to_hwc_uint8(y))
     filtered = image.filter({"blur": ImageFilter.GaussianBlur(1.5), "sharpen": ImageFilter.UnsharpMask(2, 150)}[kind])
-    return torch.from_numpy(np.array(filtered)).permute(2, 0, 1).float() / 255
+    return to_chw_float(np.array(filtered))

@@ -31,6 +31,7 @@ from posterior_jpeg.evaluate import evaluate, load_eval_config
 from posterior_jpeg.metrics.fid import RANDOM, InceptionFeatures, inception_cache_path
 from posterior_jpeg.metrics.perceptual import backbone_cache_path
 from posterior_jpeg.models.generator import PRESETS, build_generator
+from posterior_jpeg.pixels import to_chw_float
 
 from common import best_time, emit, photo
 
@@ -69,7 +70,7 @@ def main() -> None:
         scratch = Path(scratch)
         (scratch / "images").mkdir()
         files = write_images(scratch / "images", args.images, args.size)
-        images = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float() / 255 for p in files])
+        images = torch.stack([to_chw_float(np.array(Image.open(p))) for p in files])
         features = InceptionFeatures(inception_weights).to(device)
 
         def ours():

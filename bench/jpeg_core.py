@@ -20,6 +20,7 @@ from PIL import Image
 import posterior_jpeg as pj
 from posterior_jpeg.jpeg import codec, projection, tables
 from posterior_jpeg.jpeg.color import rgb_to_ycbcr
+from posterior_jpeg.pixels import to_chw_float
 
 from common import best_time, emit, photo
 
@@ -40,7 +41,7 @@ def bench_read_decode(data: bytes, megapixels: float, device: str) -> None:
 def bench_codec(device: str, batch: int, size: int) -> None:
     """Differentiable encode + decode at 4:2:0 with IJG tables, where kornia's codec applies."""
     rgb = photo(size, size * batch)
-    x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).reshape(3, size, batch, size).permute(2, 0, 1, 3)
+    x = to_chw_float(rgb).reshape(3, size, batch, size).permute(2, 0, 1, 3)
     x = x.contiguous().to(device)
     quality = 50
     q = torch.from_numpy(tables.ijg_tables(quality)).float().to(device)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from posterior_jpeg import checkpoints
 from posterior_jpeg.jpeg.tables import ijg_tables
+from posterior_jpeg.pixels import to_chw_float
 
 from common import SHARED_DATA, emit
 
@@ -78,7 +79,7 @@ def main() -> None:
             tables = torch.from_numpy(ijg_tables(quality)).float()[None]
             gains = []
             for original, decoded in items:
-                y = torch.from_numpy(decoded[quality].copy()).permute(2, 0, 1)[None].float() / 255
+                y = to_chw_float(decoded[quality].copy())[None]
                 with torch.no_grad():
                     output = generator(y, tables).clamp(0, 1)
                 pixels = (output[0].permute(1, 2, 0).numpy() * 255).round()

@@ -35,6 +35,7 @@ from PIL import Image
 import posterior_jpeg as pj
 from posterior_jpeg.jpeg.tables import ijg_tables
 from posterior_jpeg.models.generator import build_generator
+from posterior_jpeg.pixels import to_chw_float
 from posterior_jpeg.sampling import Sampler
 
 from common import best_time, emit, photo
@@ -62,7 +63,7 @@ def _sampler(model: str, mode: str, device: str, batch: int) -> Sampler:
 def measure_generate(model: str, mode: str, device: str, size: int, samples: int, repeats: int) -> dict:
     """In this (fresh) process: seconds of one Sampler.generate of `samples` samples, and peak memory."""
     sampler = _sampler(model, mode, device, samples)
-    y = torch.from_numpy(photo(size, size)).permute(2, 0, 1).float().div(255).to(device)
+    y = to_chw_float(photo(size, size)).to(device)
     tables = torch.from_numpy(ijg_tables(20)).float().to(device)
     seeds = list(range(samples))
     setup_mb = _peak_rss_mb()

@@ -40,7 +40,8 @@ import torch
 from PIL import Image
 
 import posterior_jpeg as pj
-from posterior_jpeg.evaluate import libjpeg_decode, to_8bit, to_tensor
+from posterior_jpeg.evaluate import libjpeg_decode
+from posterior_jpeg.pixels import round_to_8_bits, to_chw_float, to_hwc_uint8
 from posterior_jpeg.metrics import (
     blockiness,
     chroma_psnr,
@@ -137,7 +138,7 @@ def main() -> None:
     sampler = None if args.no_model else pj.Sampler.from_checkpoint(args.checkpoint)
     peers = json.loads(args.peers.read_text())["summary"] if args.peers.is_file() else []
     peer_methods = dict(PEER_METHODS, **(PEER_MODEL_METHODS if args.checkpoint is None else {}))
-    originals = [to_tensor(centre_crop(path)) for path in files]
+    originals = [to_chw_float(centre_crop(path)) for path in files]
     grays = [is_gray(original).item() for original in originals]
     print(f"val_yardsticks: {len(files)} photos from {args.data} ({sum(grays)} grayscale), "
           f"model {'none' if sampler is None else sampler.source}", file=sys.stderr)
@@ -146,14 +147,14 @@ def main() -> None:
         figures: dict[str, list[dict]] = {"ground truth": [reference_free(original) for original in originals]}
         outputs: dict[str, list[torch.Tensor]] = {}
         for original, gray in zip(originals, grays):
-            data = compress((original.permute(1, 2, 0) * 255).round().byte().numpy(), quality)
+            data = compress(to_hwc_uint8(original), quality)
             jpeg = pj.read_jpeg(data)
             decoded = {"libjpeg": libjpeg_decode(data)}
             spread = None
             if sampler is not None and sampler.mean_network is not None:
-                decoded["mmse"] = to_8bit(sampler.mmse(jpeg))  # the posterior mean M, projected
+                decoded["mmse"] = round_to_8_bits(sampler.mmse(jpeg))  # the posterior mean M, projected
             if sampler is not None:
-                samples = to_8bit(sampler.sample(jpeg, n=args.samples, seed=0))
+                samples = round_to_8_bits(sampler.sample(jpeg, n=args.samples, seed=0))
                 decoded["sample"] = samples[0]
                 if args.samples > 1:
                     decoded[f"mean{args.samples}"] = pj.project(samples.mean(dim=0), jpeg)  # as sample.py --mean

@@ -17,6 +17,7 @@ from PIL import Image
 
 import posterior_jpeg as pj
 from posterior_jpeg.jpeg.color import rgb_to_gray
+from posterior_jpeg.pixels import round_to_8_bits, to_chw_float
 from posterior_jpeg.sampling import Sampler
 from posterior_jpeg.visualize import contact_sheet, std_map
 
@@ -52,10 +53,10 @@ def main() -> None:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=QUALITY, subsampling="4:2:0")
         jpeg = pj.read_jpeg(buffer.getvalue())
-        original = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+        original = to_chw_float(np.array(image))
         samples = sampler.sample(jpeg, n=3, seed=0)
         top, left = most_textured_window(original)
-        views = [original, (jpeg.decode() * 255).round() / 255, sampler.mmse(jpeg), *samples, std_map(samples)]
+        views = [original, round_to_8_bits(jpeg.decode()), sampler.mmse(jpeg), *samples, std_map(samples)]
         rows.append([F.interpolate(v[None, :, top : top + WINDOW, left : left + WINDOW].expand(-1, 3, -1, -1),
                                    scale_factor=ZOOM, mode="nearest")[0] for v in views])
     Image.fromarray(contact_sheet(rows)).save(args.out)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from posterior_jpeg import read_jpeg
 from posterior_jpeg.metrics import blockiness, coefficient_agreement, per_pixel_std
+from posterior_jpeg.pixels import round_to_8_bits
 from posterior_jpeg.sampling import Sampler
 from posterior_jpeg.visualize import contact_sheet, posterior_row
 
@@ -33,7 +34,7 @@ def main() -> None:
     sampler = Sampler.from_checkpoint(args.checkpoint)
     samples = sampler.sample(jpeg, n=3, seed=0)
     mean_decode = sampler.mmse(jpeg)
-    y = (jpeg.decode() * 255).round() / 255
+    y = round_to_8_bits(jpeg.decode())
     top, left, height, width = CROP
 
     def zoom(images: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,14 @@
-"""posterior-jpeg: sample sharp, diverse reconstructions of a JPEG, each exactly consistent with the file."""
+"""posterior-jpeg: sample sharp, diverse reconstructions of a JPEG, each exactly consistent with the file.
+
+The names below load on first use, so that importing the package (as every command does before it
+parses its arguments) does not load torch."""
+
+import importlib
 
 from .errors import ImageTooLargeError, InvalidJpegError, PosteriorJpegError, UnsupportedJpegError
-from .jpeg.file import JpegFile, read_jpeg
-from .jpeg.projection import project
-from .sampling import Sampler
-from . import metrics
+
+_LAZY = {"JpegFile": ".jpeg.file", "read_jpeg": ".jpeg.file", "project": ".jpeg.projection",
+         "Sampler": ".sampling", "metrics": ".metrics"}
 
 __all__ = [
     "ImageTooLargeError",
@@ -18,3 +22,10 @@ __all__ = [
     "Sampler",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'posterior_jpeg' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name], __name__)
+    return module if name == "metrics" else getattr(module, name)

@@ -9,7 +9,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import PosteriorJpegError
+from .errors import FolderBusyError
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -92,10 +92,6 @@ def read_lines(path: str | os.PathLike) -> tuple[list[str], int]:
     if len(complete) < len(data):
         os.truncate(path, len(complete))
     return complete.decode(errors="replace").splitlines(), len(data) - len(complete)
-
-
-class FolderBusyError(PosteriorJpegError):
-    """Another live process holds the folder's lock; the message names the folder and its pid."""
 
 
 class FolderLock:

@@ -6,21 +6,13 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from . import sample_cli
-from .sample_cli import write_png
-from .config import add_config_arguments
-from .data import read_rgb
+from .arguments import add_config_arguments, configure_sample
 from .errors import PosteriorJpegError
-from .jpeg.file import read_jpeg
-from .jpeg.projection import project
-from .jpeg.sampling import GRAY
-from .metrics import coefficient_agreement, consistency_rmse
 
 
 def _info(args) -> int:
+    from .jpeg.file import read_jpeg  # torch: after parsing
+
     failed = 0
     for path in args.files:
         try:
@@ -44,6 +36,16 @@ def _info(args) -> int:
 
 
 def _project(args) -> int:
+    import numpy as np  # torch and numpy: after parsing
+
+    from .data import read_rgb
+    from .jpeg.file import read_jpeg
+    from .jpeg.projection import project
+    from .jpeg.sampling import GRAY
+    from .metrics import coefficient_agreement, consistency_rmse
+    from .pixels import to_chw_float, to_hwc_uint8
+    from .sample_cli import write_png
+
     try:
         jf = read_jpeg(args.jpeg)
         image = read_rgb(args.image)
@@ -57,13 +59,13 @@ def _project(args) -> int:
     if os.path.exists(args.output) and not args.overwrite:
         print(f"{args.output}: exists (pass --overwrite to replace it)", file=sys.stderr)
         return 1
-    candidate = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+    candidate = to_chw_float(np.array(image))
     before = coefficient_agreement(candidate, jf)
     projected = project(candidate, jf)
     if jf.sampling == GRAY:  # grayscale in, grayscale out
         projected = projected[:1]
     after = coefficient_agreement(projected, jf)
-    pixels = (projected * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pixels = to_hwc_uint8(projected)
     write_png(pixels, Path(args.output), jf.icc_profile)
     print(json.dumps({
         "output": args.output,
@@ -78,13 +80,13 @@ def _project(args) -> int:
 def _eval(args) -> int:
     from .evaluate import run_command
 
-    return run_command(args.config, args.overrides, program="posterior-jpeg eval")
+    return run_command(args.config, args.overrides, "posterior-jpeg eval", args.print_config)
 
 
 def _sweep(args) -> int:
     from .sweep import run_command
 
-    return run_command(args.config, args.overrides, program="posterior-jpeg sweep")
+    return run_command(args.config, args.overrides, "posterior-jpeg sweep", args.print_config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(sweep, "configs/sweep_consistency.yaml")
     sweep.set_defaults(run=_sweep)
-    sample_cli.configure(commands.add_parser("sample", help="decode JPEG files into posterior samples (PNGs)"))
+    configure_sample(commands.add_parser("sample", help="decode JPEG files into posterior samples (PNGs)"))
     return parser
 
 

@@ -4,38 +4,28 @@ Unknown keys and wrong types are errors, so a typo in a config or on the command
 before it starts instead of silently training something else.
 """
 
-import argparse
+import ast
+import dataclasses
+import inspect
+import io
 import sys
+import textwrap
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .data import SYNTHETIC
-from .errors import CheckpointError, PosteriorJpegError
+from .data import SYNTHETIC, QualitySampler
+from .errors import CheckpointError, ConfigError, PosteriorJpegError
 from .losses import Schedule
-from .models.discriminator import DiscriminatorConfig
+from .precision import PRECISIONS
+from .models.critic import CriticConfig
 from .models.generator import GeneratorConfig
 
 STAGES = ("mmse", "posterior")
-PRECISIONS = ("no", "bf16", "fp16")
-
-
-class ConfigError(PosteriorJpegError, ValueError):
-    """A configuration that cannot be used, with the reason."""
-
-
-@dataclass
-class QualityConfig:
-    """JPEG quality per training crop: "skewed" draws low + (high - low) * u**power (the paper's
-    [5, 50] skewed to low qualities), "uniform" draws integers in [low, high]."""
-
-    kind: str = "skewed"  # "skewed" or "uniform"
-    low: int = 5  # lowest quality drawn (1..100)
-    high: int = 50  # highest quality drawn; real-world files reach 95 and more
-    power: float = 2.0  # skew: > 1 favours low qualities, 1 is uniform over the reals, < 1 favours high
 
 
 @dataclass
@@ -45,7 +35,7 @@ class DataConfig:
     train: str = MISSING  # required: an image folder (searched recursively), or "synthetic" (generated images)
     val: str | None = None  # image folder of the validation sheets; null: the training images
     crop: int = 128  # crop side in pixels, a multiple of 16
-    quality: QualityConfig = field(default_factory=QualityConfig)  # quality per crop (QualityConfig)
+    quality: QualitySampler = field(default_factory=QualitySampler)  # JPEG quality distribution of the crops
     modes: list[str] = field(default_factory=lambda: ["4:2:0"])  # subsampling per crop, drawn from these
     double_share: float = 0.0  # share of crops saved twice: a first save, a 0-7 pixel shift, the final save
     flips: bool = True  # random horizontal and vertical flips
@@ -63,83 +53,74 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the posterior stage's objective, each a schedule over the run.
+    """Weights of the posterior stage's objective, each a schedule over the run (meanings: the
+    comments, shown by --print-config)."""
 
-    consistency_kind: "pixel" (paper eq. 4) or "dct" (dead zone, 0 inside the intervals).
-    moments_every: every this many steps, moment_images inputs get moment_samples draws each for the
-    first moment (and, with an MMSE model, the second moment). second_moment_kind: "eq7" (the
-    paper) or "std" (maximise per-pixel std, the authors' variant). perceptual needs vgg_weights:
-    a VGG19 state-dict file, null for the torch hub cache, "random" for tests only."""
-
-    adversarial: Schedule = field(default_factory=lambda: Schedule("constant", 1e-3, 1e-3))
-    r1: Schedule = field(default_factory=lambda: Schedule("constant", 1.0, 1.0))
-    r1_every: int = 4
-    consistency: Schedule = field(default_factory=lambda: Schedule("cosine", 0.1, 10.0))
-    consistency_kind: str = "pixel"
-    first_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.1, 0.1))
-    second_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))
-    second_moment_kind: str = "eq7"
-    moments_every: int = 8
-    moment_images: int = 8
-    moment_samples: int = 16
-    perceptual: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))
-    vgg_weights: str | None = None
+    adversarial: Schedule = field(default_factory=lambda: Schedule("constant", 1e-3, 1e-3))  # weight of the critic's (non-saturating) loss for G
+    r1: Schedule = field(default_factory=lambda: Schedule("constant", 1.0, 1.0))  # R1 gradient penalty weight (gamma) on real images
+    r1_every: int = 4  # apply R1 every this many steps (lazy regularisation, scaled up to match)
+    consistency: Schedule = field(default_factory=lambda: Schedule("cosine", 0.1, 10.0))  # lambda_C: weight of the consistency loss with the file
+    consistency_kind: str = "pixel"  # "pixel" (paper eq. 4) or "dct" (dead zone: 0 inside the quantization intervals)
+    first_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.1, 0.1))  # weight of the first-moment penalty (mean of samples near the target)
+    second_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))  # weight of the second-moment penalty (needs an MMSE model or an anchor)
+    second_moment_kind: str = "eq7"  # "eq7" (the paper) or "std" (maximise per-pixel std, the authors' variant)
+    moments_every: int = 8  # every this many steps, the moment penalties run
+    moment_images: int = 8  # inputs per moment step (at most batch_size)
+    moment_samples: int = 16  # draws of G per moment input
+    perceptual: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))  # weight of the VGG perceptual loss (0: off)
+    vgg_weights: str | None = None  # VGG19 state-dict file for perceptual; null: torch hub cache; "random": tests only
 
 
 @dataclass
 class OptimConfig:
-    lr: Schedule = field(default_factory=lambda: Schedule("cosine", 1e-4, 1e-7))
-    critic_lr: Schedule = field(default_factory=lambda: Schedule("cosine", 1e-4, 1e-7))
-    betas: list[float] = field(default_factory=lambda: [0.0, 0.99])
+    lr: Schedule = field(default_factory=lambda: Schedule("cosine", 1e-4, 1e-7))  # learning rate of G over the run
+    critic_lr: Schedule = field(default_factory=lambda: Schedule("cosine", 1e-4, 1e-7))  # learning rate of the critic over the run
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.99])  # Adam betas of both optimizers
 
 
 @dataclass
 class TrainConfig:
-    """One training run. out_dir is the run folder: checkpoints, validation grids, TensorBoard logs.
+    """One training run; each key's meaning is the comment on its line (`train.py --print-config`).
 
-    stage: "mmse" (L2 regression: the MMSE estimator and regression baseline) or "posterior" (GAN
-    with all penalties). init_from: weights to start G from (e.g. the MMSE run). mmse_model: the
-    frozen MMSE estimator xbar for the second moment. anchor: a noise-free MMSE checkpoint M (an
-    mmse-stage run with generator.noise false): G becomes S(z, M(y, q), q), M frozen, only S (the
-    `generator` section) trained, and M serves as eq. 7's xbar; init_from an anchored checkpoint
-    then warm-starts S alone over this anchor. antithetic (anchored only): G = M + (S(z) - S(-z)) / 2,
-    whose mean over z is M exactly (see AnchoredGenerator). resume: "auto" continues the run in out_dir
-    if it has a checkpoint, a path resumes that checkpoint, null always starts fresh."""
+    anchor: an mmse-stage run with generator.noise false; M stays frozen, the `generator` section
+    describes S, and M serves as eq. 7's xbar; init_from an anchored checkpoint then warm-starts S
+    alone over this anchor."""
 
-    stage: str = "posterior"
-    out_dir: str = "runs/default"
-    steps: int = 1000
-    batch_size: int = 32
-    grad_accumulation: int = 1
-    mixed_precision: str = "no"
-    device: str = "auto"
-    seed: int = 0
-    ema: float = 0.999
-    channels_last: bool = False
-    compile: bool = False
-    log_every: int = 10
-    val_every: int = 500
-    val_images: int = 4
-    val_quality: int = 10
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    resume: str | None = "auto"
-    init_from: str | None = None
-    mmse_model: str | None = None
-    anchor: str | None = None
-    antithetic: bool = False
-    progress: bool = True
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    critic: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    stage: str = "posterior"  # "mmse" (L2 regression: the MMSE estimator) or "posterior" (GAN with all penalties)
+    out_dir: str = "runs/default"  # run folder: checkpoints, validation grids, TensorBoard logs
+    steps: int = 1000  # optimizer steps of the whole run
+    batch_size: int = 32  # crops per step, over all processes
+    grad_accumulation: int = 1  # micro-batches accumulated per step
+    mixed_precision: str = "fp32"  # autocast precision: "fp32" (none), "bf16" or "fp16"
+    device: str = "auto"  # "auto" (the accelerator when present) or "cpu"
+    seed: int = 0  # seed of initialisation, data order and noise
+    ema: float = 0.999  # per-step decay of the EMA copy of G that checkpoints publish
+    channels_last: bool = False  # NHWC memory layout for the convolutions
+    compile: bool = False  # torch.compile G and the critic
+    log_every: int = 10  # steps between log lines (console and TensorBoard)
+    val_every: int = 500  # steps between validation grids
+    val_images: int = 4  # images per validation grid
+    val_quality: int = 10  # JPEG quality of the validation inputs
+    checkpoint_every: int = 500  # steps between checkpoints (and at the last step)
+    keep_checkpoints: int = 3  # checkpoints kept in out_dir; older ones are deleted
+    resume: str | None = "auto"  # "auto": continue the run in out_dir if it has a checkpoint; a path: that checkpoint; null: start fresh
+    init_from: str | None = None  # weights to start G from (e.g. the MMSE run)
+    mmse_model: str | None = None  # frozen MMSE estimator xbar for the second moment
+    anchor: str | None = None  # noise-free MMSE checkpoint M: G becomes S(z, M(y, q), q) and only S trains
+    antithetic: bool = False  # anchored only: G = M + (S(z) - S(-z)) / 2, whose mean over z is M exactly
+    progress: bool = True  # progress bar on the console
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # architecture of G
+    critic: CriticConfig = field(default_factory=CriticConfig)  # architecture of the critic
+    loss: LossConfig = field(default_factory=LossConfig)  # weights of the objective, each a schedule over the run
+    data: DataConfig = field(default_factory=DataConfig)  # training crops
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizers
 
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.mixed_precision not in PRECISIONS:
-            raise ConfigError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
+            renamed = " (written 'no' before: now 'fp32')" if self.mixed_precision in ("no", "False") else ""
+            raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}{renamed}")
         if self.loss.consistency_kind not in ("pixel", "dct"):
             raise ConfigError(f"loss.consistency_kind must be 'pixel' or 'dct', got {self.loss.consistency_kind!r}")
         if self.loss.second_moment_kind not in ("eq7", "std"):
@@ -216,16 +197,38 @@ def build_structured(schema, nodes: list, source):
         raise ConfigError(f"{source}: {error}") from None
 
 
-def load_structured(schema, path: str | Path | None = None, overrides: list[str] = ()):
-    """Defaults of the dataclass `schema` <- YAML file <- dotlist overrides -> a validated instance.
-    Unknown keys, wrong types, interpolations and failed checks become one-line ConfigErrors."""
+def _sources(path: str | Path | None, overrides: list[str]) -> list[DictConfig]:
+    """The YAML file (if any) and the dotlist overrides, in the order they apply."""
     nodes = [read_yaml(path)] if path is not None else []
     try:
         command_line = OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as error:
         raise ConfigError(f"command line: {_reason(error)}") from None
     refuse_interpolations(command_line, "command line")
-    return build_structured(schema, [*nodes, command_line], path or "config")
+    return [*nodes, command_line]
+
+
+def load_structured(schema, path: str | Path | None = None, overrides: list[str] = ()):
+    """Defaults of the dataclass `schema` <- YAML file <- dotlist overrides -> a validated instance.
+    Unknown keys, wrong types, interpolations and failed checks become one-line ConfigErrors."""
+    return build_structured(schema, _sources(path, overrides), path or "config")
+
+
+def show_config(program: str, schema, path: str | None, overrides: list[str]) -> int:
+    """--print-config: every key of `schema` with its value (defaults <- file <- overrides) and its
+    meaning, as YAML that --config reads back. Unknown keys and wrong types are refused (exit 2);
+    what a key's value must satisfy together with others is checked when the job starts, so an
+    incomplete config can still be listed."""
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema), *_sources(path, overrides))
+    except ConfigError as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        return 2
+    except OmegaConfBaseException as error:
+        print(f"{program}: {path or 'config'}: {_reason(error)}", file=sys.stderr)
+        return 2
+    print(commented_yaml(node), end="")
+    return 0
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
@@ -237,19 +240,36 @@ def to_yaml(config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
-def add_config_arguments(parser, example: str) -> None:
-    """The arguments every config-driven command takes: --config FILE and key=value overrides."""
-    parser.add_argument("--config", help=f"YAML config ({example}); defaults when omitted")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys")
+def key_meanings(schema: type) -> dict[str, str]:
+    """Field name -> the comment on its line in the dataclass `schema`'s source: the one place where
+    a config key's meaning is written (--print-config shows it, a test requires it)."""
+    source = textwrap.dedent(inspect.getsource(schema))
+    comments = {token.start[0]: token.string.lstrip("#").strip()
+                for token in tokenize.generate_tokens(io.StringIO(source).readline) if token.type == tokenize.COMMENT}
+    meanings = {}
+    for node in ast.parse(source).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            rows = [row for row in range(node.lineno, node.end_lineno + 1) if row in comments]
+            if rows:
+                meanings[node.target.id] = comments[rows[0]]
+    return meanings
 
 
-def parse_config_arguments(argv, prog: str | None, description: str, example: str):
-    """The command line of a config-driven script (train.py, evaluate, sweep): its docstring as
-    --help, then --config FILE and key=value overrides."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, example)
-    return parser.parse_args(argv)
+def commented_yaml(node: DictConfig, indent: str = "") -> str:
+    """A structured config node as YAML, each key followed by its meaning as a comment (key_meanings);
+    "???" marks a required value not yet given."""
+    meanings = key_meanings(OmegaConf.get_type(node))
+    lines = []
+    for key in node:
+        comment = f"  # {meanings[key]}" if key in meanings else ""
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+            lines.append(f"{indent}{key}:{comment}\n" + commented_yaml(child, indent + "  "))
+            continue
+        value = "???" if OmegaConf.is_missing(node, key) else OmegaConf.to_container(child) if isinstance(child, (DictConfig, ListConfig)) else node[key]
+        text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).removesuffix("\n").removesuffix("\n...")
+        lines.append(f"{indent}{key}: {text}{comment}\n")
+    return "".join(lines)
 
 
 def run_with_config(program: str, load, action, path: str | None, overrides: list[str]) -> int:

@@ -4,7 +4,7 @@ Every sample is a pure function of (seed, global sample counter): the counter, n
 addresses the data. Training resumes exactly by starting the counter where it stopped
 (step * batch_size * world_size), and ranks or workers never need shared random state.
 
-Items travel as uint8 (a quarter of float32 through worker IPC and to the device); `to_unit_float`
+Items travel as uint8 (a quarter of float32 through worker IPC and to the device); `pixels.to_unit_float`
 turns them into [0, 1] floats on the training side.
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import PosteriorJpegError
+from .errors import DataError, ImageError
 from .jpeg.file import read_jpeg
 from .jpeg.tables import ijg_tables
 
@@ -34,14 +34,6 @@ MAX_SHIFT = 7
 SYNTHETIC = "synthetic"
 # Exceptions Pillow raises for files it cannot open or decode.
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-class DataError(PosteriorJpegError):
-    """The training data cannot be used: missing folder, no images, or no readable image."""
-
-
-class ImageError(PosteriorJpegError):
-    """An image file that cannot be read (or, in evaluation, is too small to be measured)."""
 
 
 def list_images(root) -> list[pathlib.Path]:
@@ -63,10 +55,10 @@ class QualitySampler:
     more weight on low qualities, where restoration is hardest. "uniform": integers in [low, high].
     """
 
-    kind: str = "skewed"
-    low: int = 5
-    high: int = 50
-    power: float = 2.0
+    kind: str = "skewed"  # "skewed" or "uniform"
+    low: int = 5  # lowest quality drawn (1..100)
+    high: int = 50  # highest quality drawn; real-world files reach 95 and more
+    power: float = 2.0  # skew: > 1 favours low qualities, 1 is uniform over the reals, < 1 favours high
 
     def __post_init__(self):
         if self.kind not in ("skewed", "uniform"):
@@ -298,12 +290,6 @@ def _to_chw_uint8(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-def to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (any layout) -> float32 k / 255 on their device: the values that the codec and
-    the losses take for 8-bit pixels."""
-    return images.float() / 255.0
-
-
 class CounterSampler(torch.utils.data.Sampler):
     """Yields counters start + rank, start + rank + world_size, ... (infinite when length is None).
 
@@ -337,16 +323,13 @@ def collate_jpeg_batch(items: list[dict]) -> dict:
     """Stack a batch; coefficients (when the items have them) are stacked per subsampling mode,
     because the chroma block grids differ between modes (the consistency losses run once per mode
     group)."""
-    modes = [item["mode"] for item in items]
     groups = {}
-    for index, mode in enumerate(modes):
-        groups.setdefault(mode, []).append(index)
+    for index, item in enumerate(items):
+        groups.setdefault(item["mode"], []).append(index)
     batch = {
         "x": torch.stack([item["x"] for item in items]),
         "y": torch.stack([item["y"] for item in items]),
         "qtables": torch.stack([item["qtables"] for item in items]),
-        "quality": torch.tensor([item["quality"] for item in items], dtype=torch.long),
-        "modes": modes,
         "groups": {mode: torch.tensor(indices, dtype=torch.long) for mode, indices in groups.items()},
     }
     if "coefficients" in items[0]:

@@ -29,3 +29,27 @@ class LibjpegWarning(UserWarning):
         super().__init__(f"{source}: {text}")
         self.source = source
         self.text = text
+
+
+class ConfigError(PosteriorJpegError, ValueError):
+    """A configuration that cannot be used, with the reason."""
+
+
+class DataError(PosteriorJpegError):
+    """The training data cannot be used: missing folder, no images, or no readable image."""
+
+
+class ImageError(PosteriorJpegError):
+    """An image file that cannot be read (or, in evaluation, is too small to be measured)."""
+
+
+class StatisticsError(PosteriorJpegError):
+    """A file that does not hold usable FID statistics."""
+
+
+class MissingWeightsError(PosteriorJpegError, FileNotFoundError):
+    """Pretrained weights that a feature network needs are not on this machine."""
+
+
+class FolderBusyError(PosteriorJpegError):
+    """Another live process holds the folder's lock; the message names the folder and its pid."""

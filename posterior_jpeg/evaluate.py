@@ -26,10 +26,17 @@ gathered before any statistic, so the numbers equal a single process's (up to fl
 differently composed Inception batches).
 """
 
+import sys
+
+if __name__ == "__main__":  # `python -m posterior_jpeg.evaluate` is `posterior-jpeg eval`: parsed before torch loads
+    from posterior_jpeg.cli import main
+
+    sys.exit(main(["eval", *sys.argv[1:]]))
+
+
 import csv
 import io
 import json
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +51,7 @@ from tqdm.auto import tqdm
 from . import __version__, explorer
 from .atomic import write_atomically
 from .checkpoints import resolve
-from .config import ConfigError, load_structured, parse_config_arguments, run_with_config
+from .config import ConfigError, load_structured, run_with_config, show_config
 from .data import WRITABLE_MODES, ImageError, list_images, read_rgb
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
@@ -62,6 +69,8 @@ from .metrics import (
     psnr_y,
 )
 from .metrics.fid import FEATURE_DIM, RANDOM, StatisticsError, statistics_key
+from .pixels import round_to_8_bits, to_chw_float
+from .precision import PRECISIONS
 from .sampling import Sampler
 
 METHODS = ("jpeg", "mmse", "ours", "ours_p", "ours_a")
@@ -75,19 +84,14 @@ COLUMNS = ("checkpoint", "quality", "subsampling", "method", "images", "fid", "f
 
 @dataclass
 class EvalData:
-    """ground_truth: a folder of clean images, compressed here at every quality and subsampling.
-    jpegs: instead, a folder of real JPEG files, evaluated as stored (no ground truth: no PSNR, no
-    LPIPS, and FID only with fid_reference). fid_reference: a folder of real images, or FID statistics
-    (.npz, ours or pytorch-fid's), for FID; null: the ground-truth images. crop: "full" (as is),
-    "mod16" (centre crop down to a multiple of 16, whole 4:2:0 MCUs) or a number N (short side resized
-    to N, bicubic, then a centre N x N crop); it applies to ground-truth and reference images. limit:
-    use only the first N test images (sorted paths)."""
+    """Test images: set ground_truth or jpegs. With jpegs, FID needs fid_reference (.npz: ours or
+    pytorch-fid's). crop applies to ground-truth and reference images (resizing is bicubic)."""
 
-    ground_truth: str | None = None
-    jpegs: str | None = None
-    fid_reference: str | None = None
-    crop: str = "mod16"
-    limit: int | None = None
+    ground_truth: str | None = None  # folder of clean test images, compressed here at every quality x subsampling
+    jpegs: str | None = None  # OR a folder of real JPEG files, as stored (no ground truth: no PSNR, LPIPS)
+    fid_reference: str | None = None  # FID reference: image folder or statistics .npz; null: the ground truth
+    crop: str = "mod16"  # "full", "mod16" (centre crop to a multiple of 16) or N (short side to N, centre N x N)
+    limit: int | None = None  # evaluate only the first N test images (sorted paths)
 
 
 @dataclass
@@ -95,31 +99,31 @@ class FeatureWeights:
     """Pretrained feature networks, never downloaded: a file path, null for torch's hub cache, or
     "random" (tests and demos only: the numbers are then NOT comparable to anything)."""
 
-    inception: str | None = None
-    lpips: str | None = None
-    lpips_net: str = "alex"
-    batch_size: int = 32
+    inception: str | None = None  # Inception weights file (pytorch-fid's); null: torch hub cache; "random": tests only
+    lpips: str | None = None  # LPIPS backbone weights file; null: torch hub cache; "random": tests only
+    lpips_net: str = "alex"  # LPIPS backbone: alex or vgg
+    batch_size: int = 32  # images per Inception batch
 
 
 @dataclass
 class EvalConfig:
     """One evaluation job; see configs/eval.yaml for every key."""
 
-    checkpoints: list[str] = field(default_factory=list)
-    mmse_checkpoint: str | None = None
-    data: EvalData = field(default_factory=EvalData)
-    qualities: list[int] = field(default_factory=lambda: [10])
-    subsamplings: list[str] = field(default_factory=lambda: ["4:2:0"])
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    repeats: int = 8
-    samples: int = 8
-    seed: int = 0
-    features: FeatureWeights = field(default_factory=FeatureWeights)
-    fid_cache: str = "~/.cache/posterior-jpeg/fid"
-    out_dir: str = "runs/eval"
-    device: str = "auto"
-    dtype: str = "auto"
-    progress: bool = True
+    checkpoints: list[str] = field(default_factory=list)  # posterior models: run folders, checkpoint folders or weights files
+    mmse_checkpoint: str | None = None  # a stage=mmse run for the mmse method
+    data: EvalData = field(default_factory=EvalData)  # test images
+    qualities: list[int] = field(default_factory=lambda: [10])  # JPEG qualities (1-100), each a setting
+    subsamplings: list[str] = field(default_factory=lambda: ["4:2:0"])  # chroma subsamplings, each a setting
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))  # jpeg, mmse, ours, ours_p (projected), ours_a (mean of samples)
+    repeats: int = 8  # FID repeats, one fresh sample per test image each
+    samples: int = 8  # K samples per image for ours_a and the diversity metrics
+    seed: int = 0  # sample of image i in repeat r: seed + i * SEED_STRIDE + r
+    features: FeatureWeights = field(default_factory=FeatureWeights)  # pretrained feature networks, never downloaded
+    fid_cache: str = "~/.cache/posterior-jpeg/fid"  # reference statistics, keyed by file contents, weights and crop
+    out_dir: str = "runs/eval"  # results.json, results.csv, results.md
+    device: str = "auto"  # auto, cpu or cuda
+    dtype: str = "auto"  # sampling precision: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16
+    progress: bool = True  # progress bars (main process only)
 
     def __post_init__(self):
         data = self.data
@@ -142,7 +146,7 @@ class EvalConfig:
             raise ConfigError(f"subsamplings must be a non-empty selection of {WRITABLE_MODES}, got {self.subsamplings}")
         if not 1 <= self.repeats < SEED_STRIDE or not 2 <= self.samples < SEED_STRIDE:
             raise ConfigError(f"need 1 <= repeats and 2 <= samples, both < {SEED_STRIDE}")
-        if self.device not in ("auto", "cpu", "cuda") or self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+        if self.device not in ("auto", "cpu", "cuda") or self.dtype not in ("auto", *PRECISIONS):
             raise ConfigError("device must be auto, cpu or cuda; dtype auto, fp32, bf16 or fp16")
         if self.features.batch_size < 1:
             raise ConfigError("features.batch_size must be >= 1")
@@ -175,18 +179,10 @@ def load_image(path: Path, crop: str) -> np.ndarray:
     return np.array(image)
 
 
-def to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255
-
-
-def to_8bit(images: torch.Tensor) -> torch.Tensor:
-    return (images.clamp(0, 1) * 255).round() / 255
-
-
 def libjpeg_decode(data: bytes) -> torch.Tensor:
     """[3, H, W] in [0, 1]: libjpeg's own decode of the file (through Pillow), in stored orientation."""
     with Image.open(io.BytesIO(data)) as image:
-        return to_tensor(np.array(image.convert("RGB")))
+        return to_chw_float(np.array(image.convert("RGB")))
 
 
 @dataclass(frozen=True)
@@ -240,7 +236,7 @@ class TestSet:
             Image.fromarray(pixels).save(buffer, format="JPEG", quality=self.setting.quality,
                                          subsampling=self.setting.subsampling)
             data = buffer.getvalue()
-            item = Item(index, to_tensor(pixels)[None], read_jpeg(data), libjpeg_decode(data)[None])
+            item = Item(index, to_chw_float(pixels)[None], read_jpeg(data), libjpeg_decode(data)[None])
         height, width = item.jpeg.size
         if min(height, width) < self.min_side:
             raise ImageError(f"{path}: {width}x{height} is smaller than the {self.min_side}x{self.min_side} "
@@ -385,7 +381,7 @@ class Evaluation:
         mine = range(self.rank, len(files), self.world)
         for index in self._progress(mine, "FID reference"):
             try:
-                batches.add("reference", index, to_tensor(load_image(files[index], cfg.data.crop))[None])
+                batches.add("reference", index, to_chw_float(load_image(files[index], cfg.data.crop))[None])
             except ImageError as error:
                 self.skipped[str(files[index])] = str(error)
         stats = self._gathered_statistics(batches.finish()).get("reference")
@@ -431,7 +427,7 @@ class Evaluation:
         if self.mmse is not None:
             seed = self.cfg.seed + item.index * SEED_STRIDE
             mmse = self.mmse.sample(item.jpeg, n=1, seed=seed, project=False).expand(-1, 3, -1, -1)  # gray: as RGB
-            outputs[method_key(None, "mmse")] = to_8bit(mmse)
+            outputs[method_key(None, "mmse")] = round_to_8_bits(mmse)
         return outputs
 
     def _posterior_outputs(self, label: str, repeat: int):
@@ -446,7 +442,7 @@ class Evaluation:
             raw = raw.expand(-1, 3, -1, -1)
             result = {}
             if "ours" in methods:
-                samples = to_8bit(raw)
+                samples = round_to_8_bits(raw)
                 result[method_key(label, "ours")] = samples[:1]
                 if first:
                     self._diversity(method_key(label, "ours"), samples, item.index, tally)
@@ -456,7 +452,7 @@ class Evaluation:
                 if first:
                     self._diversity(method_key(label, "ours_p"), projected, item.index, tally)
             if first and "ours_a" in methods:
-                result[method_key(label, "ours_a")] = to_8bit(raw.mean(dim=0, keepdim=True))
+                result[method_key(label, "ours_a")] = round_to_8_bits(raw.mean(dim=0, keepdim=True))
             return result
 
         return outputs
@@ -592,15 +588,8 @@ def evaluate(cfg: EvalConfig, print_table: bool = True) -> dict:
     return Evaluation(cfg).run(print_table)
 
 
-def run_command(config: str | None, overrides: list[str], program: str = "evaluate") -> int:
+def run_command(config: str | None, overrides: list[str], program: str, print_config: bool = False) -> int:
     """The command line's work: exit code 0, 1 (a job error, e.g. missing weights) or 2 (bad config)."""
+    if print_config:
+        return show_config(program, EvalConfig, config, overrides)
     return run_with_config(program, load_eval_config, evaluate, config, overrides)
-
-
-def main(argv=None) -> int:
-    args = parse_config_arguments(argv, "python -m posterior_jpeg.evaluate", __doc__, "configs/eval.yaml")
-    return run_command(args.config, args.overrides)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from .atomic import write_atomically
 from .export import SUFFIXES
 from .errors import PosteriorJpegError
+from .pixels import to_hwc_uint8
 
 PAGE = "index.html"
 THUMBS = "thumbs"  # sub-folder of thumbnails
@@ -284,8 +285,7 @@ def evaluation_crops(evaluation, folder: Path) -> list[dict]:
                 checkpoint, _, method = key.rpartition("\t")
                 name = LABELS.get(method, method) + (f" ({checkpoint})" if checkpoint and len(evaluation.samplers) > 1 else "")
                 file = f"{CROPS}/{_tag(setting.label)}_{index}_{_tag(checkpoint + '_' + method)}.png"
-                pixels = image[0, :, top : top + size_h, left : left + size_w].clamp(0, 1)
-                array = (pixels * 255).round().byte().permute(1, 2, 0).numpy()
+                array = to_hwc_uint8(image[0, :, top : top + size_h, left : left + size_w])
                 write_atomically(folder / file, _encoded(Image.fromarray(array), format="PNG"))
                 crops.append({"method": name, "file": file, "width": size_w, "height": size_h})
             rows.append({"setting": setting.label, "image": test_set.files[index].name, "crops": crops})

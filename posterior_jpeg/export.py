@@ -15,24 +15,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .arguments import DEFAULT_QUALITY, FORMATS
 from .atomic import write_atomically
-from .visualize import to_uint8
+from .pixels import to_hwc_uint8
 
-FORMATS = ("png", "png16", "webp", "jpeg")
 LOSSY = ("webp", "jpeg")
 SUFFIXES = {"png": ".png", "png16": ".png", "webp": ".webp", "jpeg": ".jpg"}
-DEFAULT_QUALITY = 90
 ORIENTATION_TAG = 0x0112
-
-HELP = {
-    "format": "file format of the samples and the mean: png (8-bit, default), png16 (16-bit PNG of the "
-              "float output), webp or jpeg (lossy: a re-exported lossy file is NO LONGER consistent "
-              "with the input; the manifest's written_consistency says 'none')",
-    "quality": f"quality 1-100 of webp and jpeg (default {DEFAULT_QUALITY}); jpeg is written progressive "
-               "with optimized Huffman tables",
-    "metadata": "keep (default): embed the input's ICC profile and its EXIF, with the orientation tag "
-                "set to 1 since the rotation is applied to the pixels; strip: embed neither",
-}
 
 
 @dataclass(frozen=True)
@@ -62,13 +51,6 @@ class ExportSettings:
         if self.format in LOSSY:
             return "none"
         return "8-bit" if coefficient_agreement == 1.0 else "partial"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--format, --quality and --metadata, read back by `settings_from`."""
-    parser.add_argument("--format", choices=FORMATS, default="png", help=HELP["format"])
-    parser.add_argument("--quality", type=int, metavar="Q", help=HELP["quality"])
-    parser.add_argument("--metadata", choices=("keep", "strip"), default="keep", help=HELP["metadata"])
 
 
 def settings_from(args: argparse.Namespace) -> ExportSettings:
@@ -145,7 +127,7 @@ def encode(image: torch.Tensor, settings: ExportSettings, metadata: Metadata) ->
     else:
         options.update(format="PNG")
     buffer = io.BytesIO()
-    pixels = to_uint8(image)
+    pixels = to_hwc_uint8(image)
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, **options)
     return buffer.getvalue()
 

@@ -112,9 +112,9 @@ class Schedule:
     start + (end - start) * (1 - cos(pi * t)) / 2 with t = step / total clipped to [0, 1]; rises
     when end > start and falls when end < start, flat at both ends."""
 
-    kind: str = "constant"
-    start: float = 1.0
-    end: float = 1.0
+    kind: str = "constant"  # "constant" or "cosine"
+    start: float = 1.0  # value at step 0 (throughout, for constant)
+    end: float = 1.0  # value at the last step (cosine)
 
     def __post_init__(self):
         if self.kind not in SCHEDULE_KINDS:
@@ -125,20 +125,3 @@ class Schedule:
             return self.start
         t = min(max(step / max(total, 1), 0.0), 1.0)
         return self.start + (self.end - self.start) * (1.0 - math.cos(math.pi * t)) / 2.0
-
-
-def default_schedules() -> dict[str, Schedule]:
-    """Weights of eq. 10 and the G learning rate. From the paper and the authors' code: adversarial
-    1e-3, R1 gamma 1, first moment 0.1, lambda_C cosine up 0.1 -> 10, lr cosine 1e-4 -> 1e-7.
-    Our choices, not published values (tune them): second moment cosine down 1 -> 0.1, so variance
-    is encouraged early and the adversarial and consistency terms dominate late; perceptual 1
-    (ESRGAN's weight for conv5_4 features)."""
-    return {
-        "adversarial": Schedule("constant", 1e-3, 1e-3),
-        "r1": Schedule("constant", 1.0, 1.0),
-        "consistency": Schedule("cosine", 0.1, 10.0),
-        "first_moment": Schedule("constant", 0.1, 0.1),
-        "second_moment": Schedule("cosine", 1.0, 0.1),
-        "perceptual": Schedule("constant", 1.0, 1.0),
-        "lr": Schedule("cosine", 1e-4, 1e-7),
-    }

@@ -20,163 +20,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import checkpoints, explorer, export
+from .arguments import build_sample_parser
 from .atomic import FolderBusyError, FolderLock, append_line, read_lines, remove_stale_temporaries, write_atomically
 from .errors import LibjpegWarning, PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import project
 from .metrics import coefficient_agreement, consistency_rmse
 from .metrics.fid import file_digest
-from .models.generator import PAD_MULTIPLE
-from .sampling import DEFAULT_OVERLAP, DEFAULT_TILE, Sampler
-from .visualize import contact_sheet, std_map, to_uint8
+from .sampling import Sampler
+from .pixels import round_to_8_bits, to_hwc_uint8, to_uint8, to_unit_float
+from .visualize import contact_sheet, std_map
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 MANIFEST = "manifest.jsonl"
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
-
-DESCRIPTION = """\
-Decode JPEG files stochastically: for each file, N different plausible originals (posterior samples)
-drawn by a trained generator with seeds SEED, SEED+1, ..., each projected onto the file so that,
-saved as 8-bit and compressed again by libjpeg with the file's tables, it gives back the file's own
-coefficients.
-
-Outputs, in OUT:
-  <stem>_s<seed>.png   one 8-bit PNG per sample
-  <stem>_mean.png      --mean: the sample mean (projected too, unless --no-project)
-  <stem>_mmse.png      --mmse: the posterior-mean decode M(y, q), the best-PSNR output (projected
-                       too, unless --no-project), from models that have M (the bundled one does)
-  <stem>_std.png       --std: per-pixel standard deviation across samples, black (0) -> red ->
-                       yellow -> white (>= 0.1, i.e. 25 gray levels)
-  <stem>_grid.png      --grid: contact sheet: input decode | samples | mean | std
-  manifest.jsonl       one JSON line appended per output written: kind (sample, mean, std,
-                       grid), input path and sha256, seed (seeds of a summary), checkpoint and
-                       sha256 of its weights, model config, projection on/off, libjpeg's warnings,
-                       seconds; for samples, consistency_rmse and coefficient/block agreement
-                       measured on the saved 8-bit pixels (in the file's stored orientation). The
-                       last record of an output describes it. Samples and the mean also record
-                       the format written and its written_consistency: 8-bit, partial or none.
-  index.html           --html: a page to flip through and zoom into every file's outputs
-
-Formats: --format png16 writes 16-bit PNGs of the float output; webp and jpeg are lossy, so a
-re-exported lossy file is NO LONGER consistent with the input JPEG (written_consistency: none).
-
-Orientation and colour: PNGs are written the way the photo is shown, i.e. the file's EXIF
-orientation is applied to the pixels (PNG viewers ignore EXIF), and the file's ICC profile is
-embedded in the samples, the mean and the grid (not in the false-colour std map). Undo the rotation
-before comparing a PNG with the file's coefficients; the manifest's figures are measured that way.
-
-Big images go through the generator in tiles of --tile pixels that overlap and are blended, then
-each sample is projected as a whole: memory follows the tile size, not the image. A seed gives the
-same sample whatever the batch or tile size, up to small differences near tile seams.
-
-Grayscale files give grayscale outputs: one channel through the generator's luma, the projection
-and the PNGs (mode L); the std map and the grid stay in colour.
-
-Batch runs resume: running the same command again completes exactly the outputs that are missing
-(after Ctrl-C, a kill, a full disk) and keeps those the manifest records as made from the same input
-with the same seed, checkpoint and projection, unchanged since (their sha256). An existing output
-that the manifest does not record that way is never replaced without --overwrite (its input is
-reported as failed); --overwrite makes everything again. Files are written under a temporary name
-and renamed when complete, each one's manifest record appended (one whole line) just before its
-rename, so an interrupted run leaves only whole files and whole lines; temporaries of killed runs
-are removed by the next run. One run at a time writes into OUT: a second one is refused while the
-first runs (OUT/.posterior-jpeg.lock holds its pid; a lock left by a dead process is taken over).
-
-Inputs whose names give the same <stem> would write the same outputs: the first one in argument
-order is sampled, the others are reported as failed (sample them into another -o folder). Bad inputs
-(not a JPEG, truncated, unsupported kind, too many pixels) are reported as 'FILE: reason' on stderr
-and skipped. libjpeg's warnings about a file (corrupt data it decoded anyway, tables too coarse for
-a baseline re-encode) are printed as 'FILE: warning: ...' (not with --quiet) and listed in every
-manifest record of that file. Exit status: 0 all done, 1 some input failed, 2 the model, the options
-or OUT are unusable (another run holds it), 130 interrupted.
-"""
-
-EPILOG = """\
-examples:
-  python sample.py photo.jpg -n 4 -o out --checkpoint runs/demo --mean --std
-      four samples of photo.jpg with the latest checkpoint of the run folder runs/demo, plus the
-      mean and the std map
-  python sample.py photos/ --recursive -n 8 -o out --checkpoint model/generator_ema.safetensors --grid
-      every .jpg/.jpeg under photos/, eight samples each and a contact sheet per file
-  python sample.py 'scans/*.jpg' -n 2 --seed 100 -o out --checkpoint runs/demo --quiet
-      a quoted glob (expanded by sample.py itself); seeds 100 and 101; only errors are printed
-  posterior-jpeg sample big.jpg -o out --checkpoint runs/demo --tile 256 --device cuda
-      the same command from the installed package; smaller tiles for less GPU memory
-
---checkpoint takes a run folder written by train.py (its latest checkpoint), a checkpoint folder, or
-a generator_ema.safetensors file with model.yaml (or, written before model.yaml existed,
-config.yaml) beside it. A checkpoint that cannot be used stops the run with one line, exit status 2.
-"""
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _tile(text: str) -> int:
-    value = int(text)
-    smallest = 2 * DEFAULT_OVERLAP
-    if value != 0 and (value % PAD_MULTIPLE or value < smallest):
-        raise argparse.ArgumentTypeError(
-            f"must be 0 (no tiling) or a multiple of 16 of at least {smallest}, got {value}"
-        )
-    return value
-
-
-def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Give `parser` the sampling command's help and arguments (shared by sample.py and the
-    `posterior-jpeg sample` subcommand)."""
-    parser.description = DESCRIPTION
-    parser.epilog = EPILOG
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="JPEG files, folders or glob patterns")
-    parser.add_argument("-n", "--samples", type=_positive, default=8, help="samples per file (default 8)")
-    parser.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder (created if missing)")
-    parser.add_argument("--seed", type=_seed, default=0,
-                        help="seed of the first sample; sample i uses SEED+i (default 0)")
-    parser.add_argument("--checkpoint", metavar="CKPT",
-                        help="run folder, checkpoint folder or weights file (default: the bundled model)")
-    parser.add_argument("--no-project", action="store_true",
-                        help="keep the generator's raw outputs (not exactly consistent with the file)")
-    parser.add_argument("--mean", action="store_true", help="also write <stem>_mean.png")
-    parser.add_argument("--mmse", action="store_true",
-                        help="also write <stem>_mmse.png: the posterior-mean decode M (the best-PSNR output, "
-                             "projected unless --no-project); needs a model with M, like the bundled one")
-    parser.add_argument("--std", action="store_true", help="also write <stem>_std.png, the uncertainty map")
-    parser.add_argument("--grid", action="store_true", help="also write <stem>_grid.png, a contact sheet")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where the generator runs (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="generator precision (default: bf16 on cuda, fp32 on cpu)")
-    parser.add_argument("--tile", type=_tile, default=DEFAULT_TILE,
-                        help=f"tile size in pixels, a multiple of 16; 0 runs whole images (default {DEFAULT_TILE})")
-    parser.add_argument("--recursive", action="store_true",
-                        help="descend into sub-folders of folder INPUTs ('**' in globs)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="make every output again (default: keep those a previous run recorded, make the missing)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bar, summary or warnings: print errors only (warnings stay in the manifest)")
-    parser.add_argument("--html", action="store_true",
-                        help="at the end, write OUT/index.html: a page to flip through and zoom into every "
-                             "file's decode, samples, mean and std map (no network needed)")
-    export.add_arguments(parser)
-    parser.set_defaults(run=run)
-    return parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    return configure(argparse.ArgumentParser(prog="sample.py"))
-
 
 def expand_inputs(inputs: list[str], recursive: bool) -> tuple[list[Path], list[str]]:
     """Files named by INPUT arguments, in argument order without repeats, and one error line per
@@ -347,11 +204,6 @@ def libjpeg_warnings(found: list[str]):
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-def _pixels(image: torch.Tensor) -> torch.Tensor:
-    """[C, H, W] in [0, 1] -> the 8-bit values a PNG stores, as uint8."""
-    return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 def _kept_sample(output: Path, jf: JpegFile) -> torch.Tensor:
     """A sample a previous run wrote (its sha256 checked), back as uint8 [C, H, W] in the file's
     stored orientation (for the summaries; a lossy export comes back with its losses)."""
@@ -360,15 +212,15 @@ def _kept_sample(output: Path, jf: JpegFile) -> torch.Tensor:
     return undo_orientation(torch.from_numpy(array).reshape(*array.shape[:2], -1).permute(2, 0, 1), jf.orientation)
 
 
-def _seed_runs(seeds: list[int]) -> list[tuple[int, int]]:
-    """Sorted seeds -> (first, count) of each run of consecutive ones (one sampler call each)."""
-    runs = []
-    for seed in seeds:
-        if runs and runs[-1][0] + runs[-1][1] == seed:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((seed, 1))
-    return runs
+def _batches_to_make(first: int, count: int, batch: int, wanted: list[int]) -> list[tuple[int, int]]:
+    """(first, count) of each batch of a whole run (seeds first.. first + count - 1, in batches of
+    `batch` as the sampler draws them) that holds a wanted seed. A resumed run draws those batches
+    whole, so each sample is computed exactly as the uninterrupted run computed it: float results can
+    depend on the batch size (convolution kernels), and one rounding of 8-bit output apart is a
+    different file."""
+    starts = range(first, first + count, batch)
+    return [(start, min(batch, first + count - start)) for start in starts
+            if any(start <= seed < start + batch for seed in wanted)]
 
 
 def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda line: None) -> int:
@@ -408,8 +260,8 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
     def write_decoded(output: Path, image: torch.Tensor, began: float) -> torch.Tensor:
         """Measure a decoded image [C, H, W] as its file will hold it, write it with its manifest
         record, report new warnings; returns its 8-bit pixels."""
-        pixels = _pixels(image)
-        saved = pixels.float() / 255  # measure exactly what the PNG holds, in stored orientation
+        pixels = to_uint8(image)
+        saved = to_unit_float(pixels)  # measure exactly what the PNG holds, in stored orientation
         measured = []
         with libjpeg_warnings(measured):
             agreement = coefficient_agreement(saved, jf)
@@ -430,8 +282,10 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
     if mmse_output in todo:
         began = perf_counter()
         write_decoded(mmse_output, job.sampler.mmse(jf, project=not args.no_project), began)
-    for first, count in _seed_runs(wanted):
+    for first, count in _batches_to_make(args.seed, args.samples, job.sampler.batch_size, wanted):
         for sample in job.sampler.samples(jf, count, first, project=not args.no_project):
+            if sample.seed not in wanted:  # kept from an earlier run
+                continue
             output = job.out / f"{path.stem}_s{sample.seed}{job.export.suffix}"
             pixels = write_decoded(output, sample.image, perf_counter() - sample.seconds)
             if summaries:
@@ -449,7 +303,7 @@ def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: l
                      metadata: export.Metadata) -> None:
     """The mean, std map and contact sheet of an input's samples (uint8 [C, H, W] each), as asked."""
     began = perf_counter()
-    stack = torch.stack(samples).float() / 255
+    stack = to_unit_float(torch.stack(samples))
     mean = stack.mean(dim=0) if job.args.no_project else project(stack.mean(dim=0), jf)
     seeds = list(range(job.args.seed, job.args.seed + job.args.samples))
     for kind in kinds:
@@ -458,7 +312,7 @@ def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: l
         line = {**common, "kind": kind, "output": str(output), "seeds": seeds,
                 "icc_profile_embedded": icc is not None, "warnings": list(jf.warnings)}
         if kind == "mean":
-            agreement = coefficient_agreement(_pixels(mean).float() / 255, jf).coefficients
+            agreement = coefficient_agreement(round_to_8_bits(mean), jf).coefficients
             line.update(format=job.export.format, quality=job.export.quality, metadata=job.export.metadata,
                         written_consistency=job.export.written_consistency(agreement))
             data = export.encode(apply_orientation(mean, jf.orientation), job.export, metadata)
@@ -467,7 +321,7 @@ def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: l
             data = encode_png(contact_sheet([[apply_orientation(image.expand(3, -1, -1), jf.orientation)
                                               for image in row]]), icc)
         else:
-            data = encode_png(to_uint8(apply_orientation(std_map(stack), jf.orientation)), icc)
+            data = encode_png(to_hwc_uint8(apply_orientation(std_map(stack), jf.orientation)), icc)
         job.write(output, data, line, began)
 
 
@@ -576,5 +430,5 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_sample_parser().parse_args(argv)
     return args.run(args)

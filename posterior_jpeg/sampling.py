@@ -24,11 +24,12 @@ from .jpeg.file import JpegFile
 from .jpeg.sampling import GRAY
 from .jpeg.projection import project as project_onto
 from .errors import PosteriorJpegError
-from .models.generator import PAD_MULTIPLE, UNSHUFFLE, AnchoredGenerator, Generator
+from .models.generator import UNSHUFFLE, AnchoredGenerator, Generator
+from .pixels import round_to_8_bits
+from .precision import torch_dtype
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, PAD_MULTIPLE
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
-DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 32
 
 _MASK32 = 0xFFFFFFFF
 
@@ -42,7 +43,7 @@ def _device(name: str) -> torch.device:
 def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return torch_dtype(name)
 
 
 def _mul32(values: torch.Tensor, constant: int) -> torch.Tensor:
@@ -215,7 +216,7 @@ class Sampler:
     def samples(self, jpeg: JpegFile, n: int = 8, seed: int = 0, project: bool = True) -> Iterator[Sample]:
         """The samples of `sample` one at a time, a batch as soon as it is ready: a caller can write
         each out without holding all n."""
-        y = (jpeg.decode(device=self.device) * 255).round() / 255
+        y = round_to_8_bits(jpeg.decode(device=self.device))
         tables = jpeg.qtable_tensor(self.device)
         if self.anchored:
             y = self._tiled(self.mean_network, y, tables, [0])[0]  # S's input: M(y, q), once per file
@@ -239,7 +240,7 @@ class Sampler:
             raise PosteriorJpegError(
                 f"{self.source}: this model has no posterior-mean network (train one with configs/cpu_mean.yaml)"
             )
-        y = (jpeg.decode(device=self.device) * 255).round() / 255
+        y = round_to_8_bits(jpeg.decode(device=self.device))
         mean = self._tiled(self.mean_network, y, jpeg.qtable_tensor(self.device), [0]).clamp(0, 1)
         if jpeg.sampling == GRAY:
             mean = rgb_to_gray(mean)

@@ -12,13 +12,20 @@ resumes from its last checkpoint), and a point whose evaluation is recorded with
 settings and model weights is not evaluated again. Delete a point's run folder to retrain it.
 """
 
+import sys
+
+if __name__ == "__main__":  # `python -m posterior_jpeg.sweep` is `posterior-jpeg sweep`: parsed before torch loads
+    from posterior_jpeg.cli import main
+
+    sys.exit(main(["sweep", *sys.argv[1:]]))
+
+
 import csv
 import dataclasses
 import hashlib
 import io
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import checkpoints, explorer
 from .atomic import write_atomically
-from .config import ConfigError, TrainConfig, load_config, load_structured, parse_config_arguments, run_with_config
+from .config import ConfigError, TrainConfig, load_config, load_structured, run_with_config, show_config
 from .evaluate import DEFAULT_METHODS, POSTERIOR_METHODS, EvalConfig, format_cell, evaluate
 from .losses import Schedule
 from .metrics.fid import file_digest
@@ -43,24 +50,22 @@ class SweepPoint:
     """One point: lambda_C as a schedule (null: the training config's own), extra training overrides,
     or instead an existing checkpoint (then nothing is trained)."""
 
-    name: str = MISSING
-    lambda_c: Schedule | None = None
-    overrides: list[str] = field(default_factory=list)
-    checkpoint: str | None = None
+    name: str = MISSING  # the point's name (its run folder under out_dir)
+    lambda_c: Schedule | None = None  # lambda_C schedule; null: the training config's own
+    overrides: list[str] = field(default_factory=list)  # extra training overrides of this point
+    checkpoint: str | None = None  # an existing checkpoint instead (then nothing is trained)
 
 
 @dataclass
 class SweepConfig:
-    """See configs/sweep_consistency.yaml. lambda_values: shorthand for constant-lambda_C points named
-    "lambda_C=<value>"; points: schedules and existing checkpoints. eval: an evaluation config
-    (configs/eval.yaml's keys) without checkpoints and out_dir, which the sweep sets per point."""
+    """One sweep (configs/sweep_consistency.yaml); the sweep sets eval's checkpoints and out_dir per point."""
 
-    out_dir: str = "runs/sweep_consistency"
-    train_config: str = "configs/ffhq128_qf5.yaml"
-    train_overrides: list[str] = field(default_factory=list)
-    lambda_values: list[float] = field(default_factory=list)
-    points: list[SweepPoint] = field(default_factory=list)
-    eval: dict[str, Any] = field(default_factory=dict)
+    out_dir: str = "runs/sweep_consistency"  # runs, sweep.csv, sweep.md and the plots
+    train_config: str = "configs/ffhq128_qf5.yaml"  # training config of every trained point
+    train_overrides: list[str] = field(default_factory=list)  # overrides applied to every trained point
+    lambda_values: list[float] = field(default_factory=list)  # shorthand: constant-lambda_C points named "lambda_C=<value>"
+    points: list[SweepPoint] = field(default_factory=list)  # schedules and existing checkpoints
+    eval: dict[str, Any] = field(default_factory=dict)  # an evaluation config (eval.yaml's keys) without checkpoints and out_dir
 
 
 def sweep_points(cfg: SweepConfig) -> list[SweepPoint]:
@@ -261,7 +266,7 @@ def plot(rows: list[dict], out_dir: Path, random_weights: bool) -> list[Path]:
     return paths
 
 
-def run_command(config: str | None, overrides: list[str], program: str = "sweep") -> int:
+def run_command(config: str | None, overrides: list[str], program: str, print_config: bool = False) -> int:
     """The command line's work: exit code 0, 1 (a job error) or 2 (bad config); prints the table."""
 
     def sweep_and_print(cfg: SweepConfig) -> None:
@@ -269,13 +274,6 @@ def run_command(config: str | None, overrides: list[str], program: str = "sweep"
         if _is_main():
             print(sweep_markdown(result))
 
+    if print_config:
+        return show_config(program, SweepConfig, config, overrides)
     return run_with_config(program, load_sweep_config, sweep_and_print, config, overrides)
-
-
-def main(argv=None) -> int:
-    args = parse_config_arguments(argv, "python -m posterior_jpeg.sweep", __doc__, "configs/sweep_consistency.yaml")
-    return run_command(args.config, args.overrides)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

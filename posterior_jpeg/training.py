@@ -27,18 +27,20 @@ from tqdm.auto import tqdm
 
 from . import checkpoints, losses
 from .config import TrainConfig, to_yaml
-from .data import SYNTHETIC, QualitySampler, list_images, make_loader, to_unit_float
+from .data import SYNTHETIC, QualitySampler, list_images, make_loader
+from .pixels import to_unit_float
+from .precision import ACCELERATE_NAMES
 from .errors import CheckpointError
-from .models.discriminator import build_discriminator
+from .models.critic import build_critic
 from .models.features import VGGFeatures
-from .models.generator import AnchoredGenerator, Generator, GeneratorConfig, build_generator, seeded_generators
+from .models.generator import AnchoredGenerator, Generator, GeneratorConfig, build_generator, seeded_noise
 from .visualize import contact_sheet, posterior_row
 
 
 def _accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     return Accelerator(
         cpu=cfg.device == "cpu",
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=ACCELERATE_NAMES[cfg.mixed_precision],
         gradient_accumulation_steps=cfg.grad_accumulation,
         log_with="tensorboard",
         project_dir=str(run_dir),
@@ -113,7 +115,7 @@ class Trainer:
         trained = [p for p in self.generator.parameters() if p.requires_grad]  # an anchor's M stays frozen
         self.opt_g = torch.optim.Adam(trained, lr=cfg.optim.lr(0, cfg.steps), betas=betas)
         posterior = cfg.stage == "posterior"
-        self.critic = build_discriminator(cfg.critic) if posterior else None
+        self.critic = build_critic(cfg.critic) if posterior else None
         self.opt_d = (
             torch.optim.Adam(self.critic.parameters(), lr=cfg.optim.critic_lr(0, cfg.steps), betas=betas)
             if posterior else None
@@ -319,7 +321,7 @@ class Trainer:
         for i in range(batch["y"].shape[0]):
             y, tables = batch["y"][i : i + 1], batch["qtables"][i : i + 1]
             samples = self.ema(y.expand(4, -1, -1, -1), tables.expand(4, -1, -1, -1),
-                               seeded_generators([0, 1, 2, 3], self.accelerator.device)).clamp(0, 1)
+                               seeded_noise([0, 1, 2, 3], self.accelerator.device)).clamp(0, 1)
             rows.append(posterior_row(y[0], samples))
         path = self.run_dir / "val" / f"{checkpoints.checkpoint_name(self.step)}.png"
         path.parent.mkdir(exist_ok=True)
@@ -336,7 +338,7 @@ class Trainer:
         per_step = cfg.batch_size * cfg.grad_accumulation
         loader = make_loader(
             self.train_files, cfg.data.crop,
-            QualitySampler(cfg.data.quality.kind, cfg.data.quality.low, cfg.data.quality.high, cfg.data.quality.power),
+            cfg.data.quality,
             tuple(cfg.data.modes), seed=cfg.seed, batch_size=cfg.batch_size,
             start_counter=self.step * per_step * world, rank=accelerator.process_index, world_size=world,
             workers=cfg.data.workers, flips=cfg.data.flips, double_share=cfg.data.double_share,

@@ -3,6 +3,8 @@
 import numpy as np
 import torch
 
+from .pixels import to_hwc_uint8
+
 STD_FULL_SCALE = 0.1  # a per-pixel std of 0.1 (25 gray levels) or more shows as white
 
 
@@ -18,11 +20,6 @@ def std_map(samples: torch.Tensor) -> torch.Tensor:
     return torch.stack([red, green, blue])
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[3, H, W] in [0, 1] -> uint8 [H, W, 3]."""
-    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
 def contact_sheet(rows: list[list[torch.Tensor]], gap: int = 4) -> np.ndarray:
     """Lay out rows of [3, H, W] images (same H, W within a row) on a white sheet, uint8 [H, W, 3]."""
     heights = [max(t.shape[1] for t in row) for row in rows]
@@ -33,7 +30,7 @@ def contact_sheet(rows: list[list[torch.Tensor]], gap: int = 4) -> np.ndarray:
         left = 0
         for image in row:
             h, w = image.shape[1:]
-            sheet[top : top + h, left : left + w] = to_uint8(image)
+            sheet[top : top + h, left : left + w] = to_hwc_uint8(image)
             left += w + gap
         top += height + gap
     return sheet

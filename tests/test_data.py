@@ -22,9 +22,9 @@ from posterior_jpeg.data import (
     jpeg_tables,
     list_images,
     make_loader,
-    to_unit_float,
 )
 from posterior_jpeg.errors import PosteriorJpegError
+from posterior_jpeg.pixels import to_unit_float
 from posterior_jpeg.jpeg.tables import ijg_tables
 
 ALL_MODES = ("4:4:4", "4:2:2", "4:2:0")
@@ -67,9 +67,8 @@ def assert_items_equal(a: dict, b: dict) -> None:
 
 def assert_batches_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for key in ("x", "y", "qtables", "quality"):
+    for key in ("x", "y", "qtables"):
         assert torch.equal(a[key], b[key]), key
-    assert a["modes"] == b["modes"]
     assert a["groups"].keys() == b["groups"].keys()
     for mode in a["groups"]:
         assert torch.equal(a["groups"][mode], b["groups"][mode])
@@ -462,8 +461,7 @@ def test_collate_groups_a_mixed_mode_batch():
     batch = collate_jpeg_batch(items)
     assert batch["x"].shape == batch["y"].shape == (12, 3, CROP, CROP)
     assert batch["qtables"].shape == (12, 3, 8, 8)
-    assert batch["quality"].dtype == torch.long and batch["quality"].tolist() == [i["quality"] for i in items]
-    assert batch["modes"] == modes
+    assert batch.keys() == {"x", "y", "qtables", "groups", "coefficients"}  # what training reads, no more
     assert sorted(torch.cat(list(batch["groups"].values())).tolist()) == list(range(12))
     for mode, indices in batch["groups"].items():
         assert indices.dtype == torch.long

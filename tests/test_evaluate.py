@@ -20,11 +20,11 @@ from posterior_jpeg import sweep as sw
 from posterior_jpeg.cli import main as cli
 from posterior_jpeg.config import load_config
 from posterior_jpeg.data import synthetic_image
-from posterior_jpeg.errors import PosteriorJpegError
+from posterior_jpeg.errors import MissingWeightsError, PosteriorJpegError
 from posterior_jpeg.metrics import LPIPS, GaussianStats, InceptionFeatures, frechet_distance
 from posterior_jpeg.metrics.fid import StatisticsError, random_state
 from posterior_jpeg.metrics.perceptual import BACKBONES
-from posterior_jpeg.models.features import MissingWeightsError
+from posterior_jpeg.pixels import round_to_8_bits
 from posterior_jpeg.sampling import Sampler
 from posterior_jpeg.training import train
 
@@ -209,7 +209,7 @@ def test_evaluate_end_to_end(single_process, workspace, inception):
     features = []
     for i in range(len(test_set)):
         jpeg = test_set.item(i).jpeg
-        features.append(inception(ev.to_8bit(sampler.sample(jpeg, n=1, seed=i * ev.SEED_STRIDE + 1, project=False))))
+        features.append(inception(round_to_8_bits(sampler.sample(jpeg, n=1, seed=i * ev.SEED_STRIDE + 1, project=False))))
     by_hand = frechet_distance(GaussianStats.load(cached), GaussianStats.from_features(torch.cat(features)))
     assert ours["fid_repeats"][1] == pytest.approx(by_hand, rel=1e-6)
 

@@ -17,7 +17,8 @@ import posterior_jpeg as pj
 from posterior_jpeg import explorer
 from posterior_jpeg.cli import main as cli_main
 from posterior_jpeg.jpeg.tables import ijg_tables
-from posterior_jpeg.sample_cli import build_parser, main
+from posterior_jpeg.arguments import build_sample_parser
+from posterior_jpeg.sample_cli import main
 
 ORIENTATION, MAKE = 0x0112, 0x010F
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -221,5 +222,5 @@ def test_png16_holds_the_float_output(inputs, tmp_path):
 def test_quality_only_for_lossy_formats_and_help_warns(inputs, tmp_path, capsys):
     assert main([str(inputs / "photo.jpg"), "-o", str(tmp_path), "--format", "png", "--quality", "80"]) == 2
     assert "--quality applies to webp and jpeg only" in capsys.readouterr().err
-    text = " ".join(build_parser().format_help().split())
+    text = " ".join(build_sample_parser().format_help().split())
     assert "re-exported lossy file is NO LONGER consistent with the input" in text

@@ -15,17 +15,17 @@ from posterior_jpeg import losses
 from posterior_jpeg.losses import consistency_dct, consistency_pixel
 from posterior_jpeg.models import (
     PRESETS,
-    Discriminator,
-    DiscriminatorConfig,
+    Critic,
+    CriticConfig,
     Generator,
     GeneratorConfig,
     MissingWeightsError,
     VGGFeatures,
     build_generator,
-    seeded_generators,
+    seeded_noise,
     vgg19_cache_path,
 )
-from posterior_jpeg.models.discriminator import detail_layer
+from posterior_jpeg.models.critic import detail_layer
 from posterior_jpeg.models.generator import normalise_tables
 
 TINY = {
@@ -62,7 +62,7 @@ def images(natural_rgb):
 def test_any_size_in_gives_the_same_size_out(tiny_generator, images, size):
     y = images(*size, count=2)
     with torch.no_grad():
-        out = tiny_generator(y, tables(20, 2), seeded_generators([0, 1]))
+        out = tiny_generator(y, tables(20, 2), seeded_noise([0, 1]))
     assert out.shape == y.shape
     assert torch.isfinite(out).all()
 
@@ -71,10 +71,11 @@ def test_same_seed_same_sample_and_different_seeds_differ(tiny_generator, images
     y = images(32, 32)
     q = tables(10)
     with torch.no_grad():
-        first = tiny_generator(y, q, seeded_generators([7]))
-        again = tiny_generator(y, q, seeded_generators([7]))
-        other = tiny_generator(y, q, seeded_generators([8]))
-    assert torch.equal(first, again)
+        first = tiny_generator(y, q, seeded_noise([7]))
+        again = tiny_generator(y, q, seeded_noise([7]))
+        other = tiny_generator(y, q, seeded_noise([8]))
+        by_name = tiny_generator(y, q, noise=seeded_noise([7]))  # "generator" names G alone
+    assert torch.equal(first, again) and torch.equal(first, by_name)
     assert (first - other).abs().max() > 1e-6
 
 
@@ -82,9 +83,9 @@ def test_sample_does_not_depend_on_the_rest_of_the_batch(tiny_generator, images)
     batch = images(48, 40, count=3)
     q = torch.cat([tables(10), tables(50), tables(90)])
     with torch.no_grad():
-        together = tiny_generator(batch, q, seeded_generators([3, 4, 5]))
-        alone = tiny_generator(batch[1:2], q[1:2], seeded_generators([4]))
-        reordered = tiny_generator(batch.flip(0), q.flip(0), seeded_generators([5, 4, 3]))
+        together = tiny_generator(batch, q, seeded_noise([3, 4, 5]))
+        alone = tiny_generator(batch[1:2], q[1:2], seeded_noise([4]))
+        reordered = tiny_generator(batch.flip(0), q.flip(0), seeded_noise([5, 4, 3]))
     torch.testing.assert_close(together[1:2], alone)
     torch.testing.assert_close(together.flip(0), reordered)
 
@@ -104,16 +105,16 @@ def test_one_generator_or_global_rng_is_reproducible(tiny_generator, images):
     assert (a[0] - a[1]).abs().max() > 1e-6  # one generator still gives each batch element fresh noise
 
 
-def test_generator_count_must_match_batch(tiny_generator, images):
-    with pytest.raises(ValueError, match="2 noise generators for a batch of 3"):
-        tiny_generator(images(32, 32, count=3), tables(50, 3), seeded_generators([0, 1]))
+def test_noise_rng_count_must_match_batch(tiny_generator, images):
+    with pytest.raises(ValueError, match="2 noise RNGs for a batch of 3"):
+        tiny_generator(images(32, 32, count=3), tables(50, 3), seeded_noise([0, 1]))
 
 
 def test_film_makes_the_output_depend_on_the_tables(tiny_generator, images):
     y = images(32, 32)
     with torch.no_grad():
-        low = tiny_generator(y, tables(10), seeded_generators([0]))
-        high = tiny_generator(y, tables(90), seeded_generators([0]))
+        low = tiny_generator(y, tables(10), seeded_noise([0]))
+        high = tiny_generator(y, tables(90), seeded_noise([0]))
     assert (low - high).abs().max() > 1e-5
 
 
@@ -122,8 +123,8 @@ def test_table_blind_generator_ignores_the_tables(images):
     blind = Generator(replace(TINY["rrdb"], table_embedding=0)).eval()
     y = images(32, 32)
     with torch.no_grad():
-        low = blind(y, tables(10), seeded_generators([0]))
-        high = blind(y, tables(90), seeded_generators([0]))
+        low = blind(y, tables(10), seeded_noise([0]))
+        high = blind(y, tables(90), seeded_noise([0]))
     assert torch.equal(low, high)
 
 
@@ -145,7 +146,7 @@ def test_consistency_gradients_reach_every_generator_parameter(tiny_generator, i
     y = images(32, 48, count=2)
     q = tables(25, 2)
     coefficients = codec.encode(y, q, mode)
-    fake = tiny_generator(y, q, seeded_generators([0, 1]))
+    fake = tiny_generator(y, q, seeded_noise([0, 1]))
     loss = consistency_pixel(fake, y, q, mode) + consistency_dct(fake + 0.05, coefficients, q, mode)
     loss.backward()
     for name, parameter in tiny_generator.named_parameters():
@@ -179,20 +180,20 @@ def test_full_resolution_head_starts_near_the_identity(images):
     """The residual of a fresh G is small with either head: training starts from y."""
     for name in ("plain", "plain_full_res"):
         torch.manual_seed(0)
-        out = Generator(TINY[name])(y, tables(10, 2), seeded_generators([0, 1]))
+        out = Generator(TINY[name])(y, tables(10, 2), seeded_noise([0, 1]))
         assert 0 < (out - y).abs().mean() < 0.05
 
 
 @pytest.mark.parametrize("size", [(128, 128), (64, 96), (32, 32)])
-def test_discriminator_gives_one_logit_per_image(size):
-    critic = Discriminator(DiscriminatorConfig(features=8, max_features=32, size=128))
+def test_critic_gives_one_logit_per_image(size):
+    critic = Critic(CriticConfig(features=8, max_features=32, size=128))
     logits = critic(torch.rand(3, 3, *size))
     assert logits.shape == (3,)
     assert torch.isfinite(logits).all()
 
 
-def test_discriminator_conditioning_on_y():
-    critic = Discriminator(DiscriminatorConfig(features=8, max_features=16, size=32, conditional=True))
+def test_critic_conditioning_on_y():
+    critic = Critic(CriticConfig(features=8, max_features=16, size=32, conditional=True))
     x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     logits = critic(x, y)
     assert logits.shape == (2,)
@@ -200,15 +201,15 @@ def test_discriminator_conditioning_on_y():
     with pytest.raises(ValueError, match="needs"):
         critic(x)
     with pytest.raises(ValueError, match="takes no"):
-        Discriminator(DiscriminatorConfig(features=8, size=32))(x, y)
+        Critic(CriticConfig(features=8, size=32))(x, y)
     with pytest.raises(ValueError, match="power of two"):
-        DiscriminatorConfig(size=100)
+        CriticConfig(size=100)
 
 
-def test_discriminator_is_per_sample():
+def test_critic_is_per_sample():
     """No normalisation across the batch: an image's logit does not depend on its batch mates."""
     torch.manual_seed(0)
-    critic = Discriminator(DiscriminatorConfig(features=8, max_features=32, size=64))
+    critic = Critic(CriticConfig(features=8, max_features=32, size=64))
     x = torch.rand(3, 3, 64, 64)
     torch.testing.assert_close(critic(x)[1:2], critic(x[1:2]))
 
@@ -267,14 +268,14 @@ def test_detail_layer_keeps_only_high_frequencies():
     checkerboard = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2).float().expand(1, 3, 16, 16)
     assert detail_layer(checkerboard, 10.0).abs().mean() > 3.0  # +-0.5 around the local mean, x10 (0.48 at 5x5)
     with pytest.raises(ValueError, match="detail_gain"):
-        DiscriminatorConfig(detail_gain=-1.0)
+        CriticConfig(detail_gain=-1.0)
 
 
 def _separation_after_training(detail_gain: float, steps: int = 80) -> float:
     """Train a small critic on textured crops (real) against their blurred copies (fake); return
     mean logit(real) - mean logit(fake) on held-out crops."""
     torch.manual_seed(0)
-    critic = Discriminator(DiscriminatorConfig(features=16, max_features=32, size=32, detail_gain=detail_gain))
+    critic = Critic(CriticConfig(features=16, max_features=32, size=32, detail_gain=detail_gain))
     optimizer = torch.optim.Adam(critic.parameters(), lr=2e-4, betas=(0.0, 0.99))
 
     def batch(n):
@@ -310,8 +311,8 @@ def test_noise_free_generator_is_deterministic_and_has_no_noise_parameters(image
     assert not any("noise" in name for name, _ in generator.named_parameters())
     y = images(32, 32)
     with torch.no_grad():
-        first = generator(y, tables(10), seeded_generators([0]))
-        second = generator(y, tables(10), seeded_generators([1]))
+        first = generator(y, tables(10), seeded_noise([0]))
+        second = generator(y, tables(10), seeded_noise([1]))
     assert torch.equal(first, second)
     noisy = Generator(GeneratorConfig(**{**vars(config), "noise": True}))
     assert parameter_count(noisy) > parameter_count(generator)
@@ -329,7 +330,7 @@ def test_anchored_generator_starts_at_its_posterior_mean_and_trains_only_the_det
     y, q = images(32, 32, 2), tables(10, 2)
     m = model.posterior_mean(y, q)
     assert (m - y).abs().mean() > 1e-3
-    sample = model(y, q, seeded_generators([0, 1]))
+    sample = model(y, q, seeded_noise([0, 1]))
     assert (sample - m).abs().mean() < 0.1 * (m - y).abs().mean()  # S starts near the identity
     sample.square().mean().backward()
     assert all(p.grad is None for p in model.mean.parameters())
@@ -366,7 +367,7 @@ def test_antithetic_anchored_generator_is_odd_in_the_noise_around_its_mean(image
         with torch.no_grad():
             m = model.posterior_mean(y, q)
             plus, minus = model(y, q, Fixed(maps, 1.0)), model(y, q, Fixed(maps, -1.0))
-            seeded = model(y, q, seeded_generators([3, 4]))
+            seeded = model(y, q, seeded_noise([3, 4]))
         average_offset = ((plus + minus) / 2 - m).abs().max()
         if antithetic:
             assert average_offset < 1e-5

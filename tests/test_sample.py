@@ -575,3 +575,16 @@ def test_mmse_writes_the_projected_posterior_mean_of_an_anchored_model(checkpoin
     records = {r["kind"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
     assert records["mmse"]["coefficient_agreement"] == 1.0 and records["mmse"]["model"]["mean_generator"]["noise"] is False
     assert main([str(jpeg), "-n", "1", "-o", str(tmp_path / "o2"), "--checkpoint", str(checkpoint), "--mmse"]) == 2
+
+
+def test_a_missing_sample_is_made_again_exactly_as_in_its_batch(checkpoint, write_jpeg, tmp_path):
+    """A rerun that makes one missing sample gives the same file as the first run (it draws the
+    sample's whole batch again, computed as the first run computed it)."""
+    jpeg = write_jpeg("in/p0.jpg", 64, 96, seed=0)
+    out = tmp_path / "out"
+    options = [str(jpeg), "-o", str(out), "-n", "4", "--checkpoint", str(checkpoint), "--quiet", "--device", "cpu"]
+    assert main(options) == 0
+    first = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    (out / "p0_s3.png").unlink()
+    assert main(options) == 0
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == first

@@ -28,6 +28,7 @@ from ..jpeg.codec import component_planes, component_tables, plane_blocks
 from ..jpeg.color import rgb_to_ycbcr
 from ..jpeg.dct import dct_blocks
 from ..jpeg.file import JpegFile, read_jpeg
+from ..pixels import to_uint8
 
 LIBJPEG_VERSION = "turbo210"
 
@@ -64,7 +65,7 @@ def _libjpeg_messages(source: str):
 def reencode(images: torch.Tensor, jpeg: JpegFile) -> list[JpegFile]:
     """Round [N, 3, H, W] (or [3, H, W]; a grayscale file's may have one channel) in [0, 1] to 8 bits
     and compress each with libjpeg, using `jpeg`'s tables and sampling; returns the files read back."""
-    pixels = (_as_batch(images, jpeg).detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    pixels = to_uint8(_as_batch(images, jpeg).cpu())
     components = len(jpeg.coefficients)
     factors = [(1, 1)] if jpeg.sampling == sampling.GRAY else [(1, 1)] * 3
     if jpeg.sampling != sampling.GRAY:
@@ -106,9 +107,6 @@ class Agreement:
     @property
     def blocks(self) -> float:
         return 1.0 - self.differing_blocks / self.total_blocks
-
-    def __add__(self, other: "Agreement") -> "Agreement":
-        return Agreement(*(a + b for a, b in zip(self.__dict__.values(), other.__dict__.values())))
 
 
 def coefficient_agreement(images: torch.Tensor, jpeg: JpegFile) -> Agreement:

@@ -29,8 +29,9 @@ import torchvision
 from torch import nn
 
 from ..atomic import write_atomically
-from ..errors import PosteriorJpegError
-from ..models.features import MissingWeightsError
+from ..errors import MissingWeightsError, PosteriorJpegError, StatisticsError
+from ..models.features import read_state_file
+from ..pixels import round_to_8_bits
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299  # pytorch-fid resizes every input to 299x299 (bilinear) inside InceptionV3
@@ -60,15 +61,6 @@ def random_state(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
                 if layer.bias is not None:
                     layer.bias.zero_()
     return module.state_dict()
-
-
-def read_state_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch file (tensors only: nothing is unpickled)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_inception_state(weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
@@ -139,15 +131,11 @@ class InceptionFeatures(nn.Module):
         device = next(self.net.parameters()).device
         batch = []
         for image in images:
-            image = ((image.float().clamp(0, 1) * 255).round() / 255).to(device)[None]
+            image = round_to_8_bits(image).to(device)[None]
             if tuple(image.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):  # pytorch-fid's own resize, per image
                 image = F.interpolate(image, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
             batch.append(image)
         return self.net(torch.cat(batch))[0].flatten(1).double().cpu()
-
-
-class StatisticsError(PosteriorJpegError):
-    """A file that does not hold usable FID statistics."""
 
 
 @dataclass

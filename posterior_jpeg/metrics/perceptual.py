@@ -18,9 +18,9 @@ import torchvision
 from torch import nn
 from torchvision.models import AlexNet_Weights, VGG16_Weights
 
-from ..errors import PosteriorJpegError
-from ..models.features import MissingWeightsError
-from .fid import RANDOM, RANDOM_LABEL, random_state, read_state_file
+from ..errors import MissingWeightsError, PosteriorJpegError
+from ..models.features import read_state_file
+from .fid import RANDOM, RANDOM_LABEL, random_state
 
 # LPIPS backbone name -> (torchvision constructor, the ImageNet weights lpips uses)
 BACKBONES = {

@@ -1,19 +1,20 @@
 """Networks: the stochastic generator G(z, y, q), the ResNet critic, and the frozen VGG19 features."""
 
-from .discriminator import Discriminator, DiscriminatorConfig, build_discriminator
-from .features import MissingWeightsError, VGGFeatures, vgg19_cache_path
-from .generator import PRESETS, Generator, GeneratorConfig, build_generator, seeded_generators
+from .critic import Critic, CriticConfig, build_critic
+from ..errors import MissingWeightsError
+from .features import VGGFeatures, vgg19_cache_path
+from .generator import PRESETS, Generator, GeneratorConfig, build_generator, seeded_noise
 
 __all__ = [
     "PRESETS",
-    "Discriminator",
-    "DiscriminatorConfig",
+    "Critic",
+    "CriticConfig",
     "Generator",
     "GeneratorConfig",
     "MissingWeightsError",
     "VGGFeatures",
-    "build_discriminator",
+    "build_critic",
     "build_generator",
-    "seeded_generators",
+    "seeded_noise",
     "vgg19_cache_path",
 ]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision.models import VGG19_Weights
 
-from ..errors import PosteriorJpegError
+from ..errors import MissingWeightsError, PosteriorJpegError
 
 # VGG19 ("configuration E"): conv widths, "M" = 2x2 max-pool. Laid out as torchvision's
 # `vgg19().features`, so its state dict keys ("features.N.weight") load unchanged.
@@ -23,8 +23,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG19_URL = VGG19_Weights.IMAGENET1K_V1.url
 
 
-class MissingWeightsError(PosteriorJpegError, FileNotFoundError):
-    """Pretrained weights that a feature network needs are not on this machine."""
+def read_state_file(path: Path) -> dict[str, torch.Tensor]:
+    """The one loader of pretrained weight files: a state dict from .safetensors or a torch file
+    (tensors only: nothing is unpickled)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def vgg19_cache_path() -> Path:
@@ -59,12 +65,7 @@ def load_vgg19_state(weights: str | os.PathLike | None) -> dict[str, torch.Tenso
             ".pth state dict or .safetensors file as the weights option (VGGFeatures(weights=PATH)). "
             "Nothing is downloaded."
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_file(path)
     if any(key.startswith("features.") for key in state):
         state = {key.removeprefix("features."): v for key, v in state.items() if key.startswith("features.")}
     return state

@@ -24,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tiling import PAD_MULTIPLE
+
 UNSHUFFLE = 4
-PAD_MULTIPLE = 16  # a whole 4:2:0 MCU: trunk cells then line up with the file's 8x8 blocks
 RESIDUAL_SCALE = 0.2
 PLAIN_NOISE_INIT = 0.1  # added noise starts at a tenth of unit features: seeds differ, features dominate
 TRUNKS = ("rrdb", "plain")
 
-NoiseGenerator = torch.Generator | list[torch.Generator] | None
+NoiseRng = torch.Generator | list[torch.Generator] | None  # torch RNGs of the noise z (see NoiseSource)
 
 
 @dataclass
@@ -50,13 +51,13 @@ class GeneratorConfig:
     noise: False builds a deterministic network (no noise inputs, no noise scales): the posterior-mean
     estimate M(y, q), trained with MSE, for which noise is only a nuisance to unlearn."""
 
-    trunk: str = "rrdb"
-    features: int = 64
-    blocks: int = 23
-    growth: int = 32
-    table_embedding: int = 64
-    full_res_features: int = 0
-    noise: bool = True
+    trunk: str = "rrdb"  # "rrdb" (the paper's) or "plain" (fast wide residual blocks)
+    features: int = 64  # trunk width
+    blocks: int = 23  # number of RRDB or residual blocks
+    growth: int = 32  # dense-block growth channels (rrdb only)
+    table_embedding: int = 64  # width of the quantization-table embedding that drives FiLM; 0: table-blind
+    full_res_features: int = 0  # 0: pixel-shuffle the residual; > 0: this many full-resolution features, then a 3x3 conv
+    noise: bool = True  # false: a deterministic network (the MMSE estimate M, no noise inputs)
 
     def __post_init__(self):
         if self.trunk not in TRUNKS:
@@ -68,7 +69,7 @@ class GeneratorConfig:
 PRESETS = {
     # The paper's network: 64 features, 23 RRDBs, growth 32.
     "paper": GeneratorConfig(trunk="rrdb", features=64, blocks=23, growth=32),
-    # DESIGN.md's tensor-core-friendly trunk of about the paper's size.
+    # A wide plain trunk of about the paper's size: large convolutions, which GPU tensor cores run well.
     "plain": GeneratorConfig(trunk="plain", features=256, blocks=12),
     # Small enough to train and sample on a CPU; 24 convs give a receptive field of ~200 pixels.
     "demo": GeneratorConfig(trunk="plain", features=96, blocks=12),
@@ -86,36 +87,36 @@ def build_generator(config: GeneratorConfig | str) -> "Generator":
     return Generator(config)
 
 
-def seeded_generators(seeds: list[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """One torch.Generator per sample, seeded, for `Generator.forward(..., generator=...)`."""
+def seeded_noise(seeds: list[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One seeded torch RNG per sample, for `Generator.forward(..., noise=...)`."""
     return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
 
 
 class NoiseSource:
     """Fresh N(0, 1) maps [N, 1, h, w] for a batch, in the order the network asks for them.
 
-    - list of N generators: sample i's maps come from generator i alone, so a sample depends only
-      on its own seed, never on the rest of the batch. Maps are drawn on each generator's device and
-      moved to the features' device: CPU generators give the same noise on every device.
-    - one generator: the whole batch's maps from it (reproducible for the same batch).
+    - list of N torch RNGs: sample i's maps come from RNG i alone, so a sample depends only on its
+      own seed, never on the rest of the batch. Maps are drawn on each RNG's device and moved to
+      the features' device: CPU RNGs give the same noise on every device.
+    - one torch RNG: the whole batch's maps from it (reproducible for the same batch).
     - None: torch's global RNG on the features' device (the fast path for training).
     Maps are drawn in float32 and cast, so mixed precision does not change the noise."""
 
-    def __init__(self, batch: int, generator: NoiseGenerator):
-        if isinstance(generator, (list, tuple)) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} noise generators for a batch of {batch}")
+    def __init__(self, batch: int, rng: NoiseRng):
+        if isinstance(rng, (list, tuple)) and len(rng) != batch:
+            raise ValueError(f"got {len(rng)} noise RNGs for a batch of {batch}")
         self.batch = batch
-        self.generator = generator
+        self.rng = rng
 
     def like(self, features: torch.Tensor) -> torch.Tensor:
         """One noise map per sample with the spatial size, dtype and device of `features`."""
         size = features.shape[-2:]
-        if self.generator is None:
+        if self.rng is None:
             noise = torch.randn((self.batch, 1, *size), device=features.device)
-        elif isinstance(self.generator, torch.Generator):
-            noise = torch.randn((self.batch, 1, *size), generator=self.generator, device=self.generator.device)
+        elif isinstance(self.rng, torch.Generator):
+            noise = torch.randn((self.batch, 1, *size), generator=self.rng, device=self.rng.device)
         else:
-            noise = torch.cat([torch.randn((1, 1, *size), generator=g, device=g.device) for g in self.generator])
+            noise = torch.cat([torch.randn((1, 1, *size), generator=g, device=g.device) for g in self.rng])
         return noise.to(device=features.device, dtype=features.dtype)
 
 
@@ -237,10 +238,10 @@ def normalise_tables(qtables: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 class Generator(nn.Module):
-    """G(z, y, q). forward(y [N, 3, H, W] in [0, 1], qtables, generator) -> [N, 3, H, W].
+    """G(z, y, q). forward(y [N, 3, H, W] in [0, 1], qtables, noise) -> [N, 3, H, W].
 
-    qtables: see `normalise_tables`. generator: the noise z, see `NoiseSource`; pass
-    `seeded_generators(seeds)` so that sample i is reproducible from seeds[i] alone, or any object
+    qtables: see `normalise_tables`. noise: the source of z, see `NoiseSource`; pass
+    `seeded_noise(seeds)` so that sample i is reproducible from seeds[i] alone, or any object
     with NoiseSource's `like(features)` method (the sampler's position-keyed noise).
     Any H, W: the input is padded (edges repeated) to a multiple of 16 and the output cropped back.
     The output is y plus a residual and is not clamped: losses and the critic see G's raw output;
@@ -284,7 +285,7 @@ class Generator(nn.Module):
             film.append((scale, shift))
         return film
 
-    def forward(self, y: torch.Tensor, qtables: torch.Tensor, generator: NoiseGenerator = None) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, qtables: torch.Tensor, noise: NoiseRng = None) -> torch.Tensor:
         if y.dim() != 4 or y.shape[1] != 3:
             raise ValueError(f"G expects images [N, 3, H, W], got {tuple(y.shape)}")
         n, _, height, width = y.shape
@@ -293,8 +294,8 @@ class Generator(nn.Module):
         padded = F.pad(y, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else y
         features = self.conv_in(F.pixel_unshuffle(2.0 * padded - 1.0, UNSHUFFLE))
         film = self.modulations(qtables, n, features)
-        noise = generator if hasattr(generator, "like") else NoiseSource(n, generator)
-        features = self.trunk(features, noise, film)
+        source = noise if hasattr(noise, "like") else NoiseSource(n, noise)
+        features = self.trunk(features, source, film)
         residual = F.pixel_shuffle(self.conv_out(F.leaky_relu(features, 0.2)), UNSHUFFLE)
         if self.config.full_res_features:
             residual = self.conv_full_res(F.leaky_relu(residual, 0.2))
@@ -333,16 +334,16 @@ class AnchoredGenerator(nn.Module):
         with torch.no_grad():
             return self.mean(y, qtables)
 
-    def forward(self, y: torch.Tensor, qtables: torch.Tensor, generator: NoiseGenerator = None) -> torch.Tensor:
-        return self.add_detail(self.posterior_mean(y, qtables), qtables, generator)
+    def forward(self, y: torch.Tensor, qtables: torch.Tensor, noise: NoiseRng = None) -> torch.Tensor:
+        return self.add_detail(self.posterior_mean(y, qtables), qtables, noise)
 
-    def add_detail(self, mean: torch.Tensor, qtables: torch.Tensor, generator: NoiseGenerator = None) -> torch.Tensor:
+    def add_detail(self, mean: torch.Tensor, qtables: torch.Tensor, noise: NoiseRng = None) -> torch.Tensor:
         """G given M's output: the sampler computes M once per file and this once per sample."""
         if not self.antithetic:
-            return self.detail(mean, qtables, generator)
-        noise = _RecordedNoise(generator if hasattr(generator, "like") else NoiseSource(mean.shape[0], generator))
-        plus = self.detail(mean, qtables, noise)
-        return mean + 0.5 * (plus - self.detail(mean, qtables, noise.mirrored()))
+            return self.detail(mean, qtables, noise)
+        recorded = _RecordedNoise(noise if hasattr(noise, "like") else NoiseSource(mean.shape[0], noise))
+        plus = self.detail(mean, qtables, recorded)
+        return mean + 0.5 * (plus - self.detail(mean, qtables, recorded.mirrored()))
 
 
 class _RecordedNoise:

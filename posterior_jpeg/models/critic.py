@@ -26,31 +26,28 @@ BRANCH_SCALE = 0.1
 
 
 @dataclass
-class DiscriminatorConfig:
-    """features: width of the first stage, doubled per downsampling up to max_features.
-    size: the crop size it is built for (a power of two times 4; 128 in the paper).
-    conditional: also see the decoded JPEG y, as three extra input channels.
-    detail_gain: 0 for the paper's critic; > 0 adds the detail layer (three more input channels)."""
+class CriticConfig:
+    """Architecture of the critic (the paper's at the defaults, with size 128)."""
 
-    features: int = 64
-    max_features: int = 512
-    size: int = 128
-    conditional: bool = False
-    detail_gain: float = 0.0
+    features: int = 64  # width of the first stage, doubled per downsampling
+    max_features: int = 512  # widest stage
+    size: int = 128  # crop side it is built for: 4 times a power of two
+    conditional: bool = False  # also see the decoded JPEG y (three extra input channels)
+    detail_gain: float = 0.0  # 0: the paper's critic; > 0 adds the detail layer (three more input channels)
 
     def __post_init__(self):
         stages = math.log2(self.size / FINAL_SIZE)
         if self.size < FINAL_SIZE or stages != int(stages):
-            raise ValueError(f"discriminator size must be 4 times a power of two, got {self.size}")
+            raise ValueError(f"critic size must be 4 times a power of two, got {self.size}")
         if self.features < 1 or self.max_features < self.features:
-            raise ValueError(f"discriminator widths must satisfy 1 <= features <= max_features, got {self}")
+            raise ValueError(f"critic widths must satisfy 1 <= features <= max_features, got {self}")
         if self.detail_gain < 0:
-            raise ValueError(f"discriminator detail_gain must be >= 0, got {self.detail_gain}")
+            raise ValueError(f"critic detail_gain must be >= 0, got {self.detail_gain}")
 
 
-def build_discriminator(config: DiscriminatorConfig) -> "Discriminator":
+def build_critic(config: CriticConfig) -> "Critic":
     """A freshly initialised critic."""
-    return Discriminator(config)
+    return Critic(config)
 
 
 def detail_layer(x: torch.Tensor, gain: float) -> torch.Tensor:
@@ -74,10 +71,10 @@ class PreActBlock(nn.Module):
         return self.shortcut(x) + BRANCH_SCALE * branch
 
 
-class Discriminator(nn.Module):
+class Critic(nn.Module):
     """forward(x [N, 3, H, W], y=None) -> logits [N]. y is required iff the config is conditional."""
 
-    def __init__(self, config: DiscriminatorConfig):
+    def __init__(self, config: CriticConfig):
         super().__init__()
         self.config = config
         stages = int(math.log2(config.size // FINAL_SIZE))

@@ -1,0 +1,197 @@
+"""The command lines of every entry point, torch-free: `--help` and argument errors answer before
+torch (seconds to import) loads; each command imports its heavy modules after parsing."""
+
+import argparse
+
+from .precision import PRECISIONS
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, PAD_MULTIPLE
+
+FORMATS = ("png", "png16", "webp", "jpeg")  # what sample writes (export.py)
+DEFAULT_QUALITY = 90  # of lossy exports
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """The arguments every config-driven command takes: --config FILE, --print-config and key=value
+    overrides."""
+    parser.add_argument("--config", help=f"YAML config ({example}); defaults when omitted")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print every config key with its resolved value (defaults <- --config <- "
+                             "overrides) and one line of meaning, as YAML, and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys")
+
+
+def parse_config_arguments(argv, prog: str | None, description: str, example: str) -> argparse.Namespace:
+    """The command line of a config-driven script (train.py, evaluate, sweep): its docstring as
+    --help, then --config FILE, --print-config and key=value overrides."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, example)
+    return parser.parse_args(argv)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from .sample_cli import run
+
+    return run(args)
+
+
+SAMPLE_DESCRIPTION = """\
+Decode JPEG files stochastically: for each file, N different plausible originals (posterior samples)
+drawn by a trained generator with seeds SEED, SEED+1, ..., each projected onto the file so that,
+saved as 8-bit and compressed again by libjpeg with the file's tables, it gives back the file's own
+coefficients.
+
+Outputs, in OUT:
+  <stem>_s<seed>.png   one 8-bit PNG per sample
+  <stem>_mean.png      --mean: the sample mean (projected too, unless --no-project)
+  <stem>_mmse.png      --mmse: the posterior-mean decode M(y, q), the best-PSNR output (projected
+                       too, unless --no-project), from models that have M (the bundled one does)
+  <stem>_std.png       --std: per-pixel standard deviation across samples, black (0) -> red ->
+                       yellow -> white (>= 0.1, i.e. 25 gray levels)
+  <stem>_grid.png      --grid: contact sheet: input decode | samples | mean | std
+  manifest.jsonl       one JSON line appended per output written: kind (sample, mean, std,
+                       grid), input path and sha256, seed (seeds of a summary), checkpoint and
+                       sha256 of its weights, model config, projection on/off, libjpeg's warnings,
+                       seconds; for samples, consistency_rmse and coefficient/block agreement
+                       measured on the saved 8-bit pixels (in the file's stored orientation). The
+                       last record of an output describes it. Samples and the mean also record
+                       the format written and its written_consistency: 8-bit, partial or none.
+  index.html           --html: a page to flip through and zoom into every file's outputs
+
+Formats: --format png16 writes 16-bit PNGs of the float output; webp and jpeg are lossy, so a
+re-exported lossy file is NO LONGER consistent with the input JPEG (written_consistency: none).
+
+Orientation and colour: PNGs are written the way the photo is shown, i.e. the file's EXIF
+orientation is applied to the pixels (PNG viewers ignore EXIF), and the file's ICC profile is
+embedded in the samples, the mean and the grid (not in the false-colour std map). Undo the rotation
+before comparing a PNG with the file's coefficients; the manifest's figures are measured that way.
+
+Big images go through the generator in tiles of --tile pixels that overlap and are blended, then
+each sample is projected as a whole: memory follows the tile size, not the image. A seed gives the
+same sample whatever the batch or tile size, up to small differences near tile seams.
+
+Grayscale files give grayscale outputs: one channel through the generator's luma, the projection
+and the PNGs (mode L); the std map and the grid stay in colour.
+
+Batch runs resume: running the same command again completes exactly the outputs that are missing
+(after Ctrl-C, a kill, a full disk) and keeps those the manifest records as made from the same input
+with the same seed, checkpoint and projection, unchanged since (their sha256). An existing output
+that the manifest does not record that way is never replaced without --overwrite (its input is
+reported as failed); --overwrite makes everything again. Files are written under a temporary name
+and renamed when complete, each one's manifest record appended (one whole line) just before its
+rename, so an interrupted run leaves only whole files and whole lines; temporaries of killed runs
+are removed by the next run. One run at a time writes into OUT: a second one is refused while the
+first runs (OUT/.posterior-jpeg.lock holds its pid; a lock left by a dead process is taken over).
+
+Inputs whose names give the same <stem> would write the same outputs: the first one in argument
+order is sampled, the others are reported as failed (sample them into another -o folder). Bad inputs
+(not a JPEG, truncated, unsupported kind, too many pixels) are reported as 'FILE: reason' on stderr
+and skipped. libjpeg's warnings about a file (corrupt data it decoded anyway, tables too coarse for
+a baseline re-encode) are printed as 'FILE: warning: ...' (not with --quiet) and listed in every
+manifest record of that file. Exit status: 0 all done, 1 some input failed, 2 the model, the options
+or OUT are unusable (another run holds it), 130 interrupted.
+"""
+
+SAMPLE_EPILOG = """\
+examples:
+  python sample.py photo.jpg -n 4 -o out --checkpoint runs/demo --mean --std
+      four samples of photo.jpg with the latest checkpoint of the run folder runs/demo, plus the
+      mean and the std map
+  python sample.py photos/ --recursive -n 8 -o out --checkpoint model/generator_ema.safetensors --grid
+      every .jpg/.jpeg under photos/, eight samples each and a contact sheet per file
+  python sample.py 'scans/*.jpg' -n 2 --seed 100 -o out --checkpoint runs/demo --quiet
+      a quoted glob (expanded by sample.py itself); seeds 100 and 101; only errors are printed
+  posterior-jpeg sample big.jpg -o out --checkpoint runs/demo --tile 256 --device cuda
+      the same command from the installed package; smaller tiles for less GPU memory
+
+--checkpoint takes a run folder written by train.py (its latest checkpoint), a checkpoint folder, or
+a generator_ema.safetensors file with model.yaml (or, written before model.yaml existed,
+config.yaml) beside it. A checkpoint that cannot be used stops the run with one line, exit status 2.
+"""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _tile(text: str) -> int:
+    value = int(text)
+    smallest = 2 * DEFAULT_OVERLAP
+    if value != 0 and (value % PAD_MULTIPLE or value < smallest):
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (no tiling) or a multiple of 16 of at least {smallest}, got {value}"
+        )
+    return value
+
+
+def configure_sample(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give `parser` the sampling command's help and arguments (shared by sample.py and the
+    `posterior-jpeg sample` subcommand)."""
+    parser.description = SAMPLE_DESCRIPTION
+    parser.epilog = SAMPLE_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="JPEG files, folders or glob patterns")
+    parser.add_argument("-n", "--samples", type=_positive, default=8, help="samples per file (default 8)")
+    parser.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder (created if missing)")
+    parser.add_argument("--seed", type=_seed, default=0,
+                        help="seed of the first sample; sample i uses SEED+i (default 0)")
+    parser.add_argument("--checkpoint", metavar="CKPT",
+                        help="run folder, checkpoint folder or weights file (default: the bundled model)")
+    parser.add_argument("--no-project", action="store_true",
+                        help="keep the generator's raw outputs (not exactly consistent with the file)")
+    parser.add_argument("--mean", action="store_true", help="also write <stem>_mean.png")
+    parser.add_argument("--mmse", action="store_true",
+                        help="also write <stem>_mmse.png: the posterior-mean decode M (the best-PSNR output, "
+                             "projected unless --no-project); needs a model with M, like the bundled one")
+    parser.add_argument("--std", action="store_true", help="also write <stem>_std.png, the uncertainty map")
+    parser.add_argument("--grid", action="store_true", help="also write <stem>_grid.png, a contact sheet")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the generator runs (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("auto", *PRECISIONS), default="auto",
+                        help="generator precision (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument("--tile", type=_tile, default=DEFAULT_TILE,
+                        help=f"tile size in pixels, a multiple of 16; 0 runs whole images (default {DEFAULT_TILE})")
+    parser.add_argument("--recursive", action="store_true",
+                        help="descend into sub-folders of folder INPUTs ('**' in globs)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="make every output again (default: keep those a previous run recorded, make the missing)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar, summary or warnings: print errors only (warnings stay in the manifest)")
+    parser.add_argument("--html", action="store_true",
+                        help="at the end, write OUT/index.html: a page to flip through and zoom into every "
+                             "file's decode, samples, mean and std map (no network needed)")
+    add_export_arguments(parser)
+    parser.set_defaults(run=_run_sample)
+    return parser
+
+
+def build_sample_parser() -> argparse.ArgumentParser:
+    return configure_sample(argparse.ArgumentParser(prog="sample.py"))
+
+
+EXPORT_HELP = {
+    "format": "file format of the samples and the mean: png (8-bit, default), png16 (16-bit PNG of the "
+              "float output), webp or jpeg (lossy: a re-exported lossy file is NO LONGER consistent "
+              "with the input; the manifest's written_consistency says 'none')",
+    "quality": f"quality 1-100 of webp and jpeg (default {DEFAULT_QUALITY}); jpeg is written progressive "
+               "with optimized Huffman tables",
+    "metadata": "keep (default): embed the input's ICC profile and its EXIF, with the orientation tag "
+                "set to 1 since the rotation is applied to the pixels; strip: embed neither",
+}
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """--format, --quality and --metadata, read back by `export.settings_from`."""
+    parser.add_argument("--format", choices=FORMATS, default="png", help=EXPORT_HELP["format"])
+    parser.add_argument("--quality", type=int, metavar="Q", help=EXPORT_HELP["quality"])
+    parser.add_argument("--metadata", choices=("keep", "strip"), default="keep", help=EXPORT_HELP["metadata"])
