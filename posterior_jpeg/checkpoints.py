@@ -255,7 +255,8 @@ def model_config(folder: Path) -> ModelFile:
             if node.get("mean_generator") is not None:
                 mean = build_structured(GeneratorConfig, [_section(node, "mean_generator", config)],
                                         f"{config}: mean_generator")
-            return ModelFile(generator=generator, mean_generator=mean, antithetic=bool(node.get("antithetic", False)))
+            antithetic = mean is not None and bool(node.get("antithetic", False))  # only an anchored G mirrors S
+            return ModelFile(generator=generator, mean_generator=mean, antithetic=antithetic)
     except ConfigError as error:
         raise CheckpointError(str(error)) from None
     raise CheckpointError(f"{folder}: neither {MODEL} nor {CONFIG} beside {WEIGHTS}")
