@@ -24,6 +24,7 @@ One JSON line per (quality, decoder), means over the photos of per-photo figures
                       *_max: the largest over the photos
   naturalness         Frechet distance of MSCN patch statistics to the originals' (one figure per set)
   std                 per-pixel std of the K samples, gray levels (model rows)
+  rms_to_mmse         RMS difference from the model's M, gray levels (sample and mean rows; "do no harm")
 With --peers (default ../shared/peers/val.json, when present) a second line per decoder that the peers
 measured too (libjpeg, ground truth; the model's rows only for the bundled model) sets their figures
 beside ours.
@@ -114,7 +115,7 @@ def summarize(per_photo: list[dict]) -> dict:
     for key in sorted(keys):
         values = [figures[key] for figures in per_photo if key in figures]
         summary[key] = float(np.mean(values))
-        if key.startswith("peak"):
+        if key.startswith("peak") or key == "rms_to_mmse":
             summary[f"{key}_max"] = float(np.max(values))
         if len(values) != len(per_photo):
             summary[f"n_{key}"] = len(values)
@@ -163,6 +164,8 @@ def main() -> None:
                 row = measure(output, original, jpeg, gray)
                 if spread is not None and method not in ("libjpeg", "mmse"):
                     row["std"] = spread
+                if "mmse" in decoded and method not in ("libjpeg", "mmse"):
+                    row["rms_to_mmse"] = ((output - decoded["mmse"]) * 255).pow(2).mean().sqrt().item()
                 figures.setdefault(method, []).append(row)
                 outputs.setdefault(method, []).append(output)
 

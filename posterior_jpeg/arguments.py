@@ -55,11 +55,20 @@ Outputs, in OUT:
                        seconds; for samples, consistency_rmse and coefficient/block agreement
                        measured on the saved 8-bit pixels (in the file's stored orientation). The
                        last record of an output describes it. Samples and the mean also record
-                       the format written and its written_consistency: 8-bit, partial or none.
+                       the format written and its written_consistency: 8-bit, float, partial
+                       or none; projected outputs also record failing_blocks, differing_coefficients
+                       and float_consistency / float_violations (their float result).
   index.html           --html: a page to flip through and zoom into every file's outputs
 
-Formats: --format png16 writes 16-bit PNGs of the float output; webp and jpeg are lossy, so a
-re-exported lossy file is NO LONGER consistent with the input JPEG (written_consistency: none).
+Consistency, two levels: "8-bit" = the saved 8-bit image, re-compressed by libjpeg with the file's
+tables and sampling, gives back every coefficient of the file; "float" = the exact DCT of the float
+result (before 8-bit rounding) lies inside every quantization interval. Projection always reaches
+float; 8-bit is searched for and reached on nearly all files (README: "Measured"). A file with an
+output that is not 8-bit exact gets one line on stderr (not with --quiet); --strict makes it a failure.
+
+Formats: --format png16 writes 16-bit PNGs of the float result (float-consistent where its colours
+lie in the RGB cube: written_consistency "float"); webp and jpeg are lossy, so a re-exported lossy
+file is NO LONGER consistent with the input JPEG (written_consistency: none).
 
 Orientation and colour: PNGs are written the way the photo is shown, i.e. the file's EXIF
 orientation is applied to the pixels (PNG viewers ignore EXIF), and the file's ICC profile is
@@ -167,6 +176,9 @@ def configure_sample(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="make every output again (default: keep those a previous run recorded, make the missing)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar, summary or warnings: print errors only (warnings stay in the manifest)")
+    parser.add_argument("--strict", action="store_true",
+                        help="a file with a projected output that is not 8-bit exact counts as failed (exit 1; "
+                             "its outputs are still written and recorded)")
     parser.add_argument("--html", action="store_true",
                         help="at the end, write OUT/index.html: a page to flip through and zoom into every "
                              "file's decode, samples, mean and std map (no network needed)")
@@ -181,7 +193,7 @@ def build_sample_parser() -> argparse.ArgumentParser:
 
 EXPORT_HELP = {
     "format": "file format of the samples and the mean: png (8-bit, default), png16 (16-bit PNG of the "
-              "float output), webp or jpeg (lossy: a re-exported lossy file is NO LONGER consistent "
+              "float-consistent result), webp or jpeg (lossy: a re-exported lossy file is NO LONGER consistent "
               "with the input; the manifest's written_consistency says 'none')",
     "quality": f"quality 1-100 of webp and jpeg (default {DEFAULT_QUALITY}); jpeg is written progressive "
                "with optimized Huffman tables",

@@ -45,11 +45,15 @@ class ExportSettings:
     def suffix(self) -> str:
         return SUFFIXES[self.format]
 
-    def written_consistency(self, coefficient_agreement: float) -> str:
-        """What the written file keeps of the input: "none" for a lossy format; for PNGs "8-bit"
-        when its 8-bit pixels re-encode to every coefficient of the input (measured), else "partial"."""
+    def written_consistency(self, coefficient_agreement: float, float_level=None) -> str:
+        """What the written file keeps of the input (measured): "none" for a lossy format; for 8-bit
+        PNGs "8-bit" when their pixels re-encode to every coefficient of the input; for 16-bit PNGs
+        of a projected output "float" when the values they hold lie inside every quantization
+        interval (`float_level`, a metrics.FloatConsistency); else "partial"."""
         if self.format in LOSSY:
             return "none"
+        if self.format == "png16" and float_level is not None:
+            return "float" if float_level.violating_coefficients == 0 else "partial"
         return "8-bit" if coefficient_agreement == 1.0 else "partial"
 
 

@@ -24,8 +24,8 @@ from .arguments import build_sample_parser
 from .atomic import FolderBusyError, FolderLock, append_line, read_lines, remove_stale_temporaries, write_atomically
 from .errors import LibjpegWarning, PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
-from .jpeg.projection import project
-from .metrics import coefficient_agreement, consistency_rmse
+from .jpeg.projection import projection, round_to_16_bits
+from .metrics import Agreement, coefficient_agreement, consistency_rmse, float_consistency
 from .metrics.fid import file_digest
 from .sampling import Sampler
 from .pixels import round_to_8_bits, to_hwc_uint8, to_uint8, to_unit_float
@@ -257,37 +257,41 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
     advance(args.samples - len(wanted))
     samples = {}  # seed -> uint8 [C, H, W], kept only for the summaries
 
-    def write_decoded(output: Path, image: torch.Tensor, began: float) -> torch.Tensor:
+    inexact = []  # (output, Agreement) of each projected output that is not 8-bit exact
+
+    def write_decoded(output: Path, image: torch.Tensor, began: float, floats: torch.Tensor | None) -> torch.Tensor:
         """Measure a decoded image [C, H, W] as its file will hold it, write it with its manifest
         record, report new warnings; returns its 8-bit pixels."""
         pixels = to_uint8(image)
-        saved = to_unit_float(pixels)  # measure exactly what the PNG holds, in stored orientation
         measured = []
         with libjpeg_warnings(measured):
-            agreement = coefficient_agreement(saved, jf)
-            rmse = consistency_rmse(saved, jf).item()
+            line, agreement = _levels(pixels, floats, jf, job.export)
         for text in dict.fromkeys(measured):
             if text not in reported:
                 reported.append(text)
                 warn(f"{path}: warning: {text}")
-        line = {**common, **plan[output], "output": str(output),
-                "consistency_rmse": rmse, "coefficient_agreement": agreement.coefficients,
-                "block_agreement": agreement.blocks, "icc_profile_embedded": metadata.icc_profile is not None,
-                "written_consistency": job.export.written_consistency(agreement.coefficients),
+        if not args.no_project and agreement.coefficients < 1.0:
+            inexact.append((output, agreement))
+        line = {**common, **plan[output], "output": str(output), **line,
+                "icc_profile_embedded": metadata.icc_profile is not None,
                 "warnings": list(dict.fromkeys([*jf.warnings, *measured]))}
-        job.write(output, export.encode(apply_orientation(image, jf.orientation), job.export, metadata), line, began)
+        written = floats if floats is not None and job.export.format == "png16" else image
+        job.write(output, export.encode(apply_orientation(written, jf.orientation), job.export, metadata), line, began)
         return pixels
 
     mmse_output = job.out / f"{path.stem}_mmse{job.export.suffix}"
     if mmse_output in todo:
         began = perf_counter()
-        write_decoded(mmse_output, job.sampler.mmse(jf, project=not args.no_project), began)
+        mean = job.sampler.mmse(jf, project=False)
+        result = None if args.no_project else projection(mean, jf)
+        write_decoded(mmse_output, mean if result is None else result.images, began,
+                      None if result is None else result.floats)
     for first, count in _batches_to_make(args.seed, args.samples, job.sampler.batch_size, wanted):
         for sample in job.sampler.samples(jf, count, first, project=not args.no_project):
             if sample.seed not in wanted:  # kept from an earlier run
                 continue
             output = job.out / f"{path.stem}_s{sample.seed}{job.export.suffix}"
-            pixels = write_decoded(output, sample.image, perf_counter() - sample.seconds)
+            pixels = write_decoded(output, sample.image, perf_counter() - sample.seconds, sample.floats)
             if summaries:
                 samples[sample.seed] = pixels
             advance()
@@ -295,27 +299,60 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
         for output, recipe in plan.items():
             if recipe["kind"] == "sample" and recipe["seed"] not in samples:
                 samples[recipe["seed"]] = _kept_sample(output, jf)
-        _write_summaries(job, path, jf, [samples[seed] for seed in sorted(samples)], summaries, common, metadata)
+        inexact += _write_summaries(job, path, jf, [samples[seed] for seed in sorted(samples)], summaries, common,
+                                    metadata)
+    if inexact:
+        output, worst = min(inexact, key=lambda item: item[1].coefficients)
+        report = (f"{path}: not 8-bit exact: {len(inexact)} output(s); the worst, {output.name}, re-encodes to "
+                  f"{worst.coefficients:.5f} of the coefficients ({worst.differing_coefficients} in "
+                  f"{worst.differing_blocks} blocks differ); see {MANIFEST}")
+        if args.strict:
+            raise FileFailed(report + " (--strict)")
+        warn(report)
     return len(todo)
 
 
+def _levels(pixels: torch.Tensor, floats: torch.Tensor | None, jf: JpegFile,
+            settings: export.ExportSettings) -> tuple[dict, Agreement]:
+    """Manifest figures of an output: 8-bit level (its 8-bit pixels [C, H, W] re-encoded by libjpeg),
+    float level (the float result of the projection, as a 16-bit file holds it or before rounding)
+    and which level the written file meets."""
+    saved = to_unit_float(pixels)  # measure exactly what the PNG holds, in stored orientation
+    agreement = coefficient_agreement(saved, jf)
+    line = {"consistency_rmse": consistency_rmse(saved, jf).item(), "coefficient_agreement": agreement.coefficients,
+            "block_agreement": agreement.blocks, "differing_coefficients": agreement.differing_coefficients,
+            "failing_blocks": agreement.differing_blocks}
+    float_level = None
+    if floats is not None:
+        held = round_to_16_bits(floats) if settings.format == "png16" else floats
+        float_level = float_consistency(held, jf)
+        line.update(float_consistency=float_level.coefficients, float_violations=float_level.violating_coefficients)
+    line["written_consistency"] = settings.written_consistency(agreement.coefficients, float_level)
+    return line, agreement
+
+
 def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: list[str], common: dict,
-                     metadata: export.Metadata) -> None:
-    """The mean, std map and contact sheet of an input's samples (uint8 [C, H, W] each), as asked."""
+                     metadata: export.Metadata) -> list:
+    """The mean, std map and contact sheet of an input's samples (uint8 [C, H, W] each), as asked.
+    Returns [(output, Agreement)] for a projected mean that is not 8-bit exact."""
     began = perf_counter()
     stack = to_unit_float(torch.stack(samples))
-    mean = stack.mean(dim=0) if job.args.no_project else project(stack.mean(dim=0), jf)
+    result = None if job.args.no_project else projection(stack.mean(dim=0), jf)
+    mean = stack.mean(dim=0) if result is None else result.images
     seeds = list(range(job.args.seed, job.args.seed + job.args.samples))
+    inexact = []
     for kind in kinds:
         icc = None if kind == "std" else metadata.icc_profile  # the std map is a false-colour chart
         output = job.out / f"{path.stem}_{kind}{job.export.suffix if kind == 'mean' else '.png'}"
         line = {**common, "kind": kind, "output": str(output), "seeds": seeds,
                 "icc_profile_embedded": icc is not None, "warnings": list(jf.warnings)}
         if kind == "mean":
-            agreement = coefficient_agreement(round_to_8_bits(mean), jf).coefficients
-            line.update(format=job.export.format, quality=job.export.quality, metadata=job.export.metadata,
-                        written_consistency=job.export.written_consistency(agreement))
-            data = export.encode(apply_orientation(mean, jf.orientation), job.export, metadata)
+            levels, agreement = _levels(to_uint8(mean), None if result is None else result.floats, jf, job.export)
+            if result is not None and agreement.coefficients < 1.0:
+                inexact.append((output, agreement))
+            line.update(format=job.export.format, quality=job.export.quality, metadata=job.export.metadata, **levels)
+            written = result.floats if result is not None and job.export.format == "png16" else mean
+            data = export.encode(apply_orientation(written, jf.orientation), job.export, metadata)
         elif kind == "grid":
             row = [jf.decode(), *stack, mean, std_map(stack)]
             data = encode_png(contact_sheet([[apply_orientation(image.expand(3, -1, -1), jf.orientation)
@@ -323,6 +360,7 @@ def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: l
         else:
             data = encode_png(to_hwc_uint8(apply_orientation(std_map(stack), jf.orientation)), icc)
         job.write(output, data, line, began)
+    return inexact
 
 
 def _prepare(args, stack: contextlib.ExitStack) -> Job:

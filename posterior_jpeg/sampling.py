@@ -22,7 +22,7 @@ from . import checkpoints
 from .jpeg.color import rgb_to_gray
 from .jpeg.file import JpegFile
 from .jpeg.sampling import GRAY
-from .jpeg.projection import project as project_onto
+from .jpeg.projection import project as project_onto, projection
 from .errors import PosteriorJpegError
 from .models.generator import UNSHUFFLE, AnchoredGenerator, Generator
 from .pixels import round_to_8_bits
@@ -140,12 +140,14 @@ def _ramp(start: int, end: int, length: int, overlap: int) -> torch.Tensor:
 @dataclass
 class Sample:
     """One posterior sample: its seed, the image [C, H, W] in [0, 1] on the CPU (C = 1 for a
-    grayscale file, else 3), and the seconds it took (its share of its batch's generator pass and
-    projection)."""
+    grayscale file, else 3; on the 8-bit grid when projected), the seconds it took (its share of its
+    batch's generator pass and projection) and, when projected, the float-consistent result that the
+    8-bit image rounds (for 16-bit output)."""
 
     seed: int
     image: torch.Tensor
     seconds: float
+    floats: torch.Tensor | None = None  # projected samples: the float result before 8-bit rounding
 
 
 class Sampler:
@@ -226,11 +228,13 @@ class Sampler:
             batch = self.generate(y, tables, seeds)
             if jpeg.sampling == GRAY:
                 batch = rgb_to_gray(batch)
+            floats = [None] * len(seeds)
             if project:
-                batch = project_onto(batch, jpeg)
+                result = projection(batch, jpeg)
+                batch, floats = result.images, result.floats.cpu()
             share = (perf_counter() - began) / len(seeds)
-            for index, image in zip(seeds, batch.cpu()):  # one copy to the host per batch
-                yield Sample(index, image, share)
+            for index, image, float_image in zip(seeds, batch.cpu(), floats):  # one copy to the host per batch
+                yield Sample(index, image, share, float_image)
 
     @torch.no_grad()
     def mmse(self, jpeg: JpegFile, project: bool = True) -> torch.Tensor:

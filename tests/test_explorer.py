@@ -177,7 +177,7 @@ def test_each_format_keeps_size_and_metadata(inputs, tmp_path, fmt, quality, suf
     written = Path(record["output"])
     assert written.name == f"photo_s0{suffix}" and (tmp_path / f"photo_mean{suffix}").is_file()
     assert (record["format"], record["quality"], record["metadata"]) == (fmt, quality, "keep")
-    assert record["written_consistency"] == ("none" if fmt in ("webp", "jpeg") else "8-bit")
+    assert record["written_consistency"] == {"webp": "none", "jpeg": "none", "png": "8-bit", "png16": "float"}[fmt]
     for path in (written, tmp_path / f"photo_mean{suffix}"):
         with Image.open(path) as image:
             assert (image.format, image.mode, image.size) == (pil_format, "RGB", (48, 80))
@@ -214,9 +214,10 @@ def test_png16_holds_the_float_output(inputs, tmp_path):
     assert levels.shape == rounded.shape == (3, 80, 48)
     assert (levels / 65535 - rounded / 255).abs().max() <= 0.5 / 255 + 1e-4
     assert (levels % 257 != 0).float().mean() > 0.9  # not just 8-bit values widened
-    projected = export_run(inputs, tmp_path / "p", "--format", "png16")  # projected: on the 8-bit grid today
+    projected = export_run(inputs, tmp_path / "p", "--format", "png16")  # projected: the float-consistent result
     data = torch.frombuffer(bytearray(Path(projected["output"]).read_bytes()), dtype=torch.uint8)
-    assert (decode_png(data, ImageReadMode.UNCHANGED).int() % 257 == 0).all()
+    assert (decode_png(data, ImageReadMode.UNCHANGED).int() % 257 != 0).float().mean() > 0.5
+    assert projected["written_consistency"] == "float" and projected["float_violations"] == 0
 
 
 def test_quality_only_for_lossy_formats_and_help_warns(inputs, tmp_path, capsys):

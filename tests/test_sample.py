@@ -588,3 +588,57 @@ def test_a_missing_sample_is_made_again_exactly_as_in_its_batch(checkpoint, writ
     (out / "p0_s3.png").unlink()
     assert main(options) == 0
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == first
+
+
+def read_png16(path: Path) -> torch.Tensor:
+    """A 16-bit PNG -> [C, H, W] in [0, 1] (libpng through torchvision, 16 bits per channel)."""
+    from torchvision.io import ImageReadMode, decode_png
+
+    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+    return decode_png(data, ImageReadMode.UNCHANGED).double() / 65535
+
+
+def test_levels_are_recorded_and_a_file_not_8_bit_exact_is_reported(checkpoint, write_jpeg, tmp_path, capsys):
+    """Every projected output records both levels (measured again here); a quality-100 file (steps of
+    1: the 8-bit lattice may miss a block's box) that is not 8-bit exact gets one line, and --strict
+    makes it a failure, its outputs still written; 16-bit PNGs hold a float-consistent result.
+    (Quality 100, all steps 1: no encoder but libjpeg's own rounding reaches every block.)"""
+    exact = write_jpeg("in/exact.jpg", 64, 96, seed=1, quality=50)
+    hard = write_jpeg("in/hard.jpg", 64, 96, seed=2, quality=100, subsampling="4:4:4")
+    options = ["-n", "2", "--mean", "--checkpoint", str(checkpoint), "--device", "cpu"]
+    out = tmp_path / "out"
+    assert main([str(exact), str(hard), "-o", str(out), *options]) == 0
+    records = {Path(r["output"]).name: r for r in manifest_records(out)}
+    lines = [line for line in capsys.readouterr().err.splitlines() if "not 8-bit exact" in line]
+    for name, record in records.items():
+        if record["kind"] not in ("sample", "mean"):
+            continue
+        jf = pj.read_jpeg(exact if name.startswith("exact") else hard)
+        with Image.open(out / name) as image:
+            saved = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+        agreement = pj.metrics.coefficient_agreement(saved, jf)
+        assert record["coefficient_agreement"] == agreement.coefficients
+        assert record["failing_blocks"] == agreement.differing_blocks
+        assert record["differing_coefficients"] == agreement.differing_coefficients
+        assert record["float_violations"] == 0 and record["float_consistency"] == 1.0
+        assert record["written_consistency"] == ("8-bit" if agreement.coefficients == 1.0 else "partial")
+    assert all(records[n]["coefficient_agreement"] == 1.0 for n in records if n.startswith("exact_s"))
+    hard_inexact = [n for n in records if n.startswith("hard") and records[n].get("coefficient_agreement", 1.0) < 1.0]
+    assert hard_inexact and len(lines) == 1
+    if hard_inexact:
+        assert lines[0].startswith(f"{hard}: not 8-bit exact")
+        strict = tmp_path / "strict"
+        assert main([str(exact), str(hard), "-o", str(strict), *options, "--strict", "--quiet"]) == 1
+        assert "not 8-bit exact" in capsys.readouterr().err
+        assert (strict / "hard_s0.png").is_file() and (strict / "exact_s0.png").is_file()
+    assert main([str(exact), "-o", str(tmp_path / "quiet"), *options, "--strict", "--quiet"]) == 0
+
+    sixteen = tmp_path / "sixteen"
+    assert main([str(hard), "-o", str(sixteen), *options, "--format", "png16", "--quiet"]) == 0
+    jf = pj.read_jpeg(hard)
+    for record in manifest_records(sixteen):
+        if record["kind"] in ("sample", "mean"):
+            held = read_png16(Path(record["output"]))
+            violations = pj.metrics.float_consistency(held, jf).violating_coefficients
+            assert violations == record["float_violations"] == 0
+            assert record["written_consistency"] == "float"
