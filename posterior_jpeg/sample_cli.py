@@ -303,9 +303,9 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
                                     metadata)
     if inexact:
         output, worst = min(inexact, key=lambda item: item[1].coefficients)
-        report = (f"{path}: not 8-bit exact: {len(inexact)} output(s); the worst, {output.name}, re-encodes to "
-                  f"{worst.coefficients:.5f} of the coefficients ({worst.differing_coefficients} in "
-                  f"{worst.differing_blocks} blocks differ); see {MANIFEST}")
+        report = (f"{path}: not 8-bit exact: {len(inexact)} output(s); in the worst, {output.name}, "
+                  f"{worst.differing_coefficients} of {worst.total_coefficients} coefficients (in "
+                  f"{worst.differing_blocks} of {worst.total_blocks} blocks) re-encode differently; see {MANIFEST}")
         if args.strict:
             raise FileFailed(report + " (--strict)")
         warn(report)
