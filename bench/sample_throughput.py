@@ -36,7 +36,7 @@ import posterior_jpeg as pj
 from posterior_jpeg.jpeg.tables import ijg_tables
 from posterior_jpeg.models.generator import build_generator
 from posterior_jpeg.pixels import to_chw_float
-from posterior_jpeg.sampling import Sampler
+from posterior_jpeg.sampler import Sampler
 
 from common import best_time, emit, photo
 

@@ -18,7 +18,7 @@ from PIL import Image
 import posterior_jpeg as pj
 from posterior_jpeg.jpeg.color import rgb_to_gray
 from posterior_jpeg.pixels import round_to_8_bits, to_chw_float
-from posterior_jpeg.sampling import Sampler
+from posterior_jpeg.sampler import Sampler
 from posterior_jpeg.visualize import contact_sheet, std_map
 
 HERE = Path(__file__).parent

@@ -17,7 +17,7 @@ from PIL import Image
 from posterior_jpeg import read_jpeg
 from posterior_jpeg.metrics import blockiness, coefficient_agreement, per_pixel_std
 from posterior_jpeg.pixels import round_to_8_bits
-from posterior_jpeg.sampling import Sampler
+from posterior_jpeg.sampler import Sampler
 from posterior_jpeg.visualize import contact_sheet, posterior_row
 
 HERE = Path(__file__).parent

@@ -8,7 +8,7 @@ import importlib
 from .errors import ImageTooLargeError, InvalidJpegError, PosteriorJpegError, UnsupportedJpegError
 
 _LAZY = {"JpegFile": ".jpeg.file", "read_jpeg": ".jpeg.file", "project": ".jpeg.projection",
-         "Sampler": ".sampling", "metrics": ".metrics"}
+         "Sampler": ".sampler", "metrics": ".metrics"}
 
 __all__ = [
     "ImageTooLargeError",

@@ -41,7 +41,7 @@ def _project(args) -> int:
     from .data import read_rgb
     from .jpeg.file import read_jpeg
     from .jpeg.projection import project
-    from .jpeg.sampling import GRAY
+    from .jpeg.subsampling import GRAY
     from .metrics import coefficient_agreement, consistency_rmse
     from .pixels import to_chw_float, to_hwc_uint8
     from .sample_cli import write_png

@@ -71,7 +71,7 @@ from .metrics import (
 from .metrics.fid import FEATURE_DIM, RANDOM, StatisticsError, statistics_key
 from .pixels import round_to_8_bits, to_chw_float
 from .precision import PRECISIONS
-from .sampling import Sampler
+from .sampler import Sampler
 
 METHODS = ("jpeg", "mmse", "ours", "ours_p", "ours_a")
 LABELS = {"jpeg": "JPEG (libjpeg)", "mmse": "MMSE", "ours": "Ours", "ours_p": "Ours-P", "ours_a": "Ours-A"}

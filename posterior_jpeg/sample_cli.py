@@ -27,7 +27,7 @@ from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import projection, round_to_16_bits
 from .metrics import Agreement, coefficient_agreement, consistency_rmse, float_consistency
 from .metrics.fid import file_digest
-from .sampling import Sampler
+from .sampler import Sampler
 from .pixels import round_to_8_bits, to_hwc_uint8, to_uint8, to_unit_float
 from .visualize import contact_sheet, std_map
 

@@ -300,7 +300,7 @@ def worker(max_pixels) -> None:
     File descriptors 1 and 2 both go to the log the parent gave as stderr, so that anything
     read_jpeg prints is counted (as bytes added to it) and cannot garble the answers."""
     from posterior_jpeg import PosteriorJpegError, read_jpeg
-    from posterior_jpeg.jpeg import sampling
+    from posterior_jpeg.jpeg import subsampling
 
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
@@ -315,8 +315,8 @@ def worker(max_pixels) -> None:
         try:
             jpeg = read_jpeg(data, max_pixels=max_pixels)
             outcome = "accepted"
-            factors = [sampling.component_factors(jpeg.sampling, c) for c in range(len(jpeg.coefficients))]
-            expected = [sampling.block_grid(sampling.component_size(*jpeg.size, f)) for f in factors]
+            factors = [subsampling.component_factors(jpeg.sampling, c) for c in range(len(jpeg.coefficients))]
+            expected = [subsampling.block_grid(subsampling.component_size(*jpeg.size, f)) for f in factors]
             if [c.shape[:2] for c in jpeg.coefficients] != expected or jpeg.qtables.min() < 1:
                 outcome = "foreign: accepted an inconsistent file"
         except PosteriorJpegError as error:

@@ -16,7 +16,7 @@ from posterior_jpeg import checkpoints
 from posterior_jpeg.config import ConfigError, load_config, to_yaml
 from posterior_jpeg.models.generator import build_generator
 from posterior_jpeg.sample_cli import main as sample_main
-from posterior_jpeg.sampling import DEFAULT_MODEL
+from posterior_jpeg.sampler import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "h10-secret-value-7f3a"  # an environment value that must never reach a config

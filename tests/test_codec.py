@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import posterior_jpeg as pj
-from posterior_jpeg.jpeg import codec, dct, sampling, tables
+from posterior_jpeg.jpeg import codec, dct, subsampling, tables
 
 QUALITIES = [5, 10, 25, 50, 75, 95]
 PILLOW_MODES = ["4:4:4", "4:2:2", "4:2:0"]
@@ -120,12 +120,12 @@ def test_rounding_is_exact_forward_and_straight_through_backward():
     assert x.grad.tolist() == [1.0] * 7
 
 
-@pytest.mark.parametrize("mode", sampling.MODES)
+@pytest.mark.parametrize("mode", subsampling.MODES)
 def test_gradients_reach_the_pixels(natural_rgb, mode):
     x = (to_tensor(natural_rgb(24, 40)).float() / 255).requires_grad_(True)
     q = torch.from_numpy(tables.ijg_tables(50)).float()
     coefficients, decoded = codec.roundtrip(x, q, mode)
-    assert len(coefficients) == sampling.num_components(mode)
+    assert len(coefficients) == subsampling.num_components(mode)
     (decoded - x.detach()).pow(2).mean().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 

@@ -25,7 +25,7 @@ from posterior_jpeg.metrics import LPIPS, GaussianStats, InceptionFeatures, frec
 from posterior_jpeg.metrics.fid import StatisticsError, random_state
 from posterior_jpeg.metrics.perceptual import BACKBONES
 from posterior_jpeg.pixels import round_to_8_bits
-from posterior_jpeg.sampling import Sampler
+from posterior_jpeg.sampler import Sampler
 from posterior_jpeg.training import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import torch
 from posterior_jpeg import checkpoints
 from posterior_jpeg.config import load_config
 from posterior_jpeg.errors import CheckpointError
-from posterior_jpeg.sampling import Sampler
+from posterior_jpeg.sampler import Sampler
 from posterior_jpeg.training import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,7 +24,7 @@ from posterior_jpeg.config import load_config
 from posterior_jpeg.jpeg import tables
 from posterior_jpeg.models.generator import GeneratorConfig, build_generator
 from posterior_jpeg.sample_cli import apply_orientation, expand_inputs, main, undo_orientation
-from posterior_jpeg.sampling import PositionalNoise, Sampler, normal_from_bits, tile_spans
+from posterior_jpeg.sampler import PositionalNoise, Sampler, normal_from_bits, tile_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 RECEPTIVE_RADIUS = 80  # pixels: the tiny G's 18 convs at 1/4 resolution reach 72, plus unshuffle alignment
@@ -313,7 +313,7 @@ def test_posterior_jpeg_sample_subcommand_and_its_summary(checkpoint, write_jpeg
 
 
 def test_missing_default_model_says_how_to_pass_a_checkpoint(write_jpeg, tmp_path, monkeypatch, capsys):
-    import posterior_jpeg.sampling as sampling
+    import posterior_jpeg.sampler as sampling
 
     monkeypatch.setattr(sampling, "DEFAULT_MODEL", tmp_path / "no-model-here")
     jpeg = write_jpeg("z.jpg")

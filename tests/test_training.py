@@ -202,7 +202,7 @@ def test_two_processes_keep_identical_replicas(tmp_path):
 def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean(tmp_path):
     import posterior_jpeg as pj
     from posterior_jpeg.models.generator import AnchoredGenerator, build_generator
-    from posterior_jpeg.sampling import Sampler
+    from posterior_jpeg.sampler import Sampler
 
     mean_run = train(tiny(tmp_path / "mean", "stage=mmse", "steps=4", "generator.noise=false",
                           "generator.trunk=plain", "checkpoint_every=4", "val_every=4"))

@@ -9,7 +9,7 @@ of the exact float transform.
 
 import torch
 
-from . import sampling
+from . import subsampling
 from .color import rgb_to_ycbcr, round_ycbcr_like_libjpeg, ycbcr_to_rgb
 from .dct import BLOCK, blockify, dct_blocks, idct_blocks, islow_fdct, unblockify
 
@@ -51,22 +51,22 @@ def component_planes(images: torch.Tensor, mode: str, libjpeg_rounding: bool = T
     rgb = images * 255.0
     if libjpeg_rounding:
         rgb = straight_through(rgb, rgb.detach().clamp(0.0, 255.0).round())
-    if mode == sampling.GRAY and images.shape[1] == 1:
+    if mode == subsampling.GRAY and images.shape[1] == 1:
         return [rgb[:, 0]]
     ycc = rgb_to_ycbcr(rgb)
     if libjpeg_rounding:
         ycc = straight_through(ycc, round_ycbcr_like_libjpeg(ycc))
     planes = []
-    for c in range(sampling.num_components(mode)):
-        factors = sampling.component_factors(mode, c)
-        planes.append(sampling.downsample(ycc[:, c], factors, libjpeg_rounding))
+    for c in range(subsampling.num_components(mode)):
+        factors = subsampling.component_factors(mode, c)
+        planes.append(subsampling.downsample(ycc[:, c], factors, libjpeg_rounding))
     return planes
 
 
 def plane_blocks(plane: torch.Tensor) -> torch.Tensor:
     """Pad a sample plane to whole blocks (edges repeated) and cut it into [N, hb, wb, 8, 8] blocks."""
-    hb, wb = sampling.block_grid(plane.shape[1:])
-    return blockify(sampling.pad_replicate(plane, hb * BLOCK, wb * BLOCK))
+    hb, wb = subsampling.block_grid(plane.shape[1:])
+    return blockify(subsampling.pad_replicate(plane, hb * BLOCK, wb * BLOCK))
 
 
 def libjpeg_dct(blocks: torch.Tensor) -> torch.Tensor:
@@ -101,11 +101,11 @@ def decode(
     planes = []
     for c, coefs in enumerate(coefficients):
         samples = idct_blocks(coefs * tables[:, c, None, None]) + 128.0
-        factors = sampling.component_factors(mode, c)
-        ch, cw = sampling.component_size(height, width, factors)
+        factors = subsampling.component_factors(mode, c)
+        ch, cw = subsampling.component_size(height, width, factors)
         plane = unblockify(samples.clamp(0.0, 255.0))[:, :ch, :cw]
-        planes.append(sampling.upsample(plane, factors, height, width))
-    if mode == sampling.GRAY:
+        planes.append(subsampling.upsample(plane, factors, height, width))
+    if mode == subsampling.GRAY:
         rgb = planes[0].unsqueeze(1).expand(-1, 3, -1, -1)
     else:
         rgb = ycbcr_to_rgb(torch.stack(planes, dim=1))

@@ -23,7 +23,7 @@ from jpeglib._bind import CJpegLib
 from PIL import Image
 
 from ..errors import ImageTooLargeError, InvalidJpegError, UnsupportedJpegError
-from . import codec, sampling
+from . import codec, subsampling
 
 # SOF markers we decode: baseline, extended sequential and progressive, Huffman-coded.
 _SUPPORTED_SOF = {0xC0: False, 0xC1: False, 0xC2: True}  # marker -> progressive
@@ -265,12 +265,12 @@ def _parse_header(
 
 def _sampling_mode(factors: list, source: str) -> str:
     if len(factors) == 1:
-        return sampling.GRAY
+        return subsampling.GRAY
     (h0, v0), (h1, v1), (h2, v2) = factors
     if (h1, v1) != (h2, v2) or min(h0, v0, h1, v1) == 0 or h0 % h1 or v0 % v1:
         raise UnsupportedJpegError(f"{source}: sampling factors {factors} are not supported")
     ratio = (v0 // v1, h0 // h1)
-    for mode, mode_factors in sampling.SUBSAMPLING.items():
+    for mode, mode_factors in subsampling.SUBSAMPLING.items():
         if mode_factors == ratio:
             return mode
     raise UnsupportedJpegError(f"{source}: chroma subsampling {h0}x{v0}:{h1}x{v1} is not supported")
@@ -414,10 +414,10 @@ def read_jpeg(
             raise InvalidJpegError(f"{name}: cannot read ({error.strerror or error})") from None
     header = _parse_header(data, name, max_pixels, max_scans, max_pixels_per_byte)
     mode = _sampling_mode(header.factors, name)
-    if mode != sampling.GRAY and header.adobe_transform == 0:
+    if mode != subsampling.GRAY and header.adobe_transform == 0:
         raise UnsupportedJpegError(f"{name}: RGB-coded JPEG (Adobe transform 0) is not supported")
     coefficients, tables, color_space, messages = _libjpeg_decode(b"".join(header.stream), name)
-    if mode != sampling.GRAY and color_space != jpeglib.JCS_YCbCr.value:
+    if mode != subsampling.GRAY and color_space != jpeglib.JCS_YCbCr.value:
         space = _COLOR_SPACES.get(color_space, color_space)
         raise UnsupportedJpegError(f"{name}: colour space {space} is not supported")
     if (tables < 1).any():  # libjpeg accepts 0 (spec: 1..255 or 1..65535); we divide by tables

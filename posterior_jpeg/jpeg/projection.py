@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import sampling
+from . import subsampling
 from .codec import component_tables, plane_blocks
 from .color import rgb_to_gray, rgb_to_ycbcr, round_ycbcr_like_libjpeg, ycbcr_to_rgb, ycc_to_rgb_matrix
 from .dct import BLOCK, blockify, dct_matrix, islow_fdct, unblockify
@@ -149,10 +149,10 @@ def _plane_dcts(ycc: torch.Tensor, mode: str, shapes: list[tuple[int, int]]) -> 
     and their DCT in plane layout (blocks of `shapes` size, padding replicated as libjpeg pads)."""
     result = []
     for c, shape in enumerate(shapes):
-        plane = sampling.downsample(ycc[:, c], sampling.component_factors(mode, c), libjpeg_rounding=False)
+        plane = subsampling.downsample(ycc[:, c], subsampling.component_factors(mode, c), libjpeg_rounding=False)
         rows = _block_diagonal_dct(shape[0] // BLOCK, ycc.dtype, ycc.device)
         cols = _block_diagonal_dct(shape[1] // BLOCK, ycc.dtype, ycc.device)
-        result.append((plane, rows @ sampling.pad_replicate(plane, *shape) @ cols.T))
+        result.append((plane, rows @ subsampling.pad_replicate(plane, *shape) @ cols.T))
     return result
 
 
@@ -167,9 +167,9 @@ def interval_projection(ycc: torch.Tensor, mode: str, bounds: list[tuple[torch.T
         low, high = bounds[c]
         rows = _block_diagonal_dct(low.shape[1] // BLOCK, ycc.dtype, ycc.device)
         cols = _block_diagonal_dct(low.shape[2] // BLOCK, ycc.dtype, ycc.device)
-        delta = sampling.fold_padding(rows.T @ (dct.clamp(low, high) - dct) @ cols, *plane.shape[1:])
-        planes[c] = planes[c] + sampling.fold_padding(sampling.spread(delta, sampling.component_factors(mode, c)), height, width)
-    if mode == sampling.GRAY:
+        delta = subsampling.fold_padding(rows.T @ (dct.clamp(low, high) - dct) @ cols, *plane.shape[1:])
+        planes[c] = planes[c] + subsampling.fold_padding(subsampling.spread(delta, subsampling.component_factors(mode, c)), height, width)
+    if mode == subsampling.GRAY:
         planes[1:] = [torch.full_like(planes[0], 128.0)] * 2
     return torch.stack(planes, dim=1)
 
@@ -207,11 +207,11 @@ def _has_padding(mode: str, size: tuple[int, int], shapes: list[tuple[int, int]]
     """Whether some component of tiles of `size` pixels is padded (edge tiles): there the interval
     projection is a least-squares step, not exact, and needs checking."""
     for c, shape in enumerate(shapes):
-        factors = sampling.component_factors(mode, c)
+        factors = subsampling.component_factors(mode, c)
         if factors == (1, 1):
             cells = size
-        else:  # sampling.downsample extends rows to whole cells, columns to whole blocks of samples
-            out_h, out_w = sampling.component_size(*size, factors)
+        else:  # subsampling.downsample extends rows to whole cells, columns to whole blocks of samples
+            out_h, out_w = subsampling.component_size(*size, factors)
             cells = (out_h * factors[0], BLOCK * -(-out_w // BLOCK) * factors[1])
             if (out_h, cells[1] // factors[1]) != tuple(shape):
                 return True
@@ -350,7 +350,7 @@ def _tiles(images: torch.Tensor, jpeg) -> list[tuple[tuple, torch.Tensor, Interv
     Tiles are image-major: tile k belongs to image k // (K / N)."""
     n = images.shape[0]
     mode = jpeg.sampling
-    mcu = [BLOCK * max(sampling.component_factors(mode, c)[i] for c in range(len(jpeg.coefficients))) for i in (0, 1)]
+    mcu = [BLOCK * max(subsampling.component_factors(mode, c)[i] for c in range(len(jpeg.coefficients))) for i in (0, 1)]
     stored = jpeg.coefficient_tensors(images.device)
     tables = component_tables(jpeg.qtable_tensor(images.device), 1, len(stored))
     groups = []
@@ -360,8 +360,8 @@ def _tiles(images: torch.Tensor, jpeg) -> list[tuple[tuple, torch.Tensor, Interv
             tiles = crop.reshape(n, 3, rows, th, cols, tw).permute(0, 2, 4, 1, 3, 5).reshape(-1, 3, th, tw)
             coefficients, tile_tables = [], []
             for c, blocks in enumerate(stored):
-                fv, fh = sampling.component_factors(mode, c)
-                bh, bw = sampling.block_grid(sampling.component_size(th, tw, (fv, fh)))
+                fv, fh = subsampling.component_factors(mode, c)
+                bh, bw = subsampling.block_grid(subsampling.component_size(th, tw, (fv, fh)))
                 r0, c0 = top // (BLOCK * fv), left // (BLOCK * fh)
                 part = blocks[:, r0 : r0 + rows * bh, c0 : c0 + cols * bw].to(torch.int32)
                 part = part.reshape(1, rows, bh, cols, bw, BLOCK, BLOCK).permute(0, 1, 3, 2, 4, 5, 6)
@@ -391,7 +391,7 @@ def _libjpeg_ycc(rgb: torch.Tensor) -> torch.Tensor:
 
 def _quantized(ycc: torch.Tensor, mode: str, c: int, table: torch.Tensor) -> torch.Tensor:
     """libjpeg's quantized coefficients [K, hb, wb, 8, 8] of component c, from its integer YCbCr."""
-    samples = plane_blocks(sampling.downsample(ycc[:, c], sampling.component_factors(mode, c), libjpeg_rounding=True))
+    samples = plane_blocks(subsampling.downsample(ycc[:, c], subsampling.component_factors(mode, c), libjpeg_rounding=True))
     return _round_half_away(islow_fdct(samples.to(torch.int32) - 128).to(table.dtype) / (8 * table))
 
 
@@ -402,23 +402,23 @@ class _Component:
 
     def __init__(self, ycc: torch.Tensor, mode: str, c: int):
         self.c = c
-        self.factors = sampling.component_factors(mode, c)
+        self.factors = subsampling.component_factors(mode, c)
         self.ycc = ycc
         fv, fh = self.factors
         height, width = ycc.shape[-2:]
         if self.factors == (1, 1):
             self.out = (height, width)
-        else:  # libjpeg extends columns to whole output blocks, rows to whole cells (sampling.downsample)
-            out_h, cw = sampling.component_size(height, width, self.factors)
+        else:  # libjpeg extends columns to whole output blocks, rows to whole cells (subsampling.downsample)
+            out_h, cw = subsampling.component_size(height, width, self.factors)
             self.out = (out_h, BLOCK * -(-cw // BLOCK))
         cell_h, cell_w = self.out[0] * fv, self.out[1] * fh
-        pixels = sampling.pad_replicate(self.ycc[:, c], cell_h, cell_w)
+        pixels = subsampling.pad_replicate(self.ycc[:, c], cell_h, cell_w)
         self.count = fv * fh
         self.sums = self._cells(pixels).sum(-1)
         if self.factors == (1, 1):
             self.bias = torch.zeros(self.out, dtype=ycc.dtype, device=ycc.device)
         else:
-            self.bias = sampling._round_bias(*self.out, self.factors, ycc)[0]
+            self.bias = subsampling._round_bias(*self.out, self.factors, ycc)[0]
         self.samples = torch.floor((self.sums + self.bias) / self.count)
         free = torch.zeros(cell_h, cell_w, dtype=torch.bool, device=ycc.device)
         free[: height - (cell_h > height), : width - (cell_w > width)] = True
@@ -464,7 +464,7 @@ class _Component:
 
     def _pixel_capacity(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cell_h, cell_w = self.out[0] * self.factors[0], self.out[1] * self.factors[1]
-        up, down = (self._cells(sampling.pad_replicate(r, cell_h, cell_w)) * self.free for r in self.pixel_room(rgb))
+        up, down = (self._cells(subsampling.pad_replicate(r, cell_h, cell_w)) * self.free for r in self.pixel_room(rgb))
         return up, down
 
     def pixel_change(self, rgb: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
@@ -503,7 +503,7 @@ def _block_replicas(out: tuple[int, int], device) -> tuple[torch.Tensor, torch.T
     height, width = out
     index = torch.arange(height * width, dtype=torch.float64, device=device).view(1, height, width)
     blocks = plane_blocks(index)[0].flatten(0, 1).flatten(1).long()  # [nb, 64] plane index per position
-    hb, wb = sampling.block_grid(out)
+    hb, wb = subsampling.block_grid(out)
     rows = torch.arange(hb * BLOCK, device=device).view(hb, 1, BLOCK, 1).expand(hb, wb, BLOCK, BLOCK)
     cols = torch.arange(wb * BLOCK, device=device).view(1, wb, 1, BLOCK).expand(hb, wb, BLOCK, BLOCK)
     own = (rows * width + cols).flatten(0, 1).flatten(1)
@@ -699,7 +699,7 @@ def projection(
     among `candidates` moves): see the module docstring. Batch entries are independent."""
     single = images.dim() == 3
     batch = images.unsqueeze(0) if single else images
-    gray = jpeg.sampling == sampling.GRAY
+    gray = jpeg.sampling == subsampling.GRAY
     channels = (1, 3) if gray else (3,)
     if batch.dim() != 4 or batch.shape[1] not in channels or tuple(batch.shape[-2:]) != tuple(jpeg.size):
         raise ValueError(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import LibjpegWarning
-from ..jpeg import sampling
+from ..jpeg import subsampling
 from ..jpeg.codec import component_planes, component_tables, plane_blocks
 from ..jpeg.color import rgb_to_ycbcr
 from ..jpeg.dct import dct_blocks
@@ -35,7 +35,7 @@ LIBJPEG_VERSION = "turbo210"
 
 def _as_batch(images: torch.Tensor, jpeg: JpegFile) -> torch.Tensor:
     batch = images.unsqueeze(0) if images.dim() == 3 else images
-    channels = (1, 3) if jpeg.sampling == sampling.GRAY else (3,)
+    channels = (1, 3) if jpeg.sampling == subsampling.GRAY else (3,)
     if batch.dim() != 4 or batch.shape[1] not in channels or tuple(batch.shape[-2:]) != tuple(jpeg.size):
         raise ValueError(f"images must be [N, {' or '.join(map(str, channels))}, {jpeg.height}, {jpeg.width}] "
                          f"for {jpeg.source}, got {tuple(images.shape)}")
@@ -67,18 +67,18 @@ def reencode(images: torch.Tensor, jpeg: JpegFile) -> list[JpegFile]:
     and compress each with libjpeg, using `jpeg`'s tables and sampling; returns the files read back."""
     pixels = to_uint8(_as_batch(images, jpeg).cpu())
     components = len(jpeg.coefficients)
-    factors = [(1, 1)] if jpeg.sampling == sampling.GRAY else [(1, 1)] * 3
-    if jpeg.sampling != sampling.GRAY:
-        v, h = sampling.SUBSAMPLING[jpeg.sampling]
+    factors = [(1, 1)] if jpeg.sampling == subsampling.GRAY else [(1, 1)] * 3
+    if jpeg.sampling != subsampling.GRAY:
+        v, h = subsampling.SUBSAMPLING[jpeg.sampling]
         factors[0] = (v, h)  # jpeglib takes (vertical, horizontal) per component
     files = []
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "reencoded.jpg")
         for image in pixels:
-            if jpeg.sampling == sampling.GRAY:
+            if jpeg.sampling == subsampling.GRAY:
                 # gray pixels as they are; RGB through libjpeg's own RGB -> Y, as when it converts a
                 # colour image to grayscale
-                array = component_planes(image[None] / 255.0, sampling.GRAY)[0][0, :, :, None].to(torch.uint8).numpy()
+                array = component_planes(image[None] / 255.0, subsampling.GRAY)[0][0, :, :, None].to(torch.uint8).numpy()
             else:
                 array = image.permute(1, 2, 0).numpy()
             with jpeglib.version(LIBJPEG_VERSION), _libjpeg_messages(jpeg.source):
@@ -111,7 +111,7 @@ class Agreement:
 
 def coefficient_agreement(images: torch.Tensor, jpeg: JpegFile) -> Agreement:
     """Share of quantized coefficients, and of 8x8 blocks, identical after an 8-bit libjpeg re-encode
-    of each image with the file's own tables and sampling."""
+    of each image with the file's own tables and subsampling."""
     differing_coefficients = total_coefficients = differing_blocks = total_blocks = 0
     for again in reencode(images, jpeg):
         for ours, stored in zip(again.coefficients, jpeg.coefficients):
@@ -164,12 +164,12 @@ def float_consistency(images: torch.Tensor, jpeg: JpegFile) -> FloatConsistency:
     tables = component_tables(jpeg.qtable_tensor(dtype=torch.float64), 1, len(jpeg.coefficients))
     violating_coefficients = total_coefficients = violating_blocks = total_blocks = violating_edge_blocks = 0
     for c, stored in enumerate(jpeg.coefficient_tensors()):
-        factors = sampling.component_factors(jpeg.sampling, c)
-        plane = sampling.downsample(ycc[:, c], factors, libjpeg_rounding=False)
+        factors = subsampling.component_factors(jpeg.sampling, c)
+        plane = subsampling.downsample(ycc[:, c], factors, libjpeg_rounding=False)
         coefficients = dct_blocks(plane_blocks(plane) - 128.0) / tables[:, c, None, None]
         outside = (coefficients - stored.double()).abs() > 0.5 + 1e-9
         blocks = outside.flatten(-2).any(-1)  # [N, hb, wb]
-        height, width = sampling.component_size(*jpeg.size, factors)
+        height, width = subsampling.component_size(*jpeg.size, factors)
         edge = torch.zeros(blocks.shape[1:], dtype=torch.bool)
         edge[-1, :] |= height % 8 != 0
         edge[:, -1] |= width % 8 != 0

@@ -21,7 +21,7 @@ import torch
 from . import checkpoints
 from .jpeg.color import rgb_to_gray
 from .jpeg.file import JpegFile
-from .jpeg.sampling import GRAY
+from .jpeg.subsampling import GRAY
 from .jpeg.projection import project as project_onto, projection
 from .errors import PosteriorJpegError
 from .models.generator import UNSHUFFLE, AnchoredGenerator, Generator
