@@ -139,6 +139,10 @@ class Trainer:
         self.forward_g = torch.compile(self.generator) if cfg.compile else self.generator
         self.step = 0
         self.last_logged: dict[str, float] = {}  # the latest gathered losses, as every process saw them
+        # every model was built from the same seed on every rank; from here each rank draws its own
+        # noise z (seed + rank), or all ranks would sample the same z and results would depend on
+        # the process count. A resume then restores each rank's own RNG states.
+        set_seed(cfg.seed, device_specific=True)
         self._resume()
         self.train_files = None if cfg.data.train == SYNTHETIC else list_images(cfg.data.train)
 

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from posterior_jpeg.config import load_config
 from posterior_jpeg.training import Trainer
 
@@ -14,6 +16,7 @@ cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
                    "loss.moment_samples=2", "loss.moments_every=2", "loss.r1_every=2", "progress=false",
                    "val_every=1000", "checkpoint_every=1000", "device=cpu"])
 trainer = Trainer(cfg)
+noise = torch.randn(4).tolist()  # what this rank's noise source draws first (torch's global RNG)
 trainer.run()
 rank = trainer.accelerator.process_index
 generator = trainer.accelerator.unwrap_model(trainer.generator)
@@ -23,5 +26,6 @@ record = {
     "params": [p.detach().double().sum().item() for p in generator.parameters()],
     "ema": [p.detach().double().sum().item() for p in trainer.ema.parameters()],
     "logged": trainer.last_logged,
+    "noise": noise,
 }
 (out_dir / f"replica_{rank}.json").write_text(json.dumps(record))

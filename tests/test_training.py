@@ -186,7 +186,7 @@ def _free_port() -> int:
 
 def test_two_processes_keep_identical_replicas(tmp_path):
     """Two CPU processes (torchrun; Accelerate picks up the gloo process group): DDP keeps the
-    replicas identical and every process logs the same gathered losses."""
+    replicas identical, every process logs the same gathered losses, and each rank draws its own noise."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                "127.0.0.1", "--master_port", str(_free_port()), str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
@@ -197,6 +197,7 @@ def test_two_processes_keep_identical_replicas(tmp_path):
     assert ranks[0]["params"] == ranks[1]["params"]
     assert ranks[0]["ema"] == ranks[1]["ema"]
     assert ranks[0]["logged"] == ranks[1]["logged"] and "g_total" in ranks[0]["logged"]
+    assert ranks[0]["noise"] != ranks[1]["noise"]  # each rank draws its own z
 
 
 def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean(tmp_path):
