@@ -127,6 +127,12 @@ class TrainConfig:
             raise ConfigError(f"loss.second_moment_kind must be 'eq7' or 'std', got {self.loss.second_moment_kind!r}")
         if self.anchor and self.mmse_model:
             raise ConfigError("anchor and mmse_model are both set: an anchored G uses its anchor as eq. 7's xbar")
+        if self.device not in ("auto", "cpu"):
+            raise ConfigError(f"device must be 'auto' (the accelerator when present) or 'cpu', got {self.device!r}")
+        if (self.mixed_precision == "fp16" and self.stage == "posterior"
+                and self.loss.r1.start + self.loss.r1.end > 0):
+            raise ConfigError("mixed_precision fp16 with R1 (loss.r1): the gradient penalty's gradients are not "
+                              "loss-scaled and would underflow in fp16; use bf16 (no scaler needed) or fp32")
         if self.antithetic and not self.anchor:
             raise ConfigError("antithetic needs an anchor: it mirrors the detail network S around M")
         if self.anchor and self.stage != "posterior":

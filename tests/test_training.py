@@ -80,6 +80,8 @@ def test_tiny_run_gives_finite_losses_a_grid_and_a_loadable_checkpoint(tmp_path)
     for record in records:
         assert all(math.isfinite(v) for v in record.values())
     assert {"d_loss", "g_adv", "consistency", "g_total"} <= set(records[-1])
+    assert all(r["images_per_second"] > 0 for r in records)
+    assert 50 < records[-1]["peak_memory_mb"] < 64 * 1024  # this process's peak RSS, in MiB
     assert (run_dir / "val" / "step_00000020.png").is_file()
     generator, model = checkpoints.load_generator(run_dir)  # a run folder -> its latest checkpoint
     assert model.generator == tiny(tmp_path).generator and checkpoints.latest_checkpoint(run_dir).name == "step_00000020"
@@ -247,3 +249,23 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
     migrated, model = checkpoints.load_generator(folder)
     assert isinstance(migrated, AnchoredGenerator) and not model.mean_generator.noise and migrated.antithetic
     assert all(torch.equal(v, anchored_weights[k]) for k, v in migrated.state_dict().items())
+
+
+def test_settings_that_cannot_work_are_refused_at_config_time(tmp_path):
+    """fp16 with R1 (unscaled penalty gradients underflow) and a device the run would not honour."""
+    with pytest.raises(ConfigError, match="fp16 with R1"):
+        tiny(tmp_path, "mixed_precision=fp16")
+    tiny(tmp_path, "mixed_precision=fp16", "loss.r1={kind: constant, start: 0.0, end: 0.0}")  # no R1: allowed
+    tiny(tmp_path, "mixed_precision=fp16", "stage=mmse")
+    with pytest.raises(ConfigError, match="device must be"):
+        tiny(tmp_path, "device=cuda:1")
+
+
+def test_ema_follows_its_decay():
+    from posterior_jpeg.training import _update_ema
+
+    model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in ema.parameters()]
+    _update_ema(ema, model, 0.9)
+    for e, b, p in zip(ema.parameters(), before, model.parameters()):
+        assert torch.allclose(e, 0.9 * b + 0.1 * p.detach())
