@@ -8,7 +8,9 @@ whatever the batch size, and tiled and untiled runs differ only where a tile's e
 receptive field (near the seams, where the blending ramps hide it).
 
 Grayscale in, grayscale out: for a grayscale file each sample is G's output reduced to its luma
-(libjpeg's RGB -> Y), one channel through the projection and into the PNG.
+(libjpeg's RGB -> Y), one channel through the projection and into the PNG. A colour file whose
+chroma is one flat tint (a gray photo stored as YCbCr, see `JpegFile.flat_chroma`) keeps the
+decode's chroma: G's colour there would be speckle that nothing in the file supports.
 """
 
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from typing import Iterator
 import torch
 
 from . import checkpoints
-from .jpeg.color import rgb_to_gray
+from .jpeg.color import rgb_to_gray, rgb_to_ycbcr, ycbcr_to_rgb
 from .jpeg.file import JpegFile
 from .jpeg.subsampling import GRAY
 from .jpeg.projection import project as project_onto, projection
@@ -137,6 +139,18 @@ def _ramp(start: int, end: int, length: int, overlap: int) -> torch.Tensor:
     return weights
 
 
+def _file_colour(images: torch.Tensor, jpeg: JpegFile, decoded: torch.Tensor) -> torch.Tensor:
+    """Network outputs [N, 3, H, W] in [0, 1] with the colour the file allows: luma alone for a
+    grayscale file; for a flat-chroma file, their luma with the chroma of the decode [3, H, W]."""
+    if jpeg.sampling == GRAY:
+        return rgb_to_gray(images)
+    if not jpeg.flat_chroma:
+        return images
+    luma = rgb_to_ycbcr(255.0 * images)[:, :1]
+    chroma = rgb_to_ycbcr(255.0 * decoded[None])[:, 1:].expand(len(images), -1, -1, -1)
+    return (ycbcr_to_rgb(torch.cat([luma, chroma], dim=1)) / 255.0).clamp(0, 1)
+
+
 @dataclass
 class Sample:
     """One posterior sample: its seed, the image [C, H, W] in [0, 1] on the CPU (C = 1 for a
@@ -218,16 +232,13 @@ class Sampler:
     def samples(self, jpeg: JpegFile, n: int = 8, seed: int = 0, project: bool = True) -> Iterator[Sample]:
         """The samples of `sample` one at a time, a batch as soon as it is ready: a caller can write
         each out without holding all n."""
-        y = round_to_8_bits(jpeg.decode(device=self.device))
+        decoded = round_to_8_bits(jpeg.decode(device=self.device))
         tables = jpeg.qtable_tensor(self.device)
-        if self.anchored:
-            y = self._tiled(self.mean_network, y, tables, [0])[0]  # S's input: M(y, q), once per file
+        y = self._tiled(self.mean_network, decoded, tables, [0])[0] if self.anchored else decoded  # S's input: M(y, q), once per file
         for start in range(0, n, self.batch_size):
             seeds = list(range(seed + start, seed + min(n, start + self.batch_size)))
             began = perf_counter()
-            batch = self.generate(y, tables, seeds)
-            if jpeg.sampling == GRAY:
-                batch = rgb_to_gray(batch)
+            batch = _file_colour(self.generate(y, tables, seeds), jpeg, decoded)
             floats = [None] * len(seeds)
             if project:
                 result = projection(batch, jpeg)
@@ -245,9 +256,7 @@ class Sampler:
                 f"{self.source}: this model has no posterior-mean network (train one with configs/cpu_mean.yaml)"
             )
         y = round_to_8_bits(jpeg.decode(device=self.device))
-        mean = self._tiled(self.mean_network, y, jpeg.qtable_tensor(self.device), [0]).clamp(0, 1)
-        if jpeg.sampling == GRAY:
-            mean = rgb_to_gray(mean)
+        mean = _file_colour(self._tiled(self.mean_network, y, jpeg.qtable_tensor(self.device), [0]).clamp(0, 1), jpeg, y)
         return (project_onto(mean, jpeg)[0] if project else mean[0]).cpu()
 
     @torch.no_grad()

@@ -22,6 +22,7 @@ from posterior_jpeg import checkpoints, sample_cli
 from posterior_jpeg.cli import main as cli_main
 from posterior_jpeg.config import load_config
 from posterior_jpeg.jpeg import tables
+from posterior_jpeg.jpeg.color import rgb_to_ycbcr
 from posterior_jpeg.models.generator import GeneratorConfig, build_generator
 from posterior_jpeg.sample_cli import apply_orientation, expand_inputs, main, undo_orientation
 from posterior_jpeg.sampler import PositionalNoise, Sampler, normal_from_bits, tile_spans
@@ -515,6 +516,26 @@ def test_grayscale_files_give_grayscale_samples_and_pngs(checkpoint, natural_rgb
         pixels = torch.from_numpy(np.array(Image.open(tmp_path / "out0" / name)))[None].float() / 255
         assert pj.metrics.coefficient_agreement(pixels, jf).coefficients == 1.0, name
     assert all(r["coefficient_agreement"] == 1.0 for r in manifest_records(tmp_path / "out0")[:2])
+
+
+@pytest.mark.parametrize("tint", [(0, 0, 0), (20, 0, -15)], ids=["gray", "toned"])
+def test_a_flat_chroma_file_keeps_the_decodes_chroma_in_every_output(checkpoint, natural_rgb, pillow_jpeg, tint):
+    """A gray (or uniformly toned) photo saved as a colour JPEG has flat chroma planes; the untrained
+    G adds colour everywhere, which the outputs must not carry: their chroma is the decode's."""
+    gray = natural_rgb(64, 96, 5).mean(axis=2, keepdims=True).clip(30, 220)
+    image = np.clip(np.rint(gray + np.array(tint)), 0, 255).astype(np.uint8).repeat(1, axis=2)
+    jf = pj.read_jpeg(pillow_jpeg(image, quality=10))
+    colour = pj.read_jpeg(pillow_jpeg(natural_rgb(64, 96, 5), quality=10))
+    assert jf.flat_chroma and not colour.flat_chroma and jf.sampling == "4:2:0"
+    sampler = Sampler.from_checkpoint(checkpoint, "cpu", "fp32")
+    expected = rgb_to_ycbcr(255 * jf.decode()[None])[:, 1:]
+    for images in (sampler.sample(jf, 2, seed=0, project=False), sampler.sample(jf, 2, seed=0)):
+        chroma = rgb_to_ycbcr(255 * images)[:, 1:]
+        assert (chroma - expected).abs().max() < 1.0  # within the 8-bit rounding of RGB
+    assert pj.metrics.coefficient_agreement(sampler.sample(jf, 2, seed=0), jf).coefficients == 1.0
+    colour_chroma = rgb_to_ycbcr(255 * sampler.sample(colour, 1, seed=0, project=False))[:, 1:]
+    colour_decoded = rgb_to_ycbcr(255 * colour.decode()[None])[:, 1:]
+    assert (colour_chroma - colour_decoded).abs().max() > 1.0  # other files keep G's colour
 
 
 # ---------------------------------------------------------------------------------- libjpeg's warnings

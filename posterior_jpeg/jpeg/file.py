@@ -367,6 +367,19 @@ class JpegFile:
     def width(self) -> int:
         return self.size[1]
 
+    @property
+    def flat_chroma(self) -> bool:
+        """A colour file whose chroma planes hold one flat tint (every AC coefficient zero, one DC value
+        in every block): a gray or uniformly toned photo stored as YCbCr. The file then gives no
+        evidence of any colour detail, and the sampler keeps the decode's chroma."""
+        if len(self.coefficients) < 3:
+            return False
+        for plane in self.coefficients[1:]:
+            blocks = plane.reshape(-1, 64)
+            if blocks[:, 1:].any() or (blocks[:, 0] != blocks[0, 0]).any():
+                return False
+        return True
+
     def coefficient_tensors(self, device=None) -> list[torch.Tensor]:
         """The stored coefficients as [1, hb, wb, 8, 8] int64 tensors."""
         return [torch.from_numpy(c.astype(np.int64)).unsqueeze(0).to(device) for c in self.coefficients]
