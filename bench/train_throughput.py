@@ -1,7 +1,8 @@
 """Training throughput: steps/s of the whole training loop (data loading included) per setting.
 
     python bench/train_throughput.py [--recipe cpu_default] [--steps 48] [--repeats 5]
-        [--threads 1 2] [--variant "mixed_precision=bf16" ...] [--before DIR] [--data FOLDER]
+        [--threads 1 2] [--variant "mixed_precision=bf16" ...] [--before DIR] [--before-overrides "..."]
+        [--data FOLDER]
 
 Every measurement is a fresh `train.py` run of the recipe in a subprocess, exactly as a user runs it
 (workers, real images, the recipe's loss schedule), with `log_every` set to the warm-up: the speed
@@ -10,7 +11,13 @@ loader's first batches, the final validation sheet and the checkpoint are not co
 
 A setting is a variant (config overrides, "" = the recipe as configured) times a thread count
 (OMP_NUM_THREADS). --before DIR adds the recipe as configured in another checkout DIR (e.g.
-`git archive <commit> | tar -x -C DIR`), run with its own code: the "before" of a change.
+`git archive <commit> | tar -x -C DIR`), run with its own code: the "before" of a change;
+--before-overrides are its own overrides, for keys that only one of the two checkouts knows. The
+data pipeline's before/after (README, "Training"), the S network of cpu_default alone, which both
+checkouts can build:
+
+    python bench/train_throughput.py --before DIR --before-overrides "mmse_model=null loss.second_moment_kind=std" \
+        --variant "anchor=null mmse_model=null loss.second_moment_kind=std"
 Settings are measured round-robin, `repeats` times each, so that load from other jobs on the
 machine spreads over all of them; each line reports the median, the range and the ratio of
 medians to the first setting (the --before one when given).
@@ -46,6 +53,8 @@ def child(checkout: Path, argv: list[str]) -> None:
     """Run checkout's train.py with argv in this process, then print the peak memory as JSON."""
     os.chdir(checkout)
     sys.path.insert(0, str(checkout))
+    for name in [m for m in sys.modules if m.split(".")[0] == "posterior_jpeg"]:  # bench/common imported ours
+        del sys.modules[name]
     sys.argv = ["train.py", *argv]
     try:
         runpy.run_path("train.py", run_name="__main__")
@@ -85,6 +94,7 @@ def main() -> None:
                         help='config overrides, space-separated ("" = as configured); repeatable')
     parser.add_argument("--threads", type=int, nargs="+", default=[1], help="OMP_NUM_THREADS values")
     parser.add_argument("--before", type=Path, help="another checkout whose recipe is measured first")
+    parser.add_argument("--before-overrides", default="", help="config overrides of the --before run only")
     parser.add_argument("--steps", type=int, default=48, help="timed steps (a multiple of the moment interval)")
     parser.add_argument("--warmup", type=int, default=8, help="untimed steps first (also the log interval)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -97,7 +107,7 @@ def main() -> None:
         return
     if args.steps % args.warmup:
         parser.error("--steps must be a multiple of --warmup (the log interval)")
-    settings = [("before", args.before, [], args.threads[0])] if args.before else []
+    settings = [("before", args.before, args.before_overrides.split(), args.threads[0])] if args.before else []
     for variant in args.variant or [""]:
         for threads in args.threads:
             settings.append((variant or "as configured", ROOT, variant.split(), threads))

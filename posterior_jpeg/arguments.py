@@ -170,6 +170,9 @@ def configure_sample(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="generator precision (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--tile", type=_tile, default=DEFAULT_TILE,
                         help=f"tile size in pixels, a multiple of 16; 0 runs whole images (default {DEFAULT_TILE})")
+    parser.add_argument("--mean-flips", type=int, choices=(1, 2, 4), default=4,
+                        help="runs of the posterior-mean network M per file, on the image and its flips, averaged "
+                             "(default 4: the best decode; 1 is the fastest, about half the time for 4 samples)")
     parser.add_argument("--recursive", action="store_true",
                         help="descend into sub-folders of folder INPUTs ('**' in globs)")
     parser.add_argument("--overwrite", action="store_true",

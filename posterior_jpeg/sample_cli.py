@@ -250,7 +250,7 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
         return 0
     common = {"input": str(path), "input_sha256": input_sha256, "checkpoint": job.sampler.source,
               "checkpoint_sha256": job.checkpoint_sha256, "model": job.model, "projected": not args.no_project,
-              "orientation_applied": jf.orientation, "tile": job.sampler.tile, "device": str(job.sampler.device)}
+              "orientation_applied": jf.orientation, "tile": job.sampler.tile, "mean_flips": job.sampler.mean_flips, "device": str(job.sampler.device)}
     kinds_todo = {plan[output]["kind"] for output in todo}
     summaries = [kind for kind in ("mean", "std", "grid") if kind in kinds_todo]
     wanted = sorted(plan[output]["seed"] for output in todo if plan[output]["kind"] == "sample")
@@ -388,7 +388,8 @@ def _prepare(args, stack: contextlib.ExitStack) -> Job:
         print(f"sample: {out / MANIFEST}: cut off a torn last line ({torn} bytes) left by an interrupted run",
               file=sys.stderr)
     try:
-        sampler = Sampler.from_checkpoint(args.checkpoint, args.device, args.dtype, tile=args.tile)
+        sampler = Sampler.from_checkpoint(args.checkpoint, args.device, args.dtype, tile=args.tile,
+                                          mean_flips=args.mean_flips)
         weights, _ = checkpoints.resolve(sampler.source)
     except PosteriorJpegError as error:
         raise CannotStart(str(error)) from None

