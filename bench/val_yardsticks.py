@@ -2,7 +2,7 @@
 ../shared/peers/README.md and the weight-free yardsticks of issue 13.
 
     python bench/val_yardsticks.py [--qualities 10 30 90] [--checkpoint CKPT] [--samples 4] [--no-model]
-                                   [--data DIR] [--peers FILE] [--limit N]
+                                   [--mean-flips 4] [--data DIR] [--peers FILE] [--limit N]
 
 Each photo of --data (default ../shared/data/val) is centre-cropped to at most 512x512, converted
 to RGB (a grayscale photo becomes a 3-component file with flat chroma) and saved by Pillow
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="model to measure (default: the bundled one)")
     parser.add_argument("--samples", type=int, default=4, help="samples per photo (the mean row needs 2 or more)")
     parser.add_argument("--no-model", action="store_true", help="libjpeg and ground truth only")
+    parser.add_argument("--mean-flips", type=int, choices=(1, 2, 4), default=4, help="as sample.py --mean-flips")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "val", help="folder of original photos")
     parser.add_argument("--peers", type=Path, default=PEERS, help="the peers' val.json, to set beside ours")
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos")
@@ -136,13 +137,13 @@ def main() -> None:
     files = sorted(p for p in args.data.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[: args.limit]
     if not files:
         sys.exit(f"val_yardsticks: no photos in {args.data} (pass --data DIR)")
-    sampler = None if args.no_model else pj.Sampler.from_checkpoint(args.checkpoint)
+    sampler = None if args.no_model else pj.Sampler.from_checkpoint(args.checkpoint, mean_flips=args.mean_flips)
     peers = json.loads(args.peers.read_text())["summary"] if args.peers.is_file() else []
     peer_methods = dict(PEER_METHODS, **(PEER_MODEL_METHODS if args.checkpoint is None else {}))
     originals = [to_chw_float(centre_crop(path)) for path in files]
     grays = [is_gray(original).item() for original in originals]
     print(f"val_yardsticks: {len(files)} photos from {args.data} ({sum(grays)} grayscale), "
-          f"model {'none' if sampler is None else sampler.source}", file=sys.stderr)
+          f"model {'none' if sampler is None else sampler.source}, mean_flips {args.mean_flips}", file=sys.stderr)
 
     for quality in args.qualities:
         figures: dict[str, list[dict]] = {"ground truth": [reference_free(original) for original in originals]}
