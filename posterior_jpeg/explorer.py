@@ -262,7 +262,7 @@ def evaluation_crops(evaluation, folder: Path) -> list[dict]:
     """Centre crops of every method's output on the first CROP_IMAGES test images of each setting:
     the outputs of repeat 0 (the same seeds as measured), written under folder/crops, listed in
     folder/crops/crops.json (which the sweep page reads) and returned."""
-    from .evaluate import LABELS, TestSet, Tally  # evaluate imports this module
+    from .evaluate import TestSet  # evaluate imports this module
 
     rows = []
     (folder / CROPS).mkdir(parents=True, exist_ok=True)
@@ -273,18 +273,16 @@ def evaluation_crops(evaluation, folder: Path) -> list[dict]:
                 item = test_set.item(index)
             except PosteriorJpegError:  # reported among the run's skipped files already
                 continue
-            outputs = {"original": item.ground_truth} if item.ground_truth is not None else {}
-            outputs.update(evaluation._baseline_outputs(item, Tally()))
-            for label in evaluation.samplers:
-                outputs.update(evaluation._posterior_outputs(label, 0)(item, Tally()))
+            outputs = [("original", "_original", item.ground_truth)] if item.ground_truth is not None else []
+            for key, result in evaluation.outputs(item).items():
+                name = key.name + (f" ({key.checkpoint})" if key.checkpoint and len(evaluation.samplers) > 1 else "")
+                outputs.append((name, f"{key.checkpoint}_{key.method}", result.images[:1]))
             height, width = item.decoded.shape[-2:]
             size_h, size_w = min(CROP_SIZE, height), min(CROP_SIZE, width)
             top, left = (height - size_h) // 2, (width - size_w) // 2
             crops = []
-            for key, image in outputs.items():
-                checkpoint, _, method = key.rpartition("\t")
-                name = LABELS.get(method, method) + (f" ({checkpoint})" if checkpoint and len(evaluation.samplers) > 1 else "")
-                file = f"{CROPS}/{_tag(setting.label)}_{index}_{_tag(checkpoint + '_' + method)}.png"
+            for name, tag, image in outputs:
+                file = f"{CROPS}/{_tag(setting.label)}_{index}_{_tag(tag)}.png"
                 array = to_hwc_uint8(image[0, :, top : top + size_h, left : left + size_w])
                 write_atomically(folder / file, _encoded(Image.fromarray(array), format="PNG"))
                 crops.append({"method": name, "file": file, "width": size_w, "height": size_h})
@@ -294,7 +292,7 @@ def evaluation_crops(evaluation, folder: Path) -> list[dict]:
 
 
 def _results_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    from .evaluate import METRICS, format_cell
+    from .report import METRICS, format_cell
 
     columns = ["checkpoint", "QF", "subsampling", "method", "images", "FID", *METRICS]
     rows = []
@@ -333,7 +331,7 @@ def write_sweep_page(result: dict, folder: str | Path) -> Path:
     """Write folder/index.html for a perception-consistency sweep (run_sweep's result, its out_dir):
     its table, plots, links to each evaluation's page, and per image one row of crops across the
     baselines and every point (read from each evaluation's crops.json)."""
-    from .evaluate import format_cell
+    from .report import format_cell
     from .sweep import SWEEP_COLUMNS
 
     folder = Path(folder)
