@@ -297,6 +297,9 @@ class Runner:
         self.mmse = (Sampler.from_checkpoint(cfg.mmse_checkpoint, device=str(self.device), dtype=cfg.dtype)
                      if "mmse" in cfg.methods else None)
         self.skipped: dict[str, str] = {}
+        # per setting label: (image index, file name, [(row key, or None for the ground truth, centre crop)])
+        # of the first explorer.CROP_IMAGES test images, for the results page
+        self.crops: dict[str, list[tuple[int, str, list[tuple[Key | None, torch.Tensor]]]]] = {}
         self.reference_note = "none (no ground truth and no data.fid_reference): FID not computed"
 
     @staticmethod
@@ -420,6 +423,7 @@ class Runner:
         test_set = TestSet(cfg.data, setting, self.lpips.min_size if self.lpips is not None else 1)
         tally = Tally()
         batches = FeatureBatches(self.inception, cfg.features.batch_size) if self.inception is not None else None
+        crops = []
         for index in self._progress(range(self.rank, len(test_set), self.world), setting.label):
             try:
                 item = test_set.item(index)
@@ -427,11 +431,17 @@ class Runner:
                 self.skipped[str(test_set.files[index])] = str(error)
                 continue
             truth = self.lpips.features(item.ground_truth) if item.ground_truth is not None else None
-            for key, outputs in self.outputs(item).items():
+            every = self.outputs(item)
+            for key, outputs in every.items():
                 self._measure(key, outputs, item, truth, tally)
                 if batches is not None:
                     for repeat, image in enumerate(outputs.images[: outputs.repeats]):
                         batches.add((key, repeat), index, image)
+            if index < explorer.CROP_IMAGES:
+                shown = [(None, item.ground_truth)] if item.ground_truth is not None else []
+                shown += [(key, outputs.images[:1]) for key, outputs in every.items()]
+                crops.append((index, test_set.files[index].name, [(k, explorer.centre_crop(v).clone()) for k, v in shown]))
+        self.crops[setting.label] = sorted(gather_object(crops), key=lambda crop: crop[0])
         fids: dict[Key, list[float]] = defaultdict(list)
         if batches is not None:
             for (key, _), stats in sorted(self._gathered_statistics(batches.finish()).items()):

@@ -33,7 +33,7 @@ from posterior_jpeg.metrics import (
 from posterior_jpeg.metrics.diversity import mean_pairwise_distance
 from posterior_jpeg.metrics.fid import StatisticsError, random_state
 from posterior_jpeg.metrics.perceptual import BACKBONES
-from posterior_jpeg.pixels import round_to_8_bits
+from posterior_jpeg.pixels import round_to_8_bits, to_hwc_uint8
 from posterior_jpeg.report import METRICS, Key, Tally, repeat_summary, summarize
 from posterior_jpeg.sampler import Sampler
 from posterior_jpeg.training import train
@@ -448,7 +448,9 @@ def check_page_in_chromium(browser, page: Path, images: int) -> None:
     assert all(url.startswith(("file://", "data:")) for url in browser.requested_urls())
 
 
-def test_evaluation_page_shows_table_and_crops_of_every_method(single_process, workspace, browser):
+def test_evaluation_crops_are_the_measured_outputs(single_process, workspace):
+    """The page's crops come from the evaluation's own pass (no second draw): every method's, of
+    repeat 0, the originals and decodes exact, Ours-P consistent."""
     results, out_dir = single_process
     rows = json.loads((out_dir / "crops" / "crops.json").read_text())
     assert [r["image"] for r in rows] == ["image_0.png", "image_1.png", "image_2.png"]
@@ -461,6 +463,14 @@ def test_evaluation_page_shows_table_and_crops_of_every_method(single_process, w
         assert np.array_equal(crops[method], (image[0] * 255).round().byte().permute(1, 2, 0).numpy())
     projected = torch.from_numpy(crops["Ours-P"]).permute(2, 0, 1).float() / 255
     assert coefficient_agreement(projected, item.jpeg).coefficients == 1.0
+    sampler = Sampler.from_checkpoint(workspace["run"], device="cpu", dtype="fp32")
+    first = to_hwc_uint8(sampler.sample(item.jpeg, n=1, seed=ev.SEED_STRIDE, project=False)[0])
+    assert np.abs(crops["Ours"].astype(int) - first).max() <= 1  # sample 0 of image 1, up to float rounding
+
+
+def test_evaluation_page_shows_table_and_crops_of_every_method(single_process, browser):
+    out_dir = single_process[1]
+    methods = ["original", "JPEG (libjpeg)", "MMSE", "Ours", "Ours-P", "Ours-A"]
     page = (out_dir / "index.html").read_text()
     assert "NOT comparable" in page and "<td>Ours-P</td>" in page
     check_page_in_chromium(browser, out_dir / "index.html", images=3 * len(methods))
