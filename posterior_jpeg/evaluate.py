@@ -7,7 +7,8 @@
 Per setting (each quality x subsampling applied to clean test images, or a folder of real JPEG files
 as stored) the methods are: the libjpeg decode ("jpeg"), an MMSE model ("mmse"), and per checkpoint
 posterior samples unprojected ("ours"), projected onto the file ("ours_p") and the mean of K samples
-("ours_a"). Every output is rounded to 8 bits (what a user saves) before it is measured.
+("ours_a"). Every output is rounded to 8 bits (what a user saves) before it is measured. `Runner`
+samples and measures in one pass per setting; `report` turns its records into rows and files.
 
 Samples are drawn once: test image i gets max(repeats, samples) samples, sample r with seed
 seed + i * SEED_STRIDE + r (a seed gives the same sample whatever the batch, see `Sampler`). FID
