@@ -42,7 +42,7 @@ def _project(args) -> int:
     from .jpeg.file import read_jpeg
     from .jpeg.projection import project
     from .jpeg.subsampling import GRAY
-    from .metrics import coefficient_agreement, consistency_rmse
+    from .metrics import coefficient_agreement, eight_bit_consistency
     from .pixels import to_chw_float, to_hwc_uint8
     from .sample_cli import write_png
 
@@ -64,15 +64,15 @@ def _project(args) -> int:
     projected = project(candidate, jf)
     if jf.sampling == GRAY:  # grayscale in, grayscale out
         projected = projected[:1]
-    after = coefficient_agreement(projected, jf)
+    after = eight_bit_consistency(projected, jf)
     pixels = to_hwc_uint8(projected)
     write_png(pixels, Path(args.output), jf.icc_profile)
     print(json.dumps({
         "output": args.output,
         "coefficient_agreement_before": before.coefficients,
-        "coefficient_agreement_after": after.coefficients,
-        "block_agreement_after": after.blocks,
-        "consistency_rmse_after": consistency_rmse(projected, jf).item(),
+        "coefficient_agreement_after": after.agreement.coefficients,
+        "block_agreement_after": after.agreement.blocks,
+        "consistency_rmse_after": after.rmse.item(),
     }))
     return 0
 

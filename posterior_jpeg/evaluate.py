@@ -7,11 +7,13 @@
 Per setting (each quality x subsampling applied to clean test images, or a folder of real JPEG files
 as stored) the methods are: the libjpeg decode ("jpeg"), an MMSE model ("mmse"), and per checkpoint
 posterior samples unprojected ("ours"), projected onto the file ("ours_p") and the mean of K samples
-("ours_a"). Every output is rounded to 8 bits (what a user saves) before it is measured.
+("ours_a"). Every output is rounded to 8 bits (what a user saves) before it is measured. `Runner`
+samples and measures in one pass per setting; `report` turns its records into rows and files.
 
-Seeds: the sample of test image i in FID repeat r uses seed + i * SEED_STRIDE + r, so each repeat
-draws one fresh sample per image; Ours-A and the diversity metrics use the K samples of seeds
-seed + i * SEED_STRIDE + 0..K-1; the MMSE model (same architecture, noise inputs included) is run
+Samples are drawn once: test image i gets max(repeats, samples) samples, sample r with seed
+seed + i * SEED_STRIDE + r (a seed gives the same sample whatever the batch, see `Sampler`). FID
+repeat r takes sample r, so each repeat has one fresh sample per image; Ours-A and the diversity
+metrics take the K samples 0..K-1; the MMSE model (same architecture, noise inputs included) is run
 once with seed + i * SEED_STRIDE. Nothing depends on how images are split across processes.
 
 Images are read as 8-bit RGB (16-bit PNGs scaled, not clipped to white; grayscale samples measured as
@@ -34,12 +36,11 @@ if __name__ == "__main__":  # `python -m posterior_jpeg.evaluate` is `posterior-
     sys.exit(main(["eval", *sys.argv[1:]]))
 
 
-import csv
 import io
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Hashable
 
 import numpy as np
 import torch
@@ -49,7 +50,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__, explorer
-from .atomic import write_atomically
 from .checkpoints import resolve
 from .config import ConfigError, load_structured, run_with_config, show_config
 from .data import WRITABLE_MODES, ImageError, list_images, read_rgb
@@ -60,26 +60,21 @@ from .metrics import (
     LPIPS,
     GaussianStats,
     InceptionFeatures,
-    coefficient_agreement,
-    consistency_rmse,
+    eight_bit_consistency,
     frechet_distance,
-    mean_pairwise_lpips,
     per_pixel_std,
     psnr,
     psnr_y,
 )
+from .metrics.diversity import mean_pairwise_distance
 from .metrics.fid import FEATURE_DIM, RANDOM, StatisticsError, statistics_key
 from .pixels import round_to_8_bits, to_chw_float
 from .precision import PRECISIONS
+from .report import METHODS, POSTERIOR_METHODS, Key, Tally, markdown, rows, summarize, write_results
 from .sampler import Sampler
 
-METHODS = ("jpeg", "mmse", "ours", "ours_p", "ours_a")
-LABELS = {"jpeg": "JPEG (libjpeg)", "mmse": "MMSE", "ours": "Ours", "ours_p": "Ours-P", "ours_a": "Ours-A"}
-POSTERIOR_METHODS = ("ours", "ours_p", "ours_a")
 DEFAULT_METHODS = ("jpeg", "ours", "ours_p", "ours_a")
 SEED_STRIDE = 100_000
-METRICS = ("consistency_rmse", "coefficient_agreement", "psnr_rgb", "psnr_y", "lpips", "pixel_std", "pairwise_lpips")
-COLUMNS = ("checkpoint", "quality", "subsampling", "method", "images", "fid", "fid_std", "fid_repeats", *METRICS)
 
 
 @dataclass
@@ -117,7 +112,8 @@ class EvalConfig:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))  # jpeg, mmse, ours, ours_p (projected), ours_a (mean of samples)
     repeats: int = 8  # FID repeats, one fresh sample per test image each
     samples: int = 8  # K samples per image for ours_a and the diversity metrics
-    seed: int = 0  # sample of image i in repeat r: seed + i * SEED_STRIDE + r
+    generator_batch: int = 8  # samples per generator pass (memory, not results: a seed's sample does not depend on it)
+    seed: int = 0  # sample r of image i (FID repeat r's): seed + i * SEED_STRIDE + r
     features: FeatureWeights = field(default_factory=FeatureWeights)  # pretrained feature networks, never downloaded
     fid_cache: str = "~/.cache/posterior-jpeg/fid"  # reference statistics, keyed by file contents, weights and crop
     out_dir: str = "runs/eval"  # results.json, results.csv, results.md
@@ -148,8 +144,8 @@ class EvalConfig:
             raise ConfigError(f"need 1 <= repeats and 2 <= samples, both < {SEED_STRIDE}")
         if self.device not in ("auto", "cpu", "cuda") or self.dtype not in ("auto", *PRECISIONS):
             raise ConfigError("device must be auto, cpu or cuda; dtype auto, fp32, bf16 or fp16")
-        if self.features.batch_size < 1:
-            raise ConfigError("features.batch_size must be >= 1")
+        if self.features.batch_size < 1 or self.generator_batch < 1:
+            raise ConfigError("features.batch_size and generator_batch must be >= 1")
 
 
 def load_eval_config(path: str | Path | None = None, overrides: list[str] = ()) -> EvalConfig:
@@ -244,74 +240,44 @@ class TestSet:
         return item
 
 
-def repeat_summary(values: list[float]) -> tuple[float | None, float | None]:
-    """(mean, sample std) of repeated FIDs, as the paper reports them; std is None for one value."""
-    if not values:
-        return None, None
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+@dataclass
+class Outputs:
+    """One row's outputs for one test image, [n, 3, H, W] on the 8-bit grid: images[r] is FID repeat
+    r's for r < repeats, and the first `diversity` of them (0: none) are measured for diversity."""
 
-
-class Tally:
-    """Per-image measurements on this process, as (method key, metric, image index, value) records."""
-
-    def __init__(self):
-        self.records: list[tuple[str, str, int, float]] = []
-
-    def add(self, key: str, metric: str, index: int, value: float) -> None:
-        self.records.append((key, metric, index, float(value)))
-
-
-def summarize(records: list[tuple[str, str, int, float]]) -> dict[str, dict[str, float]]:
-    """Gathered records -> per method key: each metric's mean over images of the per-image mean over
-    repeats; coefficient agreement from the summed coefficient counts; and the image count."""
-    grouped: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for key, metric, index, value in sorted(records):
-        grouped[key, metric][index].append(value)
-    summary: dict[str, dict[str, float]] = defaultdict(dict)
-    for (key, metric), per_image in grouped.items():
-        if metric in ("differing_coefficients", "total_coefficients"):
-            summary[key][metric] = float(sum(sum(v) for v in per_image.values()))
-        else:
-            summary[key][metric] = float(np.mean([np.mean(v) for _, v in sorted(per_image.items())]))
-        if metric == "consistency_rmse":
-            summary[key]["images"] = len(per_image)
-    for values in summary.values():
-        if values.get("total_coefficients"):
-            values["coefficient_agreement"] = 1.0 - values.pop("differing_coefficients") / values.pop("total_coefficients")
-    return summary
+    images: torch.Tensor
+    repeats: int = 1
+    diversity: int = 0
 
 
 class FeatureBatches:
-    """Collects (method key, image index, [1, 3, H, W] image) and runs Inception a batch at a time."""
+    """Collects (tag, image index, [3, H, W] image) and runs Inception a batch at a time."""
 
     def __init__(self, inception: InceptionFeatures, batch_size: int):
         self.inception = inception
         self.batch_size = batch_size
-        self.pending: list[tuple[str, int, torch.Tensor]] = []
-        self.done: list[tuple[str, int, np.ndarray]] = []
+        self.pending: list[tuple[Hashable, int, torch.Tensor]] = []
+        self.done: list[tuple[Hashable, int, np.ndarray]] = []
 
-    def add(self, key: str, index: int, image: torch.Tensor) -> None:
-        self.pending.append((key, index, image))
+    def add(self, tag: Hashable, index: int, image: torch.Tensor) -> None:
+        self.pending.append((tag, index, image))
         if len(self.pending) >= self.batch_size:
             self._run()
 
     def _run(self) -> None:
-        features = self.inception([image[0] for _, _, image in self.pending])
-        self.done += [(key, index, feature.numpy()) for (key, index, _), feature in zip(self.pending, features)]
+        features = self.inception([image for _, _, image in self.pending])
+        self.done += [(tag, index, feature.numpy()) for (tag, index, _), feature in zip(self.pending, features)]
         self.pending = []
 
-    def finish(self) -> list[tuple[str, int, np.ndarray]]:
+    def finish(self) -> list[tuple[Hashable, int, np.ndarray]]:
         if self.pending:
             self._run()
         return self.done
 
 
-def method_key(checkpoint: str | None, method: str) -> str:
-    return f"{checkpoint}\t{method}" if checkpoint else f"\t{method}"
-
-
-class Evaluation:
-    """Runs an EvalConfig: reference statistics, then every setting's passes over the test images."""
+class Runner:
+    """Runs an EvalConfig: reference statistics, then one pass over each setting's test images that
+    draws each image's samples once and measures every output; `report` turns the records into rows."""
 
     def __init__(self, cfg: EvalConfig):
         self.cfg = cfg
@@ -326,11 +292,15 @@ class Evaluation:
         posterior = bool(set(cfg.methods) & set(POSTERIOR_METHODS))
         self.lpips = LPIPS(cfg.features.lpips, cfg.features.lpips_net).to(self.device) if has_truth or posterior else None
         self.checkpoints = self._labels(cfg.checkpoints) if posterior else {}
-        self.samplers = {label: Sampler.from_checkpoint(path, device=str(self.device), dtype=cfg.dtype)
+        self.samplers = {label: Sampler.from_checkpoint(path, device=str(self.device), dtype=cfg.dtype,
+                                                        batch_size=cfg.generator_batch)
                          for label, path in self.checkpoints.items()}
         self.mmse = (Sampler.from_checkpoint(cfg.mmse_checkpoint, device=str(self.device), dtype=cfg.dtype)
                      if "mmse" in cfg.methods else None)
         self.skipped: dict[str, str] = {}
+        # per setting label: (image index, file name, [(row key, or None for the ground truth, centre crop)])
+        # of the first explorer.CROP_IMAGES test images, for the results page
+        self.crops: dict[str, list[tuple[int, str, list[tuple[Key | None, torch.Tensor]]]]] = {}
         self.reference_note = "none (no ground truth and no data.fid_reference): FID not computed"
 
     @staticmethod
@@ -340,13 +310,13 @@ class Evaluation:
         return {(name if names.count(name) == 1 else p): p for name, p in zip(names, paths)}
 
     # ------------------------------------------------------------------ features across processes
-    def _gathered_statistics(self, features: list[tuple[str, int, np.ndarray]]) -> dict[str, GaussianStats | None]:
-        """Every process's features, in image order, -> statistics per method key (None under 2 images)."""
-        by_key: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
-        for key, index, feature in gather_object(features):
-            by_key[key].append((index, feature))
-        return {key: GaussianStats.from_features(np.stack([f for _, f in sorted(rows, key=lambda r: r[0])]))
-                if len(rows) >= 2 else None for key, rows in by_key.items()}
+    def _gathered_statistics(self, features: list[tuple[Hashable, int, np.ndarray]]) -> dict[Hashable, GaussianStats | None]:
+        """Every process's features, in image order, -> statistics per tag (None under 2 images)."""
+        by_tag: dict[Hashable, list[tuple[int, np.ndarray]]] = defaultdict(list)
+        for tag, index, feature in gather_object(features):
+            by_tag[tag].append((index, feature))
+        return {tag: GaussianStats.from_features(np.stack([f for _, f in sorted(found, key=lambda r: r[0])]))
+                if len(found) >= 2 else None for tag, found in by_tag.items()}
 
     def _progress(self, indices: range, description: str):
         return tqdm(indices, desc=description, leave=False, disable=not (self.cfg.progress and self.state.is_main_process))
@@ -381,7 +351,7 @@ class Evaluation:
         mine = range(self.rank, len(files), self.world)
         for index in self._progress(mine, "FID reference"):
             try:
-                batches.add("reference", index, to_chw_float(load_image(files[index], cfg.data.crop))[None])
+                batches.add("reference", index, to_chw_float(load_image(files[index], cfg.data.crop)))
             except ImageError as error:
                 self.skipped[str(files[index])] = str(error)
         stats = self._gathered_statistics(batches.finish()).get("reference")
@@ -394,72 +364,52 @@ class Evaluation:
         return stats
 
     # ------------------------------------------------------------------ one pass over the test images
-    def _measure(self, key: str, image: torch.Tensor, item: Item, tally: Tally) -> None:
-        tally.add(key, "consistency_rmse", item.index, consistency_rmse(image, item.jpeg)[0])
-        agreement = coefficient_agreement(image, item.jpeg)
-        tally.add(key, "differing_coefficients", item.index, agreement.differing_coefficients)
-        tally.add(key, "total_coefficients", item.index, agreement.total_coefficients)
-        if item.ground_truth is not None:
-            tally.add(key, "psnr_rgb", item.index, psnr(image, item.ground_truth)[0])
-            tally.add(key, "psnr_y", item.index, psnr_y(image, item.ground_truth)[0])
-            tally.add(key, "lpips", item.index, self.lpips(image, item.ground_truth)[0])
-
-    def _pass(self, test_set: TestSet, description: str, outputs, tally: Tally) -> dict[str, GaussianStats | None]:
-        """Run outputs(item, tally) -> {method key: [1, 3, H, W] 8-bit image} over this process's share
-        of the test images, measure each output, and return gathered FID statistics per method key."""
-        batches = FeatureBatches(self.inception, self.cfg.features.batch_size) if self.inception is not None else None
-        for index in self._progress(range(self.rank, len(test_set), self.world), description):
-            try:
-                item = test_set.item(index)
-            except PosteriorJpegError as error:
-                self.skipped[str(test_set.files[index])] = str(error)
-                continue
-            for key, image in outputs(item, tally).items():
-                self._measure(key, image, item, tally)
-                if batches is not None:
-                    batches.add(key, index, image)
-        return self._gathered_statistics(batches.finish()) if batches is not None else {}
-
-    def _baseline_outputs(self, item: Item, tally: Tally) -> dict[str, torch.Tensor]:
-        outputs = {}
-        if "jpeg" in self.cfg.methods:
-            outputs[method_key(None, "jpeg")] = item.decoded
-        if self.mmse is not None:
-            seed = self.cfg.seed + item.index * SEED_STRIDE
-            mmse = self.mmse.sample(item.jpeg, n=1, seed=seed, project=False).expand(-1, 3, -1, -1)  # gray: as RGB
-            outputs[method_key(None, "mmse")] = round_to_8_bits(mmse)
-        return outputs
-
-    def _posterior_outputs(self, label: str, repeat: int):
+    def outputs(self, item: Item) -> dict[Key, Outputs]:
+        """Every row's outputs for one test image. Each checkpoint draws its max(repeats, samples)
+        samples once, a batch of generator_batch at a time: sample r (seed + i * SEED_STRIDE + r) is
+        FID repeat r's; Ours-A and diversity take samples 0..samples-1."""
         cfg, methods = self.cfg, self.cfg.methods
-        sampler = self.samplers[label]
-
-        def outputs(item: Item, tally: Tally) -> dict[str, torch.Tensor]:
-            first = repeat == 0  # repeat 0 draws all K samples: its sample is the first of them
-            seed = cfg.seed + item.index * SEED_STRIDE + repeat
+        result = {}
+        if "jpeg" in methods:
+            result[Key("", "jpeg")] = Outputs(item.decoded)
+        seed = cfg.seed + item.index * SEED_STRIDE
+        if self.mmse is not None:
+            mmse = self.mmse.sample(item.jpeg, n=1, seed=seed, project=False).expand(-1, 3, -1, -1)  # gray: as RGB
+            result[Key("", "mmse")] = Outputs(round_to_8_bits(mmse))
+        for label, sampler in self.samplers.items():
             # a grayscale file's samples have one channel: measured as RGB, like libjpeg's decode
-            raw = sampler.sample(item.jpeg, n=cfg.samples if first else 1, seed=seed, project=False)
+            raw = sampler.sample(item.jpeg, n=max(cfg.repeats, cfg.samples), seed=seed, project=False)
             raw = raw.expand(-1, 3, -1, -1)
-            result = {}
             if "ours" in methods:
-                samples = round_to_8_bits(raw)
-                result[method_key(label, "ours")] = samples[:1]
-                if first:
-                    self._diversity(method_key(label, "ours"), samples, item.index, tally)
+                result[Key(label, "ours")] = Outputs(round_to_8_bits(raw), cfg.repeats, cfg.samples)
             if "ours_p" in methods:
-                projected = project(raw, item.jpeg)
-                result[method_key(label, "ours_p")] = projected[:1]
-                if first:
-                    self._diversity(method_key(label, "ours_p"), projected, item.index, tally)
-            if first and "ours_a" in methods:
-                result[method_key(label, "ours_a")] = round_to_8_bits(raw.mean(dim=0, keepdim=True))
-            return result
+                result[Key(label, "ours_p")] = Outputs(project(raw, item.jpeg), cfg.repeats, cfg.samples)
+            if "ours_a" in methods:
+                result[Key(label, "ours_a")] = Outputs(round_to_8_bits(raw[: cfg.samples].mean(dim=0, keepdim=True)))
+        return result
 
-        return outputs
-
-    def _diversity(self, key: str, samples: torch.Tensor, index: int, tally: Tally) -> None:
-        tally.add(key, "pixel_std", index, per_pixel_std(samples))
-        tally.add(key, "pairwise_lpips", index, mean_pairwise_lpips(samples, self.lpips))
+    def _measure(self, key: Key, outputs: Outputs, item: Item, truth: list[torch.Tensor] | None, tally: Tally) -> None:
+        """Per-image figures of one row's outputs: consistency and agreement from one re-encode each,
+        PSNR and LPIPS of every repeat's output against the ground truth (whose LPIPS features are
+        `truth`), diversity; each output's LPIPS features are computed once for all of these."""
+        shown, index = outputs.images[: outputs.repeats], item.index
+        eight_bit = eight_bit_consistency(shown, item.jpeg)
+        for agreement, rmse in zip(eight_bit.agreements, eight_bit.rmse):
+            tally.add(key, "consistency_rmse", index, rmse)
+            tally.add(key, "differing_coefficients", index, agreement.differing_coefficients)
+            tally.add(key, "total_coefficients", index, agreement.total_coefficients)
+        measured = max(outputs.diversity, outputs.repeats if truth is not None else 0)
+        features = self.lpips.features(outputs.images[:measured]) if measured else None
+        if truth is not None:
+            for metric, values in (("psnr_rgb", psnr(shown, item.ground_truth)), ("psnr_y", psnr_y(shown, item.ground_truth)),
+                                   ("lpips", self.lpips.distance([f[: outputs.repeats] for f in features],
+                                                                 [t.expand(outputs.repeats, -1, -1, -1) for t in truth]))):
+                for value in values:
+                    tally.add(key, metric, index, value)
+        if outputs.diversity:
+            tally.add(key, "pixel_std", index, per_pixel_std(outputs.images[: outputs.diversity]))
+            tally.add(key, "pairwise_lpips", index,
+                      mean_pairwise_distance([f[: outputs.diversity] for f in features], self.lpips))
 
     # ------------------------------------------------------------------ settings and rows
     def settings(self) -> list[Setting]:
@@ -468,38 +418,40 @@ class Evaluation:
         return [Setting(q, s) for q in self.cfg.qualities for s in self.cfg.subsamplings]
 
     def evaluate_setting(self, setting: Setting, reference: GaussianStats | None) -> list[dict]:
+        """One pass over this process's share of the test images: every row's outputs measured, the
+        Inception features of each FID repeat's output gathered; then the setting's table rows."""
         cfg = self.cfg
         test_set = TestSet(cfg.data, setting, self.lpips.min_size if self.lpips is not None else 1)
         tally = Tally()
-        fids: dict[str, list[float]] = defaultdict(list)
-
-        def collect(statistics: dict[str, GaussianStats | None]) -> None:
-            for key, stats in statistics.items():
+        batches = FeatureBatches(self.inception, cfg.features.batch_size) if self.inception is not None else None
+        crops = []
+        for index in self._progress(range(self.rank, len(test_set), self.world), setting.label):
+            try:
+                item = test_set.item(index)
+            except PosteriorJpegError as error:
+                self.skipped[str(test_set.files[index])] = str(error)
+                continue
+            truth = self.lpips.features(item.ground_truth) if item.ground_truth is not None else None
+            every = self.outputs(item)
+            for key, outputs in every.items():
+                self._measure(key, outputs, item, truth, tally)
+                if batches is not None:
+                    for repeat, image in enumerate(outputs.images[: outputs.repeats]):
+                        batches.add((key, repeat), index, image)
+            if index < explorer.CROP_IMAGES:
+                shown = [(None, item.ground_truth)] if item.ground_truth is not None else []
+                shown += [(key, outputs.images[:1]) for key, outputs in every.items()]
+                crops.append((index, test_set.files[index].name, [(k, explorer.centre_crop(v).clone()) for k, v in shown]))
+        self.crops[setting.label] = sorted(gather_object(crops), key=lambda crop: crop[0])
+        fids: dict[Key, list[float]] = defaultdict(list)
+        if batches is not None:
+            for (key, _), stats in sorted(self._gathered_statistics(batches.finish()).items()):
                 if reference is not None and stats is not None:
                     fids[key].append(frechet_distance(reference, stats))
-
-        if set(cfg.methods) & {"jpeg", "mmse"}:
-            collect(self._pass(test_set, f"{setting.label}: baselines", self._baseline_outputs, tally))
-        for label in self.samplers:
-            for repeat in range(cfg.repeats):
-                collect(self._pass(test_set, f"{setting.label}: {label} repeat {repeat + 1}/{cfg.repeats}",
-                                   self._posterior_outputs(label, repeat), tally))
-        summary = summarize(gather_object(tally.records))
-        rows = []
-        for checkpoint, method in [(None, m) for m in ("jpeg", "mmse")] + [
-                (label, m) for label in self.samplers for m in POSTERIOR_METHODS]:
-            key = method_key(checkpoint, method)
-            if method not in cfg.methods or key not in summary:
-                continue
-            fid, fid_std = repeat_summary(fids.get(key, []))
-            values = summary[key]
-            rows.append({
-                "checkpoint": checkpoint or "", "quality": setting.quality, "subsampling": setting.subsampling,
-                "method": LABELS[method], "images": values["images"], "fid": fid, "fid_std": fid_std,
-                "fid_repeats": fids.get(key, []),
-                **{name: values.get(name) for name in METRICS},
-            })
-        return rows
+        keys = [Key("", method) for method in ("jpeg", "mmse")]
+        keys += [Key(label, method) for label in self.samplers for method in POSTERIOR_METHODS]
+        return rows([key for key in keys if key.method in cfg.methods], summarize(gather_object(tally.records)),
+                    fids, setting.quality, setting.subsampling)
 
     def header(self, images: int) -> dict:
         cfg = self.cfg
@@ -515,7 +467,8 @@ class Evaluation:
             "fid_repeats": f"{cfg.repeats} (one sample per test image each; mean +- sample std)",
             "lpips": self.lpips.label if self.lpips is not None else None,
             "samples_per_image": f"{cfg.samples} (Ours-A and diversity)",
-            "seeds": f"image i, repeat r: {cfg.seed} + i * {SEED_STRIDE} + r; Ours-A and diversity: repeats 0..{cfg.samples - 1}",
+            "seeds": f"image i, sample r: {cfg.seed} + i * {SEED_STRIDE} + r, drawn once; FID repeat r takes sample r, "
+                     f"Ours-A and diversity samples 0..{cfg.samples - 1}",
             "processes": self.world,
             "device": str(self.device),
             "dtype": cfg.dtype,
@@ -524,12 +477,12 @@ class Evaluation:
 
     def run(self, print_table: bool = True) -> dict:
         reference = self.reference_statistics()
-        rows = []
+        table = []
         for setting in self.settings():
-            rows += self.evaluate_setting(setting, reference)
+            table += self.evaluate_setting(setting, reference)
         skipped = dict(sorted({k: v for part in gather_object([self.skipped]) for k, v in part.items()}.items()))
         images = sum(str(path) not in skipped for path in TestSet(self.cfg.data, self.settings()[0]).files)
-        results = {"header": self.header(images), "rows": rows, "skipped": skipped}
+        results = {"header": self.header(images), "rows": table, "skipped": skipped}
         if self.state.is_main_process:
             write_results(results, Path(self.cfg.out_dir))
             explorer.write_evaluation_page(self, results)
@@ -539,53 +492,10 @@ class Evaluation:
         return results
 
 
-def format_cell(value, name: str = "") -> str:
-    """4 significant digits, so real FIDs (~5) and random-weight ones (~0.05) both stay readable;
-    coefficient agreement with 6 decimals, where 0.99997 must not read as 1."""
-    if value is None:
-        return "-"
-    if not isinstance(value, float):
-        return str(value)
-    return f"{value:.6f}" if name == "coefficient_agreement" else f"{value:.4g}"
-
-
-def markdown(results: dict) -> str:
-    """The results as a markdown table, under a header with the exact settings."""
-    header = results["header"]
-    lines = ["# posterior-jpeg evaluation", ""]
-    if header["random_feature_weights"]:
-        lines += ["**Random feature weights: FID / LPIPS values are NOT comparable to any published number.**", ""]
-    lines += [f"- {name}: {json.dumps(value) if isinstance(value, (dict, list)) else value}"
-              for name, value in header.items() if name != "random_feature_weights"]
-    if results["skipped"]:
-        lines.append(f"- skipped files: {json.dumps(results['skipped'])}")
-    lines += ["", "| checkpoint | QF | subsampling | method | images | FID | consistency RMSE | coef. agreement "
-              "| PSNR | PSNR-Y | LPIPS | per-pixel STD | pairwise LPIPS |", "|" + " --- |" * 13]
-    for row in results["rows"]:
-        fid = format_cell(row["fid"]) + (f" ± {format_cell(row['fid_std'])}" if row["fid_std"] is not None else "")
-        cells = [row["checkpoint"] or "-", format_cell(row["quality"]), row["subsampling"] or "stored", row["method"],
-                 format_cell(row["images"]), fid, *(format_cell(row[name], name) for name in METRICS)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(results: dict, out_dir: Path) -> None:
-    """results.json, results.csv and results.md in out_dir, each written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(out_dir / "results.json", json.dumps(results, indent=2).encode())
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=COLUMNS)
-    writer.writeheader()
-    for row in results["rows"]:
-        writer.writerow({**row, "fid_repeats": " ".join(f"{v:.6g}" for v in row["fid_repeats"])})
-    write_atomically(out_dir / "results.csv", table.getvalue().encode())
-    write_atomically(out_dir / "results.md", markdown(results).encode())
-
-
 def evaluate(cfg: EvalConfig, print_table: bool = True) -> dict:
     """Run one evaluation job; every process returns the same results, the main one writes them
     (and prints the markdown table unless print_table is False)."""
-    return Evaluation(cfg).run(print_table)
+    return Runner(cfg).run(print_table)
 
 
 def run_command(config: str | None, overrides: list[str], program: str, print_config: bool = False) -> int:

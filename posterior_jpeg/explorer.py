@@ -19,7 +19,6 @@ from PIL import Image, ImageOps
 
 from .atomic import write_atomically
 from .export import SUFFIXES
-from .errors import PosteriorJpegError
 from .pixels import to_hwc_uint8
 
 PAGE = "index.html"
@@ -258,43 +257,37 @@ def _table(columns: list[str], rows: list[list[str]]) -> str:
     return f'<table class="figures"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def evaluation_crops(evaluation, folder: Path) -> list[dict]:
-    """Centre crops of every method's output on the first CROP_IMAGES test images of each setting:
-    the outputs of repeat 0 (the same seeds as measured), written under folder/crops, listed in
-    folder/crops/crops.json (which the sweep page reads) and returned."""
-    from .evaluate import LABELS, TestSet, Tally  # evaluate imports this module
+def centre_crop(image):
+    """The centre CROP_SIZE x CROP_SIZE pixels (fewer where the image is smaller) of [..., H, W]."""
+    height, width = image.shape[-2:]
+    size_h, size_w = min(CROP_SIZE, height), min(CROP_SIZE, width)
+    top, left = (height - size_h) // 2, (width - size_w) // 2
+    return image[..., top : top + size_h, left : left + size_w]
 
+
+def evaluation_crops(evaluation, folder: Path) -> list[dict]:
+    """Centre crops of every method's output on the first CROP_IMAGES test images of each setting,
+    as the evaluation kept them while it measured (`Runner.crops`: the outputs of repeat 0), written
+    under folder/crops, listed in folder/crops/crops.json (which the sweep page reads) and returned."""
     rows = []
     (folder / CROPS).mkdir(parents=True, exist_ok=True)
-    for setting in evaluation.settings():
-        test_set = TestSet(evaluation.cfg.data, setting)
-        for index in range(min(CROP_IMAGES, len(test_set))):
-            try:
-                item = test_set.item(index)
-            except PosteriorJpegError:  # reported among the run's skipped files already
-                continue
-            outputs = {"original": item.ground_truth} if item.ground_truth is not None else {}
-            outputs.update(evaluation._baseline_outputs(item, Tally()))
-            for label in evaluation.samplers:
-                outputs.update(evaluation._posterior_outputs(label, 0)(item, Tally()))
-            height, width = item.decoded.shape[-2:]
-            size_h, size_w = min(CROP_SIZE, height), min(CROP_SIZE, width)
-            top, left = (height - size_h) // 2, (width - size_w) // 2
+    for setting, images in evaluation.crops.items():
+        for index, image_name, outputs in images:
             crops = []
-            for key, image in outputs.items():
-                checkpoint, _, method = key.rpartition("\t")
-                name = LABELS.get(method, method) + (f" ({checkpoint})" if checkpoint and len(evaluation.samplers) > 1 else "")
-                file = f"{CROPS}/{_tag(setting.label)}_{index}_{_tag(checkpoint + '_' + method)}.png"
-                array = to_hwc_uint8(image[0, :, top : top + size_h, left : left + size_w])
-                write_atomically(folder / file, _encoded(Image.fromarray(array), format="PNG"))
-                crops.append({"method": name, "file": file, "width": size_w, "height": size_h})
-            rows.append({"setting": setting.label, "image": test_set.files[index].name, "crops": crops})
+            for key, image in outputs:  # key None: the ground truth
+                name = "original" if key is None else key.name + (
+                    f" ({key.checkpoint})" if key.checkpoint and len(evaluation.samplers) > 1 else "")
+                tag = "_original" if key is None else f"{key.checkpoint}_{key.method}"
+                file = f"{CROPS}/{_tag(setting)}_{index}_{_tag(tag)}.png"
+                write_atomically(folder / file, _encoded(Image.fromarray(to_hwc_uint8(image[0])), format="PNG"))
+                crops.append({"method": name, "file": file, "width": image.shape[-1], "height": image.shape[-2]})
+            rows.append({"setting": setting, "image": image_name, "crops": crops})
     write_atomically(folder / CROPS / "crops.json", json.dumps(rows, indent=1).encode())
     return rows
 
 
 def _results_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    from .evaluate import METRICS, format_cell
+    from .report import METRICS, format_cell
 
     columns = ["checkpoint", "QF", "subsampling", "method", "images", "FID", *METRICS]
     rows = []
@@ -333,7 +326,7 @@ def write_sweep_page(result: dict, folder: str | Path) -> Path:
     """Write folder/index.html for a perception-consistency sweep (run_sweep's result, its out_dir):
     its table, plots, links to each evaluation's page, and per image one row of crops across the
     baselines and every point (read from each evaluation's crops.json)."""
-    from .evaluate import format_cell
+    from .report import format_cell
     from .sweep import SWEEP_COLUMNS
 
     folder = Path(folder)

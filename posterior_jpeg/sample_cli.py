@@ -25,7 +25,7 @@ from .atomic import FolderBusyError, FolderLock, append_line, read_lines, remove
 from .errors import LibjpegWarning, PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import projection, round_to_16_bits
-from .metrics import Agreement, coefficient_agreement, consistency_rmse, float_consistency
+from .metrics import Agreement, eight_bit_consistency, float_consistency
 from .metrics.fid import file_digest
 from .sampler import Sampler
 from .pixels import round_to_8_bits, to_hwc_uint8, to_uint8, to_unit_float
@@ -318,8 +318,9 @@ def _levels(pixels: torch.Tensor, floats: torch.Tensor | None, jf: JpegFile,
     float level (the float result of the projection, as a 16-bit file holds it or before rounding)
     and which level the written file meets."""
     saved = to_unit_float(pixels)  # measure exactly what the PNG holds, in stored orientation
-    agreement = coefficient_agreement(saved, jf)
-    line = {"consistency_rmse": consistency_rmse(saved, jf).item(), "coefficient_agreement": agreement.coefficients,
+    measured = eight_bit_consistency(saved, jf)
+    agreement = measured.agreement
+    line = {"consistency_rmse": measured.rmse.item(), "coefficient_agreement": agreement.coefficients,
             "block_agreement": agreement.blocks, "differing_coefficients": agreement.differing_coefficients,
             "failing_blocks": agreement.differing_blocks}
     float_level = None

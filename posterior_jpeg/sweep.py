@@ -37,7 +37,8 @@ from omegaconf.errors import OmegaConfBaseException
 from . import checkpoints, explorer
 from .atomic import write_atomically
 from .config import ConfigError, TrainConfig, load_config, load_structured, run_with_config, show_config
-from .evaluate import DEFAULT_METHODS, POSTERIOR_METHODS, EvalConfig, format_cell, evaluate
+from .evaluate import DEFAULT_METHODS, EvalConfig, evaluate
+from .report import POSTERIOR_METHODS, format_cell
 from .losses import Schedule
 from .metrics.fid import file_digest
 from .training import train
@@ -141,7 +142,8 @@ def _evaluate_once(eval_cfg: EvalConfig) -> dict:
     settings and the same model weights exists (a retrained point is evaluated again), else
     evaluated and recorded."""
     record = Path(eval_cfg.out_dir) / "sweep_point.json"
-    settings = {k: v for k, v in dataclasses.asdict(eval_cfg).items() if k != "progress"}
+    # keys that change how a job runs, not its figures: a record made without or with them still holds
+    settings = {k: v for k, v in dataclasses.asdict(eval_cfg).items() if k not in ("progress", "generator_batch")}
     models = [*eval_cfg.checkpoints, *([eval_cfg.mmse_checkpoint] if "mmse" in eval_cfg.methods else [])]
     settings["weights"] = [file_digest(checkpoints.resolve(path)[0]) for path in models]
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

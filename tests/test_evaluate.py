@@ -1,6 +1,7 @@
 """Evaluation: the Frechet distance, FID behaviour, repeated FIDs, two processes, and the evaluate and
 sweep pipelines end to end on a tiny checkpoint with random feature weights."""
 
+import itertools
 import json
 import os
 import socket
@@ -21,10 +22,19 @@ from posterior_jpeg.cli import main as cli
 from posterior_jpeg.config import load_config
 from posterior_jpeg.data import synthetic_image
 from posterior_jpeg.errors import MissingWeightsError, PosteriorJpegError
-from posterior_jpeg.metrics import LPIPS, GaussianStats, InceptionFeatures, frechet_distance
+from posterior_jpeg.metrics import (
+    LPIPS,
+    GaussianStats,
+    InceptionFeatures,
+    coefficient_agreement,
+    frechet_distance,
+    mean_pairwise_lpips,
+)
+from posterior_jpeg.metrics.diversity import mean_pairwise_distance
 from posterior_jpeg.metrics.fid import StatisticsError, random_state
 from posterior_jpeg.metrics.perceptual import BACKBONES
-from posterior_jpeg.pixels import round_to_8_bits
+from posterior_jpeg.pixels import round_to_8_bits, to_hwc_uint8
+from posterior_jpeg.report import METRICS, Key, Tally, repeat_summary, summarize
 from posterior_jpeg.sampler import Sampler
 from posterior_jpeg.training import train
 
@@ -91,14 +101,18 @@ def test_statistics_round_trip_and_read_pytorch_fid_files(tmp_path):
 
 
 def test_repeat_summary_and_per_image_averaging():
-    mean, std = ev.repeat_summary([4.0, 5.0, 6.0, 9.0])
+    mean, std = repeat_summary([4.0, 5.0, 6.0, 9.0])
     assert mean == 6.0 and std == pytest.approx(np.sqrt(((4 - 6) ** 2 + 1 + 0 + 9) / 3))
-    assert ev.repeat_summary([3.0]) == (3.0, None)
-    records = [("k", "psnr_rgb", 0, 10.0), ("k", "psnr_rgb", 0, 20.0), ("k", "psnr_rgb", 1, 40.0),
-               ("k", "consistency_rmse", 0, 1.0), ("k", "consistency_rmse", 1, 3.0),
-               ("k", "differing_coefficients", 0, 1), ("k", "total_coefficients", 0, 64),
-               ("k", "differing_coefficients", 1, 3), ("k", "total_coefficients", 1, 64)]
-    summary = ev.summarize(records)["k"]
+    assert repeat_summary([3.0]) == (3.0, None)
+    key = Key("run", "ours")
+    tally = Tally()
+    for metric, index, value in [("psnr_rgb", 0, 10.0), ("psnr_rgb", 0, 20.0), ("psnr_rgb", 1, 40.0),
+                                 ("consistency_rmse", 0, 1.0), ("consistency_rmse", 1, 3.0),
+                                 ("differing_coefficients", 0, 1), ("total_coefficients", 0, 64),
+                                 ("differing_coefficients", 1, 3), ("total_coefficients", 1, 64)]:
+        tally.add(key, metric, index, value)
+    tally.add(Key("", "jpeg"), "consistency_rmse", 0, 7.0)  # another row's records stay apart
+    summary = summarize(tally.records)[key]
     assert summary["psnr_rgb"] == 27.5  # per image over repeats (15, 40), then over images
     assert summary["images"] == 2 and summary["coefficient_agreement"] == 1 - 4 / 128
 
@@ -195,7 +209,7 @@ def test_evaluate_end_to_end(single_process, workspace, inception):
     assert all(row["images"] == 3 and row["fid"] > 0 for row in rows.values())
     ours = rows["Ours"]
     assert len(ours["fid_repeats"]) == 2 and ours["fid_repeats"][0] != ours["fid_repeats"][1]
-    assert (ours["fid"], ours["fid_std"]) == pytest.approx(ev.repeat_summary(ours["fid_repeats"]))
+    assert (ours["fid"], ours["fid_std"]) == pytest.approx(repeat_summary(ours["fid_repeats"]))
     assert rows["Ours-P"]["consistency_rmse"] == 0.0 and rows["Ours-P"]["coefficient_agreement"] == 1.0
     assert ours["consistency_rmse"] > 0 and ours["pixel_std"] > 0 and ours["pairwise_lpips"] > 0
     assert rows["MMSE"]["pixel_std"] is None and rows["Ours-A"]["fid_std"] is None
@@ -212,6 +226,26 @@ def test_evaluate_end_to_end(single_process, workspace, inception):
         features.append(inception(round_to_8_bits(sampler.sample(jpeg, n=1, seed=i * ev.SEED_STRIDE + 1, project=False))))
     by_hand = frechet_distance(GaussianStats.load(cached), GaussianStats.from_features(torch.cat(features)))
     assert ours["fid_repeats"][1] == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_one_draw_gives_each_repeat_the_sample_of_its_seed(workspace):
+    """Samples are drawn once per image, max(repeats, samples) of them at generator_batch a pass:
+    repeat r's output is the sample of seed i * SEED_STRIDE + r, as when each repeat drew its own."""
+    cfg = ev.load_eval_config(None, [*_eval_overrides(workspace, workspace["root"] / "draw"), "methods=[ours,ours_p,ours_a]",
+                                     "repeats=3", "samples=2", "generator_batch=2"])
+    runner = ev.Runner(cfg)
+    item = ev.TestSet(cfg.data, ev.Setting(10, "4:2:0")).item(1)
+    outputs = runner.outputs(item)
+    label = Path(workspace["run"]).name
+    ours, projected, mean = (outputs[Key(label, m)] for m in ("ours", "ours_p", "ours_a"))
+    assert (ours.repeats, ours.diversity, len(ours.images)) == (3, 2, 3) and len(projected.images) == 3
+    assert (mean.repeats, mean.diversity, len(mean.images)) == (1, 0, 1)
+    sampler = Sampler.from_checkpoint(workspace["run"], device="cpu", dtype="fp32", batch_size=1)
+    alone = torch.cat([sampler.sample(item.jpeg, n=1, seed=ev.SEED_STRIDE + r, project=False) for r in range(3)])
+    assert torch.allclose(round_to_8_bits(alone), ours.images, atol=1 / 255 + 1e-6)  # float noise may flip a rounding
+    assert (round_to_8_bits(alone) == ours.images).float().mean() > 0.999
+    assert torch.allclose(round_to_8_bits(alone[:2].mean(0, keepdim=True)), mean.images, atol=1 / 255 + 1e-6)
+    assert coefficient_agreement(projected.images, item.jpeg).coefficients == 1.0
 
 
 def _free_port() -> int:
@@ -236,7 +270,7 @@ def test_two_processes_give_the_same_results_as_one(single_process, workspace):
     for a, b in zip(one["rows"], two["rows"]):
         assert a["method"] == b["method"] and a["images"] == b["images"]
         assert b["fid_repeats"] == pytest.approx(a["fid_repeats"], rel=1e-5)
-        for metric in ev.METRICS:
+        for metric in METRICS:
             if a[metric] is None:  # a metric that does not apply to this method
                 assert b[metric] is None, (a["method"], metric)
             else:
@@ -306,6 +340,18 @@ def test_lpips_knows_the_smallest_image_it_measures():
         assert lpips(torch.rand(1, 3, side, side + 9), torch.rand(1, 3, side, side + 9)).shape == (1,)
         with pytest.raises(ValueError, match=f"LPIPS \\({net}\\) needs images of at least {side}x{side} pixels"):
             lpips(torch.rand(1, 3, side - 1, 64), torch.rand(1, 3, side - 1, 64))
+
+
+def test_lpips_features_once_give_the_package_distances():
+    """LPIPS from features computed once per image equals the lpips package's forward on each pair."""
+    lpips = LPIPS("random")
+    images = _images(4, size=40, seed=7)
+    direct = lpips.model(images[:2], images[2:], normalize=True).flatten()
+    assert torch.allclose(lpips(images[:2], images[2:]), direct, rtol=1e-5, atol=1e-7)
+    pairs = [lpips.model(images[i : i + 1], images[j : j + 1], normalize=True).item()
+             for i, j in itertools.combinations(range(4), 2)]
+    assert mean_pairwise_lpips(images, lpips) == pytest.approx(np.mean(pairs), rel=1e-5)
+    assert mean_pairwise_distance(lpips.features(images[:2]), lpips) == pytest.approx(pairs[0], rel=1e-5)
 
 
 def test_unusable_fid_statistics_are_refused_with_one_line(tmp_path):
@@ -402,7 +448,9 @@ def check_page_in_chromium(browser, page: Path, images: int) -> None:
     assert all(url.startswith(("file://", "data:")) for url in browser.requested_urls())
 
 
-def test_evaluation_page_shows_table_and_crops_of_every_method(single_process, workspace, browser):
+def test_evaluation_crops_are_the_measured_outputs(single_process, workspace):
+    """The page's crops come from the evaluation's own pass (no second draw): every method's, of
+    repeat 0, the originals and decodes exact, Ours-P consistent."""
     results, out_dir = single_process
     rows = json.loads((out_dir / "crops" / "crops.json").read_text())
     assert [r["image"] for r in rows] == ["image_0.png", "image_1.png", "image_2.png"]
@@ -414,7 +462,15 @@ def test_evaluation_page_shows_table_and_crops_of_every_method(single_process, w
     for method, image in (("original", item.ground_truth), ("JPEG (libjpeg)", item.decoded)):
         assert np.array_equal(crops[method], (image[0] * 255).round().byte().permute(1, 2, 0).numpy())
     projected = torch.from_numpy(crops["Ours-P"]).permute(2, 0, 1).float() / 255
-    assert ev.coefficient_agreement(projected, item.jpeg).coefficients == 1.0
+    assert coefficient_agreement(projected, item.jpeg).coefficients == 1.0
+    sampler = Sampler.from_checkpoint(workspace["run"], device="cpu", dtype="fp32")
+    first = to_hwc_uint8(sampler.sample(item.jpeg, n=1, seed=ev.SEED_STRIDE, project=False)[0])
+    assert np.abs(crops["Ours"].astype(int) - first).max() <= 1  # sample 0 of image 1, up to float rounding
+
+
+def test_evaluation_page_shows_table_and_crops_of_every_method(single_process, browser):
+    out_dir = single_process[1]
+    methods = ["original", "JPEG (libjpeg)", "MMSE", "Ours", "Ours-P", "Ours-A"]
     page = (out_dir / "index.html").read_text()
     assert "NOT comparable" in page and "<td>Ours-P</td>" in page
     check_page_in_chromium(browser, out_dir / "index.html", images=3 * len(methods))

@@ -307,18 +307,25 @@ def _libjpeg_decode(stream: bytes, source: str):
     Calls jpeglib's C entry points rather than jpeglib.read_dct, which hooks every APPn/COM marker
     into a buffer that overflows on a zero-length one, writes a temporary copy of the file that it
     keeps when libjpeg fails, and prints to stdout. Here libjpeg opens an unnamed temporary file
-    through /dev/fd (nothing stays on disk, even if the process dies), sizes the arrays itself in
-    a first pass, and fills them in a second."""
+    through /dev/fd (nothing stays on disk, even if the process dies)."""
+    with tempfile.TemporaryFile() as held:
+        held.write(stream)
+        held.flush()
+        return libjpeg_read_fd(held.fileno(), source)
+
+
+def libjpeg_read_fd(descriptor: int, source: str):
+    """What `_libjpeg_decode` returns, for a JPEG stream already in the open file `descriptor`
+    (read through /dev/fd): libjpeg sizes the arrays itself in a first pass and fills them in a
+    second."""
     lib = CJpegLib.get()
     block_dims, samp_factor = (ctypes.c_int * 8)(), (ctypes.c_int * 8)()
     image_dims, color_space = (ctypes.c_int * 2)(), (ctypes.c_int * 2)()
     components, scans, flags = (ctypes.c_int * 3)(), (ctypes.c_int * 1)(), (ctypes.c_uint64 * 1)()
     qt, table_ids = (ctypes.c_ushort * 256)(), (ctypes.c_short * 4)()
     planes = []
-    with _LIBJPEG_LOCK, tempfile.TemporaryFile() as held, _captured_fd2() as messages:
-        held.write(stream)
-        held.flush()
-        path = f"/dev/fd/{held.fileno()}".encode()
+    with _LIBJPEG_LOCK, _captured_fd2() as messages:
+        path = f"/dev/fd/{descriptor}".encode()
         ok = lib.read_jpeg_info(
             path, block_dims, image_dims, components, samp_factor, color_space, None, None, None, None, scans, flags
         )

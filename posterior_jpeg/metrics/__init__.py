@@ -3,7 +3,15 @@ and yardsticks that need no downloaded weights (texture ratio, chroma, periodic 
 
 from .blockiness import blockiness
 from .chroma import chroma_psnr, is_gray, rgb_luma_gap
-from .consistency import Agreement, FloatConsistency, coefficient_agreement, consistency_rmse, float_consistency, reencode
+from .consistency import (
+    Agreement,
+    EightBitConsistency,
+    FloatConsistency,
+    coefficient_agreement,
+    consistency_rmse,
+    eight_bit_consistency,
+    float_consistency,
+)
 from .diversity import mean_pairwise_lpips, per_pixel_std
 from .fid import GaussianStats, InceptionFeatures, frechet_distance
 from .naturalness import naturalness_distance, nss_features
@@ -14,6 +22,7 @@ from .texture import laplacian_energy, texture_ratio
 
 __all__ = [
     "Agreement",
+    "EightBitConsistency",
     "FloatConsistency",
     "GaussianStats",
     "InceptionFeatures",
@@ -23,6 +32,7 @@ __all__ = [
     "chroma_psnr",
     "coefficient_agreement",
     "consistency_rmse",
+    "eight_bit_consistency",
     "float_consistency",
     "frechet_distance",
     "is_gray",
@@ -35,7 +45,6 @@ __all__ = [
     "periodic_peaks",
     "psnr",
     "psnr_y",
-    "reencode",
     "rgb_luma_gap",
     "texture_ratio",
 ]

@@ -1,6 +1,7 @@
 """Consistency of images with a JPEG file, at two levels.
 
-- 8-bit (`coefficient_agreement`, `consistency_rmse`): the images are rounded to 8-bit RGB (what a
+- 8-bit (`eight_bit_consistency`, which gives both `coefficient_agreement` and `consistency_rmse`
+  from one re-encode): the images are rounded to 8-bit RGB (what a
   user saves; grayscale for a grayscale file) and compressed by libjpeg (the libjpeg-turbo bundled
   with jpeglib) with the file's own tables, per component, and sampling; the stored coefficients of
   that file are then compared with the original file's. What libjpeg prints while compressing (such
@@ -16,18 +17,18 @@ import os
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import jpeglib
 import numpy as np
 import torch
 
 from ..errors import LibjpegWarning
-from ..jpeg import subsampling
+from ..jpeg import codec, subsampling
 from ..jpeg.codec import component_planes, component_tables, plane_blocks
 from ..jpeg.color import rgb_to_ycbcr
 from ..jpeg.dct import dct_blocks
-from ..jpeg.file import JpegFile, read_jpeg
+from ..jpeg.file import JpegFile, libjpeg_read_fd
 from ..pixels import to_uint8
 
 LIBJPEG_VERSION = "turbo210"
@@ -62,18 +63,20 @@ def _libjpeg_messages(source: str):
         warnings.warn(LibjpegWarning(source, line), stacklevel=3)
 
 
-def reencode(images: torch.Tensor, jpeg: JpegFile) -> list[JpegFile]:
+def _reencoded_coefficients(images: torch.Tensor, jpeg: JpegFile) -> list[tuple[list[np.ndarray], np.ndarray]]:
     """Round [N, 3, H, W] (or [3, H, W]; a grayscale file's may have one channel) in [0, 1] to 8 bits
-    and compress each with libjpeg, using `jpeg`'s tables and sampling; returns the files read back."""
+    and compress each with libjpeg, using `jpeg`'s tables and sampling: (coefficient planes, tables)
+    per image, read back by libjpeg from one unnamed temporary file that each image overwrites (no
+    named file, no header walk: the stream is our own)."""
     pixels = to_uint8(_as_batch(images, jpeg).cpu())
     components = len(jpeg.coefficients)
     factors = [(1, 1)] if jpeg.sampling == subsampling.GRAY else [(1, 1)] * 3
     if jpeg.sampling != subsampling.GRAY:
         v, h = subsampling.SUBSAMPLING[jpeg.sampling]
         factors[0] = (v, h)  # jpeglib takes (vertical, horizontal) per component
-    files = []
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "reencoded.jpg")
+    results = []
+    with tempfile.TemporaryFile() as scratch:
+        path = f"/dev/fd/{scratch.fileno()}"  # libjpeg's fopen(path, "wb") truncates it for each image
         for image in pixels:
             if jpeg.sampling == subsampling.GRAY:
                 # gray pixels as they are; RGB through libjpeg's own RGB -> Y, as when it converts a
@@ -84,11 +87,10 @@ def reencode(images: torch.Tensor, jpeg: JpegFile) -> list[JpegFile]:
             with jpeglib.version(LIBJPEG_VERSION), _libjpeg_messages(jpeg.source):
                 spatial = jpeglib.from_spatial(np.ascontiguousarray(array))
                 spatial.samp_factor = np.array(factors)
-                spatial.write_spatial(
-                    path, qt=jpeg.qtables.astype(np.uint16), quant_tbl_no=np.arange(components)
-                )
-            files.append(read_jpeg(path, max_pixels=None))
-    return files
+                spatial.write_spatial(path, qt=jpeg.qtables.astype(np.uint16), quant_tbl_no=np.arange(components))
+            planes, tables, _, _ = libjpeg_read_fd(scratch.fileno(), jpeg.source)
+            results.append((planes, tables))
+    return results
 
 
 @dataclass(frozen=True)
@@ -108,28 +110,58 @@ class Agreement:
     def blocks(self) -> float:
         return 1.0 - self.differing_blocks / self.total_blocks
 
+    def __add__(self, other: "Agreement") -> "Agreement":
+        return Agreement(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
-def coefficient_agreement(images: torch.Tensor, jpeg: JpegFile) -> Agreement:
-    """Share of quantized coefficients, and of 8x8 blocks, identical after an 8-bit libjpeg re-encode
-    of each image with the file's own tables and subsampling."""
-    differing_coefficients = total_coefficients = differing_blocks = total_blocks = 0
-    for again in reencode(images, jpeg):
-        for ours, stored in zip(again.coefficients, jpeg.coefficients):
+
+@dataclass(frozen=True)
+class EightBitConsistency:
+    """Both 8-bit figures of a batch from one re-encode: agreement per image and the paper's
+    consistency RMSE per image [N] (gray levels, 0..255)."""
+
+    agreements: tuple[Agreement, ...]
+    rmse: torch.Tensor
+
+    @property
+    def agreement(self) -> Agreement:
+        """The batch's agreement: the counts summed over its images."""
+        return sum(self.agreements[1:], self.agreements[0])
+
+
+def eight_bit_consistency(images: torch.Tensor, jpeg: JpegFile) -> EightBitConsistency:
+    """Coefficient and block agreement, and consistency RMSE, of each image after one 8-bit libjpeg
+    re-encode with the file's own tables and subsampling. The RMSE is between the decodes of the
+    re-encode and of the file, both by our decoder (`codec.decode`, as `JpegFile.decode`), so
+    identical coefficients give exactly 0."""
+    reference = jpeg.decode(dtype=torch.float64)
+    agreements, errors = [], []
+    for planes, tables in _reencoded_coefficients(images, jpeg):
+        differing_coefficients = total_coefficients = differing_blocks = total_blocks = 0
+        for ours, stored in zip(planes, jpeg.coefficients):
             differ = ours != stored
             differing_coefficients += int(differ.sum())
             total_coefficients += differ.size
             differing_blocks += int(differ.reshape(-1, 64).any(axis=1).sum())
             total_blocks += differ.size // 64
-    return Agreement(differing_coefficients, total_coefficients, differing_blocks, total_blocks)
+        agreements.append(Agreement(differing_coefficients, total_coefficients, differing_blocks, total_blocks))
+        coefficients = [torch.from_numpy(p.astype(np.float64))[None] for p in planes]
+        again = codec.decode(coefficients, torch.from_numpy(tables).double(), jpeg.sampling, jpeg.size)[0]
+        errors.append(((again - reference) * 255.0).pow(2).mean().sqrt())
+    return EightBitConsistency(tuple(agreements), torch.stack(errors).float())
+
+
+def coefficient_agreement(images: torch.Tensor, jpeg: JpegFile) -> Agreement:
+    """Share of quantized coefficients, and of 8x8 blocks, identical after an 8-bit libjpeg re-encode
+    of each image with the file's own tables and subsampling (see `eight_bit_consistency`, which
+    gives the RMSE from the same re-encode)."""
+    return eight_bit_consistency(images, jpeg).agreement
 
 
 def consistency_rmse(images: torch.Tensor, jpeg: JpegFile) -> torch.Tensor:
     """The paper's consistency index per image [N]: RMSE in gray levels (0..255) between the decode
-    of the libjpeg re-encode and the decode of the file (both decoded by `JpegFile.decode`, so
-    identical coefficients give exactly 0)."""
-    reference = jpeg.decode(dtype=torch.float64)
-    errors = [(again.decode(dtype=torch.float64) - reference) * 255.0 for again in reencode(images, jpeg)]
-    return torch.stack([e.pow(2).mean().sqrt() for e in errors]).float()
+    of the libjpeg re-encode and the decode of the file (see `eight_bit_consistency`, which gives the
+    agreement from the same re-encode)."""
+    return eight_bit_consistency(images, jpeg).rmse
 
 
 @dataclass(frozen=True)

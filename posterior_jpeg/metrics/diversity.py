@@ -1,7 +1,5 @@
 """Diversity of posterior samples of one input: the paper's per-pixel STD and mean pairwise LPIPS."""
 
-import itertools
-
 import torch
 
 from .psnr import luma
@@ -17,7 +15,15 @@ def per_pixel_std(samples: torch.Tensor) -> float:
 
 def mean_pairwise_lpips(samples: torch.Tensor, distance) -> float:
     """Mean LPIPS over all K (K - 1) / 2 pairs of samples [K, 3, H, W]; distance: an `LPIPS` metric."""
-    if samples.shape[0] < 2:
-        raise ValueError(f"pairwise LPIPS needs at least 2 samples, got {samples.shape[0]}")
-    first, second = zip(*itertools.combinations(range(samples.shape[0]), 2))
-    return distance(samples[list(first)], samples[list(second)]).mean().item()
+    return mean_pairwise_distance(distance.features(samples), distance)
+
+
+def mean_pairwise_distance(features: list[torch.Tensor], distance) -> float:
+    """`mean_pairwise_lpips` from the LPIPS features of the K samples (`LPIPS.features`), each
+    computed once rather than once per pair it is in."""
+    count = features[0].shape[0]
+    if count < 2:
+        raise ValueError(f"pairwise LPIPS needs at least 2 samples, got {count}")
+    pairs = [distance.distance([f[i : i + 1].expand(count - i - 1, -1, -1, -1) for f in features],
+                               [f[i + 1 :] for f in features]) for i in range(count - 1)]
+    return torch.cat(pairs).mean().item()

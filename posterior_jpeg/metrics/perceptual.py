@@ -104,9 +104,25 @@ class LPIPS(nn.Module):
         self.label = f"{RANDOM_LABEL}, lpips {net} v0.1" if weights == RANDOM else f"lpips {net} v0.1 ({source})"
 
     @torch.no_grad()
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if min(a.shape[-2:]) < self.min_size:
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Per backbone layer, the unit-normalised features [N, C, h, w] of images [N, 3, H, W] in
+        [0, 1] (on the model's device): compute them once, compare them with `distance` many times."""
+        if min(images.shape[-2:]) < self.min_size:
             raise ValueError(f"LPIPS ({self.backbone}) needs images of at least {self.min_size}x{self.min_size} "
-                             f"pixels, got {a.shape[-1]}x{a.shape[-2]}")
+                             f"pixels, got {images.shape[-1]}x{images.shape[-2]}")
+        from lpips import normalize_tensor
+
         device = next(self.model.parameters()).device
-        return self.model(a.float().to(device), b.float().to(device), normalize=True).flatten().cpu()
+        scaled = self.model.scaling_layer(2 * images.float().to(device) - 1)
+        return [normalize_tensor(layer) for layer in self.model.net(scaled)]
+
+    @torch.no_grad()
+    def distance(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+        """LPIPS [N] between two sets of `features` (the lpips package's forward, layer by layer)."""
+        total = 0
+        for lin, first, second in zip(self.model.lins, a, b):
+            total = total + lin((first - second) ** 2).mean([2, 3], keepdim=True)
+        return total.flatten().cpu()
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.distance(self.features(a), self.features(b))
