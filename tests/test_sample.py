@@ -23,7 +23,7 @@ from posterior_jpeg.cli import main as cli_main
 from posterior_jpeg.config import load_config
 from posterior_jpeg.jpeg import tables
 from posterior_jpeg.jpeg.color import rgb_to_ycbcr
-from posterior_jpeg.models.generator import GeneratorConfig, build_generator
+from posterior_jpeg.models.generator import AnchoredGenerator, GeneratorConfig, build_generator
 from posterior_jpeg.sample_cli import apply_orientation, expand_inputs, main, undo_orientation
 from posterior_jpeg.sampler import PositionalNoise, Sampler, normal_from_bits, tile_spans
 
@@ -139,6 +139,17 @@ def test_tile_spans_cover_the_axis_on_a_16_pixel_grid():
         assert all(start % 16 == 0 and end - start <= 256 for start, end in spans)
         assert all(a[1] - b[0] >= 32 for a, b in zip(spans, spans[1:]))
     assert tile_spans(1000, 0, 32) == tile_spans(1000, None, 32) == [(0, 1000)]
+
+
+def test_tiles_blending_and_noise_stay_on_the_model_device():
+    """On the "meta" device any host tensor mixed into a tile, a blending weight or the noise would
+    raise (device mismatch): the sampler's work stays on the model's device until the one copy out."""
+    for generator in (build_generator("tiny"), AnchoredGenerator(build_generator(
+            GeneratorConfig(trunk="plain", features=8, blocks=1, noise=False)), build_generator("tiny"), True)):
+        sampler = Sampler(generator, "tiny", device="meta", tile=32, overlap=16)
+        y, tables_ = torch.empty(3, 48, 64, device="meta"), torch.empty(3, 8, 8, device="meta")
+        out = sampler.generate(y, tables_, [0, 1])
+        assert out.device.type == "meta" and out.shape == (2, 3, 48, 64)
 
 
 def _tiling_error(checkpoint, jf, overlap):
