@@ -261,6 +261,26 @@ def test_settings_that_cannot_work_are_refused_at_config_time(tmp_path):
         tiny(tmp_path, "device=cuda:1")
 
 
+def test_ema_half_life_is_counted_in_images_and_the_old_key_says_what_to_write(tmp_path):
+    """beta = 0.5 ** (images per step / half-life): after half-life images an old weight's share
+    halves, whatever the batch, accumulation or process count. `ema:` (a decay per step) is refused
+    with the key to write instead, from a file, the command line and --print-config."""
+    from posterior_jpeg.training import _ema_beta
+
+    for overrides, world in ((["batch_size=4"], 1), (["batch_size=2", "grad_accumulation=2"], 1), (["batch_size=1", "loss.moment_images=1"], 4)):
+        cfg = tiny(tmp_path, "ema_half_life_images=64", *overrides)
+        assert math.isclose(_ema_beta(cfg, world) ** (64 / 4), 0.5)
+    (tmp_path / "old.yaml").write_text("ema: 0.999\ndata: {train: synthetic}\n")
+    for attempt in (lambda: load_config(tmp_path / "old.yaml"), lambda: tiny(tmp_path, "ema=0.99")):
+        with pytest.raises(ConfigError, match="ema_half_life_images: N"):
+            attempt()
+    with pytest.raises(ConfigError, match="must be > 0"):
+        tiny(tmp_path, "ema_half_life_images=0")
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(tmp_path / "old.yaml"), "--print-config"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "ema_half_life_images" in result.stderr
+
+
 def test_ema_follows_its_decay():
     from posterior_jpeg.training import _update_ema
 
