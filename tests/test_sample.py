@@ -152,6 +152,24 @@ def test_tiles_blending_and_noise_stay_on_the_model_device():
         assert out.device.type == "meta" and out.shape == (2, 3, 48, 64)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_sampler_matches_the_cpu_and_its_samples_are_exact(checkpoint, natural_rgb, pillow_jpeg, monkeypatch):
+    """Tiled, blended and projected on the GPU: fp32 raw samples agree with the CPU's (TF32
+    convolutions off, which would round to 10 bits), bf16 ones (the GPU default) are close, and the
+    projected samples re-encode to the file's coefficients."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    jf = pj.read_jpeg(pillow_jpeg(natural_rgb(200, 280, 5), quality=30))
+    cpu = Sampler.from_checkpoint(checkpoint, "cpu", "fp32", tile=128, overlap=32).sample(jf, 2, seed=1, project=False)
+    cuda = Sampler.from_checkpoint(checkpoint, "cuda", "fp32", tile=128, overlap=32)
+    assert cuda.device.type == "cuda" and (cuda.sample(jf, 2, seed=1, project=False) - cpu).abs().max() <= 1e-4
+    bf16 = Sampler.from_checkpoint(checkpoint, "cuda", "auto", tile=128, overlap=32)
+    assert bf16.dtype == torch.bfloat16
+    projected = bf16.sample(jf, 2, seed=1)
+    assert projected.device.type == "cpu" and (projected - cpu).abs().mean() <= 4 / 255
+    assert pj.metrics.coefficient_agreement(projected, jf).coefficients >= 0.9999
+
+
 def _tiling_error(checkpoint, jf, overlap):
     """(tiled - untiled) raw outputs, and the tile edges inside the image per axis."""
     untiled = Sampler.from_checkpoint(checkpoint, "cpu", "fp32", tile=None)

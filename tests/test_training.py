@@ -1,5 +1,6 @@
 """Training: configs, a tiny run end to end, exact resume, and two-process DDP on CPU."""
 
+import functools
 import json
 import math
 import os
@@ -147,6 +148,61 @@ def test_pinned_batches_reach_the_gpu_as_floats():
     moved = _to_device(batch, "cuda")
     assert moved["x"].is_cuda and moved["x"].dtype == torch.float32
     assert torch.equal(moved["y"].cpu(), _to_device(batch, "cpu")["y"])
+
+
+def _compiled_tiny_run(tmp_path, monkeypatch, device: str, backend: str | None = None) -> tuple[list[dict], list[int]]:
+    """A tiny posterior run with bf16 autocast, torch.compile and channels_last on `device`, whose
+    steps alternate moment steps (batch 4 + 2 x 4 draws) and plain ones (batch 4). Returns its log
+    records and dynamo's count of compiled graphs after each step. `backend` (e.g. "aot_eager")
+    replaces Inductor where only dynamo's guards are under test: they decide recompiles, and
+    Inductor takes minutes on a small CPU."""
+    from torch._dynamo.utils import counters
+
+    if backend:
+        monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+    torch._dynamo.reset()
+    counters.clear()
+    graphs, original = [], Trainer.train_step
+
+    def counting(self, batch):
+        result = original(self, batch)
+        graphs.append(counters["stats"]["unique_graphs"])
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", counting)
+    cfg = load_config(TINY, [f"out_dir={tmp_path / device}", "progress=false", f"device={'cpu' if device == 'cpu' else 'auto'}",
+                             "compile=true", "mixed_precision=bf16", "channels_last=true", "steps=3",
+                             "loss.moments_every=2", "log_every=1", "val_every=3", "checkpoint_every=3"])
+    run_dir = train(cfg)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return records, graphs
+
+
+def _check_compiled_run(records: list[dict], graphs: list[int]) -> None:
+    assert [r["step"] for r in records] == [1, 2, 3] and "first_moment" in records[0] and "first_moment" not in records[1]
+    assert all(math.isfinite(v) for r in records for v in r.values())
+    assert graphs[0] > 0 and graphs == [graphs[0]] * 3  # the plain step after a moment step compiled nothing new
+
+
+def test_compiled_generator_keeps_one_graph_across_moment_steps(tmp_path, monkeypatch):
+    """bf16 autocast + torch.compile + channels_last on CPU: G's batch dimension is dynamic, so the
+    moment steps' larger batch does not recompile (the unmarked forward compiles a second graph)."""
+    _check_compiled_run(*_compiled_tiny_run(tmp_path, monkeypatch, "cpu", backend="aot_eager"))
+
+
+@pytest.mark.slow
+def test_tiny_run_with_bf16_compile_and_channels_last_on_cpu(tmp_path, monkeypatch):
+    """The same run through Inductor, as a user's compile=true runs (minutes on a small CPU)."""
+    _check_compiled_run(*_compiled_tiny_run(tmp_path, monkeypatch, "cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tiny_run_with_bf16_compile_and_channels_last_on_cuda(tmp_path, monkeypatch):
+    _check_compiled_run(*_compiled_tiny_run(tmp_path, monkeypatch, "cuda"))
+    run_dir = tmp_path / "cuda"
+    generator, _ = checkpoints.load_generator(run_dir, torch.device("cuda"))
+    assert next(generator.parameters()).is_cuda
 
 
 def _weights(folder: Path) -> dict:
