@@ -119,11 +119,8 @@ def _ema_beta(cfg: TrainConfig, world: int) -> float:
 class MmseStage:
     """Stage "mmse": G alone learns E[x | y] with an L2 loss; no other model or optimizer."""
 
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, generator: torch.nn.Module):
-        pass
-
     def prepare(self, accelerator: Accelerator) -> None:
-        pass
+        pass  # nothing of its own to place or wrap
 
     def models(self, accelerator: Accelerator) -> dict[str, torch.nn.Module]:
         return {}
@@ -254,9 +251,6 @@ class PosteriorStage:
         return result
 
 
-STAGE_CLASSES = {"mmse": MmseStage, "posterior": PosteriorStage}
-
-
 class Trainer:
     """Owns what both stages share (G, its EMA and optimizer, the accelerator, checkpoints and the
     loop) and the stage (`MmseStage` or `PosteriorStage`) that owns the rest; `run()` trains to cfg.steps."""
@@ -288,7 +282,8 @@ class Trainer:
         self.ema_beta = _ema_beta(cfg, self.accelerator.num_processes)
         trained = [p for p in self.generator.parameters() if p.requires_grad]  # an anchor's M stays frozen
         self.opt_g = torch.optim.Adam(trained, lr=cfg.optim.lr(0, cfg.steps), betas=tuple(cfg.optim.betas))
-        self.stage = STAGE_CLASSES[cfg.stage](cfg, self.accelerator, self.generator)
+        self.stage = (PosteriorStage(cfg, self.accelerator, self.generator) if cfg.stage == "posterior"
+                      else MmseStage())
         if cfg.channels_last:
             self.generator = self.generator.to(memory_format=torch.channels_last)
         self.generator, self.opt_g = self.accelerator.prepare(self.generator, self.opt_g)

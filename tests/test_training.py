@@ -18,7 +18,7 @@ from posterior_jpeg import data as data_module
 from posterior_jpeg.config import ConfigError, load_config
 from posterior_jpeg.data import JpegCropDataset, QualitySampler, collate_jpeg_batch, make_loader
 from posterior_jpeg.jpeg import codec
-from posterior_jpeg.training import Trainer, _consistency, _to_device, train
+from posterior_jpeg.training import MmseStage, Trainer, _consistency, _to_device, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -92,9 +92,15 @@ def test_tiny_run_gives_finite_losses_a_grid_and_a_loadable_checkpoint(tmp_path)
 
 
 def test_mmse_stage_runs(tmp_path):
+    """The MMSE stage holds G alone: no critic, no critic optimizer, in the trainer or its checkpoints."""
     run_dir = train(tiny(tmp_path / "mmse", "stage=mmse", "steps=4", "log_every=2"))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert set(records[0]) >= {"mse", "lr"} and records[-1]["mse"] > 0
+    files = {p.name for p in checkpoints.latest_checkpoint(run_dir).iterdir()}
+    assert "generator.safetensors" in files and not {"critic.safetensors", "optimizer_critic.safetensors"} & files
+    resumed = Trainer(tiny(tmp_path / "mmse", "stage=mmse", "steps=6"))
+    assert resumed.step == 4 and isinstance(resumed.stage, MmseStage)
+    assert set(resumed._models()) == {"generator"} and set(resumed._optimizers()) == {"optimizer_generator"}
 
 
 @pytest.mark.parametrize("kind", ["pixel", "dct"])
