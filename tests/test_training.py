@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from posterior_jpeg import checkpoints, losses
@@ -179,7 +180,11 @@ def _compiled_tiny_run(tmp_path, monkeypatch, device: str, backend: str | None =
     cfg = load_config(TINY, [f"out_dir={tmp_path / device}", "progress=false", f"device={'cpu' if device == 'cpu' else 'auto'}",
                              "compile=true", "mixed_precision=bf16", "channels_last=true", "steps=3",
                              "loss.moments_every=2", "log_every=1", "val_every=3", "checkpoint_every=3"])
-    run_dir = train(cfg)
+    AcceleratorState._reset_state()  # the process-wide state keeps the first run's precision (fp32)
+    try:
+        run_dir = train(cfg)
+    finally:
+        AcceleratorState._reset_state()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return records, graphs
 
