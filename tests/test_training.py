@@ -288,7 +288,7 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
         assert torch.equal(anchored_weights[f"mean.{key}"], value)
     assert any(k.startswith("detail.") for k in anchored_weights)
 
-    sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32")
+    sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32", mean_flips=1)  # M once, unflipped
     assert isinstance(sampler.generator, AnchoredGenerator) and sampler.generator.antithetic
     jf = pj.read_jpeg(ROOT / "examples" / "chelsea_q10.jpg")
     y = (jf.decode() * 255).round() / 255
