@@ -87,7 +87,7 @@ def bench_projection(data: bytes, megapixels: float, device: str) -> None:
     jf = pj.read_jpeg(data, max_pixels=None)
     y = jf.decode(device=device)
     candidate = (y + 0.02 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(device)).clamp(0, 1)
-    region, tiles, intervals = projection._tiles(candidate[None] * 255, jf)[0]
+    region, tiles, intervals = projection._tiles(candidate[None] * 255, jf, *projection._file_tensors(jf, device))[0]
     bounds = intervals.bounds(0.5, torch.float32)
     ycc = rgb_to_ycbcr(tiles)
     tile_mp = tiles.shape[0] * tiles.shape[-1] * tiles.shape[-2] / 1e6

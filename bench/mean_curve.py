@@ -6,7 +6,8 @@ MODEL_CARD.md ran this on two runs trained side by side.
     python bench/mean_curve.py RUN_DIR [--raw] [--data DIR]
 
 --raw measures the trained weights (generator.safetensors) instead of their EMA: in a short study
-the EMA lags by about 1 / (1 - ema) steps, which biases the comparison against the slower model.
+the EMA lags by about ema_half_life_images / ln 2 images, which biases the comparison against the
+slower model.
 One JSON line per checkpoint, appended to RUN_DIR/mean_curve[_raw].jsonl too (measured ones are skipped).
 """
 

@@ -89,14 +89,14 @@ class TrainConfig:
     stage: str = "posterior"  # "mmse" (L2 regression: the MMSE estimator) or "posterior" (GAN with all penalties)
     out_dir: str = "runs/default"  # run folder: checkpoints, validation grids, TensorBoard logs
     steps: int = 1000  # optimizer steps of the whole run
-    batch_size: int = 32  # crops per step, over all processes
+    batch_size: int = 32  # crops per micro-batch and process (a step: batch_size x grad_accumulation x processes)
     grad_accumulation: int = 1  # micro-batches accumulated per step
     mixed_precision: str = "fp32"  # autocast precision: "fp32" (none), "bf16" or "fp16"
     device: str = "auto"  # "auto" (the accelerator when present) or "cpu"
     seed: int = 0  # seed of initialisation, data order and noise
-    ema: float = 0.999  # per-step decay of the EMA copy of G that checkpoints publish
+    ema_half_life_images: float = 22000.0  # training images (all processes) over which an old weight's share in the EMA copy of G that checkpoints publish halves
     channels_last: bool = False  # NHWC memory layout for the convolutions
-    compile: bool = False  # torch.compile G and the critic
+    compile: bool = False  # torch.compile G's training forward (the critic stays eager: R1 differentiates it twice, which compiled graphs do not support)
     log_every: int = 10  # steps between log lines (console and TensorBoard)
     val_every: int = 500  # steps between validation grids
     val_images: int = 4  # images per validation grid
@@ -116,6 +116,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizers
 
     def __post_init__(self):
+        if self.ema_half_life_images <= 0:
+            raise ConfigError(f"ema_half_life_images must be > 0, got {self.ema_half_life_images}")
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
         if self.mixed_precision not in PRECISIONS:
@@ -192,9 +194,29 @@ def _reason(error: OmegaConfBaseException) -> str:
     return f"{key}: {message}" if key and key not in message else message
 
 
+# Keys that meant something else before, per schema: the error says what to write instead (a silent
+# default, or OmegaConf's bare "not in TrainConfig", would leave the user guessing).
+RETIRED_KEYS = {
+    TrainConfig: {
+        "ema": "ema (a decay per step) is now ema_half_life_images, the images over which an old weight's share "
+               "halves: write ema_half_life_images: N with N = images per step x ln(0.5) / ln(ema) "
+               "(ema 0.999 at 32 images per step: 22170)",
+    },
+}
+
+
+def refuse_retired_keys(schema, nodes: list, source) -> None:
+    """ConfigError for a top-level key of `nodes` that `schema` no longer has (RETIRED_KEYS)."""
+    for node in nodes:
+        for key, message in RETIRED_KEYS.get(schema, {}).items():
+            if key in node:
+                raise ConfigError(f"{source}: {message}")
+
+
 def build_structured(schema, nodes: list, source):
     """Defaults of the dataclass `schema` <- each of `nodes` in turn -> a validated instance; unknown
     keys, wrong types and failed checks become one-line ConfigErrors that name `source`."""
+    refuse_retired_keys(schema, nodes, source)
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), *nodes))
     except OmegaConfBaseException as error:
@@ -226,7 +248,9 @@ def show_config(program: str, schema, path: str | None, overrides: list[str]) ->
     what a key's value must satisfy together with others is checked when the job starts, so an
     incomplete config can still be listed."""
     try:
-        node = OmegaConf.merge(OmegaConf.structured(schema), *_sources(path, overrides))
+        nodes = _sources(path, overrides)
+        refuse_retired_keys(schema, nodes, path or "config")
+        node = OmegaConf.merge(OmegaConf.structured(schema), *nodes)
     except ConfigError as error:
         print(f"{program}: {error}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ chroma is one flat tint (a gray photo stored as YCbCr, see `JpegFile.flat_chroma
 decode's chroma: G's colour there would be speckle that nothing in the file supports.
 """
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
@@ -126,13 +127,14 @@ def tile_spans(length: int, tile: int | None, overlap: int) -> list[tuple[int, i
     return [(start, min(start + size, length)) for start in starts]
 
 
-def _ramp(start: int, end: int, length: int, overlap: int) -> torch.Tensor:
+def _ramp(start: int, end: int, length: int, overlap: int, device=None) -> torch.Tensor:
     """Blending weights of one tile along one axis: 1 inside, rising linearly over `overlap`
-    pixels from an edge shared with another tile (never at the image's own edges)."""
-    weights = torch.ones(end - start)
+    pixels from an edge shared with another tile (never at the image's own edges); built on
+    `device`, so that blending never copies from the host."""
+    weights = torch.ones(end - start, device=device)
     if overlap == 0:
         return weights
-    rise = (torch.arange(overlap) + 0.5) / overlap  # tiles are longer than the overlap (tile_spans)
+    rise = (torch.arange(overlap, device=device) + 0.5) / overlap  # tiles are longer than the overlap (tile_spans)
     if start > 0:
         weights[:overlap] = torch.minimum(weights[:overlap], rise)
     if end < length:
@@ -306,8 +308,8 @@ class Sampler:
         weight = torch.zeros(height, width, device=self.device)
         for top, bottom in rows:
             for left, right in cols:
-                ramp = (_ramp(top, bottom, height, self.overlap)[:, None]
-                        * _ramp(left, right, width, self.overlap)).to(self.device)
+                ramp = (_ramp(top, bottom, height, self.overlap, self.device)[:, None]
+                        * _ramp(left, right, width, self.overlap, self.device))
                 out = self._run(network, y[:, top:bottom, left:right], tables, seeds, top, left)
                 total[:, :, top:bottom, left:right] += out * ramp
                 weight[top:bottom, left:right] += ramp
@@ -319,7 +321,8 @@ class Sampler:
         noise; float32 on the model's device."""
         noise = PositionalNoise(seeds, top // UNSHUFFLE, left // UNSHUFFLE, self.device)
         count = len(seeds)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        reduced = self.dtype != torch.float32  # autocast only then: fp32 runs on any device, even "meta"
+        with torch.autocast(self.device.type, dtype=self.dtype) if reduced else contextlib.nullcontext():
             out = network(y.expand(count, -1, -1, -1), tables.expand(count, -1, -1, -1), noise)
         return out.float()
 

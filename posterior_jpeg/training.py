@@ -61,6 +61,22 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
         e.copy_(b)
 
 
+def _compiled(model: torch.nn.Module):
+    """torch.compile of G's training forward. It wraps the prepared (DDP) module, the order PyTorch
+    documents for DDP and Accelerate follows: DDPOptimizer then splits the graph at the gradient
+    buckets so that their all-reduce overlaps the backward. Every call marks the batch dimension
+    dynamic, so moment steps (batch + moment_images x moment_samples) run the graph of the other
+    steps instead of compiling one of their own."""
+    compiled = torch.compile(model)
+
+    def forward(y: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.maybe_mark_dynamic(y, 0)
+        torch._dynamo.maybe_mark_dynamic(tables, 0)
+        return compiled(y, tables)
+
+    return forward
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     """Peak memory so far: CUDA's allocator peak on a GPU, the process's peak RSS on a CPU."""
     if device.type == "cuda":
@@ -94,8 +110,150 @@ def _consistency(cfg: TrainConfig, fake: torch.Tensor, batch: dict) -> torch.Ten
     return total
 
 
+def _ema_beta(cfg: TrainConfig, world: int) -> float:
+    """The EMA's decay per optimizer step from its half-life in images (edm's convention): the same
+    half-life averages over the same number of images whatever the batch size or process count."""
+    return 0.5 ** (cfg.batch_size * cfg.grad_accumulation * world / cfg.ema_half_life_images)
+
+
+class MmseStage:
+    """Stage "mmse": G alone learns E[x | y] with an L2 loss; no other model or optimizer."""
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        pass  # nothing of its own to place or wrap
+
+    def models(self, accelerator: Accelerator) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+    def step(self, trainer: "Trainer", batch: dict) -> dict[str, torch.Tensor]:
+        accelerator = trainer.accelerator
+        with accelerator.accumulate(trainer.generator):
+            with accelerator.autocast():
+                prediction = trainer.forward_g(batch["y"], batch["qtables"])
+            loss = F.mse_loss(prediction.float(), batch["x"])
+            accelerator.backward(loss)
+            trainer.opt_g.step()
+            trainer.opt_g.zero_grad(set_to_none=True)
+        return {"mse": loss.detach()}
+
+
+class PosteriorStage:
+    """Stage "posterior": G against the critic (non-saturating GAN with lazy R1), plus the consistency
+    penalty, the moment penalties and the VGG perceptual loss, each weighted by its schedule. `xbar`
+    (eq. 7's frozen posterior mean: the anchor's M, or mmse_model) and `vgg` exist only when a
+    nonzero weight needs them."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, generator: torch.nn.Module):
+        self.cfg = cfg
+        self.critic = build_critic(cfg.critic)
+        self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=cfg.optim.critic_lr(0, cfg.steps),
+                                      betas=tuple(cfg.optim.betas))
+        self.xbar = generator.mean if cfg.anchor else None
+        if cfg.mmse_model and cfg.loss.second_moment.start + cfg.loss.second_moment.end > 0:
+            self.xbar, _ = checkpoints.load_generator(cfg.mmse_model, accelerator.device)
+            self.xbar.requires_grad_(False)
+        self.vgg = None
+        if cfg.loss.perceptual.start + cfg.loss.perceptual.end > 0:
+            self.vgg = VGGFeatures(cfg.loss.vgg_weights).to(accelerator.device)
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        self.critic, self.opt_d = accelerator.prepare(self.critic, self.opt_d)
+
+    def models(self, accelerator: Accelerator) -> dict[str, torch.nn.Module]:
+        return {"critic": accelerator.unwrap_model(self.critic)}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer_critic": self.opt_d}
+
+    def _weights(self, step: int) -> dict[str, float]:
+        loss, total = self.cfg.loss, self.cfg.steps
+        return {name: getattr(loss, name)(step, total) for name in
+                ("adversarial", "r1", "consistency", "first_moment", "second_moment", "perceptual")}
+
+    def step(self, trainer: "Trainer", batch: dict) -> dict[str, torch.Tensor]:
+        _set_lr(self.opt_d, self.cfg.optim.critic_lr(trainer.step, self.cfg.steps))
+        weights = self._weights(trainer.step)
+        with trainer.accelerator.accumulate(trainer.generator, self.critic):
+            result = self._critic_step(trainer, batch, weights)
+            result.update(self._generator_step(trainer, batch, weights))
+        return result
+
+    def _critic_step(self, trainer: "Trainer", batch: dict, weights: dict) -> dict[str, torch.Tensor]:
+        cfg, accelerator = self.cfg, trainer.accelerator
+        with torch.no_grad(), accelerator.autocast():
+            fake = accelerator.unwrap_model(trainer.generator)(batch["y"], batch["qtables"])
+        apply_r1 = trainer.step % cfg.loss.r1_every == 0 and weights["r1"] > 0
+        real = batch["x"].detach().requires_grad_(apply_r1)
+        condition = batch["y"] if cfg.critic.conditional else None
+        with accelerator.autocast():
+            real_logits = self.critic(real, condition)
+            fake_logits = self.critic(fake.float(), condition)
+        loss = losses.adversarial_d(real_logits.float(), fake_logits.float())
+        result = {"d_loss": loss.detach(), "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
+        if apply_r1:  # lazy R1: every r1_every steps, scaled up by r1_every
+            r1 = losses.r1_penalty(real, real_logits.float(), weights["r1"])
+            loss = loss + cfg.loss.r1_every * r1
+            result["r1"] = r1.detach()
+        accelerator.backward(loss)
+        self.opt_d.step()
+        self.opt_d.zero_grad(set_to_none=True)
+        return result
+
+    def _generator_step(self, trainer: "Trainer", batch: dict, weights: dict) -> dict[str, torch.Tensor]:
+        cfg, loss_cfg, accelerator = self.cfg, self.cfg.loss, trainer.accelerator
+        n = batch["y"].shape[0]
+        moments = trainer.step % loss_cfg.moments_every == 0 and (
+            weights["first_moment"] > 0 or (self.xbar is not None and weights["second_moment"] > 0)
+        )
+        y, tables = batch["y"], batch["qtables"]
+        if moments:  # one G call for the batch and the K draws per moment image (DDP wants one forward)
+            p, k = loss_cfg.moment_images, loss_cfg.moment_samples
+            y = torch.cat([y, y[:p].repeat_interleave(k, dim=0)])
+            tables = torch.cat([tables, tables[:p].repeat_interleave(k, dim=0)])
+        with accelerator.autocast():
+            output = trainer.forward_g(y, tables)
+        output = output.float()
+        fake = output[:n]
+        critic = accelerator.unwrap_model(self.critic)
+        critic.requires_grad_(False)
+        with accelerator.autocast():
+            logits = critic(fake, batch["y"] if cfg.critic.conditional else None)
+        critic.requires_grad_(True)
+        adversarial = losses.adversarial_g(logits.float())
+        consistency = _consistency(cfg, fake, batch)
+        total = weights["adversarial"] * adversarial + weights["consistency"] * consistency
+        result = {"g_adv": adversarial.detach(), "consistency": consistency.detach()}
+        if moments:
+            samples = output[n:].reshape(p, k, *fake.shape[1:])
+            first = losses.first_moment(samples, batch["x"][:p])
+            total = total + weights["first_moment"] * first
+            result["first_moment"] = first.detach()
+            if self.xbar is not None and weights["second_moment"] > 0:
+                if loss_cfg.second_moment_kind == "eq7":
+                    with torch.no_grad():
+                        xbar = self.xbar(batch["y"][:p], batch["qtables"][:p]).float()
+                    second = losses.second_moment(samples, batch["x"][:p], xbar)
+                else:
+                    second = losses.std_maximisation(samples)
+                total = total + weights["second_moment"] * second
+                result["second_moment"] = second.detach()
+        if self.vgg is not None and weights["perceptual"] > 0:
+            perceptual = losses.perceptual(self.vgg, fake, batch["x"])
+            total = total + weights["perceptual"] * perceptual
+            result["perceptual"] = perceptual.detach()
+        accelerator.backward(total)
+        trainer.opt_g.step()
+        trainer.opt_g.zero_grad(set_to_none=True)
+        result["g_total"] = total.detach()
+        return result
+
+
 class Trainer:
-    """Owns the models, optimizers and state of one run; `run()` trains to cfg.steps."""
+    """Owns what both stages share (G, its EMA and optimizer, the accelerator, checkpoints and the
+    loop) and the stage (`MmseStage` or `PosteriorStage`) that owns the rest; `run()` trains to cfg.steps."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -121,32 +279,17 @@ class Trainer:
             else:
                 checkpoints.load_weights(self.generator, weights, "this run's generator (init_from)")
         self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
-        betas = tuple(cfg.optim.betas)
+        self.ema_beta = _ema_beta(cfg, self.accelerator.num_processes)
         trained = [p for p in self.generator.parameters() if p.requires_grad]  # an anchor's M stays frozen
-        self.opt_g = torch.optim.Adam(trained, lr=cfg.optim.lr(0, cfg.steps), betas=betas)
-        posterior = cfg.stage == "posterior"
-        self.critic = build_critic(cfg.critic) if posterior else None
-        self.opt_d = (
-            torch.optim.Adam(self.critic.parameters(), lr=cfg.optim.critic_lr(0, cfg.steps), betas=betas)
-            if posterior else None
-        )
-        self.mmse = self.generator.mean if cfg.anchor else None
-        if posterior and cfg.mmse_model and cfg.loss.second_moment.start + cfg.loss.second_moment.end > 0:
-            self.mmse, _ = checkpoints.load_generator(cfg.mmse_model, self.accelerator.device)
-            self.mmse.requires_grad_(False)
-        self.vgg = None
-        if posterior and cfg.loss.perceptual.start + cfg.loss.perceptual.end > 0:
-            self.vgg = VGGFeatures(cfg.loss.vgg_weights).to(self.accelerator.device)
+        self.opt_g = torch.optim.Adam(trained, lr=cfg.optim.lr(0, cfg.steps), betas=tuple(cfg.optim.betas))
+        self.stage = (PosteriorStage(cfg, self.accelerator, self.generator) if cfg.stage == "posterior"
+                      else MmseStage())
         if cfg.channels_last:
             self.generator = self.generator.to(memory_format=torch.channels_last)
-        if posterior:
-            self.generator, self.critic, self.opt_g, self.opt_d = self.accelerator.prepare(
-                self.generator, self.critic, self.opt_g, self.opt_d
-            )
-        else:
-            self.generator, self.opt_g = self.accelerator.prepare(self.generator, self.opt_g)
+        self.generator, self.opt_g = self.accelerator.prepare(self.generator, self.opt_g)
+        self.stage.prepare(self.accelerator)
         self.ema.to(self.accelerator.device)
-        self.forward_g = torch.compile(self.generator) if cfg.compile else self.generator
+        self.forward_g = _compiled(self.generator) if cfg.compile else self.generator
         self.step = 0
         self.last_logged: dict[str, float] = {}  # the latest gathered losses, as every process saw them
         # every model was built from the same seed on every rank; from here each rank draws its own
@@ -159,17 +302,10 @@ class Trainer:
     # ----------------------------------------------------------------------------- state
     def _models(self) -> dict[str, torch.nn.Module]:
         """The trained models by checkpoint file name (the EMA is saved as the inference weights)."""
-        models = {"generator": self.accelerator.unwrap_model(self.generator)}
-        if self.critic is not None:
-            models["critic"] = self.accelerator.unwrap_model(self.critic)
-        return models
+        return {"generator": self.accelerator.unwrap_model(self.generator), **self.stage.models(self.accelerator)}
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        optimizers = {"optimizer_generator": self.opt_g}
-        if self.opt_d is not None:
-            optimizers["optimizer_critic"] = self.opt_d
-        return optimizers
-
+        return {"optimizer_generator": self.opt_g, **self.stage.optimizers()}
     def _resume(self) -> None:
         """Continue from the newest checkpoint whose every file loads and fits (resume=auto) or from
         the one given, and say which checkpoints were passed over and why. A run folder with
@@ -221,103 +357,11 @@ class Trainer:
         return final
 
     # ----------------------------------------------------------------------------- steps
-    def _weights(self) -> dict[str, float]:
-        loss, total = self.cfg.loss, self.cfg.steps
-        return {name: getattr(loss, name)(self.step, total) for name in
-                ("adversarial", "r1", "consistency", "first_moment", "second_moment", "perceptual")}
-
-    def _mmse_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        with self.accelerator.accumulate(self.generator):
-            with self.accelerator.autocast():
-                prediction = self.forward_g(batch["y"], batch["qtables"])
-            loss = F.mse_loss(prediction.float(), batch["x"])
-            self.accelerator.backward(loss)
-            self.opt_g.step()
-            self.opt_g.zero_grad(set_to_none=True)
-        return {"mse": loss.detach()}
-
-    def _critic_step(self, batch: dict, weights: dict) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        with torch.no_grad(), self.accelerator.autocast():
-            fake = self.accelerator.unwrap_model(self.generator)(batch["y"], batch["qtables"])
-        apply_r1 = self.step % cfg.loss.r1_every == 0 and weights["r1"] > 0
-        real = batch["x"].detach().requires_grad_(apply_r1)
-        condition = batch["y"] if cfg.critic.conditional else None
-        with self.accelerator.autocast():
-            real_logits = self.critic(real, condition)
-            fake_logits = self.critic(fake.float(), condition)
-        loss = losses.adversarial_d(real_logits.float(), fake_logits.float())
-        result = {"d_loss": loss.detach(), "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
-        if apply_r1:  # lazy R1: every r1_every steps, scaled up by r1_every
-            r1 = losses.r1_penalty(real, real_logits.float(), weights["r1"])
-            loss = loss + cfg.loss.r1_every * r1
-            result["r1"] = r1.detach()
-        self.accelerator.backward(loss)
-        self.opt_d.step()
-        self.opt_d.zero_grad(set_to_none=True)
-        return result
-
-    def _generator_step(self, batch: dict, weights: dict) -> dict[str, torch.Tensor]:
-        cfg, loss_cfg = self.cfg, self.cfg.loss
-        n = batch["y"].shape[0]
-        moments = self.step % loss_cfg.moments_every == 0 and (
-            weights["first_moment"] > 0 or (self.mmse is not None and weights["second_moment"] > 0)
-        )
-        y, tables = batch["y"], batch["qtables"]
-        if moments:  # one G call for the batch and the K draws per moment image (DDP wants one forward)
-            p, k = loss_cfg.moment_images, loss_cfg.moment_samples
-            y = torch.cat([y, y[:p].repeat_interleave(k, dim=0)])
-            tables = torch.cat([tables, tables[:p].repeat_interleave(k, dim=0)])
-        with self.accelerator.autocast():
-            output = self.forward_g(y, tables)
-        output = output.float()
-        fake = output[:n]
-        critic = self.accelerator.unwrap_model(self.critic)
-        critic.requires_grad_(False)
-        with self.accelerator.autocast():
-            logits = critic(fake, batch["y"] if cfg.critic.conditional else None)
-        critic.requires_grad_(True)
-        adversarial = losses.adversarial_g(logits.float())
-        consistency = _consistency(cfg, fake, batch)
-        total = weights["adversarial"] * adversarial + weights["consistency"] * consistency
-        result = {"g_adv": adversarial.detach(), "consistency": consistency.detach()}
-        if moments:
-            samples = output[n:].reshape(p, k, *fake.shape[1:])
-            first = losses.first_moment(samples, batch["x"][:p])
-            total = total + weights["first_moment"] * first
-            result["first_moment"] = first.detach()
-            if self.mmse is not None and weights["second_moment"] > 0:
-                if loss_cfg.second_moment_kind == "eq7":
-                    with torch.no_grad():
-                        xbar = self.mmse(batch["y"][:p], batch["qtables"][:p]).float()
-                    second = losses.second_moment(samples, batch["x"][:p], xbar)
-                else:
-                    second = losses.std_maximisation(samples)
-                total = total + weights["second_moment"] * second
-                result["second_moment"] = second.detach()
-        if self.vgg is not None and weights["perceptual"] > 0:
-            perceptual = losses.perceptual(self.vgg, fake, batch["x"])
-            total = total + weights["perceptual"] * perceptual
-            result["perceptual"] = perceptual.detach()
-        self.accelerator.backward(total)
-        self.opt_g.step()
-        self.opt_g.zero_grad(set_to_none=True)
-        result["g_total"] = total.detach()
-        return result
-
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        _set_lr(self.opt_g, cfg.optim.lr(self.step, cfg.steps))
-        if cfg.stage == "mmse":
-            result = self._mmse_step(batch)
-        else:
-            _set_lr(self.opt_d, cfg.optim.critic_lr(self.step, cfg.steps))
-            weights = self._weights()
-            with self.accelerator.accumulate(self.generator, self.critic):
-                result = self._critic_step(batch, weights)
-                result.update(self._generator_step(batch, weights))
+        _set_lr(self.opt_g, self.cfg.optim.lr(self.step, self.cfg.steps))
+        result = self.stage.step(self, batch)
         if self.accelerator.sync_gradients:
-            _update_ema(self.ema, self.accelerator.unwrap_model(self.generator), cfg.ema)
+            _update_ema(self.ema, self.accelerator.unwrap_model(self.generator), self.ema_beta)
         return result
 
     # ----------------------------------------------------------------------------- validation

@@ -208,7 +208,7 @@ def test_a_model_survives_a_change_of_the_training_config(good, tmp_path):
     folder = tmp_path / "checkpoint"
     shutil.copytree(good, folder)
     config = folder / checkpoints.CONFIG
-    config.write_text(config.read_text().replace("ema:", "ema_half_life_renamed:") + "no_longer_a_key: 1\n")
+    config.write_text(config.read_text().replace("ema_half_life_images:", "ema_renamed_again:") + "no_longer_a_key: 1\n")
     with pytest.raises(ConfigError):
         load_config(config)  # the training config itself no longer loads
     generator, model = checkpoints.load_generator(folder)
@@ -224,7 +224,7 @@ def test_an_old_checkpoint_is_migrated_from_the_generator_section_of_its_config(
     shutil.copytree(good, folder)
     (folder / checkpoints.MODEL).unlink()
     config = folder / checkpoints.CONFIG
-    config.write_text(config.read_text().replace("ema:", "ema_half_life_renamed:").replace("  r1_every: 4\n", ""))
+    config.write_text(config.read_text().replace("ema_half_life_images:", "ema_renamed_again:").replace("  r1_every: 4\n", ""))
     _, model = checkpoints.load_generator(folder)
     assert model.generator == load_config(ROOT / "configs" / "tiny.yaml").generator and model.mean_generator is None
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import posterior_jpeg as pj
-from posterior_jpeg.jpeg import codec, dct, subsampling, tables
+from posterior_jpeg.jpeg import codec, color, dct, subsampling, tables
 
 QUALITIES = [5, 10, 25, 50, 75, 95]
 PILLOW_MODES = ["4:4:4", "4:2:2", "4:2:0"]
@@ -160,3 +160,34 @@ def test_closer_to_libjpeg_than_kornia(natural_rgb, pillow_jpeg):
         assert ours_error < 1.0, ours_error
         assert ours_error < kornia_error, (quality, ours_error, kornia_error)
         assert kornia_vs_ours < 4.0, kornia_vs_ours
+
+
+def test_codec_constants_are_built_once_per_dtype_and_device():
+    """Loops that encode or project every pass reuse one tensor per (dtype, device) instead of
+    building (or copying to the GPU) the colour, DCT and rounding constants each call."""
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    assert dct.block_dct_matrix(torch.float32, cpu) is dct.block_dct_matrix(torch.float32, cpu)
+    assert dct.block_dct_matrix(torch.float64, cpu).dtype == torch.float64
+    assert dct.block_dct_matrix(torch.float32, meta).device == meta
+    image = torch.rand(1, 3, 16, 16)
+    assert color.ycc_offset(image) is color.ycc_offset(image.clone())
+    assert color.ycc_to_rgb_matrix() is color.ycc_to_rgb_matrix(torch.float32, "cpu")
+    first = subsampling._round_bias(8, 16, (2, 2), image)
+    assert first.data_ptr() == subsampling._round_bias(3, 16, (2, 2), image).data_ptr()
+    assert first[0, 0, :4].tolist() == [1.0, 2.0, 1.0, 2.0]
+
+
+def test_the_codec_and_projection_steps_follow_their_input_to_any_device():
+    """On the "meta" device a constant left on the host would raise (device mismatch): every
+    constant of the colour, DCT, subsampling and projection steps is made on the input's device."""
+    from posterior_jpeg.jpeg import projection
+
+    meta = torch.device("meta")
+    images = torch.empty(2, 3, 32, 48, device=meta)
+    tables_ = torch.empty(2, 2, 8, 8, device=meta)
+    for mode in ("4:4:4", "4:2:2", "4:2:0"):
+        assert all(p.device == meta for p in codec.component_planes(images, mode, libjpeg_rounding=False))
+        coefficients, decoded = codec.roundtrip(images, tables_, mode)  # libjpeg's rounding, exact DCT
+        assert decoded.device == meta and all(c.device == meta for c in coefficients)
+    assert projection.gamut_projection(color.rgb_to_ycbcr(images)).device == meta
+    assert dct.idct_blocks(torch.empty(4, 8, 8, device=meta)).device == meta

@@ -218,3 +218,34 @@ def test_each_candidate_is_projected_as_if_alone(natural_rgb, pillow_jpeg, quali
         assert torch.equal(together.images[i], alone.images), i
         assert torch.equal(together.floats[i], alone.floats), i
         assert together.differing_coefficients[i] == alone.differing_coefficients, i
+
+
+def test_the_float_alternation_checks_convergence_every_few_passes_not_every_pass(natural_rgb, pillow_jpeg, monkeypatch):
+    """Each convergence check reads a result on the host (a GPU synchronisation); the alternation
+    runs them every _CHECK_EVERY passes. Counted with a dispatch mode: the ops that wait for the
+    device (nonzero, item) against the passes run."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from posterior_jpeg.jpeg import projection as module
+
+    waits = {torch.ops.aten.nonzero.default, torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default}
+
+    class CountWaits(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            CountWaits.count += func in waits
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(module, "_CUBE_TOLERANCE", -1.0)  # no tile ever counts as done: every pass runs
+    monkeypatch.setattr(module, "_STALL", float("inf"))
+    jf = pj.read_jpeg(pillow_jpeg(natural_rgb(64, 96, 11), quality=90))
+    _, tiles, intervals = module._tiles(jf.decode()[None] * 255, jf, *module._file_tensors(jf, "cpu"))[0]
+    passes = []
+    original = module.interval_projection
+    monkeypatch.setattr(module, "interval_projection", lambda *a: passes.append(1) or original(*a))
+    settings = dict(margin=2.0, float_passes=64, relaxation=1.5)
+    with CountWaits():
+        module._float_solve(rgb_to_ycbcr(tiles), intervals, settings, descent=False)
+    checks = -(-len(passes) // module._CHECK_EVERY) + 1  # and the last pass
+    assert len(passes) == 64 and 0 < CountWaits.count <= 2 * checks + 1 < len(passes)

@@ -23,7 +23,7 @@ from posterior_jpeg.cli import main as cli_main
 from posterior_jpeg.config import load_config
 from posterior_jpeg.jpeg import tables
 from posterior_jpeg.jpeg.color import rgb_to_ycbcr
-from posterior_jpeg.models.generator import GeneratorConfig, build_generator
+from posterior_jpeg.models.generator import AnchoredGenerator, GeneratorConfig, build_generator
 from posterior_jpeg.sample_cli import apply_orientation, expand_inputs, main, undo_orientation
 from posterior_jpeg.sampler import PositionalNoise, Sampler, normal_from_bits, tile_spans
 
@@ -139,6 +139,35 @@ def test_tile_spans_cover_the_axis_on_a_16_pixel_grid():
         assert all(start % 16 == 0 and end - start <= 256 for start, end in spans)
         assert all(a[1] - b[0] >= 32 for a, b in zip(spans, spans[1:]))
     assert tile_spans(1000, 0, 32) == tile_spans(1000, None, 32) == [(0, 1000)]
+
+
+def test_tiles_blending_and_noise_stay_on_the_model_device():
+    """On the "meta" device any host tensor mixed into a tile, a blending weight or the noise would
+    raise (device mismatch): the sampler's work stays on the model's device until the one copy out."""
+    for generator in (build_generator("tiny"), AnchoredGenerator(build_generator(
+            GeneratorConfig(trunk="plain", features=8, blocks=1, noise=False)), build_generator("tiny"), True)):
+        sampler = Sampler(generator, "tiny", device="meta", tile=32, overlap=16)
+        y, tables_ = torch.empty(3, 48, 64, device="meta"), torch.empty(3, 8, 8, device="meta")
+        out = sampler.generate(y, tables_, [0, 1])
+        assert out.device.type == "meta" and out.shape == (2, 3, 48, 64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_sampler_matches_the_cpu_and_its_samples_are_exact(checkpoint, natural_rgb, pillow_jpeg, monkeypatch):
+    """Tiled, blended and projected on the GPU: fp32 raw samples agree with the CPU's (TF32
+    convolutions off, which would round to 10 bits), bf16 ones (the GPU default) are close, and the
+    projected samples re-encode to the file's coefficients."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    jf = pj.read_jpeg(pillow_jpeg(natural_rgb(200, 280, 5), quality=30))
+    cpu = Sampler.from_checkpoint(checkpoint, "cpu", "fp32", tile=128, overlap=32).sample(jf, 2, seed=1, project=False)
+    cuda = Sampler.from_checkpoint(checkpoint, "cuda", "fp32", tile=128, overlap=32)
+    assert cuda.device.type == "cuda" and (cuda.sample(jf, 2, seed=1, project=False) - cpu).abs().max() <= 1e-4
+    bf16 = Sampler.from_checkpoint(checkpoint, "cuda", "auto", tile=128, overlap=32)
+    assert bf16.dtype == torch.bfloat16
+    projected = bf16.sample(jf, 2, seed=1)
+    assert projected.device.type == "cpu" and (projected - cpu).abs().mean() <= 4 / 255
+    assert pj.metrics.coefficient_agreement(projected, jf).coefficients >= 0.9999
 
 
 def _tiling_error(checkpoint, jf, overlap):

@@ -1,5 +1,6 @@
 """Training: configs, a tiny run end to end, exact resume, and two-process DDP on CPU."""
 
+import functools
 import json
 import math
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from posterior_jpeg import checkpoints, losses
@@ -17,7 +19,7 @@ from posterior_jpeg import data as data_module
 from posterior_jpeg.config import ConfigError, load_config
 from posterior_jpeg.data import JpegCropDataset, QualitySampler, collate_jpeg_batch, make_loader
 from posterior_jpeg.jpeg import codec
-from posterior_jpeg.training import Trainer, _consistency, _to_device, train
+from posterior_jpeg.training import MmseStage, Trainer, _consistency, _to_device, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -91,9 +93,15 @@ def test_tiny_run_gives_finite_losses_a_grid_and_a_loadable_checkpoint(tmp_path)
 
 
 def test_mmse_stage_runs(tmp_path):
+    """The MMSE stage holds G alone: no critic, no critic optimizer, in the trainer or its checkpoints."""
     run_dir = train(tiny(tmp_path / "mmse", "stage=mmse", "steps=4", "log_every=2"))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert set(records[0]) >= {"mse", "lr"} and records[-1]["mse"] > 0
+    files = {p.name for p in checkpoints.latest_checkpoint(run_dir).iterdir()}
+    assert "generator.safetensors" in files and not {"critic.safetensors", "optimizer_critic.safetensors"} & files
+    resumed = Trainer(tiny(tmp_path / "mmse", "stage=mmse", "steps=6"))
+    assert resumed.step == 4 and isinstance(resumed.stage, MmseStage)
+    assert set(resumed._models()) == {"generator"} and set(resumed._optimizers()) == {"optimizer_generator"}
 
 
 @pytest.mark.parametrize("kind", ["pixel", "dct"])
@@ -147,6 +155,65 @@ def test_pinned_batches_reach_the_gpu_as_floats():
     moved = _to_device(batch, "cuda")
     assert moved["x"].is_cuda and moved["x"].dtype == torch.float32
     assert torch.equal(moved["y"].cpu(), _to_device(batch, "cpu")["y"])
+
+
+def _compiled_tiny_run(tmp_path, monkeypatch, device: str, backend: str | None = None) -> tuple[list[dict], list[int]]:
+    """A tiny posterior run with bf16 autocast, torch.compile and channels_last on `device`, whose
+    steps alternate moment steps (batch 4 + 2 x 4 draws) and plain ones (batch 4). Returns its log
+    records and dynamo's count of compiled graphs after each step. `backend` (e.g. "aot_eager")
+    replaces Inductor where only dynamo's guards are under test: they decide recompiles, and
+    Inductor takes minutes on a small CPU."""
+    from torch._dynamo.utils import counters
+
+    if backend:
+        monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+    torch._dynamo.reset()
+    counters.clear()
+    graphs, original = [], Trainer.train_step
+
+    def counting(self, batch):
+        result = original(self, batch)
+        graphs.append(counters["stats"]["unique_graphs"])
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", counting)
+    cfg = load_config(TINY, [f"out_dir={tmp_path / device}", "progress=false", f"device={'cpu' if device == 'cpu' else 'auto'}",
+                             "compile=true", "mixed_precision=bf16", "channels_last=true", "steps=3",
+                             "loss.moments_every=2", "log_every=1", "val_every=3", "checkpoint_every=3"])
+    AcceleratorState._reset_state()  # the process-wide state keeps the first run's precision (fp32)
+    try:
+        run_dir = train(cfg)
+    finally:
+        AcceleratorState._reset_state()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return records, graphs
+
+
+def _check_compiled_run(records: list[dict], graphs: list[int]) -> None:
+    assert [r["step"] for r in records] == [1, 2, 3] and "first_moment" in records[0] and "first_moment" not in records[1]
+    assert all(math.isfinite(v) for r in records for v in r.values())
+    assert graphs[0] > 0 and graphs == [graphs[0]] * 3  # the plain step after a moment step compiled nothing new
+
+
+def test_compiled_generator_keeps_one_graph_across_moment_steps(tmp_path, monkeypatch):
+    """bf16 autocast + torch.compile + channels_last on CPU: G's batch dimension is dynamic, so the
+    moment steps' larger batch does not recompile (the unmarked forward compiles a second graph)."""
+    _check_compiled_run(*_compiled_tiny_run(tmp_path, monkeypatch, "cpu", backend="aot_eager"))
+
+
+@pytest.mark.slow
+def test_tiny_run_with_bf16_compile_and_channels_last_on_cpu(tmp_path, monkeypatch):
+    """The same run through Inductor, as a user's compile=true runs (minutes on a small CPU)."""
+    _check_compiled_run(*_compiled_tiny_run(tmp_path, monkeypatch, "cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tiny_run_with_bf16_compile_and_channels_last_on_cuda(tmp_path, monkeypatch):
+    _check_compiled_run(*_compiled_tiny_run(tmp_path, monkeypatch, "cuda"))
+    run_dir = tmp_path / "cuda"
+    generator, _ = checkpoints.load_generator(run_dir, torch.device("cuda"))
+    assert next(generator.parameters()).is_cuda
 
 
 def _weights(folder: Path) -> dict:
@@ -221,7 +288,7 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
         assert torch.equal(anchored_weights[f"mean.{key}"], value)
     assert any(k.startswith("detail.") for k in anchored_weights)
 
-    sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32")
+    sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32", mean_flips=1)  # M once, unflipped
     assert isinstance(sampler.generator, AnchoredGenerator) and sampler.generator.antithetic
     jf = pj.read_jpeg(ROOT / "examples" / "chelsea_q10.jpg")
     y = (jf.decode() * 255).round() / 255
@@ -259,6 +326,26 @@ def test_settings_that_cannot_work_are_refused_at_config_time(tmp_path):
     tiny(tmp_path, "mixed_precision=fp16", "stage=mmse")
     with pytest.raises(ConfigError, match="device must be"):
         tiny(tmp_path, "device=cuda:1")
+
+
+def test_ema_half_life_is_counted_in_images_and_the_old_key_says_what_to_write(tmp_path):
+    """beta = 0.5 ** (images per step / half-life): after half-life images an old weight's share
+    halves, whatever the batch, accumulation or process count. `ema:` (a decay per step) is refused
+    with the key to write instead, from a file, the command line and --print-config."""
+    from posterior_jpeg.training import _ema_beta
+
+    for overrides, world in ((["batch_size=4"], 1), (["batch_size=2", "grad_accumulation=2"], 1), (["batch_size=1", "loss.moment_images=1"], 4)):
+        cfg = tiny(tmp_path, "ema_half_life_images=64", *overrides)
+        assert math.isclose(_ema_beta(cfg, world) ** (64 / 4), 0.5)
+    (tmp_path / "old.yaml").write_text("ema: 0.999\ndata: {train: synthetic}\n")
+    for attempt in (lambda: load_config(tmp_path / "old.yaml"), lambda: tiny(tmp_path, "ema=0.99")):
+        with pytest.raises(ConfigError, match="ema_half_life_images: N"):
+            attempt()
+    with pytest.raises(ConfigError, match="must be > 0"):
+        tiny(tmp_path, "ema_half_life_images=0")
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(tmp_path / "old.yaml"), "--print-config"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "ema_half_life_images" in result.stderr
 
 
 def test_ema_follows_its_decay():

@@ -57,6 +57,11 @@ def _offset(like: torch.Tensor, name: str = "offset") -> torch.Tensor:
     return _constant(name, like.dtype, like.device)
 
 
+def ycc_offset(like: torch.Tensor) -> torch.Tensor:
+    """YCC_OFFSET as [1, 3, 1, 1] in the dtype and on the device of `like` (cached, no copy per call)."""
+    return _offset(like)
+
+
 def rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
     """[N, 3, H, W] RGB in 0..255 -> YCbCr in 0..255 (float, differentiable, not rounded)."""
     return _apply("rgb_to_ycc", rgb) + _offset(rgb)

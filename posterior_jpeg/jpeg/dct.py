@@ -1,5 +1,6 @@
 """8x8 block DCT: the orthonormal float transform, and libjpeg's exact integer one (jfdctint.c)."""
 
+import functools
 import math
 
 import torch
@@ -16,20 +17,23 @@ def dct_matrix(dtype=torch.float32, device=None) -> torch.Tensor:
     return d.to(dtype=dtype, device=device)
 
 
-def _kron_dct(dtype, device) -> torch.Tensor:
+@functools.lru_cache(maxsize=None)
+def block_dct_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The 2-D DCT of a flattened 8x8 block as a [64, 64] matrix (row k: coefficient 8u + v), built
+    once per (dtype, device): the codec and the projection call it every pass, on any device."""
     d = dct_matrix(torch.float64)
     return torch.kron(d, d).to(dtype=dtype, device=device)
 
 
 def dct_blocks(blocks: torch.Tensor) -> torch.Tensor:
     """Forward DCT of [..., 8, 8] blocks (one 64x64 matmul: fast on CPU and GPU alike)."""
-    k = _kron_dct(blocks.dtype, blocks.device)
+    k = block_dct_matrix(blocks.dtype, blocks.device)
     return (blocks.reshape(-1, BLOCK * BLOCK) @ k.T).reshape(blocks.shape)
 
 
 def idct_blocks(coefficients: torch.Tensor) -> torch.Tensor:
     """Inverse of `dct_blocks` (the transform is orthonormal, so this is its transpose)."""
-    k = _kron_dct(coefficients.dtype, coefficients.device)
+    k = block_dct_matrix(coefficients.dtype, coefficients.device)
     return (coefficients.reshape(-1, BLOCK * BLOCK) @ k).reshape(coefficients.shape)
 
 

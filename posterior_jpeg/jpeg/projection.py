@@ -53,8 +53,8 @@ import torch
 
 from . import subsampling
 from .codec import component_tables, plane_blocks
-from .color import rgb_to_gray, rgb_to_ycbcr, round_ycbcr_like_libjpeg, ycbcr_to_rgb, ycc_to_rgb_matrix
-from .dct import BLOCK, blockify, dct_matrix, islow_fdct, unblockify
+from .color import rgb_to_gray, rgb_to_ycbcr, round_ycbcr_like_libjpeg, ycbcr_to_rgb, ycc_offset, ycc_to_rgb_matrix
+from .dct import BLOCK, block_dct_matrix, blockify, dct_matrix, islow_fdct, unblockify
 
 
 @dataclass
@@ -129,13 +129,6 @@ def _block_diagonal_dct(blocks: int, dtype: torch.dtype, device: torch.device) -
 
 
 @functools.lru_cache(maxsize=None)
-def _block_dct(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The 2-D DCT of a flattened 8x8 block as a [64, 64] matrix (row k: coefficient 8u + v)."""
-    d = dct_matrix(torch.float64)
-    return torch.kron(d, d).to(dtype=dtype, device=device)
-
-
-@functools.lru_cache(maxsize=None)
 def _gamut_steps(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows of YCbCr -> RGB [3, 3] and the same rows over their squared norms, as [3, 3, 1, 1]
     (the step of an orthogonal projection onto one RGB slab, in the YCbCr metric)."""
@@ -179,12 +172,13 @@ def gamut_projection(ycc: torch.Tensor, inset: float = 0.0) -> torch.Tensor:
     projection onto each channel's slab in turn (exact projections in the metric of
     `interval_projection`, so alternating them converges). Dense, no indexing: cheap every pass."""
     rows, steps = _gamut_steps(ycc.dtype, ycc.device)
-    centred = ycc - ycc.new_tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1)
+    offset = ycc_offset(ycc)
+    centred = ycc - offset
     for row, step in zip(rows, steps):
         value = torch.einsum("c,nchw->nhw", row, centred)
         excess = value - value.clamp(inset, 255.0 - inset)
         centred = centred - excess.unsqueeze(1) * step
-    return centred + ycc.new_tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1)
+    return centred + offset
 
 
 def _cube_excess(ycc: torch.Tensor, inset: float = 0.0) -> torch.Tensor:
@@ -343,16 +337,15 @@ def _spans(length: int, unit: int) -> list[tuple[int, int, int]]:
     return spans + ([(whole * unit, rest, 1)] if rest else [])
 
 
-def _tiles(images: torch.Tensor, jpeg) -> list[tuple[tuple, torch.Tensor, Intervals]]:
-    """Cut [N, 3, H, W] into MCU tiles, grouped by tile size (interior, right and bottom edges).
+def _tiles(images: torch.Tensor, jpeg, stored: list[torch.Tensor], tables: torch.Tensor) -> list[tuple[tuple, torch.Tensor, Intervals]]:
+    """Cut [N, 3, H, W] into MCU tiles, grouped by tile size (interior, right and bottom edges);
+    `stored` and `tables`: the file's coefficients [1, hb, wb, 8, 8] and tables [1, C, 8, 8].
 
     Returns (region, tiles [K, 3, th, tw], their intervals) per group; region locates the group.
     Tiles are image-major: tile k belongs to image k // (K / N)."""
     n = images.shape[0]
     mode = jpeg.sampling
     mcu = [BLOCK * max(subsampling.component_factors(mode, c)[i] for c in range(len(jpeg.coefficients))) for i in (0, 1)]
-    stored = jpeg.coefficient_tensors(images.device)
-    tables = component_tables(jpeg.qtable_tensor(images.device), 1, len(stored))
     groups = []
     for top, th, rows in _spans(jpeg.height, mcu[0]):
         for left, tw, cols in _spans(jpeg.width, mcu[1]):
@@ -482,37 +475,41 @@ class _Component:
         return self._uncells(moves[0] - moves[1], *rgb.shape[-2:])
 
 
-_RGB_OFFSETS = torch.tensor(list(itertools.product(range(-2, 3), repeat=3)), dtype=torch.float32)
+@functools.lru_cache(maxsize=None)
+def _rgb_offsets(device: torch.device) -> torch.Tensor:
+    """The 125 RGB steps of -2..2 per channel [125, 3] (float64), once per device."""
+    return torch.tensor(list(itertools.product(range(-2, 3), repeat=3)), dtype=torch.float64, device=device)
 
 
 def _rgb_for(ycc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """8-bit RGB pixels [P, 3] whose libjpeg YCbCr is exactly `ycc` [P, 3] (integers): searched among
     the 125 neighbours of the float inverse. Returns (rgb, found)."""
     base = ycbcr_to_rgb(ycc.T[None, :, :, None].double())[0, :, :, 0].T.round()
-    offsets = _RGB_OFFSETS.to(device=ycc.device, dtype=base.dtype)
-    candidates = (base[:, None] + offsets).clamp(0.0, 255.0)  # [P, 125, 3]
+    candidates = (base[:, None] + _rgb_offsets(ycc.device)).clamp(0.0, 255.0)  # [P, 125, 3]
     converted = round_ycbcr_like_libjpeg(rgb_to_ycbcr(candidates.permute(2, 0, 1)[None]))[0].permute(1, 2, 0)
     match = (converted == ycc[:, None].double()).all(-1)
     choice = match.float().argmax(1)
     return candidates[torch.arange(len(ycc), device=ycc.device), choice].to(ycc.dtype), match.any(1)
 
 
-def _block_replicas(out: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=None)
+def _block_replicas(out: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """For a plane of `out` samples padded to whole blocks: per block [nb, 64], the in-block index
-    each padded position copies (itself for real samples), and whether the position is real."""
+    each padded position copies (itself for real samples), and whether the position is real. Built
+    on the host (a lookup per block) once per (size, device): tiles come in a few sizes only."""
     height, width = out
-    index = torch.arange(height * width, dtype=torch.float64, device=device).view(1, height, width)
+    index = torch.arange(height * width, dtype=torch.float64).view(1, height, width)
     blocks = plane_blocks(index)[0].flatten(0, 1).flatten(1).long()  # [nb, 64] plane index per position
     hb, wb = subsampling.block_grid(out)
-    rows = torch.arange(hb * BLOCK, device=device).view(hb, 1, BLOCK, 1).expand(hb, wb, BLOCK, BLOCK)
-    cols = torch.arange(wb * BLOCK, device=device).view(1, wb, 1, BLOCK).expand(hb, wb, BLOCK, BLOCK)
+    rows = torch.arange(hb * BLOCK).view(hb, 1, BLOCK, 1).expand(hb, wb, BLOCK, BLOCK)
+    cols = torch.arange(wb * BLOCK).view(1, wb, 1, BLOCK).expand(hb, wb, BLOCK, BLOCK)
     own = (rows * width + cols).flatten(0, 1).flatten(1)
     real = (rows < height).flatten(0, 1).flatten(1) & (cols < width).flatten(0, 1).flatten(1)
     local = torch.zeros_like(blocks)
     for b in range(blocks.shape[0]):  # at most 4 blocks per tile
         lookup = {int(p): i for i, p in enumerate(own[b].tolist()) if real[b, i]}
-        local[b] = torch.tensor([lookup[int(p)] for p in blocks[b].tolist()], device=device)
-    return local, real
+        local[b] = torch.tensor([lookup[int(p)] for p in blocks[b].tolist()])
+    return local.to(device), real.to(device)
 
 
 def _islow(samples: torch.Tensor) -> torch.Tensor:
@@ -530,7 +527,7 @@ def _descend(samples, replicas, low, high, target_low, target_high, table, setti
     and differs from libjpeg's by under 0.2. Returns each source sample's change [B, 64]."""
     dtype = samples.dtype
     moves = (replicas.view(64, 1) == torch.arange(64, device=samples.device)).to(dtype)  # [position, source]
-    effect = (_block_dct(dtype, samples.device) @ moves).T  # [source, coefficient]
+    effect = (block_dct_matrix(dtype, samples.device) @ moves).T  # [source, coefficient]
     result = torch.zeros_like(samples)
     index = torch.arange(samples.shape[0], device=samples.device)
     change = torch.zeros_like(samples)
@@ -710,10 +707,22 @@ def projection(
         margin=margin, float_passes=float_passes, relaxation=relaxation, widenings=widenings, search_rounds=search_rounds,
         search_steps=search_steps, candidates=candidates, search_inset=search_inset,
     )
-    if batch.shape[0] > 1:  # each on its own: the search's choices never depend on the rest of a batch
-        parts = [projection(candidate, jpeg, **settings) for candidate in batch]
-        fields = [torch.stack([getattr(part, name) for part in parts]) for name in Projection.__dataclass_fields__]
-        return Projection(*fields)
+    stored, tables = _file_tensors(jpeg, batch.device)  # on the candidates' device once, not per candidate
+    # each candidate on its own: the search's choices never depend on the rest of a batch
+    parts = [_project_one(candidate[None], jpeg, stored, tables, settings) for candidate in batch]
+    fields = [torch.cat([getattr(part, name) for part in parts]) for name in Projection.__dataclass_fields__]
+    return Projection(*(field[0] if single else field for field in fields))
+
+
+def _file_tensors(jpeg, device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The file's coefficients (per component [1, hb, wb, 8, 8]) and tables [1, C, 8, 8] on `device`."""
+    stored = jpeg.coefficient_tensors(device)
+    return stored, component_tables(jpeg.qtable_tensor(device), 1, len(stored))
+
+
+def _project_one(batch: torch.Tensor, jpeg, stored: list[torch.Tensor], tables: torch.Tensor, settings: dict) -> Projection:
+    """`projection` of one candidate [1, C, H, W], given the file's coefficients and tables on its device."""
+    gray = jpeg.sampling == subsampling.GRAY
     n = 1
     with torch.no_grad():
         source = batch.float() * 255.0
@@ -721,7 +730,7 @@ def projection(
             source = (rgb_to_gray(source) if source.shape[1] == 3 else source).expand(-1, 3, -1, -1)
         floats, rounded = torch.empty_like(source), torch.empty_like(source)
         failing_blocks, differing, given_up = (torch.zeros(n, dtype=torch.long, device=source.device) for _ in range(3))
-        groups = _tiles(source, jpeg)
+        groups = _tiles(source, jpeg, stored, tables)
         del source  # the tiles hold a copy, and each group goes once done: fewer image-sized tensors at the peak
         while groups:
             region, tiles, intervals = groups.pop(0)
@@ -758,11 +767,10 @@ def projection(
             _untile(rounded, region, eight_bit)
             failing_blocks += blocks.view(n, -1).sum(1)
             differing += coefficients.view(n, -1).sum(1)
-    images_out, floats_out = rounded.div_(255.0).to(images.dtype), floats.div_(255.0).to(images.dtype)
+    images_out, floats_out = rounded.div_(255.0).to(batch.dtype), floats.div_(255.0).to(batch.dtype)
     if batch.shape[1] == 1:  # back with the channel count they came with
         images_out, floats_out = images_out[:, :1].contiguous(), floats_out[:, :1].contiguous()
-    fields = (images_out, floats_out, failing_blocks, differing, given_up)
-    return Projection(*(field[0] if single else field for field in fields))
+    return Projection(images_out, floats_out, failing_blocks, differing, given_up)
 
 
 def project(images: torch.Tensor, jpeg, **settings) -> torch.Tensor:

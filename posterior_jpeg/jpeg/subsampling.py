@@ -1,5 +1,6 @@
 """Chroma subsampling: modes, component geometry, libjpeg's downsampling and fancy upsampling."""
 
+import functools
 import math
 
 import torch
@@ -46,17 +47,23 @@ def pad_replicate(plane: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(plane.unsqueeze(1), (0, width - w, 0, height - h), mode="replicate").squeeze(1)
 
 
-def _round_bias(out_h: int, out_w: int, factors: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-    """libjpeg's rounding offsets: h2v2 adds 1,2,1,2.. per column, h2v1 adds 0,1,0,1.., others k/2."""
+@functools.lru_cache(maxsize=256)
+def _bias_row(out_w: int, factors: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One row of `_round_bias`, built once per (width, factors, dtype, device): the projection's
+    exact checks ask for it every pass, on the device of the tiles."""
     count = factors[0] * factors[1]
     if factors == (2, 2):
-        pattern = torch.tensor([1.0, 2.0])
+        pattern = [1.0, 2.0]
     elif factors == (1, 2):
-        pattern = torch.tensor([0.0, 1.0])
+        pattern = [0.0, 1.0]
     else:
-        pattern = torch.tensor([float(count // 2)] * 2)
-    bias = pattern.repeat((out_w + 1) // 2)[:out_w]
-    return bias.to(like).view(1, 1, out_w).expand(1, out_h, out_w)
+        pattern = [float(count // 2)] * 2
+    return torch.tensor((pattern * ((out_w + 1) // 2))[:out_w], dtype=dtype, device=device)
+
+
+def _round_bias(out_h: int, out_w: int, factors: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """libjpeg's rounding offsets: h2v2 adds 1,2,1,2.. per column, h2v1 adds 0,1,0,1.., others k/2."""
+    return _bias_row(out_w, factors, like.dtype, like.device).view(1, 1, out_w).expand(1, out_h, out_w)
 
 
 def downsample(plane: torch.Tensor, factors: tuple[int, int], libjpeg_rounding: bool) -> torch.Tensor:
