@@ -256,12 +256,13 @@ class Sampler:
             seeds = list(range(seed + start, seed + min(n, start + self.batch_size)))
             began = perf_counter()
             batch = _file_colour(self.generate(y, tables, seeds), jpeg, decoded)
-            floats = [None] * len(seeds)
             if project:
                 result = projection(batch, jpeg)
-                batch, floats = result.images, result.floats.cpu()
+                batch, floats = torch.stack([result.images, result.floats]).cpu()  # one copy to the host per batch
+            else:
+                batch, floats = batch.cpu(), [None] * len(seeds)
             share = (perf_counter() - began) / len(seeds)
-            for index, image, float_image in zip(seeds, batch.cpu(), floats):  # one copy to the host per batch
+            for index, image, float_image in zip(seeds, batch, floats):
                 yield Sample(index, image, share, float_image)
 
     @torch.no_grad()
