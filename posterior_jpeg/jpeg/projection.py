@@ -188,7 +188,7 @@ def _cube_excess(ycc: torch.Tensor, inset: float = 0.0) -> torch.Tensor:
 
 
 _CHECK_EVERY = 4  # passes between convergence checks (each check is one host synchronisation)
-_STALL = 0.9  # a tile whose distance to the sets fell by less than this factor since the last check stalls
+_STALL = 0.97  # a tile whose distance to the sets fell by less than this factor since the last check stalls
 _CUBE_TOLERANCE = 1e-3  # gray levels outside the cube that count as inside
 _INTERVAL_SLACK = 0.1  # DCT units beyond the shrunk intervals that count as inside (less than any shrink)
 _WIDEN_ABOVE = 0.5  # gray levels outside the cube from which a stalled tile gives up coefficients
