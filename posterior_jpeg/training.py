@@ -408,13 +408,16 @@ class Trainer:
                         disable=not (cfg.progress and accelerator.is_main_process))
         metrics_path = self.run_dir / "metrics.jsonl"
         started, first_step = time.perf_counter(), self.step
+        # each loss as of the last step that computed it: moment and R1 steps come every few steps, and
+        # a log step's own result alone would never show them when its period is a multiple of theirs
+        latest: dict[str, torch.Tensor] = {}
         while self.step < cfg.steps:
             for _ in range(cfg.grad_accumulation):
-                result = self.train_step(_to_device(next(batches), accelerator.device))
+                latest.update(self.train_step(_to_device(next(batches), accelerator.device)))
             self.step += 1
             progress.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                gathered = {k: accelerator.reduce(v.float().reshape(1), "mean").item() for k, v in sorted(result.items())}
+                gathered = {k: accelerator.reduce(v.float().reshape(1), "mean").item() for k, v in sorted(latest.items())}
                 gathered["lr"] = self.opt_g.param_groups[0]["lr"]
                 self.last_logged = gathered
                 accelerator.log(gathered, step=self.step)

@@ -190,7 +190,8 @@ def _compiled_tiny_run(tmp_path, monkeypatch, device: str, backend: str | None =
 
 
 def _check_compiled_run(records: list[dict], graphs: list[int]) -> None:
-    assert [r["step"] for r in records] == [1, 2, 3] and "first_moment" in records[0] and "first_moment" not in records[1]
+    assert [r["step"] for r in records] == [1, 2, 3] and "first_moment" in records[0]
+    assert records[1]["first_moment"] == records[0]["first_moment"]  # a plain step logs the last moment step's value
     assert all(math.isfinite(v) for r in records for v in r.values())
     assert graphs[0] > 0 and graphs == [graphs[0]] * 3  # the plain step after a moment step compiled nothing new
 
@@ -287,6 +288,8 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
     for key, value in mean_weights.items():  # M is frozen inside G
         assert torch.equal(anchored_weights[f"mean.{key}"], value)
     assert any(k.startswith("detail.") for k in anchored_weights)
+    # moment steps are the even-numbered ones (0, 2), the log step 4 runs step 3: eq. 7 is still logged
+    assert "second_moment" in json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
 
     sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32", mean_flips=1)  # M once, unflipped
     assert isinstance(sampler.generator, AnchoredGenerator) and sampler.generator.antithetic
