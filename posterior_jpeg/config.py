@@ -64,7 +64,6 @@ class LossConfig:
     first_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.1, 0.1))  # weight of the first-moment penalty (mean of samples near the target)
     second_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))  # weight of the second-moment penalty (needs an MMSE model or an anchor)
     second_moment_kind: str = "eq7"  # "eq7" (the paper) or "std" (maximise per-pixel std, the authors' variant)
-    second_moment_window: int = 1  # eq. 7 over window x window tiles (1 = per pixel, the paper): see losses.second_moment
     moments_every: int = 8  # every this many steps, the moment penalties run
     moment_images: int = 8  # inputs per moment step (at most batch_size)
     moment_samples: int = 16  # draws of G per moment input
@@ -128,8 +127,6 @@ class TrainConfig:
             raise ConfigError(f"loss.consistency_kind must be 'pixel' or 'dct', got {self.loss.consistency_kind!r}")
         if self.loss.second_moment_kind not in ("eq7", "std"):
             raise ConfigError(f"loss.second_moment_kind must be 'eq7' or 'std', got {self.loss.second_moment_kind!r}")
-        if self.loss.second_moment_window < 1:
-            raise ConfigError(f"loss.second_moment_window must be >= 1, got {self.loss.second_moment_window}")
         if self.anchor and self.mmse_model:
             raise ConfigError("anchor and mmse_model are both set: an anchored G uses its anchor as eq. 7's xbar")
         if self.device not in ("auto", "cpu"):

@@ -77,19 +77,13 @@ def first_moment(samples: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(samples.mean(dim=1), x)
 
 
-def second_moment(samples: torch.Tensor, x: torch.Tensor, xbar: torch.Tensor, window: int = 1) -> torch.Tensor:
+def second_moment(samples: torch.Tensor, x: torch.Tensor, xbar: torch.Tensor) -> torch.Tensor:
     """Paper eq. 7: mean |(x - xbar)^2 - Var_K(samples)|, per pixel and channel.
 
     xbar [P, 3, H, W] is a pretrained MMSE estimate (no gradient is taken through it); the
-    variance over the K samples is unbiased (divides by K - 1), as an estimate of Var_z G.
-    window > 1 averages both terms over window x window tiles first: per pixel, the absolute
-    difference is minimised by the median of (x - xbar)^2, about half its mean for a Gaussian
-    error, and a few draws K give a noisy variance; over a tile both become the local mean."""
+    variance over the K samples is unbiased (divides by K - 1), as an estimate of Var_z G."""
     target = (x - xbar.detach()).pow(2)
-    variance = samples.var(dim=1, correction=1)
-    if window > 1:
-        target, variance = F.avg_pool2d(target, window), F.avg_pool2d(variance, window)
-    return (target - variance).abs().mean()
+    return (target - samples.var(dim=1, correction=1)).abs().mean()
 
 
 def std_maximisation(samples: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -235,7 +235,7 @@ class PosteriorStage:
                 if loss_cfg.second_moment_kind == "eq7":
                     with torch.no_grad():
                         xbar = self.xbar(batch["y"][:p], batch["qtables"][:p]).float()
-                    second = losses.second_moment(samples, batch["x"][:p], xbar, loss_cfg.second_moment_window)
+                    second = losses.second_moment(samples, batch["x"][:p], xbar)
                 else:
                     second = losses.std_maximisation(samples)
                 total = total + weights["second_moment"] * second

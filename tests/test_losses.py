@@ -159,16 +159,6 @@ def test_second_moment_by_hand():
     assert samples.grad.abs().sum() > 0
 
 
-def test_second_moment_over_tiles_compares_local_means():
-    # one image, two draws, 2x2 pixels: per pixel the variance sits where the error is not
-    samples = torch.tensor([[0.0, 2.0], [0.0, 0.0]]).view(1, 1, 1, 2, 2).repeat(1, 2, 1, 1, 1)
-    samples[0, 1] = 0.0  # unbiased variance 2 at the top-right pixel, 0 elsewhere
-    x = torch.tensor([[0.0, 0.0], [0.0, 2.0]]).view(1, 1, 2, 2) ** 0.5  # squared error 2 at the bottom-right
-    xbar = torch.zeros(1, 1, 2, 2)
-    assert losses.second_moment(samples, x, xbar).item() == pytest.approx(4 / 4)  # per pixel: 2 + 2 over 4
-    assert losses.second_moment(samples, x, xbar, window=2).item() == pytest.approx(0.0, abs=1e-6)  # same local mean
-
-
 def test_std_maximisation_by_hand_and_on_collapsed_samples():
     samples = torch.tensor([1.0, 3.0, 2.0, 2.0]).view(2, 2, 1, 1, 1)  # stds sqrt(2) and 0
     assert losses.std_maximisation(samples).item() == pytest.approx(-(math.sqrt(2) + 1e-4) / 2, abs=1e-6)
