@@ -2,7 +2,7 @@
 ../shared/peers/README.md and the weight-free yardsticks of issue 13.
 
     python bench/val_yardsticks.py [--qualities 10 30 90] [--checkpoint CKPT] [--samples 4] [--no-model]
-                                   [--mean-flips 4] [--data DIR] [--peers FILE] [--limit N]
+                                   [--mean-flips 4] [--dtype auto] [--data DIR] [--peers FILE] [--limit N]
 
 Each photo of --data (default ../shared/data/val) is centre-cropped to at most 512x512, converted
 to RGB (a grayscale photo becomes a 3-component file with flat chroma) and saved by Pillow
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="samples per photo (the mean row needs 2 or more)")
     parser.add_argument("--no-model", action="store_true", help="libjpeg and ground truth only")
     parser.add_argument("--mean-flips", type=int, choices=(1, 2, 4), default=4, help="as sample.py --mean-flips")
+    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="as sample.py --dtype")
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "val", help="folder of original photos")
     parser.add_argument("--peers", type=Path, default=PEERS, help="the peers' val.json, to set beside ours")
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos")
@@ -137,7 +138,8 @@ def main() -> None:
     files = sorted(p for p in args.data.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[: args.limit]
     if not files:
         sys.exit(f"val_yardsticks: no photos in {args.data} (pass --data DIR)")
-    sampler = None if args.no_model else pj.Sampler.from_checkpoint(args.checkpoint, mean_flips=args.mean_flips)
+    sampler = None if args.no_model else pj.Sampler.from_checkpoint(args.checkpoint, dtype=args.dtype,
+                                                                            mean_flips=args.mean_flips)
     peers = json.loads(args.peers.read_text())["summary"] if args.peers.is_file() else []
     peer_methods = dict(PEER_METHODS, **(PEER_MODEL_METHODS if args.checkpoint is None else {}))
     originals = [to_chw_float(centre_crop(path)) for path in files]
@@ -174,7 +176,8 @@ def main() -> None:
             summary = summarize(per_photo)
             if method in outputs:
                 summary["naturalness"] = naturalness_distance(outputs[method], originals)
-            emit(quality=quality, method=method, **summary)
+            dtype = {} if sampler is None else {"dtype": str(sampler.dtype).removeprefix("torch.")}
+            emit(quality=quality, method=method, **dtype, **summary)
             peer = next((s for s in peers if s["quality"] == quality and s["method"] == peer_methods.get(method)), None)
             if peer is not None and peer["n"] == summary["n"]:  # the same photos, not a --limit subset
                 emit(quality=quality, method=method, compare="peers/val.json",

@@ -167,7 +167,9 @@ def configure_sample(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the generator runs (default: cuda when available)")
     parser.add_argument("--dtype", choices=("auto", *PRECISIONS), default="auto",
-                        help="generator precision (default: bf16 on cuda, fp32 on cpu)")
+                        help="precision of the networks; the projection is always fp32/fp64, so every output stays exact "
+                             "(default auto: bf16 with channels_last on cuda and on CPUs that multiply bf16 "
+                             "natively, AMX or AVX512-BF16 or Arm BF16; fp32 on other CPUs, where bf16 is slower)")
     parser.add_argument("--tile", type=_tile, default=DEFAULT_TILE,
                         help=f"tile size in pixels, a multiple of 16; 0 runs whole images (default {DEFAULT_TILE})")
     parser.add_argument("--mean-flips", type=int, choices=(1, 2, 4), default=4,

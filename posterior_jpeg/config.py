@@ -91,11 +91,11 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps of the whole run
     batch_size: int = 32  # crops per micro-batch and process (a step: batch_size x grad_accumulation x processes)
     grad_accumulation: int = 1  # micro-batches accumulated per step
-    mixed_precision: str = "fp32"  # autocast precision: "fp32" (none), "bf16" or "fp16"
+    mixed_precision: str = "auto"  # autocast precision: "auto" (bf16 on CUDA and on CPUs with native bf16 units, else fp32), "fp32" (none), "bf16" or "fp16"
     device: str = "auto"  # "auto" (the accelerator when present) or "cpu"
     seed: int = 0  # seed of initialisation, data order and noise
     ema_half_life_images: float = 22000.0  # training images (all processes) over which an old weight's share in the EMA copy of G that checkpoints publish halves
-    channels_last: bool = False  # NHWC memory layout for the convolutions
+    channels_last: bool | None = None  # NHWC memory layout for the convolutions; null: with bf16 or fp16, not with fp32
     compile: bool = False  # torch.compile G's training forward (the critic stays eager: R1 differentiates it twice, which compiled graphs do not support)
     log_every: int = 10  # steps between log lines (console and TensorBoard)
     val_every: int = 500  # steps between validation grids
@@ -120,9 +120,10 @@ class TrainConfig:
             raise ConfigError(f"ema_half_life_images must be > 0, got {self.ema_half_life_images}")
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        if self.mixed_precision not in PRECISIONS:
+        if self.mixed_precision not in ("auto", *PRECISIONS):
             renamed = " (written 'no' before: now 'fp32')" if self.mixed_precision in ("no", "False") else ""
-            raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}{renamed}")
+            raise ConfigError(f"mixed_precision must be auto or one of {', '.join(PRECISIONS)}, "
+                              f"got {self.mixed_precision!r}{renamed}")
         if self.loss.consistency_kind not in ("pixel", "dct"):
             raise ConfigError(f"loss.consistency_kind must be 'pixel' or 'dct', got {self.loss.consistency_kind!r}")
         if self.loss.second_moment_kind not in ("eq7", "std"):

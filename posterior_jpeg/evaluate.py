@@ -69,7 +69,7 @@ from .metrics import (
 from .metrics.diversity import mean_pairwise_distance
 from .metrics.fid import FEATURE_DIM, RANDOM, StatisticsError, statistics_key
 from .pixels import round_to_8_bits, to_chw_float
-from .precision import PRECISIONS
+from .precision import PRECISIONS, choose_precision
 from .report import METHODS, POSTERIOR_METHODS, Key, Tally, markdown, rows, summarize, write_results
 from .sampler import Sampler
 
@@ -112,13 +112,12 @@ class EvalConfig:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))  # jpeg, mmse, ours, ours_p (projected), ours_a (mean of samples)
     repeats: int = 8  # FID repeats, one fresh sample per test image each
     samples: int = 8  # K samples per image for ours_a and the diversity metrics
-    generator_batch: int = 8  # samples per generator pass (memory, not results: a seed's sample does not depend on it)
     seed: int = 0  # sample r of image i (FID repeat r's): seed + i * SEED_STRIDE + r
     features: FeatureWeights = field(default_factory=FeatureWeights)  # pretrained feature networks, never downloaded
     fid_cache: str = "~/.cache/posterior-jpeg/fid"  # reference statistics, keyed by file contents, weights and crop
     out_dir: str = "runs/eval"  # results.json, results.csv, results.md
     device: str = "auto"  # auto, cpu or cuda
-    dtype: str = "auto"  # sampling precision: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16
+    dtype: str = "auto"  # sampling precision: auto (bf16 on GPU and on CPUs with native bf16 units, else fp32), fp32, bf16 or fp16
     progress: bool = True  # progress bars (main process only)
 
     def __post_init__(self):
@@ -144,8 +143,8 @@ class EvalConfig:
             raise ConfigError(f"need 1 <= repeats and 2 <= samples, both < {SEED_STRIDE}")
         if self.device not in ("auto", "cpu", "cuda") or self.dtype not in ("auto", *PRECISIONS):
             raise ConfigError("device must be auto, cpu or cuda; dtype auto, fp32, bf16 or fp16")
-        if self.features.batch_size < 1 or self.generator_batch < 1:
-            raise ConfigError("features.batch_size and generator_batch must be >= 1")
+        if self.features.batch_size < 1:
+            raise ConfigError("features.batch_size must be >= 1")
 
 
 def load_eval_config(path: str | Path | None = None, overrides: list[str] = ()) -> EvalConfig:
@@ -292,10 +291,12 @@ class Runner:
         posterior = bool(set(cfg.methods) & set(POSTERIOR_METHODS))
         self.lpips = LPIPS(cfg.features.lpips, cfg.features.lpips_net).to(self.device) if has_truth or posterior else None
         self.checkpoints = self._labels(cfg.checkpoints) if posterior else {}
-        self.samplers = {label: Sampler.from_checkpoint(path, device=str(self.device), dtype=cfg.dtype,
-                                                        batch_size=cfg.generator_batch)
+        self.precision = choose_precision(cfg.dtype, self.device.type)
+        if self.state.is_main_process and cfg.progress:
+            print(f"eval: {self.device}, precision {self.precision.describe()}", file=sys.stderr)
+        self.samplers = {label: Sampler.from_checkpoint(path, device=str(self.device), dtype=self.precision.name)
                          for label, path in self.checkpoints.items()}
-        self.mmse = (Sampler.from_checkpoint(cfg.mmse_checkpoint, device=str(self.device), dtype=cfg.dtype)
+        self.mmse = (Sampler.from_checkpoint(cfg.mmse_checkpoint, device=str(self.device), dtype=self.precision.name)
                      if "mmse" in cfg.methods else None)
         self.skipped: dict[str, str] = {}
         # per setting label: (image index, file name, [(row key, or None for the ground truth, centre crop)])
@@ -366,7 +367,7 @@ class Runner:
     # ------------------------------------------------------------------ one pass over the test images
     def outputs(self, item: Item) -> dict[Key, Outputs]:
         """Every row's outputs for one test image. Each checkpoint draws its max(repeats, samples)
-        samples once, a batch of generator_batch at a time: sample r (seed + i * SEED_STRIDE + r) is
+        samples once, one at a time: sample r (seed + i * SEED_STRIDE + r) is
         FID repeat r's; Ours-A and diversity take samples 0..samples-1."""
         cfg, methods = self.cfg, self.cfg.methods
         result = {}
@@ -471,7 +472,7 @@ class Runner:
                      f"Ours-A and diversity samples 0..{cfg.samples - 1}",
             "processes": self.world,
             "device": str(self.device),
-            "dtype": cfg.dtype,
+            "dtype": self.precision.describe(),
             "random_feature_weights": RANDOM in (cfg.features.inception, cfg.features.lpips),
         }
 

@@ -27,6 +27,7 @@ from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import projection, round_to_16_bits
 from .metrics import Agreement, eight_bit_consistency, float_consistency
 from .metrics.fid import file_digest
+from .precision import Precision, choose_precision
 from .sampler import Sampler
 from .pixels import round_to_8_bits, to_hwc_uint8, to_uint8, to_unit_float
 from .visualize import contact_sheet, std_map
@@ -128,6 +129,7 @@ class Job:
     """What every file of a run shares."""
 
     sampler: Sampler
+    precision: Precision  # as decided once for the run, printed and recorded with every output
     args: argparse.Namespace
     out: Path
     checkpoint_sha256: str
@@ -142,7 +144,7 @@ class Job:
         args = self.args
         seeds = list(range(args.seed, args.seed + args.samples))
         common = {"input_sha256": input_sha256, "checkpoint_sha256": self.checkpoint_sha256,
-                  "projected": not args.no_project}
+                  "projected": not args.no_project, "dtype": self.precision.name}
         exported = {"format": self.export.format, "quality": self.export.quality, "metadata": self.export.metadata}
         suffix = self.export.suffix
         plan = {self.out / f"{stem}_s{seed}{suffix}": {"kind": "sample", "seed": seed, **common, **exported}
@@ -212,17 +214,6 @@ def _kept_sample(output: Path, jf: JpegFile) -> torch.Tensor:
     return undo_orientation(torch.from_numpy(array).reshape(*array.shape[:2], -1).permute(2, 0, 1), jf.orientation)
 
 
-def _batches_to_make(first: int, count: int, batch: int, wanted: list[int]) -> list[tuple[int, int]]:
-    """(first, count) of each batch of a whole run (seeds first.. first + count - 1, in batches of
-    `batch` as the sampler draws them) that holds a wanted seed. A resumed run draws those batches
-    whole, so each sample is computed exactly as the uninterrupted run computed it: float results can
-    depend on the batch size (convolution kernels), and one rounding of 8-bit output apart is a
-    different file."""
-    starts = range(first, first + count, batch)
-    return [(start, min(batch, first + count - start)) for start in starts
-            if any(start <= seed < start + batch for seed in wanted)]
-
-
 def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda line: None) -> int:
     """Sample one input: write its missing outputs (every output with --overwrite), calling
     `advance` for each sample made or kept and `warn` with each new warning line. Returns how many
@@ -286,15 +277,12 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
         result = None if args.no_project else projection(mean, jf)
         write_decoded(mmse_output, mean if result is None else result.images, began,
                       None if result is None else result.floats)
-    for first, count in _batches_to_make(args.seed, args.samples, job.sampler.batch_size, wanted):
-        for sample in job.sampler.samples(jf, count, first, project=not args.no_project):
-            if sample.seed not in wanted:  # kept from an earlier run
-                continue
-            output = job.out / f"{path.stem}_s{sample.seed}{job.export.suffix}"
-            pixels = write_decoded(output, sample.image, perf_counter() - sample.seconds, sample.floats)
-            if summaries:
-                samples[sample.seed] = pixels
-            advance()
+    for sample in job.sampler.samples(jf, wanted, project=not args.no_project):  # the same bits as a whole run's
+        output = job.out / f"{path.stem}_s{sample.seed}{job.export.suffix}"
+        pixels = write_decoded(output, sample.image, perf_counter() - sample.seconds, sample.floats)
+        if summaries:
+            samples[sample.seed] = pixels
+        advance()
     if summaries:
         for output, recipe in plan.items():
             if recipe["kind"] == "sample" and recipe["seed"] not in samples:
@@ -389,16 +377,19 @@ def _prepare(args, stack: contextlib.ExitStack) -> Job:
         print(f"sample: {out / MANIFEST}: cut off a torn last line ({torn} bytes) left by an interrupted run",
               file=sys.stderr)
     try:
-        sampler = Sampler.from_checkpoint(args.checkpoint, args.device, args.dtype, tile=args.tile,
+        device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+        precision = choose_precision(args.dtype, device)
+        sampler = Sampler.from_checkpoint(args.checkpoint, device, precision.name, tile=args.tile,
                                           mean_flips=args.mean_flips)
         weights, _ = checkpoints.resolve(sampler.source)
     except PosteriorJpegError as error:
         raise CannotStart(str(error)) from None
     if args.mmse and sampler.mean_network is None:
         raise CannotStart(f"--mmse: {sampler.source} has no posterior-mean network M")
-    return Job(sampler, args, out, file_digest(weights), dataclasses.asdict(checkpoints.model_file(sampler.generator)),
-               recorded,
-               settings)
+    if not args.quiet:
+        print(f"sample: {device}, precision {precision.describe()}", file=sys.stderr)
+    return Job(sampler, precision, args, out, file_digest(weights),
+               dataclasses.asdict(checkpoints.model_file(sampler.generator)), recorded, settings)
 
 
 def _sample_all(args) -> int:

@@ -7,6 +7,16 @@ sample's seed, the layer and the cell's place in the whole image. So a seed give
 whatever the batch size, and tiled and untiled runs differ only where a tile's edge cuts G's
 receptive field (near the seams, where the blending ramps hide it).
 
+Bit for bit, too: convolution kernels pick their blocking by the batch's shape (oneDNN on AVX-512
+CPUs, cuDNN), so a sample computed in a batch of 2 can differ in its last bits from the same sample
+in a batch of 1, and one 8-bit rounding apart is another file; at a fixed batch shape, the place in
+the batch can matter too (measured on an AMD EPYC with AVX-512: a batch of 3, fp32, 2 threads). So
+every network call holds one sample: S gets the sample and its antithetic mirror as one batch of 2,
+M the file's `mean_flips` flips as one batch, always in the same places. A seed's sample is then the
+same bits whatever n, the other seeds of the run and where a run was resumed, on a given machine,
+precision and tile size. On a CPU one image fills the cores (batching samples bought under 10%,
+measured); a GPU would want several small images per call, which this gives up for exactness.
+
 Grayscale in, grayscale out: for a grayscale file each sample is G's output reduced to its luma
 (libjpeg's RGB -> Y), one channel through the projection and into the PNG. A colour file whose
 chroma is one flat tint (a gray photo stored as YCbCr, see `JpegFile.flat_chroma`) keeps the
@@ -30,7 +40,7 @@ from .jpeg.projection import project as project_onto, projection
 from .errors import PosteriorJpegError
 from .models.generator import UNSHUFFLE, AnchoredGenerator, Generator
 from .pixels import round_to_8_bits
-from .precision import torch_dtype
+from .precision import choose_precision, torch_dtype
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, PAD_MULTIPLE
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
@@ -42,12 +52,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return torch_dtype(name)
 
 
 def _mul32(values: torch.Tensor, constant: int) -> torch.Tensor:
@@ -178,10 +182,12 @@ class Sample:
 class Sampler:
     """Draws samples G(z_seed, y, q) for a JpegFile and projects them onto it.
 
-    tile: run G on tiles of at most tile x tile pixels (a multiple of 16), None or 0 for the whole
-    image at once; overlap: pixels shared by neighbouring tiles (a multiple of 16, at most tile / 2).
-    An anchored G = S(z, M(y, q), q) runs M once per file (mean_flips times: see `posterior_mean`)
-    and S once per sample."""
+    tile: run G on tiles of at most
+    tile x tile pixels (a multiple of 16), None or 0 for the whole image at once; overlap: pixels
+    shared by neighbouring tiles (a multiple of 16, at most tile / 2). dtype: autocast precision of
+    the networks (reduced precision runs channels_last); projection and consistency stay in fp32 and
+    fp64. An anchored G = S(z, M(y, q), q) runs M once per file (on mean_flips flips: see
+    `posterior_mean`) and S once per sample."""
 
     def __init__(
         self,
@@ -189,7 +195,6 @@ class Sampler:
         source: str,
         device="cpu",
         dtype=torch.float32,
-        batch_size: int = 4,
         tile: int | None = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
         mean_flips: int = DEFAULT_MEAN_FLIPS,
@@ -202,14 +207,14 @@ class Sampler:
             raise ValueError(
                 f"tile must be a multiple of {PAD_MULTIPLE} and at least {max(2 * overlap, PAD_MULTIPLE)}, got {tile}"
             )
-        self.generator = generator.to(device).eval()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.memory_format = torch.contiguous_format if dtype == torch.float32 else torch.channels_last
+        self.generator = generator.to(device=device, memory_format=self.memory_format).eval()
         self.anchored = isinstance(generator, AnchoredGenerator)
         self.mean_network = generator.mean if self.anchored else (None if generator.config.noise else generator)
         self.sample_network = generator.add_detail if self.anchored else generator
         self.source = source
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.batch_size = batch_size
         self.tile = tile or None
         self.overlap = overlap
         self.mean_flips = mean_flips
@@ -220,13 +225,13 @@ class Sampler:
         path=None,
         device: str = "auto",
         dtype: str = "auto",
-        batch_size: int = 4,
         tile: int | None = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
         mean_flips: int = DEFAULT_MEAN_FLIPS,
     ) -> "Sampler":
         """path: a run folder (its latest checkpoint), a checkpoint folder, a weights file, or None for
-        the model bundled with the package."""
+        the model bundled with the package. dtype: "auto" (see `precision.choose_precision`) or a name
+        in PRECISIONS."""
         if path is None:
             if not (DEFAULT_MODEL / checkpoints.WEIGHTS).is_file():
                 raise checkpoints.CheckpointError(
@@ -236,34 +241,32 @@ class Sampler:
             path = DEFAULT_MODEL
         chosen = _device(device)
         generator, _ = checkpoints.load_generator(path, chosen)
-        return cls(generator, str(path), chosen, _dtype(dtype, chosen), batch_size, tile, overlap, mean_flips)
+        precision = torch_dtype(choose_precision(dtype, chosen.type).name)
+        return cls(generator, str(path), chosen, precision, tile, overlap, mean_flips)
 
     def sample(self, jpeg: JpegFile, n: int = 8, seed: int = 0, project: bool = True) -> torch.Tensor:
         """[n, C, H, W] in [0, 1] on the CPU (C = 1 for a grayscale file, else 3): sample i uses
-        seed + i, whatever the batch size.
+        seed + i, the same bits whatever n (see the module's note).
 
         The input y is the file decoded from its coefficients, on the 8-bit grid as in training."""
-        return torch.stack([s.image for s in self.samples(jpeg, n, seed, project)])
+        return torch.stack([s.image for s in self.samples(jpeg, range(seed, seed + n), project)])
 
     @torch.no_grad()
-    def samples(self, jpeg: JpegFile, n: int = 8, seed: int = 0, project: bool = True) -> Iterator[Sample]:
-        """The samples of `sample` one at a time, a batch as soon as it is ready: a caller can write
-        each out without holding all n."""
+    def samples(self, jpeg: JpegFile, seeds, project: bool = True) -> Iterator[Sample]:
+        """The samples of the given seeds (any ints, in order), each as soon as it is ready: a caller
+        can write each out without holding them all, and a resumed run draws only the seeds it lacks."""
         decoded = round_to_8_bits(jpeg.decode(device=self.device))
         tables = jpeg.qtable_tensor(self.device)
         y = self.posterior_mean(decoded, tables) if self.anchored else decoded  # S's input: M(y, q), once per file
-        for start in range(0, n, self.batch_size):
-            seeds = list(range(seed + start, seed + min(n, start + self.batch_size)))
+        for seed in seeds:
             began = perf_counter()
-            batch = _file_colour(self.generate(y, tables, seeds), jpeg, decoded)
+            image = _file_colour(self.generate(y, tables, seed), jpeg, decoded)
             if project:
-                result = projection(batch, jpeg)
-                batch, floats = torch.stack([result.images, result.floats]).cpu()  # one copy to the host per batch
+                result = projection(image, jpeg)
+                image, floats = torch.cat([result.images, result.floats]).cpu()  # one copy to the host
             else:
-                batch, floats = batch.cpu(), [None] * len(seeds)
-            share = (perf_counter() - began) / len(seeds)
-            for index, image, float_image in zip(seeds, batch, floats):
-                yield Sample(index, image, share, float_image)
+                image, floats = image[0].cpu(), None
+            yield Sample(seed, image, perf_counter() - began, floats)
 
     @torch.no_grad()
     def mmse(self, jpeg: JpegFile, project: bool = True) -> torch.Tensor:
@@ -280,51 +283,55 @@ class Sampler:
     @torch.no_grad()
     def posterior_mean(self, y: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
         """M(y, q) [3, H, W] on the model's device, averaged over `mean_flips` flips of the image
-        (none; left-right; and up-down). On the image padded to 16 pixels a flip keeps the file's
-        block grid and tables, so each flipped run is as good an estimate as the first; their mean is
-        better (+0.05 / +0.07 dB at quality 10 for 2 / 4 flips, 256-px val crops) and cancels the
-        period-2 part of what M's 1/4-resolution head adds by pixel position."""
+        (none; left-right; and up-down), run as one batch. On the image padded to 16 pixels a flip
+        keeps the file's block grid and tables, so each flipped run is as good an estimate as the
+        first; their mean is better (+0.05 / +0.07 dB at quality 10 for 2 / 4 flips, 256-px val crops)
+        and cancels the period-2 part of what M's 1/4-resolution head adds by pixel position."""
         height, width = y.shape[-2:]
         padded = F.pad(y[None], (0, -width % PAD_MULTIPLE, 0, -height % PAD_MULTIPLE), mode="replicate")[0]
+        flips = _FLIPS[: self.mean_flips]
+        outputs = self._tiled(self.mean_network, torch.stack([_flip(padded, dims) for dims in flips]), tables, None)
         total = torch.zeros_like(padded)
-        for dims in _FLIPS[: self.mean_flips]:
-            total += _flip(self._tiled(self.mean_network, _flip(padded, dims), tables, [0])[0], dims)
+        for output, dims in zip(outputs, flips):
+            total += _flip(output, dims)
         return total[:, :height, :width] / self.mean_flips
 
     @torch.no_grad()
-    def generate(self, y: torch.Tensor, tables: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        """The sampling network on y [3, H, W] (an anchored model's M(y, q)) for each seed, tile by
-        tile, blended: [len(seeds), 3, H, W] in [0, 1] on the CPU, not projected."""
-        return self._tiled(self.sample_network, y, tables, seeds).clamp(0, 1)
+    def generate(self, y: torch.Tensor, tables: torch.Tensor, seed: int) -> torch.Tensor:
+        """The sampling network on y [3, H, W] (an anchored model's M(y, q)) for one seed, tile by
+        tile, blended: [1, 3, H, W] in [0, 1] on the model's device, not projected."""
+        return self._tiled(self.sample_network, y[None], tables, [seed]).clamp(0, 1)
 
-    def _tiled(self, network, y: torch.Tensor, tables: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        """network on y [3, H, W] for each seed, tile by tile (row by row, in a fixed order), blended
-        with linear ramps: [len(seeds), 3, H, W] on the model's device, not clamped."""
-        height, width = y.shape[-2:]
+    def _tiled(self, network, images: torch.Tensor, tables: torch.Tensor, seeds: list[int] | None) -> torch.Tensor:
+        """network on images [N, 3, H, W] (with the noise of `seeds`, one per image, or none), tile by
+        tile (row by row, in a fixed order), blended with linear ramps: [N, 3, H, W] on the model's
+        device, not clamped."""
+        height, width = images.shape[-2:]
         rows = tile_spans(height, self.tile, self.overlap)
         cols = tile_spans(width, self.tile, self.overlap)
         if len(rows) == len(cols) == 1:
-            return self._run(network, y, tables, seeds, 0, 0)
-        total = torch.zeros(len(seeds), 3, height, width, device=self.device)
+            return self._run(network, images, tables, seeds, 0, 0)
+        total = torch.zeros(len(images), 3, height, width, device=self.device)
         weight = torch.zeros(height, width, device=self.device)
         for top, bottom in rows:
             for left, right in cols:
                 ramp = (_ramp(top, bottom, height, self.overlap, self.device)[:, None]
                         * _ramp(left, right, width, self.overlap, self.device))
-                out = self._run(network, y[:, top:bottom, left:right], tables, seeds, top, left)
+                out = self._run(network, images[:, :, top:bottom, left:right], tables, seeds, top, left)
                 total[:, :, top:bottom, left:right] += out * ramp
                 weight[top:bottom, left:right] += ramp
         return total / weight
 
-    def _run(self, network, y: torch.Tensor, tables: torch.Tensor, seeds: list[int], top: int,
+    def _run(self, network, images: torch.Tensor, tables: torch.Tensor, seeds: list[int] | None, top: int,
              left: int) -> torch.Tensor:
-        """network on one tile whose corner is pixel (top, left) of the image, with that place's
-        noise; float32 on the model's device."""
-        noise = PositionalNoise(seeds, top // UNSHUFFLE, left // UNSHUFFLE, self.device)
-        count = len(seeds)
+        """network on one tile [N, 3, h, w] whose corner is pixel (top, left) of the image, with that
+        place's noise; float32 on the model's device."""
+        noise = None if seeds is None else PositionalNoise(seeds, top // UNSHUFFLE, left // UNSHUFFLE, self.device)
+        count = len(images)
+        images = images.contiguous(memory_format=self.memory_format)
         reduced = self.dtype != torch.float32  # autocast only then: fp32 runs on any device, even "meta"
         with torch.autocast(self.device.type, dtype=self.dtype) if reduced else contextlib.nullcontext():
-            out = network(y.expand(count, -1, -1, -1), tables.expand(count, -1, -1, -1), noise)
+            out = network(images, tables.expand(count, -1, -1, -1), noise)
         return out.float()
 
     def compile(self) -> "Sampler":

@@ -142,8 +142,8 @@ def _evaluate_once(eval_cfg: EvalConfig) -> dict:
     settings and the same model weights exists (a retrained point is evaluated again), else
     evaluated and recorded."""
     record = Path(eval_cfg.out_dir) / "sweep_point.json"
-    # keys that change how a job runs, not its figures: a record made without or with them still holds
-    settings = {k: v for k, v in dataclasses.asdict(eval_cfg).items() if k not in ("progress", "generator_batch")}
+    # a key that changes how a job runs, not its figures: a record made without or with it still holds
+    settings = {k: v for k, v in dataclasses.asdict(eval_cfg).items() if k != "progress"}
     models = [*eval_cfg.checkpoints, *([eval_cfg.mmse_checkpoint] if "mmse" in eval_cfg.methods else [])]
     settings["weights"] = [file_digest(checkpoints.resolve(path)[0]) for path in models]
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

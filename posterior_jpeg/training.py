@@ -30,7 +30,7 @@ from . import checkpoints, losses
 from .config import TrainConfig, to_yaml
 from .data import SYNTHETIC, QualitySampler, list_images, make_loader
 from .pixels import to_unit_float
-from .precision import ACCELERATE_NAMES
+from .precision import ACCELERATE_NAMES, Precision, choose_precision
 from .errors import CheckpointError
 from .models.critic import build_critic
 from .models.features import VGGFeatures
@@ -38,10 +38,19 @@ from .models.generator import AnchoredGenerator, Generator, GeneratorConfig, bui
 from .visualize import contact_sheet, posterior_row
 
 
-def _accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
+def _precision(cfg: TrainConfig) -> Precision:
+    """mixed_precision and channels_last as this machine runs them (auto: see `choose_precision`)."""
+    device_type = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu"
+    chosen = choose_precision(cfg.mixed_precision, device_type)
+    if cfg.channels_last is None or cfg.channels_last == chosen.channels_last:
+        return chosen
+    return Precision(chosen.name, cfg.channels_last, chosen.reason + "; channels_last as asked")
+
+
+def _accelerator(cfg: TrainConfig, precision: Precision, run_dir: Path) -> Accelerator:
     return Accelerator(
         cpu=cfg.device == "cpu",
-        mixed_precision=ACCELERATE_NAMES[cfg.mixed_precision],
+        mixed_precision=ACCELERATE_NAMES[precision.name],
         gradient_accumulation_steps=cfg.grad_accumulation,
         log_with="tensorboard",
         project_dir=str(run_dir),
@@ -259,7 +268,11 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.accelerator = _accelerator(cfg, self.run_dir)
+        self.precision = _precision(cfg)
+        self.accelerator = _accelerator(cfg, self.precision, self.run_dir)
+        self.accelerator.print(f"train: {self.accelerator.device}, precision {self.precision.describe()}")
+        # the run's config.yaml and its checkpoints record what ran, not "auto"
+        cfg.mixed_precision, cfg.channels_last = self.precision.name, self.precision.channels_last
         if self.accelerator.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels once
         set_seed(cfg.seed)
@@ -284,7 +297,7 @@ class Trainer:
         self.opt_g = torch.optim.Adam(trained, lr=cfg.optim.lr(0, cfg.steps), betas=tuple(cfg.optim.betas))
         self.stage = (PosteriorStage(cfg, self.accelerator, self.generator) if cfg.stage == "posterior"
                       else MmseStage())
-        if cfg.channels_last:
+        if self.precision.channels_last:
             self.generator = self.generator.to(memory_format=torch.channels_last)
         self.generator, self.opt_g = self.accelerator.prepare(self.generator, self.opt_g)
         self.stage.prepare(self.accelerator)

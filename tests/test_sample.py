@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 import posterior_jpeg as pj
-from posterior_jpeg import checkpoints, sample_cli
+from posterior_jpeg import checkpoints, precision, sample_cli
 from posterior_jpeg.cli import main as cli_main
 from posterior_jpeg.config import load_config
 from posterior_jpeg.jpeg import tables
@@ -122,6 +122,27 @@ def test_a_seed_reproduces_its_sample_whatever_the_batch_or_run(checkpoint, writ
     assert pj.metrics.coefficient_agreement(read_png(tmp_path / "one" / "a_s5.png"), jf).coefficients >= 0.9999
 
 
+@pytest.mark.parametrize("forced", [True, False])
+def test_the_sample_command_prints_records_and_keys_its_choice(forced, monkeypatch, checkpoint, write_jpeg, tmp_path,
+                                                              capsys):
+    """auto's choice is printed once, recorded in each manifest line and part of an output's recipe:
+    a rerun in another precision does not pass the other precision's outputs off as its own."""
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "avx512_bf16" if forced else None)
+    jpeg = write_jpeg("a.jpg", 48, 64, quality=30)
+    out = tmp_path / "out"
+    assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(checkpoint), "--device", "cpu"]) == 0
+    expected = "bf16" if forced else "fp32"
+    assert capsys.readouterr().err.count(f"precision {expected}") == 1
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["dtype"] for r in records] == [expected] and records[0]["coefficient_agreement"] == 1.0
+    other = ["--dtype", "fp32" if forced else "bf16", "--quiet"]
+    assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(checkpoint), *other]) == 1
+    assert "with these options; pass --overwrite" in capsys.readouterr().err
+    assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(checkpoint), *other, "--overwrite"]) == 0
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["dtype"] for r in records] == [expected, other[1]]
+
+
 def test_positional_noise_is_standard_normal_and_keyed_by_place():
     features = torch.zeros(2, 1, 256, 256)
     noise = PositionalNoise([0, 2**40 + 1]).like(features)
@@ -148,8 +169,8 @@ def test_tiles_blending_and_noise_stay_on_the_model_device():
             GeneratorConfig(trunk="plain", features=8, blocks=1, noise=False)), build_generator("tiny"), True)):
         sampler = Sampler(generator, "tiny", device="meta", tile=32, overlap=16)
         y, tables_ = torch.empty(3, 48, 64, device="meta"), torch.empty(3, 8, 8, device="meta")
-        out = sampler.generate(y, tables_, [0, 1])
-        assert out.device.type == "meta" and out.shape == (2, 3, 48, 64)
+        out = sampler.generate(y, tables_, 1)
+        assert out.device.type == "meta" and out.shape == (1, 3, 48, 64)
 
 
 @pytest.mark.gpu
@@ -638,7 +659,7 @@ def test_mmse_writes_the_projected_posterior_mean_of_an_anchored_model(checkpoin
     assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(anchored), "--mmse", "--quiet"]) == 0
     jf = pj.read_jpeg(jpeg)
     written = read_png(out / "photo_mmse.png")
-    expected = Sampler.from_checkpoint(anchored, device="cpu", dtype="fp32").mmse(jf)
+    expected = Sampler.from_checkpoint(anchored, device="cpu", dtype="auto").mmse(jf)
     assert torch.equal(written, (expected * 255).round() / 255)
     assert (written - jf.decode()).abs().mean() > 1e-3
     records = {r["kind"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
@@ -646,9 +667,8 @@ def test_mmse_writes_the_projected_posterior_mean_of_an_anchored_model(checkpoin
     assert main([str(jpeg), "-n", "1", "-o", str(tmp_path / "o2"), "--checkpoint", str(checkpoint), "--mmse"]) == 2
 
 
-def test_a_missing_sample_is_made_again_exactly_as_in_its_batch(checkpoint, write_jpeg, tmp_path):
-    """A rerun that makes one missing sample gives the same file as the first run (it draws the
-    sample's whole batch again, computed as the first run computed it)."""
+def test_a_missing_sample_is_made_again_exactly(checkpoint, write_jpeg, tmp_path):
+    """A rerun that makes one missing sample (and only it) gives the same file as the first run."""
     jpeg = write_jpeg("in/p0.jpg", 64, 96, seed=0)
     out = tmp_path / "out"
     options = [str(jpeg), "-o", str(out), "-n", "4", "--checkpoint", str(checkpoint), "--quiet", "--device", "cpu"]

@@ -359,3 +359,27 @@ def test_ema_follows_its_decay():
     _update_ema(ema, model, 0.9)
     for e, b, p in zip(ema.parameters(), before, model.parameters()):
         assert torch.allclose(e, 0.9 * b + 0.1 * p.detach())
+
+
+@pytest.mark.parametrize("units", ["avx512_bf16", None], ids=["bf16-units", "no-units"])
+def test_auto_precision_follows_the_cpu_and_the_run_records_what_ran(units, tmp_path, monkeypatch):
+    """mixed_precision auto (the default): bf16 autocast with channels_last G on a CPU with bf16 units,
+    fp32 NCHW on one without (forced both ways here); the run's config.yaml says which ran."""
+    from posterior_jpeg import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: units)
+    AcceleratorState._reset_state()  # the process-wide state would keep an earlier run's precision
+    try:
+        trainer = Trainer(tiny(tmp_path, "steps=2", "log_every=1"))
+        run_dir = trainer.run()
+        autocast = trainer.accelerator.mixed_precision
+    finally:
+        AcceleratorState._reset_state()
+    expected = "bf16" if units else "fp32"
+    assert autocast == {"bf16": "bf16", "fp32": "no"}[expected]
+    weight = trainer.accelerator.unwrap_model(trainer.generator).conv_in.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) == bool(units) != weight.is_contiguous()
+    saved = load_config(run_dir / "config.yaml")
+    assert (saved.mixed_precision, saved.channels_last) == (expected, bool(units))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(math.isfinite(r["g_total"]) for r in records)

@@ -338,38 +338,29 @@ class AnchoredGenerator(nn.Module):
         return self.add_detail(self.posterior_mean(y, qtables), qtables, noise)
 
     def add_detail(self, mean: torch.Tensor, qtables: torch.Tensor, noise: NoiseRng = None) -> torch.Tensor:
-        """G given M's output: the sampler computes M once per file and this once per sample."""
+        """G given M's output: the sampler computes M once per file and this once per sample. The
+        antithetic passes S(z) and S(-z) run as one batch of 2N (one call, one shape)."""
         if not self.antithetic:
             return self.detail(mean, qtables, noise)
-        recorded = _RecordedNoise(noise if hasattr(noise, "like") else NoiseSource(mean.shape[0], noise))
-        plus = self.detail(mean, qtables, recorded)
-        return mean + 0.5 * (plus - self.detail(mean, qtables, recorded.mirrored()))
+        n = mean.shape[0]
+        tables = torch.as_tensor(qtables)
+        tables = tables.reshape(-1, *tables.shape[-3:]).expand(n, -1, -1, -1)  # [T, 8, 8] or [1 or N, T, 8, 8]
+        pair = self.detail(torch.cat([mean, mean]), torch.cat([tables, tables]),
+                           _Mirrored(noise if hasattr(noise, "like") else NoiseSource(n, noise), n))
+        plus, minus = pair[:n], pair[n:]
+        return mean + 0.5 * (plus - minus)
 
 
-class _RecordedNoise:
-    """A noise source that keeps the maps it hands out, so that a second pass can get -z."""
+class _Mirrored:
+    """Noise for a batch of 2N that is N samples and their mirror images: each map is z for the first
+    half and -z for the second, z drawn from `source` for N samples."""
 
-    def __init__(self, source):
+    def __init__(self, source, n: int):
         self.source = source
-        self.maps: list[torch.Tensor] = []
+        self.n = n
 
     def like(self, features: torch.Tensor) -> torch.Tensor:
-        noise = self.source.like(features)
-        self.maps.append(noise)
-        return noise
-
-    def mirrored(self) -> "_Replay":
-        return _Replay([-noise for noise in self.maps])
-
-
-class _Replay:
-    """Hands out given maps in order (the second pass of a network asks in the same order)."""
-
-    def __init__(self, maps: list[torch.Tensor]):
-        self.maps = iter(maps)
-
-    def like(self, features: torch.Tensor) -> torch.Tensor:
-        noise = next(self.maps)
-        if noise.shape[-2:] != features.shape[-2:]:
-            raise RuntimeError("the mirrored pass asked for noise in another order than the first")
-        return noise
+        if features.shape[0] != 2 * self.n:
+            raise ValueError(f"mirrored noise for 2 x {self.n} samples requested for a batch of {features.shape[0]}")
+        noise = self.source.like(features[: self.n])
+        return torch.cat([noise, -noise])
