@@ -271,13 +271,15 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
         return pixels
 
     mmse_output = job.out / f"{path.stem}_mmse{job.export.suffix}"
+    file_mean = None  # M(y, q), the dearest pass: run once for the mmse output and the samples
     if mmse_output in todo:
         began = perf_counter()
-        mean = job.sampler.mmse(jf, project=False)
-        result = None if args.no_project else projection(mean, jf)
-        write_decoded(mmse_output, mean if result is None else result.images, began,
+        file_mean = job.sampler.mean_of(jf)
+        decode = job.sampler.mmse(jf, project=False, mean=file_mean)
+        result = None if args.no_project else projection(decode, jf)
+        write_decoded(mmse_output, decode if result is None else result.images, began,
                       None if result is None else result.floats)
-    for sample in job.sampler.samples(jf, wanted, project=not args.no_project):  # the same bits as a whole run's
+    for sample in job.sampler.samples(jf, wanted, project=not args.no_project, mean=file_mean):
         output = job.out / f"{path.stem}_s{sample.seed}{job.export.suffix}"
         pixels = write_decoded(output, sample.image, perf_counter() - sample.seconds, sample.floats)
         if summaries:
@@ -418,6 +420,21 @@ def _sample_files(job: Job, files: list[Path], failed: int) -> int:
             tqdm.write(line, file=sys.stderr)
 
     with tqdm(total=len(files) * args.samples, unit="sample", disable=args.quiet, file=sys.stderr) as bar:
+        tiles = []  # the bar of the network pass under way, while one over several tiles runs
+
+        def on_tile(network: str, done: int, total: int) -> None:
+            """A second bar under the first for a pass over several tiles: a 12 MP sample takes a
+            minute on a CPU. It lives as long as its pass, so that single-tile runs print one bar."""
+            if done == 1:
+                while tiles:  # a pass that a failure cut short
+                    tiles.pop().close()
+                tiles.append(tqdm(total=total, desc=f"  {network}", unit="tile", disable=args.quiet,
+                                  file=sys.stderr, leave=False, position=1))
+            tiles[-1].update(1)
+            if done == total:
+                tiles.pop().close()
+
+        job.sampler.on_tile = on_tile
         for index, path in enumerate(files, 1):
             bar.set_description(f"{index}/{len(files)} {path.name}")
             before = bar.n

@@ -218,6 +218,7 @@ class Sampler:
         self.tile = tile or None
         self.overlap = overlap
         self.mean_flips = mean_flips
+        self.on_tile = None  # progress hook for images of several tiles: on_tile(network, done, total)
 
     @classmethod
     def from_checkpoint(
@@ -252,12 +253,17 @@ class Sampler:
         return torch.stack([s.image for s in self.samples(jpeg, range(seed, seed + n), project)])
 
     @torch.no_grad()
-    def samples(self, jpeg: JpegFile, seeds, project: bool = True) -> Iterator[Sample]:
+    def samples(self, jpeg: JpegFile, seeds, project: bool = True, mean: torch.Tensor | None = None
+                ) -> Iterator[Sample]:
         """The samples of the given seeds (any ints, in order), each as soon as it is ready: a caller
-        can write each out without holding them all, and a resumed run draws only the seeds it lacks."""
+        can write each out without holding them all, and a resumed run draws only the seeds it lacks.
+        mean: the file's `mean_of`, when the caller has it already (an anchored model's S starts
+        from it: M is the dearest pass, never run twice for one file)."""
         decoded = round_to_8_bits(jpeg.decode(device=self.device))
         tables = jpeg.qtable_tensor(self.device)
-        y = self.posterior_mean(decoded, tables) if self.anchored else decoded  # S's input: M(y, q), once per file
+        y = decoded
+        if self.anchored:  # S's input: M(y, q), once per file
+            y = self.posterior_mean(decoded, tables) if mean is None else mean
         for seed in seeds:
             began = perf_counter()
             image = _file_colour(self.generate(y, tables, seed), jpeg, decoded)
@@ -269,16 +275,24 @@ class Sampler:
             yield Sample(seed, image, perf_counter() - began, floats)
 
     @torch.no_grad()
-    def mmse(self, jpeg: JpegFile, project: bool = True) -> torch.Tensor:
-        """The posterior-mean decode M(y, q), [C, H, W] in [0, 1] on the CPU, projected by default:
-        the best-PSNR output, from an anchored model's M or a noise-free (MMSE) model."""
+    def mean_of(self, jpeg: JpegFile) -> torch.Tensor:
+        """M(y, q) of a file, [3, H, W] on the model's device, unclamped: what `mmse` shows and an
+        anchored model's S starts from."""
         if self.mean_network is None:
             raise PosteriorJpegError(
                 f"{self.source}: this model has no posterior-mean network (train one with configs/cpu_mean.yaml)"
             )
-        y = round_to_8_bits(jpeg.decode(device=self.device))
-        mean = _file_colour(self.posterior_mean(y, jpeg.qtable_tensor(self.device))[None].clamp(0, 1), jpeg, y)
-        return (project_onto(mean, jpeg)[0] if project else mean[0]).cpu()
+        return self.posterior_mean(round_to_8_bits(jpeg.decode(device=self.device)), jpeg.qtable_tensor(self.device))
+
+    @torch.no_grad()
+    def mmse(self, jpeg: JpegFile, project: bool = True, mean: torch.Tensor | None = None) -> torch.Tensor:
+        """The posterior-mean decode M(y, q), [C, H, W] in [0, 1] on the CPU, projected by default:
+        the best-PSNR output, from an anchored model's M or a noise-free (MMSE) model. mean: the
+        file's `mean_of`, when the caller has it already."""
+        mean = self.mean_of(jpeg) if mean is None else mean
+        decoded = round_to_8_bits(jpeg.decode(device=self.device))
+        image = _file_colour(mean[None].clamp(0, 1), jpeg, decoded)
+        return (project_onto(image, jpeg)[0] if project else image[0]).cpu()
 
     @torch.no_grad()
     def posterior_mean(self, y: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
@@ -290,7 +304,8 @@ class Sampler:
         height, width = y.shape[-2:]
         padded = F.pad(y[None], (0, -width % PAD_MULTIPLE, 0, -height % PAD_MULTIPLE), mode="replicate")[0]
         flips = _FLIPS[: self.mean_flips]
-        outputs = self._tiled(self.mean_network, torch.stack([_flip(padded, dims) for dims in flips]), tables, None)
+        outputs = self._tiled(self.mean_network, torch.stack([_flip(padded, dims) for dims in flips]), tables, None,
+                              "M")
         total = torch.zeros_like(padded)
         for output, dims in zip(outputs, flips):
             total += _flip(output, dims)
@@ -300,12 +315,13 @@ class Sampler:
     def generate(self, y: torch.Tensor, tables: torch.Tensor, seed: int) -> torch.Tensor:
         """The sampling network on y [3, H, W] (an anchored model's M(y, q)) for one seed, tile by
         tile, blended: [1, 3, H, W] in [0, 1] on the model's device, not projected."""
-        return self._tiled(self.sample_network, y[None], tables, [seed]).clamp(0, 1)
+        return self._tiled(self.sample_network, y[None], tables, [seed], f"sample {seed}").clamp(0, 1)
 
-    def _tiled(self, network, images: torch.Tensor, tables: torch.Tensor, seeds: list[int] | None) -> torch.Tensor:
-        """network on images [N, 3, H, W] (with the noise of `seeds`, one per image, or none), tile by
-        tile (row by row, in a fixed order), blended with linear ramps: [N, 3, H, W] on the model's
-        device, not clamped."""
+    def _tiled(self, network, images: torch.Tensor, tables: torch.Tensor, seeds: list[int] | None,
+               name: str) -> torch.Tensor:
+        """network (called `name` in progress reports) on images [N, 3, H, W] (with the noise of
+        `seeds`, one per image, or none), tile by tile (row by row, in a fixed order), blended with
+        linear ramps: [N, 3, H, W] on the model's device, not clamped."""
         height, width = images.shape[-2:]
         rows = tile_spans(height, self.tile, self.overlap)
         cols = tile_spans(width, self.tile, self.overlap)
@@ -313,13 +329,15 @@ class Sampler:
             return self._run(network, images, tables, seeds, 0, 0)
         total = torch.zeros(len(images), 3, height, width, device=self.device)
         weight = torch.zeros(height, width, device=self.device)
-        for top, bottom in rows:
-            for left, right in cols:
-                ramp = (_ramp(top, bottom, height, self.overlap, self.device)[:, None]
-                        * _ramp(left, right, width, self.overlap, self.device))
-                out = self._run(network, images[:, :, top:bottom, left:right], tables, seeds, top, left)
-                total[:, :, top:bottom, left:right] += out * ramp
-                weight[top:bottom, left:right] += ramp
+        spans = [(top, bottom, left, right) for top, bottom in rows for left, right in cols]
+        for done, (top, bottom, left, right) in enumerate(spans, 1):
+            ramp = (_ramp(top, bottom, height, self.overlap, self.device)[:, None]
+                    * _ramp(left, right, width, self.overlap, self.device))
+            out = self._run(network, images[:, :, top:bottom, left:right], tables, seeds, top, left)
+            total[:, :, top:bottom, left:right] += out * ramp
+            weight[top:bottom, left:right] += ramp
+            if self.on_tile is not None:
+                self.on_tile(name, done, len(spans))
         return total / weight
 
     def _run(self, network, images: torch.Tensor, tables: torch.Tensor, seeds: list[int] | None, top: int,

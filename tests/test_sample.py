@@ -143,6 +143,21 @@ def test_the_sample_command_prints_records_and_keys_its_choice(forced, monkeypat
     assert [r["dtype"] for r in records] == [expected, other[1]]
 
 
+def test_a_photo_of_several_tiles_shows_its_tiles_moving(checkpoint, write_jpeg, tmp_path, capsys):
+    """A big photo takes a minute per sample on a CPU: a second bar counts its tiles, per network;
+    `--quiet` shows neither bar."""
+    jpeg = write_jpeg("big.jpg", 96, 128, quality=30)
+    common = [str(jpeg), "-n", "2", "--checkpoint", str(checkpoint), "--tile", "64", "--device", "cpu"]
+    assert main([*common, "-o", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    tiles = len(tile_spans(96, 64, 32)) * len(tile_spans(128, 64, 32))
+    assert tiles > 1
+    for network in ("sample 0", "sample 1"):
+        assert f"  {network}:   0%|" in err and f" 0/{tiles} [" in err and "tile/s" in err
+    assert main([*common, "-o", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_positional_noise_is_standard_normal_and_keyed_by_place():
     features = torch.zeros(2, 1, 256, 256)
     noise = PositionalNoise([0, 2**40 + 1]).like(features)
@@ -643,17 +658,20 @@ def test_libjpegs_caution_while_measuring_is_caught_and_named(checkpoint, natura
 
 
 
-def test_mmse_writes_the_projected_posterior_mean_of_an_anchored_model(checkpoint, write_jpeg, tmp_path):
-    from posterior_jpeg.models.generator import AnchoredGenerator
-
+@pytest.fixture(scope="module")
+def anchored(tmp_path_factory):
+    """An untrained anchored model (M visibly changes y) saved as a checkpoint."""
     config = load_config(ROOT / "configs" / "tiny.yaml")
     torch.manual_seed(1)
     mean = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=1, table_embedding=8, noise=False))
     with torch.no_grad():
-        mean.conv_out.weight.mul_(30)  # an M that visibly changes y
-    anchored = checkpoint.parent / "anchored"
-    anchored.mkdir()
-    checkpoints.save_inference_files(anchored, AnchoredGenerator(mean, build_generator(config.generator)), config)
+        mean.conv_out.weight.mul_(30)
+    folder = tmp_path_factory.mktemp("anchored")
+    checkpoints.save_inference_files(folder, AnchoredGenerator(mean, build_generator(config.generator)), config)
+    return folder
+
+
+def test_mmse_writes_the_projected_posterior_mean_of_an_anchored_model(checkpoint, anchored, write_jpeg, tmp_path):
     jpeg = write_jpeg("photo.jpg")
     out = tmp_path / "out"
     assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(anchored), "--mmse", "--quiet"]) == 0
@@ -665,6 +683,20 @@ def test_mmse_writes_the_projected_posterior_mean_of_an_anchored_model(checkpoin
     records = {r["kind"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
     assert records["mmse"]["coefficient_agreement"] == 1.0 and records["mmse"]["model"]["mean_generator"]["noise"] is False
     assert main([str(jpeg), "-n", "1", "-o", str(tmp_path / "o2"), "--checkpoint", str(checkpoint), "--mmse"]) == 2
+
+
+def test_m_runs_once_per_file_for_the_mmse_output_and_the_samples(anchored, write_jpeg, tmp_path, monkeypatch):
+    """--mmse and samples share one pass of M (the dearest network), and the samples are those of a run
+    without --mmse, bit for bit."""
+    jpeg = write_jpeg("photo.jpg")
+    calls = []
+    original = Sampler.posterior_mean
+    monkeypatch.setattr(Sampler, "posterior_mean", lambda self, *args: calls.append(1) or original(self, *args))
+    options = ["-n", "2", "--checkpoint", str(anchored), "--quiet"]
+    assert main([str(jpeg), "-o", str(tmp_path / "both"), "--mmse", *options]) == 0 and len(calls) == 1
+    assert main([str(jpeg), "-o", str(tmp_path / "samples"), *options]) == 0 and len(calls) == 2
+    for name in ("photo_s0.png", "photo_s1.png"):
+        assert (tmp_path / "both" / name).read_bytes() == (tmp_path / "samples" / name).read_bytes()
 
 
 def test_a_missing_sample_is_made_again_exactly(checkpoint, write_jpeg, tmp_path):
