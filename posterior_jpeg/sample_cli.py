@@ -28,7 +28,7 @@ from .jpeg.projection import projection, round_to_16_bits
 from .metrics import Agreement, eight_bit_consistency, float_consistency
 from .metrics.fid import file_digest
 from .precision import Precision, choose_precision
-from .sampler import Sampler
+from .sampler import Sampler, resolve_device
 from .pixels import round_to_8_bits, to_hwc_uint8, to_uint8, to_unit_float
 from .visualize import contact_sheet, std_map
 
@@ -379,9 +379,9 @@ def _prepare(args, stack: contextlib.ExitStack) -> Job:
         print(f"sample: {out / MANIFEST}: cut off a torn last line ({torn} bytes) left by an interrupted run",
               file=sys.stderr)
     try:
-        device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-        precision = choose_precision(args.dtype, device)
-        sampler = Sampler.from_checkpoint(args.checkpoint, device, precision.name, tile=args.tile,
+        device = resolve_device(args.device)
+        precision = choose_precision(args.dtype, device.type)
+        sampler = Sampler.from_checkpoint(args.checkpoint, str(device), precision.name, tile=args.tile,
                                           mean_flips=args.mean_flips)
         weights, _ = checkpoints.resolve(sampler.source)
     except PosteriorJpegError as error:

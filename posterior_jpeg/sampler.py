@@ -48,7 +48,8 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
 _MASK32 = 0xFFFFFFFF
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """"auto" (CUDA when available, else the CPU), "cpu" or "cuda"."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -240,7 +241,7 @@ class Sampler:
                     "(--checkpoint RUN_DIR, a folder written by train.py)"
                 )
             path = DEFAULT_MODEL
-        chosen = _device(device)
+        chosen = resolve_device(device)
         generator, _ = checkpoints.load_generator(path, chosen)
         precision = torch_dtype(choose_precision(dtype, chosen.type).name)
         return cls(generator, str(path), chosen, precision, tile, overlap, mean_flips)
@@ -278,10 +279,6 @@ class Sampler:
     def mean_of(self, jpeg: JpegFile) -> torch.Tensor:
         """M(y, q) of a file, [3, H, W] on the model's device, unclamped: what `mmse` shows and an
         anchored model's S starts from."""
-        if self.mean_network is None:
-            raise PosteriorJpegError(
-                f"{self.source}: this model has no posterior-mean network (train one with configs/cpu_mean.yaml)"
-            )
         return self.posterior_mean(round_to_8_bits(jpeg.decode(device=self.device)), jpeg.qtable_tensor(self.device))
 
     @torch.no_grad()
@@ -289,8 +286,8 @@ class Sampler:
         """The posterior-mean decode M(y, q), [C, H, W] in [0, 1] on the CPU, projected by default:
         the best-PSNR output, from an anchored model's M or a noise-free (MMSE) model. mean: the
         file's `mean_of`, when the caller has it already."""
-        mean = self.mean_of(jpeg) if mean is None else mean
         decoded = round_to_8_bits(jpeg.decode(device=self.device))
+        mean = self.posterior_mean(decoded, jpeg.qtable_tensor(self.device)) if mean is None else mean
         image = _file_colour(mean[None].clamp(0, 1), jpeg, decoded)
         return (project_onto(image, jpeg)[0] if project else image[0]).cpu()
 
@@ -301,6 +298,10 @@ class Sampler:
         keeps the file's block grid and tables, so each flipped run is as good an estimate as the
         first; their mean is better (+0.05 / +0.07 dB at quality 10 for 2 / 4 flips, 256-px val crops)
         and cancels the period-2 part of what M's 1/4-resolution head adds by pixel position."""
+        if self.mean_network is None:
+            raise PosteriorJpegError(
+                f"{self.source}: this model has no posterior-mean network (train one with configs/cpu_mean.yaml)"
+            )
         height, width = y.shape[-2:]
         padded = F.pad(y[None], (0, -width % PAD_MULTIPLE, 0, -height % PAD_MULTIPLE), mode="replicate")[0]
         flips = _FLIPS[: self.mean_flips]
