@@ -77,7 +77,8 @@ before comparing a PNG with the file's coefficients; the manifest's figures are 
 
 Big images go through the generator in tiles of --tile pixels that overlap and are blended, then
 each sample is projected as a whole: memory follows the tile size, not the image. A seed gives the
-same sample whatever the batch or tile size, up to small differences near tile seams.
+same file whatever -n and wherever a run was resumed (on one machine, precision and --tile); another
+--tile changes it only near tile seams.
 
 Grayscale files give grayscale outputs: one channel through the generator's luma, the projection
 and the PNGs (mode L); the std map and the grid stay in colour.
@@ -174,7 +175,8 @@ def configure_sample(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help=f"tile size in pixels, a multiple of 16; 0 runs whole images (default {DEFAULT_TILE})")
     parser.add_argument("--mean-flips", type=int, choices=(1, 2, 4), default=4,
                         help="runs of the posterior-mean network M per file, on the image and its flips, averaged "
-                             "(default 4: the best decode; 1 runs M once, about 0.6x the time for 4 samples of a 1 MP photo)")
+                             "(default 4: the best decode at every quality; 1 runs M once, the fast setting; "
+                             "README: Measured)")
     parser.add_argument("--recursive", action="store_true",
                         help="descend into sub-folders of folder INPUTs ('**' in globs)")
     parser.add_argument("--overwrite", action="store_true",
