@@ -7,8 +7,7 @@ See `python sample.py --help` (the same command is `posterior-jpeg sample`).
 
 import sys
 
-from posterior_jpeg.arguments import build_sample_parser
+from posterior_jpeg.commands.sample import main
 
 if __name__ == "__main__":
-    args = build_sample_parser().parse_args()  # before torch loads: --help answers at once
-    sys.exit(args.run(args))
+    sys.exit(main())  # parsed before torch loads: --help answers at once

@@ -14,7 +14,7 @@ from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from posterior_jpeg.sample_cli import main as sample
+from posterior_jpeg.commands.sample import main as sample
 
 HERE = Path(__file__).parent
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -31,7 +31,7 @@ differently composed Inception batches).
 import sys
 
 if __name__ == "__main__":  # `python -m posterior_jpeg.evaluate` is `posterior-jpeg eval`: parsed before torch loads
-    from posterior_jpeg.cli import main
+    from posterior_jpeg.commands import main  # the one upward import, for this spelling of the command
 
     sys.exit(main(["eval", *sys.argv[1:]]))
 

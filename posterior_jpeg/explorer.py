@@ -326,8 +326,7 @@ def write_sweep_page(result: dict, folder: str | Path) -> Path:
     """Write folder/index.html for a perception-consistency sweep (run_sweep's result, its out_dir):
     its table, plots, links to each evaluation's page, and per image one row of crops across the
     baselines and every point (read from each evaluation's crops.json)."""
-    from .report import format_cell
-    from .sweep import SWEEP_COLUMNS
+    from .report import SWEEP_COLUMNS, format_cell
 
     folder = Path(folder)
     point_folders = {"baselines": folder / "baselines"}

@@ -4,7 +4,6 @@ input's metadata kept (EXIF with its orientation reset, ICC) or stripped.
 Only the PNGs keep what the projection made: a lossy re-export (WebP, JPEG) changes the pixels, so
 the written file is no longer consistent with the input JPEG."""
 
-import argparse
 import io
 import struct
 import zlib
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .arguments import DEFAULT_QUALITY, FORMATS
+from .options import DEFAULT_QUALITY, FORMATS, SampleOptions
 from .atomic import write_atomically
 from .pixels import to_hwc_uint8
 
@@ -57,9 +56,22 @@ class ExportSettings:
         return "8-bit" if coefficient_agreement == 1.0 else "partial"
 
 
-def settings_from(args: argparse.Namespace) -> ExportSettings:
-    """The parsed arguments as ExportSettings; ValueError says which combination is invalid."""
-    return ExportSettings(args.format, args.quality, args.metadata)
+def settings_from(options: SampleOptions) -> ExportSettings:
+    """The sample command's options as ExportSettings; ValueError says which combination is invalid."""
+    return ExportSettings(options.format, options.quality, options.metadata)
+
+
+def encode_png(array: np.ndarray, icc_profile: bytes | None) -> bytes:
+    """uint8 [H, W, 3] (RGB) or [H, W, 1] (grayscale: mode L) -> the bytes of a PNG."""
+    buffer = io.BytesIO()
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    image.save(buffer, format="PNG", icc_profile=icc_profile)
+    return buffer.getvalue()
+
+
+def write_png(array: np.ndarray, path: Path, icc_profile: bytes | None) -> None:
+    """Write uint8 [H, W, 3] or [H, W, 1] as a PNG, atomically (see `write_atomically`)."""
+    write_atomically(path, encode_png(array, icc_profile))
 
 
 @dataclass(frozen=True)

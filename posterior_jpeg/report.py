@@ -137,3 +137,8 @@ def write_results(results: dict, out_dir) -> None:
         writer.writerow({**row, "fid_repeats": " ".join(f"{v:.6g}" for v in row["fid_repeats"])})
     write_atomically(out_dir / "results.csv", table.getvalue().encode())
     write_atomically(out_dir / "results.md", markdown(results).encode())
+
+
+# The columns of a sweep's table and CSV (sweep.py writes them, explorer.py shows them).
+SWEEP_COLUMNS = ("point", "lambda_c", "method", "quality", "subsampling", "images", "fid", "fid_std",
+                 "consistency_rmse", "coefficient_agreement", "psnr_rgb", "pixel_std")

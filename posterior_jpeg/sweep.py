@@ -15,7 +15,7 @@ settings and model weights is not evaluated again. Delete a point's run folder t
 import sys
 
 if __name__ == "__main__":  # `python -m posterior_jpeg.sweep` is `posterior-jpeg sweep`: parsed before torch loads
-    from posterior_jpeg.cli import main
+    from posterior_jpeg.commands import main  # the one upward import, for this spelling of the command
 
     sys.exit(main(["sweep", *sys.argv[1:]]))
 
@@ -38,7 +38,7 @@ from . import checkpoints, explorer
 from .atomic import write_atomically
 from .config import ConfigError, TrainConfig, load_config, load_structured, run_with_config, show_config
 from .evaluate import DEFAULT_METHODS, EvalConfig, evaluate
-from .report import POSTERIOR_METHODS, format_cell
+from .report import POSTERIOR_METHODS, SWEEP_COLUMNS, format_cell
 from .losses import Schedule
 from .metrics.fid import file_digest
 from .training import train
@@ -199,8 +199,6 @@ def run_sweep(cfg: SweepConfig) -> dict:
     return result
 
 
-SWEEP_COLUMNS = ("point", "lambda_c", "method", "quality", "subsampling", "images", "fid", "fid_std",
-                 "consistency_rmse", "coefficient_agreement", "psnr_rgb", "pixel_std")
 
 
 

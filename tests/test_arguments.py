@@ -24,16 +24,16 @@ def _console_script(target: str) -> list[str]:
 
 
 HELP_COMMANDS = [
-    ["train.py"], ["sample.py"], ["-m", "posterior_jpeg.cli"], ["-m", "posterior_jpeg.evaluate"],
+    ["train.py"], ["sample.py"], ["-m", "posterior_jpeg"], ["-m", "posterior_jpeg.evaluate"],
     ["-m", "posterior_jpeg.sweep"],
-    *(["-m", "posterior_jpeg.cli", command] for command in ("info", "project", "eval", "sweep", "sample")),
+    *(["-m", "posterior_jpeg", command] for command in ("info", "project", "eval", "sweep", "sample")),
     *(_console_script(target) for target in PYPROJECT["project"]["scripts"].values()),
 ]
 ARGUMENT_ERRORS = [
     ["sample.py", "photo.jpg", "-o", "out", "--tile", "17"],
     ["sample.py", "photo.jpg"],  # -o missing
     ["train.py", "--no-such-flag"],
-    ["-m", "posterior_jpeg.cli", "project", "a.jpg"],
+    ["-m", "posterior_jpeg", "project", "a.jpg"],
 ]
 
 
@@ -112,7 +112,58 @@ def test_print_config_refuses_an_unknown_key():
     assert printed.stderr.strip() == "train.py: config: Key 'no_such_key' not in 'TrainConfig'"
 
 
-@pytest.mark.parametrize("command", [["train.py"], ["-m", "posterior_jpeg.cli", "eval"], ["-m", "posterior_jpeg.cli", "sweep"]],
+@pytest.mark.parametrize("command", [["train.py"], ["-m", "posterior_jpeg", "eval"], ["-m", "posterior_jpeg", "sweep"]],
                          ids=" ".join)
 def test_help_says_how_to_see_the_keys(command):
     assert "--print-config" in _printed([*command, "--help"]).stdout
+
+
+def _imports(path: Path) -> list[tuple[str, bool, bool]]:
+    """(module imported, whether under `if __name__ == "__main__"`, whether inside a function) of a
+    package file, relative imports resolved to posterior_jpeg.*."""
+    import ast
+
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = []
+
+    def visit(node, guarded, deferred):
+        for child in ast.iter_child_nodes(node):
+            under = guarded or (isinstance(child, ast.If) and "__main__" in ast.unparse(child.test))
+            inside = deferred or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.ImportFrom):
+                base = package.rsplit(".", child.level - 1)[0] if child.level else ""
+                module = ".".join(filter(None, [base, child.module or ""]))
+                found.extend((module if child.module else f"{module}.{alias.name}", under, inside)
+                             for alias in child.names)
+            elif isinstance(child, ast.Import):
+                found.extend((alias.name, under, inside) for alias in child.names)
+            visit(child, under, inside)
+
+    visit(ast.parse(path.read_text()), False, False)
+    return found
+
+
+def test_jobs_and_the_library_never_import_the_commands():
+    """Commands stand above jobs, jobs above the library: no module outside `commands` imports it,
+    except the `__main__` guards that keep `python -m posterior_jpeg.evaluate` / `.sweep` working;
+    and the commands import nothing heavy at module level (their jobs load after parsing)."""
+    package = ROOT / "posterior_jpeg"
+    for path in package.rglob("*.py"):
+        if "commands" in path.relative_to(package).parts or path.name == "__main__.py":
+            continue
+        upward = [name for name, guarded, _ in _imports(path) if name.startswith("posterior_jpeg.commands") and not guarded]
+        assert not upward, f"{path.relative_to(ROOT)} imports {upward}"
+    for path in (package / "commands").glob("*.py"):
+        heavy = {name.split(".")[0] for name, _, deferred in _imports(path) if not deferred} & set(HEAVY)
+        jobs = [name for name, _, deferred in _imports(path) if not deferred and name.startswith("posterior_jpeg")
+                and name.split(".")[1] not in ("commands", "options", "precision", "tiling")]
+        assert not jobs, f"{path.relative_to(ROOT)} imports {jobs} before parsing"
+        assert not heavy, f"{path.relative_to(ROOT)} imports {heavy} at parse time"
+
+
+def test_the_package_runs_every_command_as_a_module():
+    result = subprocess.run([sys.executable, "-m", "posterior_jpeg", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("sample", "train", "eval", "sweep", "info", "project"):
+        assert command in result.stdout

@@ -15,7 +15,7 @@ import torch
 from posterior_jpeg import checkpoints
 from posterior_jpeg.config import ConfigError, load_config, to_yaml
 from posterior_jpeg.models.generator import build_generator
-from posterior_jpeg.sample_cli import main as sample_main
+from posterior_jpeg.commands.sample import main as sample_main
 from posterior_jpeg.sampler import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]

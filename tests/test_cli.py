@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageFilter
 
 import posterior_jpeg as pj
-from posterior_jpeg.cli import main
+from posterior_jpeg.commands import main
 
 
 def test_info_prints_one_json_line_per_file_and_reports_bad_ones(natural_rgb, pillow_jpeg, tmp_path, capsys):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from posterior_jpeg import evaluate as ev
 from posterior_jpeg import sweep as sw
-from posterior_jpeg.cli import main as cli
+from posterior_jpeg.commands import main as cli
 from posterior_jpeg.config import load_config
 from posterior_jpeg.data import synthetic_image
 from posterior_jpeg.errors import MissingWeightsError, PosteriorJpegError

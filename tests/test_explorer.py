@@ -15,10 +15,10 @@ from torchvision.io import ImageReadMode, decode_png
 
 import posterior_jpeg as pj
 from posterior_jpeg import explorer
-from posterior_jpeg.cli import main as cli_main
+from posterior_jpeg.commands import main as cli_main
 from posterior_jpeg.jpeg.tables import ijg_tables
-from posterior_jpeg.arguments import build_sample_parser
-from posterior_jpeg.sample_cli import main
+from posterior_jpeg.commands.sample import build_parser as build_sample_parser
+from posterior_jpeg.commands.sample import main
 
 ORIENTATION, MAKE = 0x0112, 0x010F
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

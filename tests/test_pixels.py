@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from posterior_jpeg import errors
-from posterior_jpeg.arguments import build_sample_parser
+from posterior_jpeg.commands.sample import build_parser as build_sample_parser
 from posterior_jpeg.config import ConfigError, DataConfig, load_config
 from posterior_jpeg.data import QualitySampler
 from posterior_jpeg.models.features import read_state_file

@@ -18,13 +18,14 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 import posterior_jpeg as pj
-from posterior_jpeg import checkpoints, precision, sample_cli
-from posterior_jpeg.cli import main as cli_main
+from posterior_jpeg import checkpoints, precision, sample_job
+from posterior_jpeg.commands import main as cli_main
 from posterior_jpeg.config import load_config
 from posterior_jpeg.jpeg import tables
 from posterior_jpeg.jpeg.color import rgb_to_ycbcr
 from posterior_jpeg.models.generator import AnchoredGenerator, GeneratorConfig, build_generator
-from posterior_jpeg.sample_cli import apply_orientation, expand_inputs, main, undo_orientation
+from posterior_jpeg.commands.sample import main
+from posterior_jpeg.sample_job import apply_orientation, expand_inputs, undo_orientation
 from posterior_jpeg.sampler import PositionalNoise, Sampler, normal_from_bits, tile_spans
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -629,8 +630,8 @@ CORRUPT = "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9"
 def test_a_files_libjpeg_warnings_are_printed_once_with_its_name_and_recorded(checkpoint, write_jpeg, tmp_path,
                                                                              monkeypatch, capsys):
     jpeg = write_jpeg("w.jpg")
-    real_read = sample_cli.read_jpeg
-    monkeypatch.setattr(sample_cli, "read_jpeg", lambda path: dataclasses.replace(real_read(path), warnings=(CORRUPT,)))
+    real_read = sample_job.read_jpeg
+    monkeypatch.setattr(sample_job, "read_jpeg", lambda path: dataclasses.replace(real_read(path), warnings=(CORRUPT,)))
     for quiet, out in ((False, tmp_path / "loud"), (True, tmp_path / "quiet")):
         assert main([str(jpeg), "-n", "2", "-o", str(out), "--checkpoint", str(checkpoint), "--mean",
                      *(["--quiet"] if quiet else [])]) == 0

@@ -1,12 +1,11 @@
-"""The sampling command (`python sample.py`, `posterior-jpeg sample`): JPEG files in, posterior
-samples, their mean and an uncertainty map out as PNGs, with a manifest of what was made and how."""
+"""The sampling job behind `python sample.py` and `posterior-jpeg sample` (whose parser is
+`commands.sample`): JPEG files in, posterior samples, their mean and an uncertainty map out as PNGs,
+with a manifest of what was made and how."""
 
-import argparse
 import contextlib
 import dataclasses
 import glob
 import hashlib
-import io
 import json
 import os
 import sys
@@ -20,13 +19,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import checkpoints, explorer, export
-from .arguments import build_sample_parser
 from .atomic import FolderBusyError, FolderLock, append_line, read_lines, remove_stale_temporaries, write_atomically
 from .errors import LibjpegWarning, PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import projection, round_to_16_bits
 from .metrics import Agreement, eight_bit_consistency, float_consistency
 from .metrics.fid import file_digest
+from .options import SampleOptions
 from .precision import Precision, choose_precision
 from .sampler import Sampler, resolve_device
 from .pixels import round_to_8_bits, to_hwc_uint8, to_uint8, to_unit_float
@@ -103,19 +102,6 @@ def undo_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return _TRANSFORMS[_INVERSE.get(orientation, orientation)](image)
 
 
-def encode_png(array: np.ndarray, icc_profile: bytes | None) -> bytes:
-    """uint8 [H, W, 3] (RGB) or [H, W, 1] (grayscale: mode L) -> the bytes of a PNG."""
-    buffer = io.BytesIO()
-    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    image.save(buffer, format="PNG", icc_profile=icc_profile)
-    return buffer.getvalue()
-
-
-def write_png(array: np.ndarray, path: Path, icc_profile: bytes | None) -> None:
-    """Write uint8 [H, W, 3] or [H, W, 1] as a PNG, atomically (see `write_atomically`)."""
-    write_atomically(path, encode_png(array, icc_profile))
-
-
 class FileFailed(Exception):
     """One input could not be sampled; the message is the line to print."""
 
@@ -130,7 +116,7 @@ class Job:
 
     sampler: Sampler
     precision: Precision  # as decided once for the run, printed and recorded with every output
-    args: argparse.Namespace
+    args: SampleOptions
     out: Path
     checkpoint_sha256: str
     model: dict
@@ -346,15 +332,15 @@ def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: l
             data = export.encode(apply_orientation(written, jf.orientation), job.export, metadata)
         elif kind == "grid":
             row = [jf.decode(), *stack, mean, std_map(stack)]
-            data = encode_png(contact_sheet([[apply_orientation(image.expand(3, -1, -1), jf.orientation)
+            data = export.encode_png(contact_sheet([[apply_orientation(image.expand(3, -1, -1), jf.orientation)
                                               for image in row]]), icc)
         else:
-            data = encode_png(to_hwc_uint8(apply_orientation(std_map(stack), jf.orientation)), icc)
+            data = export.encode_png(to_hwc_uint8(apply_orientation(std_map(stack), jf.orientation)), icc)
         job.write(output, data, line, began)
     return inexact
 
 
-def _prepare(args, stack: contextlib.ExitStack) -> Job:
+def _prepare(args: SampleOptions, stack: contextlib.ExitStack) -> Job:
     """The shared state of a run, holding OUT's lock (released by `stack`); CannotStart with the line
     that says why it cannot start."""
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -394,7 +380,7 @@ def _prepare(args, stack: contextlib.ExitStack) -> Job:
                dataclasses.asdict(checkpoints.model_file(sampler.generator)), recorded, settings)
 
 
-def _sample_all(args) -> int:
+def _sample_all(args: SampleOptions) -> int:
     files, errors = expand_inputs(args.inputs, args.recursive)
     files, clashes = split_name_clashes(files)
     errors += clashes
@@ -467,7 +453,7 @@ def _sample_files(job: Job, files: list[Path], failed: int) -> int:
     return 1 if failed else 0
 
 
-def run(args) -> int:
+def run(args: SampleOptions) -> int:
     """Sample every input; returns the exit status (Ctrl-C included: 130, only whole files left)."""
     try:
         return _sample_all(args)
@@ -475,8 +461,3 @@ def run(args) -> int:
         print("sample: interrupted; the outputs written so far are complete (run the same command again to "
               "make the rest)", file=sys.stderr)
         return INTERRUPTED
-
-
-def main(argv=None) -> int:
-    args = build_sample_parser().parse_args(argv)
-    return args.run(args)

@@ -1,41 +1,17 @@
-"""The command lines of every entry point, torch-free: `--help` and argument errors answer before
-torch (seconds to import) loads; each command imports its heavy modules after parsing."""
+"""`sample`: decode JPEG files into posterior samples, their mean and an uncertainty map (also
+`python sample.py`). The parser builds a `SampleOptions` for the sampling job."""
 
 import argparse
+import dataclasses
 
-from .precision import PRECISIONS
-from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, PAD_MULTIPLE
+from ..options import DEFAULT_QUALITY, FORMATS, SampleOptions
+from ..precision import PRECISIONS
+from ..tiling import DEFAULT_OVERLAP, DEFAULT_TILE, PAD_MULTIPLE
 
-FORMATS = ("png", "png16", "webp", "jpeg")  # what sample writes (export.py)
-DEFAULT_QUALITY = 90  # of lossy exports
+NAME = "sample"
+HELP = "decode JPEG files into posterior samples (PNGs)"
 
-
-def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
-    """The arguments every config-driven command takes: --config FILE, --print-config and key=value
-    overrides."""
-    parser.add_argument("--config", help=f"YAML config ({example}); defaults when omitted")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print every config key with its resolved value (defaults <- --config <- "
-                             "overrides) and one line of meaning, as YAML, and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, dotted keys")
-
-
-def parse_config_arguments(argv, prog: str | None, description: str, example: str) -> argparse.Namespace:
-    """The command line of a config-driven script (train.py, evaluate, sweep): its docstring as
-    --help, then --config FILE, --print-config and key=value overrides."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, example)
-    return parser.parse_args(argv)
-
-
-def _run_sample(args: argparse.Namespace) -> int:
-    from .sample_cli import run
-
-    return run(args)
-
-
-SAMPLE_DESCRIPTION = """\
+DESCRIPTION = """\
 Decode JPEG files stochastically: for each file, N different plausible originals (posterior samples)
 drawn by a trained generator with seeds SEED, SEED+1, ..., each projected onto the file so that,
 saved as 8-bit and compressed again by libjpeg with the file's tables, it gives back the file's own
@@ -102,7 +78,7 @@ manifest record of that file. Exit status: 0 all done, 1 some input failed, 2 th
 or OUT are unusable (another run holds it), 130 interrupted.
 """
 
-SAMPLE_EPILOG = """\
+EPILOG = """\
 examples:
   python sample.py photo.jpg -n 4 -o out --checkpoint runs/demo --mean --std
       four samples of photo.jpg with the latest checkpoint of the run folder runs/demo, plus the
@@ -144,11 +120,10 @@ def _tile(text: str) -> int:
     return value
 
 
-def configure_sample(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Give `parser` the sampling command's help and arguments (shared by sample.py and the
-    `posterior-jpeg sample` subcommand)."""
-    parser.description = SAMPLE_DESCRIPTION
-    parser.epilog = SAMPLE_EPILOG
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give `parser` the sampling command's help and arguments (sample.py and `posterior-jpeg sample`)."""
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="JPEG files, folders or glob patterns")
     parser.add_argument("-n", "--samples", type=_positive, default=8, help="samples per file (default 8)")
@@ -190,12 +165,8 @@ def configure_sample(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="at the end, write OUT/index.html: a page to flip through and zoom into every "
                              "file's decode, samples, mean and std map (no network needed)")
     add_export_arguments(parser)
-    parser.set_defaults(run=_run_sample)
+    parser.set_defaults(run=run)
     return parser
-
-
-def build_sample_parser() -> argparse.ArgumentParser:
-    return configure_sample(argparse.ArgumentParser(prog="sample.py"))
 
 
 EXPORT_HELP = {
@@ -214,3 +185,24 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="png", help=EXPORT_HELP["format"])
     parser.add_argument("--quality", type=int, metavar="Q", help=EXPORT_HELP["quality"])
     parser.add_argument("--metadata", choices=("keep", "strip"), default="keep", help=EXPORT_HELP["metadata"])
+
+
+def options(args: argparse.Namespace) -> SampleOptions:
+    """The parsed command line as the job's typed options."""
+    return SampleOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(SampleOptions)})
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sample_job import run as run_job  # torch: after parsing
+
+    return run_job(options(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return configure(argparse.ArgumentParser(prog="sample.py"))
+
+
+def main(argv=None) -> int:
+    """`python sample.py`."""
+    args = build_parser().parse_args(argv)
+    return args.run(args)
