@@ -35,6 +35,7 @@ from .atomic import write_atomically
 from .config import ConfigError, TrainConfig, build_structured, read_yaml, to_yaml
 from .errors import CheckpointError
 from .models.generator import AnchoredGenerator, Generator, GeneratorConfig, build_generator
+from .models.spread import SpreadConfig, SpreadNet
 
 EMA = "generator_ema"
 WEIGHTS = f"{EMA}.safetensors"
@@ -57,10 +58,13 @@ class ModelFile:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     mean_generator: GeneratorConfig | None = None
     antithetic: bool = False
+    spread: SpreadConfig | None = None  # the spread network V that sets the samples' variance (models/spread.py)
 
     def __post_init__(self):
         if self.antithetic and self.mean_generator is None:
             raise ConfigError("antithetic needs an anchored model (a mean_generator section)")
+        if self.spread is not None and self.mean_generator is None:
+            raise ConfigError("spread needs an anchored model (a mean_generator section)")
 
 
 def build_model(model: ModelFile) -> Generator | AnchoredGenerator:
@@ -68,13 +72,15 @@ def build_model(model: ModelFile) -> Generator | AnchoredGenerator:
     generator = build_generator(model.generator)
     if model.mean_generator is None:
         return generator
-    return AnchoredGenerator(build_generator(model.mean_generator), generator, model.antithetic)
+    spread = None if model.spread is None else SpreadNet(model.spread)
+    return AnchoredGenerator(build_generator(model.mean_generator), generator, model.antithetic, spread)
 
 
 def model_file(generator: Generator | AnchoredGenerator) -> ModelFile:
     if isinstance(generator, AnchoredGenerator):
         return ModelFile(generator=generator.detail.config, mean_generator=generator.mean.config,
-                         antithetic=generator.antithetic)
+                         antithetic=generator.antithetic,
+                         spread=None if generator.spread is None else generator.spread.config)
     return ModelFile(generator=generator.config)
 
 
@@ -284,7 +290,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     weights, model = resolve(path)
     tensors, _ = read_tensors(weights, device)
     what = f"the generator {MODEL if (weights.parent / MODEL).is_file() else CONFIG} describes"
-    blocks = model.generator.blocks + (model.mean_generator.blocks if model.mean_generator else 0)
+    blocks = (model.generator.blocks + (model.mean_generator.blocks if model.mean_generator else 0)
+              + (model.spread.blocks if model.spread else 0))
     if blocks > len(tensors):  # every block has weights; building 10**9 empty blocks would hang
         raise CheckpointError(f"{weights}: weights do not fit {what}: {len(tensors)} tensors cannot hold {blocks} blocks")
     try:

@@ -24,8 +24,9 @@ from .losses import Schedule
 from .precision import PRECISIONS
 from .models.critic import CriticConfig
 from .models.generator import GeneratorConfig
+from .models.spread import SpreadConfig
 
-STAGES = ("mmse", "posterior")
+STAGES = ("mmse", "posterior", "spread")
 
 
 @dataclass
@@ -86,7 +87,7 @@ class TrainConfig:
     describes S, and M serves as eq. 7's xbar; init_from an anchored checkpoint then warm-starts S
     alone over this anchor."""
 
-    stage: str = "posterior"  # "mmse" (L2 regression: the MMSE estimator) or "posterior" (GAN with all penalties)
+    stage: str = "posterior"  # "mmse" (L2 regression: the MMSE estimator), "posterior" (GAN with all penalties) or "spread" (the spread network V alone, by likelihood)
     out_dir: str = "runs/default"  # run folder: checkpoints, validation grids, TensorBoard logs
     steps: int = 1000  # optimizer steps of the whole run
     batch_size: int = 32  # crops per micro-batch and process (a step: batch_size x grad_accumulation x processes)
@@ -106,10 +107,11 @@ class TrainConfig:
     resume: str | None = "auto"  # "auto": continue the run in out_dir if it has a checkpoint; a path: that checkpoint; null: start fresh
     init_from: str | None = None  # weights to start G from (e.g. the MMSE run)
     mmse_model: str | None = None  # frozen MMSE estimator xbar for the second moment
-    anchor: str | None = None  # noise-free MMSE checkpoint M: G becomes S(z, M(y, q), q) and only S trains
+    anchor: str | None = None  # MMSE checkpoint M (or an anchored model, for its M): G becomes S(z, M(y, q), q) and only S trains
     antithetic: bool = False  # anchored only: G = M + (S(z) - S(-z)) / 2, whose mean over z is M exactly
     progress: bool = True  # progress bar on the console
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # architecture of G
+    spread: SpreadConfig | None = None  # anchored only: the spread network V, trained alone by stage spread, over S from init_from
     critic: CriticConfig = field(default_factory=CriticConfig)  # architecture of the critic
     loss: LossConfig = field(default_factory=LossConfig)  # weights of the objective, each a schedule over the run
     data: DataConfig = field(default_factory=DataConfig)  # training crops
@@ -138,8 +140,12 @@ class TrainConfig:
                               "loss-scaled and would underflow in fp16; use bf16 (no scaler needed) or fp32")
         if self.antithetic and not self.anchor:
             raise ConfigError("antithetic needs an anchor: it mirrors the detail network S around M")
-        if self.anchor and self.stage != "posterior":
-            raise ConfigError("anchor trains the detail network S: it needs stage posterior")
+        if self.anchor and self.stage == "mmse":
+            raise ConfigError("anchor trains the detail network S (stage posterior) or the spread network V (stage spread)")
+        if self.stage == "spread" and not (self.anchor and self.spread and self.init_from):
+            raise ConfigError("stage spread trains V over a finished model: it needs anchor (M), init_from (S) and a spread section")
+        if self.spread is not None and not self.anchor:
+            raise ConfigError("spread needs an anchor: V predicts the spread around M")
         if self.loss.moment_images > self.batch_size:
             raise ConfigError(f"loss.moment_images ({self.loss.moment_images}) exceeds batch_size ({self.batch_size})")
         if min(self.steps, self.batch_size, self.grad_accumulation, self.log_every, self.val_every,

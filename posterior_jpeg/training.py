@@ -1,9 +1,10 @@
-"""The training loop: Accelerate for devices, DDP and mixed precision; two stages.
+"""The training loop: Accelerate for devices, DDP and mixed precision; three stages.
 
 stage "mmse": G learns E[x | y] with an L2 loss (the second moment's xbar, and the regression
 baseline). stage "posterior": G and the critic play the non-saturating GAN with R1, plus the
 consistency penalty through the differentiable codec, the first and second moment penalties and
-optionally the VGG perceptual loss, each weighted by its schedule.
+optionally the VGG perceptual loss, each weighted by its schedule. stage "spread": over a finished
+M and S, the spread network V learns the variance of M's residual by band (models/spread.py).
 
 Exact resume: data items are a function of (seed, sample counter), the learning rates and loss
 weights a function of the step, and checkpoints hold the models, the EMA, the optimizers and every
@@ -34,7 +35,9 @@ from .precision import ACCELERATE_NAMES, Precision, choose_precision
 from .errors import CheckpointError
 from .models.critic import build_critic
 from .models.features import VGGFeatures
-from .models.generator import AnchoredGenerator, Generator, GeneratorConfig, build_generator, seeded_noise
+from .metrics.psnr import luma
+from .models.generator import AnchoredGenerator, GeneratorConfig, build_generator, seeded_noise
+from .models.spread import SpreadConfig, SpreadNet, band_nll
 from .visualize import contact_sheet, posterior_row
 
 
@@ -147,6 +150,22 @@ class MmseStage:
             trainer.opt_g.step()
             trainer.opt_g.zero_grad(set_to_none=True)
         return {"mse": loss.detach()}
+
+
+class SpreadStage(MmseStage):
+    """Stage "spread": V alone learns the variance of each band of M's luma residual x - M by
+    Gaussian likelihood (`spread.band_nll`); M and S stay frozen, so does the sample's mean."""
+
+    def step(self, trainer: "Trainer", batch: dict) -> dict[str, torch.Tensor]:
+        accelerator = trainer.accelerator
+        with accelerator.accumulate(trainer.generator):
+            with accelerator.autocast():
+                log_spread, mean = trainer.generator(batch["y"], batch["qtables"], output="log_spread")
+            loss = band_nll(log_spread.float(), luma(batch["x"] - mean.float()))
+            accelerator.backward(loss)
+            trainer.opt_g.step()
+            trainer.opt_g.zero_grad(set_to_none=True)
+        return {"nll": loss.detach()}
 
 
 class PosteriorStage:
@@ -278,25 +297,32 @@ class Trainer:
         set_seed(cfg.seed)
         if cfg.anchor:
             mean, _ = checkpoints.load_generator(cfg.anchor)
-            if not isinstance(mean, Generator) or mean.config.noise:
+            if isinstance(mean, AnchoredGenerator):  # a finished model: its M
+                mean = mean.mean
+            if mean.config.noise:
                 raise checkpoints.CheckpointError(
                     f"{cfg.anchor}: an anchor must be a noise-free MMSE model (generator.noise: false)")
+            spread = None if cfg.spread is None else SpreadNet(SpreadConfig(**vars(cfg.spread)))
             self.generator = AnchoredGenerator(mean, build_generator(GeneratorConfig(**vars(cfg.generator))),
-                                               cfg.antithetic)
+                                               cfg.antithetic, spread)
         else:
             self.generator = build_generator(GeneratorConfig(**vars(cfg.generator)))
         if cfg.init_from:
             weights, model = checkpoints.resolve(cfg.init_from)
             if cfg.anchor and model.mean_generator is not None:  # warm-start S, over this run's anchor
                 checkpoints.load_weights(self.generator.detail, weights, "this run's S (init_from)", prefix="detail.")
+                if cfg.spread is not None and model.spread is not None:
+                    checkpoints.load_weights(self.generator.spread, weights, "this run's V (init_from)", prefix="spread.")
             else:
                 checkpoints.load_weights(self.generator, weights, "this run's generator (init_from)")
         self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         self.ema_beta = _ema_beta(cfg, self.accelerator.num_processes)
+        if cfg.stage == "spread":
+            self.generator.detail.requires_grad_(False)  # V learns over a finished S
         trained = [p for p in self.generator.parameters() if p.requires_grad]  # an anchor's M stays frozen
         self.opt_g = torch.optim.Adam(trained, lr=cfg.optim.lr(0, cfg.steps), betas=tuple(cfg.optim.betas))
-        self.stage = (PosteriorStage(cfg, self.accelerator, self.generator) if cfg.stage == "posterior"
-                      else MmseStage())
+        self.stage = {"posterior": lambda: PosteriorStage(cfg, self.accelerator, self.generator),
+                      "spread": SpreadStage, "mmse": MmseStage}[cfg.stage]()
         if self.precision.channels_last:
             self.generator = self.generator.to(memory_format=torch.channels_last)
         self.generator, self.opt_g = self.accelerator.prepare(self.generator, self.opt_g)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..metrics.psnr import luma
 from ..tiling import PAD_MULTIPLE
 
 UNSHUFFLE = 4
@@ -316,7 +317,7 @@ class AnchoredGenerator(nn.Module):
     whatever z is (a fixed pattern such as a 4-pixel hatch from the 1/4-resolution head) cancels.
     Costs two passes of S per sample."""
 
-    def __init__(self, mean: Generator, detail: Generator, antithetic: bool = False):
+    def __init__(self, mean: Generator, detail: Generator, antithetic: bool = False, spread: nn.Module | None = None):
         super().__init__()
         if mean.config.noise:
             raise ValueError("the posterior-mean network M must be noise-free (generator.noise: false)")
@@ -324,6 +325,7 @@ class AnchoredGenerator(nn.Module):
         self.detail = detail
         self.config = detail.config
         self.antithetic = antithetic
+        self.spread = spread
 
     def train(self, mode: bool = True) -> "AnchoredGenerator":
         super().train(mode)
@@ -334,21 +336,46 @@ class AnchoredGenerator(nn.Module):
         with torch.no_grad():
             return self.mean(y, qtables)
 
-    def forward(self, y: torch.Tensor, qtables: torch.Tensor, noise: NoiseRng = None) -> torch.Tensor:
-        return self.add_detail(self.posterior_mean(y, qtables), qtables, noise)
+    def forward(self, y: torch.Tensor, qtables: torch.Tensor, noise: NoiseRng = None,
+                output: str = "sample"):
+        """output "sample": G(z, y, q). "log_spread": (V's log variances of M's residual by band,
+        M) for training V (models/spread.py) through forward, the only call DDP synchronises."""
+        mean = self.posterior_mean(y, qtables)
+        if output == "log_spread":
+            return self.spread(mean, qtables), mean
+        return self.add_detail(mean, qtables, noise)
 
     def add_detail(self, mean: torch.Tensor, qtables: torch.Tensor, noise: NoiseRng = None) -> torch.Tensor:
         """G given M's output: the sampler computes M once per file and this once per sample. The
-        antithetic passes S(z) and S(-z) run as one batch of 2N (one call, one shape)."""
-        if not self.antithetic:
-            return self.detail(mean, qtables, noise)
+        antithetic passes S(z) and S(-z) run as one batch of 2N (one call, one shape). With a spread
+        network, the luma of S's detail is rebuilt band by band at V's variances (`compose_luma`)."""
         n = mean.shape[0]
+        source = noise if hasattr(noise, "like") else NoiseSource(n, noise)
         tables = torch.as_tensor(qtables)
         tables = tables.reshape(-1, *tables.shape[-3:]).expand(n, -1, -1, -1)  # [T, 8, 8] or [1 or N, T, 8, 8]
-        pair = self.detail(torch.cat([mean, mean]), torch.cat([tables, tables]),
-                           _Mirrored(noise if hasattr(noise, "like") else NoiseSource(n, noise), n))
-        plus, minus = pair[:n], pair[n:]
-        return mean + 0.5 * (plus - minus)
+        if not self.antithetic and self.spread is None:
+            return self.detail(mean, tables, source)
+        if self.antithetic:
+            pair = self.detail(torch.cat([mean, mean]), torch.cat([tables, tables]), _Mirrored(source, n))
+            detail = 0.5 * (pair[:n] - pair[n:])
+        else:
+            detail = self.detail(mean, tables, source) - mean
+        if self.spread is None:
+            return mean + detail
+        detail_luma = luma(detail)
+        white = _full_resolution_noise(source, mean, fields=2)
+        rebuilt = self.spread.rebuild_luma(mean, tables, white, detail_luma)
+        return mean + detail + (rebuilt - detail_luma).to(detail)  # equal R, G, B: the chroma stays S's
+
+
+def _full_resolution_noise(source, like: torch.Tensor, fields: int) -> torch.Tensor:
+    """[N, fields, H, W] white noise at every pixel of `like` [N, C, H, W], drawn from the noise
+    source as UNSHUFFLE**2 maps at the trunk's 1/4 resolution per field and pixel-shuffled: a
+    position-keyed source (the sampler's) keys each pixel by its place in the whole image."""
+    n, _, height, width = like.shape
+    cells = like.new_empty(n, 1, -(-height // UNSHUFFLE), -(-width // UNSHUFFLE))
+    maps = [torch.cat([source.like(cells) for _ in range(UNSHUFFLE**2)], dim=1) for _ in range(fields)]
+    return torch.cat([F.pixel_shuffle(m, UNSHUFFLE) for m in maps], dim=1)[:, :, :height, :width].float()
 
 
 class _Mirrored:

@@ -1,0 +1,135 @@
+"""The posterior's spread around M: how far M is from the original, where, and at which scale.
+
+Measured on the bundled model, the samples were M plus one fine grain of the same size everywhere:
+too much in flat areas, a fraction of M's error in texture, nothing at coarse scales. The spread
+network V(M, q) predicts, per 8x8 cell, the variance of each scale band of the luma residual x - M
+(trained by Gaussian likelihood, so its variances are calibrated: `band_nll`). A sample's luma
+residual is then built band by band with exactly that variance (`compose_luma`):
+- low band (periods over ~8 px) and mid band (4-8 px): band-passed white noise, so samples differ in
+  shading and edge position, not only in grain;
+- high band (2-4 px): S's own detail (its learned texture), normalised to unit local energy.
+Every part is an odd function of the noise and V depends on M alone, so the mean over z stays M.
+
+Bands are split by two Gaussian blurs of the residual, sigma 1.5 and 0.75 pixels: their half-power
+frequencies, 1/8 and 1/4 cycle per pixel, are the bounds of `metrics.calibration`'s bands.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .generator import PlainTrunk, normalise_tables
+
+CELL = 8  # V predicts one variance per band per 8x8 cell: JPEG's block, the calibration's tile
+BAND_SIGMAS = (1.5, 0.75)  # blurs that split low | mid | high
+BANDS = 3
+SMOOTHING_SIGMA = 4.0  # window of the local energy that S's high-band detail is normalised by
+DETAIL_FLOOR = 1e-6  # (1/4 gray level)^2: where S adds nothing, its detail is not blown up
+
+
+@dataclass
+class SpreadConfig:
+    """Architecture of V: a plain trunk at 1/8 resolution, FiLM-free (one table-driven shift and scale)."""
+
+    features: int = 32  # trunk width
+    blocks: int = 4  # residual blocks
+    table_embedding: int = 32  # width of the quantization-table embedding
+
+    def __post_init__(self):
+        if min(self.features, self.blocks, self.table_embedding) < 1:
+            raise ValueError(f"spread network sizes must be positive, got {self}")
+
+
+def _gaussian(sigma: float, device, dtype) -> torch.Tensor:
+    radius = math.ceil(3 * sigma)
+    taps = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [N, C, H, W], edges repeated (the image's size is kept)."""
+    kernel = _gaussian(sigma, images.device, images.dtype)
+    radius = kernel.numel() // 2
+    channels = images.shape[1]
+    out = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def split_bands(luma: torch.Tensor) -> torch.Tensor:
+    """[N, 1, H, W] -> [N, 3, H, W]: low, mid and high band; they sum to the input."""
+    coarse, fine = (blur(luma, sigma) for sigma in BAND_SIGMAS)
+    return torch.cat([coarse, fine - coarse, luma - fine], dim=1)
+
+
+def white_noise_band_std() -> torch.Tensor:
+    """[3] std of each band of unit white noise (the root energy of each band's impulse response),
+    which turns band-passed noise into unit-variance fields."""
+    size = 4 * math.ceil(3 * max(BAND_SIGMAS)) + 1
+    impulse = torch.zeros(1, 1, size, size, dtype=torch.float64)
+    impulse[..., size // 2, size // 2] = 1.0
+    return split_bands(impulse).pow(2).flatten(2).sum(-1).sqrt()[0].float()
+
+
+class SpreadNet(nn.Module):
+    """V(M, q) -> [N, 3, ceil(H / 8), ceil(W / 8)] log variance of the low, mid and high band of the
+    luma residual x - M, per 8x8 cell. M: [N, 3, H, W] in [0, 1]; qtables as `normalise_tables`."""
+
+    def __init__(self, config: SpreadConfig):
+        super().__init__()
+        self.config = config
+        self.conv_in = nn.Conv2d(3 * CELL**2, config.features, 3, padding=1)
+        self.table_mlp = nn.Sequential(nn.Linear(2 * 64, config.table_embedding), nn.SiLU(),
+                                       nn.Linear(config.table_embedding, 2 * config.features))
+        self.trunk = PlainTrunk(config.features, config.blocks, noise=False)
+        self.conv_out = nn.Conv2d(config.features, BANDS, 3, padding=1)
+        with torch.no_grad():
+            self.table_mlp[-1].weight.mul_(0.1)
+            self.table_mlp[-1].bias.zero_()
+            self.conv_out.weight.mul_(0.1)
+            self.conv_out.bias.fill_(math.log(1e-4))  # a residual of ~2.5 gray levels per band to start
+
+    def forward(self, mean: torch.Tensor, qtables: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = mean.shape
+        padded = F.pad(mean, (0, -width % CELL, 0, -height % CELL), mode="replicate")
+        features = self.conv_in(F.pixel_unshuffle(2.0 * padded - 1.0, CELL))
+        scale, shift = self.table_mlp(normalise_tables(qtables, n).to(features))[:, :, None, None].chunk(2, dim=1)
+        features = features * (1.0 + scale) + shift
+        features = self.trunk(features, None, None)
+        return self.conv_out(F.leaky_relu(features, 0.2))
+
+    def rebuild_luma(self, mean: torch.Tensor, qtables: torch.Tensor, white: torch.Tensor,
+                     detail_luma: torch.Tensor) -> torch.Tensor:
+        """A sample's luma residual [N, 1, H, W] whose bands have V's variances: white [N, 2, H, W]
+        (unit white noise) band-passed for the low and mid band, S's luma detail for the high one."""
+        height, width = detail_luma.shape[-2:]
+        std = per_pixel(0.5 * self(mean, qtables), height, width).float().exp()
+        scale = white_noise_band_std().to(white)
+        fields = torch.cat([split_bands(white[:, i : i + 1])[:, i : i + 1] / scale[i] for i in range(2)], dim=1)
+        return (std[:, :2] * fields).sum(1, keepdim=True) + std[:, 2:] * unit_detail(detail_luma.float())
+
+
+def per_pixel(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Per-cell maps [N, C, h, w] -> per-pixel [N, C, height, width], bilinear between cell centres."""
+    full = F.interpolate(cells, scale_factor=CELL, mode="bilinear", align_corners=False)
+    return full[:, :, :height, :width]
+
+
+def band_nll(log_variance: torch.Tensor, residual_luma: torch.Tensor) -> torch.Tensor:
+    """Gaussian negative log-likelihood (constant dropped) of each band of the residual under V's
+    per-pixel variance: minimised where the variance is the band's local mean square."""
+    bands = split_bands(residual_luma)
+    log_var = per_pixel(log_variance, *bands.shape[-2:]).float()
+    return (log_var + bands.float().pow(2) * torch.exp(-log_var)).mean()
+
+
+def unit_detail(detail_luma: torch.Tensor) -> torch.Tensor:
+    """S's luma detail [N, 1, H, W] scaled to unit local energy (an odd function of it)."""
+    energy = blur(detail_luma.pow(2), SMOOTHING_SIGMA)
+    return detail_luma * torch.rsqrt(energy + DETAIL_FLOOR)
+
+
