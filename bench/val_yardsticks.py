@@ -3,6 +3,7 @@
 
     python bench/val_yardsticks.py [--qualities 10 30 90] [--checkpoint CKPT] [--samples 4] [--no-model]
                                    [--mean-flips 4] [--dtype auto] [--data DIR] [--peers FILE] [--limit N]
+                                   [--max-side 512]
 
 Each photo of --data (default ../shared/data/val) is centre-cropped to at most 512x512, converted
 to RGB (a grayscale photo becomes a 3-component file with flat chroma) and saved by Pillow
@@ -25,6 +26,10 @@ One JSON line per (quality, decoder), means over the photos of per-photo figures
   naturalness         Frechet distance of MSCN patch statistics to the originals' (one figure per set)
   std                 per-pixel std of the K samples, gray levels (model rows)
   rms_to_mmse         RMS difference from the model's M, gray levels (sample and mean rows; "do no harm")
+  calibration*, rank_corr, psnr_gap   the samples' spread around M against M's true error (sample row;
+                      see posterior_jpeg/metrics/calibration.py): residual energy ratio overall, by
+                      quartile of M's error over 8x8 tiles (_q1.._q4), by frequency band (_low, _mid,
+                      _high), the tile rank correlation, PSNR(mean of K) - PSNR(one) and its ideal
 With --peers (default ../shared/peers/val.json, when present) a second line per decoder that the peers
 measured too (libjpeg, ground truth; the model's rows only for the bundled model) sets their figures
 beside ours.
@@ -56,6 +61,7 @@ from posterior_jpeg.metrics import (
     rgb_luma_gap,
     texture_ratio,
 )
+from posterior_jpeg.metrics.calibration import calibration
 from posterior_jpeg.metrics.periodic import PERIODS
 
 from common import SHARED_DATA, emit
@@ -68,12 +74,12 @@ PEER_MODEL_METHODS = {"sample": "ours sample", "mean4": "ours mean4"}
 PEER_FIGURES = ("psnr", "psnr_y", "agreement", "blockiness", "hf", "hf_in", "std")
 
 
-def centre_crop(path: Path) -> np.ndarray:
-    """uint8 [H, W, 3]: the photo as RGB, centre-cropped to at most MAX_SIDE x MAX_SIDE."""
+def centre_crop(path: Path, side: int = MAX_SIDE) -> np.ndarray:
+    """uint8 [H, W, 3]: the photo as RGB, centre-cropped to at most side x side."""
     with Image.open(path) as opened:
         image = opened.convert("RGB")
     width, height = image.size
-    crop_w, crop_h = min(width, MAX_SIDE), min(height, MAX_SIDE)
+    crop_w, crop_h = min(width, side), min(height, side)
     left, top = (width - crop_w) // 2, (height - crop_h) // 2
     return np.array(image.crop((left, top, left + crop_w, top + crop_h)))
 
@@ -133,6 +139,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "val", help="folder of original photos")
     parser.add_argument("--peers", type=Path, default=PEERS, help="the peers' val.json, to set beside ours")
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos")
+    parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="centre crops of at most this side")
     args = parser.parse_args()
 
     files = sorted(p for p in args.data.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[: args.limit]
@@ -142,7 +149,7 @@ def main() -> None:
                                                                             mean_flips=args.mean_flips)
     peers = json.loads(args.peers.read_text())["summary"] if args.peers.is_file() else []
     peer_methods = dict(PEER_METHODS, **(PEER_MODEL_METHODS if args.checkpoint is None else {}))
-    originals = [to_chw_float(centre_crop(path)) for path in files]
+    originals = [to_chw_float(centre_crop(path, args.max_side)) for path in files]
     grays = [is_gray(original).item() for original in originals]
     print(f"val_yardsticks: {len(files)} photos from {args.data} ({sum(grays)} grayscale), "
           f"model {'none' if sampler is None else sampler.source}, mean_flips {args.mean_flips}", file=sys.stderr)
@@ -154,12 +161,16 @@ def main() -> None:
             data = compress(to_hwc_uint8(original), quality)
             jpeg = pj.read_jpeg(data)
             decoded = {"libjpeg": libjpeg_decode(data)}
-            spread = None
+            spread, mean, calibrated = None, None, {}
             if sampler is not None and sampler.mean_network is not None:
-                decoded["mmse"] = round_to_8_bits(sampler.mmse(jpeg))  # the posterior mean M, projected
+                mean = sampler.mean_of(jpeg)
+                decoded["mmse"] = round_to_8_bits(sampler.mmse(jpeg, mean=mean))  # the posterior mean M, projected
             if sampler is not None:
-                samples = round_to_8_bits(sampler.sample(jpeg, n=args.samples, seed=0))
+                samples = round_to_8_bits(torch.stack([s.image for s in sampler.samples(jpeg, range(args.samples),
+                                                                                         mean=mean)]))
                 decoded["sample"] = samples[0]
+                if mean is not None:
+                    calibrated = calibration(samples, mean.cpu(), original).as_dict()
                 if args.samples > 1:
                     decoded[f"mean{args.samples}"] = pj.project(samples.mean(dim=0), jpeg)  # as sample.py --mean
                     spread = per_pixel_std(samples) * 255
@@ -167,6 +178,8 @@ def main() -> None:
                 row = measure(output, original, jpeg, gray)
                 if spread is not None and method not in ("libjpeg", "mmse"):
                     row["std"] = spread
+                if method == "sample":
+                    row.update(calibrated)
                 if "mmse" in decoded and method not in ("libjpeg", "mmse"):
                     row["rms_to_mmse"] = ((output - decoded["mmse"]) * 255).pow(2).mean().sqrt().item()
                 figures.setdefault(method, []).append(row)

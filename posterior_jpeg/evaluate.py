@@ -56,6 +56,7 @@ from .data import WRITABLE_MODES, ImageError, list_images, read_rgb
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import project
+from .metrics.calibration import calibration
 from .metrics import (
     LPIPS,
     GaussianStats,
@@ -247,6 +248,7 @@ class Outputs:
     images: torch.Tensor
     repeats: int = 1
     diversity: int = 0
+    mean: torch.Tensor | None = None  # [3, H, W]: the model's posterior mean M, which calibration measures around
 
 
 class FeatureBatches:
@@ -379,12 +381,15 @@ class Runner:
             result[Key("", "mmse")] = Outputs(round_to_8_bits(mmse))
         for label, sampler in self.samplers.items():
             # a grayscale file's samples have one channel: measured as RGB, like libjpeg's decode
-            raw = sampler.sample(item.jpeg, n=max(cfg.repeats, cfg.samples), seed=seed, project=False)
+            mean = sampler.mean_of(item.jpeg) if sampler.mean_network is not None else None
+            seeds = range(seed, seed + max(cfg.repeats, cfg.samples))
+            raw = torch.stack([s.image for s in sampler.samples(item.jpeg, seeds, project=False, mean=mean)])
             raw = raw.expand(-1, 3, -1, -1)
+            mean = None if mean is None else mean.cpu()
             if "ours" in methods:
-                result[Key(label, "ours")] = Outputs(round_to_8_bits(raw), cfg.repeats, cfg.samples)
+                result[Key(label, "ours")] = Outputs(round_to_8_bits(raw), cfg.repeats, cfg.samples, mean)
             if "ours_p" in methods:
-                result[Key(label, "ours_p")] = Outputs(project(raw, item.jpeg), cfg.repeats, cfg.samples)
+                result[Key(label, "ours_p")] = Outputs(project(raw, item.jpeg), cfg.repeats, cfg.samples, mean)
             if "ours_a" in methods:
                 result[Key(label, "ours_a")] = Outputs(round_to_8_bits(raw[: cfg.samples].mean(dim=0, keepdim=True)))
         return result
@@ -411,6 +416,11 @@ class Runner:
             tally.add(key, "pixel_std", index, per_pixel_std(outputs.images[: outputs.diversity]))
             tally.add(key, "pairwise_lpips", index,
                       mean_pairwise_distance([f[: outputs.diversity] for f in features], self.lpips))
+        if outputs.diversity > 1 and outputs.mean is not None and truth is not None:
+            figures = calibration(outputs.images[: outputs.diversity], outputs.mean, item.ground_truth[0])
+            tally.add(key, "calibration", index, figures.overall)
+            tally.add(key, "calibration_rank", index, figures.rank_correlation)
+            tally.add(key, "psnr_gap", index, figures.psnr_gap)
 
     # ------------------------------------------------------------------ settings and rows
     def settings(self) -> list[Setting]:

@@ -14,7 +14,8 @@ from .atomic import write_atomically
 METHODS = ("jpeg", "mmse", "ours", "ours_p", "ours_a")
 LABELS = {"jpeg": "JPEG (libjpeg)", "mmse": "MMSE", "ours": "Ours", "ours_p": "Ours-P", "ours_a": "Ours-A"}
 POSTERIOR_METHODS = ("ours", "ours_p", "ours_a")
-METRICS = ("consistency_rmse", "coefficient_agreement", "psnr_rgb", "psnr_y", "lpips", "pixel_std", "pairwise_lpips")
+METRICS = ("consistency_rmse", "coefficient_agreement", "psnr_rgb", "psnr_y", "lpips", "pixel_std", "pairwise_lpips",
+           "calibration", "calibration_rank", "psnr_gap")
 COLUMNS = ("checkpoint", "quality", "subsampling", "method", "images", "fid", "fid_std", "fid_repeats", *METRICS)
 COUNTS = ("differing_coefficients", "total_coefficients")  # summed over images, not averaged
 
@@ -117,7 +118,8 @@ def markdown(results: dict) -> str:
     if results["skipped"]:
         lines.append(f"- skipped files: {json.dumps(results['skipped'])}")
     lines += ["", "| checkpoint | QF | subsampling | method | images | FID | consistency RMSE | coef. agreement "
-              "| PSNR | PSNR-Y | LPIPS | per-pixel STD | pairwise LPIPS |", "|" + " --- |" * 13]
+              "| PSNR | PSNR-Y | LPIPS | per-pixel STD | pairwise LPIPS | calibration | calibration rank | PSNR gap |",
+              "|" + " --- |" * 16]
     for row in results["rows"]:
         fid = format_cell(row["fid"]) + (f" ± {format_cell(row['fid_std'])}" if row["fid_std"] is not None else "")
         cells = [row["checkpoint"] or "-", format_cell(row["quality"]), row["subsampling"] or "stored", row["method"],

@@ -490,3 +490,20 @@ def test_sweep_page_shows_plot_table_and_crops_across_points(workspace, browser)
         assert f'href="{link}"' in page and (out_dir / link).is_file()
     assert page.count("<b>first: Ours-P</b>") == page.count("<b>second: Ours-P</b>") == 3
     check_page_in_chromium(browser, out_dir / "index.html", images=1 + 3 * 4)  # plot; original, JPEG, 2 points
+
+
+def test_an_anchored_model_reports_calibration_around_its_mean(workspace):
+    """The bundled model has an M: its posterior rows measure the samples' spread around it; the
+    baselines and a model without M have no such figure."""
+    from posterior_jpeg.sampler import DEFAULT_MODEL
+
+    cfg = ev.load_eval_config(ROOT / "configs" / "eval.yaml", [
+        f"checkpoints=[{DEFAULT_MODEL}]", "methods=[jpeg,ours,ours_p]", f"data.ground_truth={workspace['truth']}",
+        "repeats=1", "samples=3", "data.limit=2", "features.lpips=random", "features.inception=random", "dtype=fp32",
+        f"fid_cache={workspace['cache']}",
+        f"out_dir={workspace['root'] / 'calibration_out'}", "device=cpu", "progress=false"])
+    rows = {row["method"]: row for row in ev.evaluate(cfg, print_table=False)["rows"]}
+    for method in ("Ours", "Ours-P"):
+        assert rows[method]["calibration"] > 0 and -1 <= rows[method]["calibration_rank"] <= 1
+        assert np.isfinite(rows[method]["psnr_gap"])
+    assert rows["JPEG (libjpeg)"]["calibration"] is None

@@ -1,0 +1,137 @@
+"""The calibration yardstick on posteriors whose answer is known, and the spread network V."""
+
+import math
+
+import pytest
+import torch
+
+from posterior_jpeg.metrics.calibration import calibration, ideal_psnr_gap, spearman
+from posterior_jpeg.models.generator import AnchoredGenerator, GeneratorConfig, NoiseSource, build_generator
+from posterior_jpeg.models.spread import SpreadConfig, SpreadNet, band_nll, split_bands, white_noise_band_std
+
+SIZE = 256
+
+
+def _coloured(generator: torch.Generator, count: int, coarse: float) -> torch.Tensor:
+    """[count, 1, SIZE, SIZE] unit-variance noise with `coarse` of its energy at periods over ~16 px."""
+    white = torch.randn(count, 1, SIZE, SIZE, generator=generator, dtype=torch.float64)
+    smooth = torch.randn(count, 1, SIZE // 16, SIZE // 16, generator=generator, dtype=torch.float64)
+    smooth = torch.nn.functional.interpolate(smooth, scale_factor=16, mode="bicubic", align_corners=False)
+    smooth = smooth / smooth.std()
+    return math.sqrt(coarse) * smooth + math.sqrt(1 - coarse) * white
+
+
+@pytest.fixture(scope="module")
+def posterior():
+    """A known Gaussian posterior around M: std by 8x8 tile over a 30x range, coarse and fine energy."""
+    generator = torch.Generator().manual_seed(0)
+    mean = 0.3 + 0.4 * torch.rand(3, SIZE, SIZE, generator=generator, dtype=torch.float64)
+    tiles = torch.exp(torch.empty(1, 1, SIZE // 8, SIZE // 8, dtype=torch.float64).uniform_(
+        math.log(0.002), math.log(0.06), generator=generator))
+    std = torch.nn.functional.interpolate(tiles, scale_factor=8, mode="nearest")[0]
+
+    def draw(count: int, scale=1.0, coarse=0.4) -> torch.Tensor:
+        return mean + scale * _coloured(generator, count, coarse)[:, 0:1].expand(-1, 3, -1, -1)
+
+    return mean, std, draw
+
+
+def test_samples_of_the_true_posterior_measure_one(posterior):
+    mean, std, draw = posterior
+    original = draw(1, std)[0]
+    result = calibration(draw(8, std), mean, original)
+    assert 0.9 < result.overall < 1.1
+    assert all(0.75 < q < 1.33 for q in result.quartiles), result.quartiles
+    assert all(0.8 < b < 1.25 for b in result.bands), result.bands
+    assert result.rank_correlation > 0.75
+    assert result.psnr_gap == pytest.approx(ideal_psnr_gap(8), abs=0.15)
+    assert ideal_psnr_gap(8) == pytest.approx(10 * math.log10(16 / 9))  # 2.50 dB (the issue says 2.55: P = 9)
+
+
+def test_each_way_of_being_wrong_shows_in_its_own_figure(posterior):
+    mean, std, draw = posterior
+    original = draw(1, std)[0]
+    narrow = calibration(draw(4, 0.5 * std), mean, original)
+    assert 0.2 < narrow.overall < 0.3  # half the spread: a quarter of the energy
+    assert narrow.psnr_gap < ideal_psnr_gap(4) - 1.0  # the mean of under-dispersed samples gains little over one
+    uniform = calibration(draw(4, std.pow(2).mean().sqrt()), mean, original)  # right energy, wrong places
+    assert 0.8 < uniform.overall < 1.25
+    assert uniform.quartiles[0] > 4 and uniform.quartiles[3] < 0.8
+    assert abs(uniform.rank_correlation) < 0.2
+    fine = calibration(draw(4, std, coarse=0.0), mean, original)  # right places, wrong scales
+    assert fine.bands[0] < 0.5 and fine.bands[2] > 1.2
+
+
+def test_calibration_refuses_mismatched_shapes():
+    image = torch.rand(3, 16, 16)
+    with pytest.raises(ValueError, match="one size"):
+        calibration(torch.rand(2, 3, 16, 8), image, image)
+    with pytest.raises(ValueError, match="at least 8x8"):
+        calibration(torch.rand(2, 3, 4, 4), image[:, :4, :4], image[:, :4, :4])
+
+
+def test_spearman_is_rank_correlation():
+    values = torch.arange(10.0)
+    assert spearman(values, values.exp()) == pytest.approx(1.0)
+    assert spearman(values, -values) == pytest.approx(-1.0)
+
+
+def test_bands_add_up_and_white_noise_is_normalised():
+    image = torch.rand(2, 1, 40, 52)
+    assert torch.allclose(split_bands(image).sum(1, keepdim=True), image, atol=1e-6)
+    white = torch.randn(1, 1, 512, 512, generator=torch.Generator().manual_seed(1))
+    measured = split_bands(white)[..., 16:-16, 16:-16].pow(2).mean((0, 2, 3)).sqrt()
+    assert torch.allclose(measured, white_noise_band_std(), rtol=0.03)
+
+
+def test_band_likelihood_is_lowest_at_the_true_variance():
+    residual = 0.05 * torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    truth = split_bands(residual).pow(2).mean((0, 2, 3)).log()
+    losses = {shift: band_nll((truth + shift).view(1, 3, 1, 1).expand(1, 3, 8, 8), residual).item()
+              for shift in (-0.5, 0.0, 0.5)}
+    assert losses[0.0] < losses[-0.5] and losses[0.0] < losses[0.5]
+
+
+def _spread_model() -> AnchoredGenerator:
+    torch.manual_seed(0)
+    mean = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=2, table_embedding=8, noise=False))
+    detail = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=2, table_embedding=8))
+    return AnchoredGenerator(mean, detail, antithetic=True,
+                             spread=SpreadNet(SpreadConfig(features=8, blocks=1, table_embedding=8))).eval()
+
+
+class _Negated:
+    """The noise of a seeded source with its sign flipped: z -> -z."""
+
+    def __init__(self, seed: int):
+        self.source = NoiseSource(1, torch.Generator().manual_seed(seed))
+
+    def like(self, features):
+        return -self.source.like(features)
+
+
+def test_a_spread_sample_is_odd_in_the_noise_so_its_mean_is_m():
+    model = _spread_model()
+    y, tables = torch.rand(1, 3, 40, 56), torch.full((1, 2, 8, 8), 30.0)
+    with torch.no_grad():
+        mean = model.posterior_mean(y, tables)
+        plus = model(y, tables, NoiseSource(1, torch.Generator().manual_seed(5)))
+        minus = model(y, tables, _Negated(5))
+    assert (plus - mean).abs().mean() > 1e-3  # the detail is not nothing
+    assert torch.allclose(plus + minus, 2 * mean, atol=1e-5)
+
+
+def test_the_sample_luma_follows_the_spread_network():
+    """Scaling V's variances by 4 doubles the sample's luma residual; the chroma stays S's."""
+    model = _spread_model()
+    y, tables = torch.rand(1, 3, 48, 48), torch.full((1, 2, 8, 8), 30.0)
+    with torch.no_grad():
+        mean = model.posterior_mean(y, tables)
+        first = model(y, tables, NoiseSource(1, torch.Generator().manual_seed(3))) - mean
+        model.spread.conv_out.bias += math.log(4.0)
+        second = model(y, tables, NoiseSource(1, torch.Generator().manual_seed(3))) - mean
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    assert torch.allclose((second * weights).sum(1), 2 * (first * weights).sum(1), atol=1e-5)
+    chroma = torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])  # differences of R, G, B
+    assert torch.allclose(torch.einsum("kc,nchw->nkhw", chroma, second),
+                          torch.einsum("kc,nchw->nkhw", chroma, first), atol=1e-5)
