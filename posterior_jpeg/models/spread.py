@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..metrics.psnr import luma
 from .generator import PlainTrunk, normalise_tables
 
 CELL = 8  # V predicts one variance per band per 8x8 cell: JPEG's block, the calibration's tile
@@ -28,6 +29,8 @@ BAND_SIGMAS = (1.5, 0.75)  # blurs that split low | mid | high
 BANDS = 3
 SMOOTHING_SIGMA = 4.0  # window of the local energy that S's high-band detail is normalised by
 DETAIL_FLOOR = 1e-6  # (1/4 gray level)^2: where S adds nothing, its detail is not blown up
+CUE_FLOOR = 1e-7  # floor of M's band energies before the log (flat areas)
+CUE_CENTRE, CUE_SCALE = -9.0, 3.0  # log energies of 1e-7 .. 1e-2 scaled to about -2.4 .. 1.5 for the trunk
 
 
 @dataclass
@@ -77,30 +80,39 @@ def white_noise_band_std() -> torch.Tensor:
 
 class SpreadNet(nn.Module):
     """V(M, q) -> [N, 3, ceil(H / 8), ceil(W / 8)] log variance of the low, mid and high band of the
-    luma residual x - M, per 8x8 cell. M: [N, 3, H, W] in [0, 1]; qtables as `normalise_tables`."""
+    luma residual x - M, per 8x8 cell. M: [N, 3, H, W] in [0, 1]; qtables as `normalise_tables`.
+
+    Where M is wrong is where M itself has energy (M's gradient energy per tile ranks the tiles by
+    M's error at 0.78 on val), so the log energy of each band of M's own luma per cell is an input
+    and, through a 1x1 conv, a linear path to the output (a learned power law); the trunk, seeing
+    M's pixels and the tables, learns the rest."""
 
     def __init__(self, config: SpreadConfig):
         super().__init__()
         self.config = config
-        self.conv_in = nn.Conv2d(3 * CELL**2, config.features, 3, padding=1)
+        self.conv_in = nn.Conv2d(3 * CELL**2 + BANDS, config.features, 3, padding=1)
         self.table_mlp = nn.Sequential(nn.Linear(2 * 64, config.table_embedding), nn.SiLU(),
                                        nn.Linear(config.table_embedding, 2 * config.features))
         self.trunk = PlainTrunk(config.features, config.blocks, noise=False)
         self.conv_out = nn.Conv2d(config.features, BANDS, 3, padding=1)
+        self.power_law = nn.Conv2d(BANDS, BANDS, 1)
         with torch.no_grad():
             self.table_mlp[-1].weight.mul_(0.1)
             self.table_mlp[-1].bias.zero_()
             self.conv_out.weight.mul_(0.1)
-            self.conv_out.bias.fill_(math.log(1e-4))  # a residual of ~2.5 gray levels per band to start
+            self.conv_out.bias.zero_()
+            self.power_law.weight.copy_(torch.eye(BANDS).view(BANDS, BANDS, 1, 1))  # start: M's own band energies
+            self.power_law.bias.fill_(math.log(0.25))
 
     def forward(self, mean: torch.Tensor, qtables: torch.Tensor) -> torch.Tensor:
         n, _, height, width = mean.shape
         padded = F.pad(mean, (0, -width % CELL, 0, -height % CELL), mode="replicate")
-        features = self.conv_in(F.pixel_unshuffle(2.0 * padded - 1.0, CELL))
+        cues = torch.log(F.avg_pool2d(split_bands(luma(padded.float())).pow(2), CELL) + CUE_FLOOR)
+        inputs = torch.cat([F.pixel_unshuffle(2.0 * padded - 1.0, CELL), ((cues - CUE_CENTRE) / CUE_SCALE).to(padded)], 1)
+        features = self.conv_in(inputs)
         scale, shift = self.table_mlp(normalise_tables(qtables, n).to(features))[:, :, None, None].chunk(2, dim=1)
-        features = features * (1.0 + scale) + shift
-        features = self.trunk(features, None, None)
-        return self.conv_out(F.leaky_relu(features, 0.2))
+        features = self.trunk(features * (1.0 + scale) + shift, None, None)
+        return self.conv_out(F.leaky_relu(features, 0.2)) + self.power_law(cues.to(features))
 
     def rebuild_luma(self, mean: torch.Tensor, qtables: torch.Tensor, white: torch.Tensor,
                      detail_luma: torch.Tensor) -> torch.Tensor:
