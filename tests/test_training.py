@@ -383,3 +383,35 @@ def test_auto_precision_follows_the_cpu_and_the_run_records_what_ran(units, tmp_
     assert (saved.mixed_precision, saved.channels_last) == (expected, bool(units))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2] and all(math.isfinite(r["g_total"]) for r in records)
+
+
+def test_spread_stage_trains_only_v_over_a_finished_model(tmp_path):
+    import posterior_jpeg as pj
+    from posterior_jpeg.sampler import Sampler
+
+    mean_run = train(tiny(tmp_path / "mean", "stage=mmse", "steps=2", "generator.noise=false",
+                          "generator.trunk=plain", "checkpoint_every=2", "val_every=2"))
+    model_run = train(tiny(tmp_path / "model", f"anchor={mean_run}", "steps=2", "checkpoint_every=2",
+                           "antithetic=true", "val_every=2"))
+    spread = ("spread.features=8", "spread.blocks=1", "spread.table_embedding=8")
+    with pytest.raises(ConfigError, match="stage spread"):
+        tiny(tmp_path / "lone", "stage=spread", f"anchor={mean_run}", *spread)
+    run_dir = train(tiny(tmp_path / "spread", "stage=spread", f"anchor={model_run}", f"init_from={model_run}",
+                         "antithetic=true", "steps=6", "log_every=2", "checkpoint_every=6", "val_every=6", *spread))
+    before = load_file(str(checkpoints.latest_checkpoint(model_run) / checkpoints.WEIGHTS))
+    after = load_file(str(checkpoints.latest_checkpoint(run_dir) / checkpoints.WEIGHTS))
+    for key, value in before.items():  # M and S are frozen
+        assert torch.equal(after[key], value), key
+    initial = Trainer(tiny(tmp_path / "fresh", "stage=spread", f"anchor={model_run}", f"init_from={model_run}",
+                           "antithetic=true", *spread)).ema.state_dict()
+    changed = [k for k in after if k.startswith("spread.") and not torch.equal(after[k], initial[k])]
+    assert changed  # V learned
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["nll"]) for r in records)
+
+    sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32")
+    assert sampler.generator.spread is not None
+    jf = pj.read_jpeg(ROOT / "examples" / "chelsea_q10.jpg")
+    samples = sampler.sample(jf, n=2, seed=0)
+    assert not torch.equal(samples[0], samples[1])
+    assert pj.metrics.coefficient_agreement(samples, jf).coefficients == 1.0

@@ -29,6 +29,7 @@ BAND_SIGMAS = (1.5, 0.75)  # blurs that split low | mid | high
 BANDS = 3
 SMOOTHING_SIGMA = 4.0  # window of the local energy that S's high-band detail is normalised by
 DETAIL_FLOOR = 1e-6  # (1/4 gray level)^2: where S adds nothing, its detail is not blown up
+CONTRAST_SIGMA = 6.0  # M's low-band cue: its luma blurred at 1.5 px minus at 6 px
 CUE_FLOOR = 1e-7  # floor of M's band energies before the log (flat areas)
 CUE_CENTRE, CUE_SCALE = -9.0, 3.0  # log energies of 1e-7 .. 1e-2 scaled to about -2.4 .. 1.5 for the trunk
 
@@ -69,6 +70,13 @@ def split_bands(luma: torch.Tensor) -> torch.Tensor:
     return torch.cat([coarse, fine - coarse, luma - fine], dim=1)
 
 
+def detail_bands(luma: torch.Tensor) -> torch.Tensor:
+    """`split_bands` without what is coarser than CONTRAST_SIGMA in the low band: M's own local
+    contrast at each scale (the low band itself would be mostly the image's brightness)."""
+    bands = split_bands(luma)
+    return torch.cat([bands[:, :1] - blur(luma, CONTRAST_SIGMA), bands[:, 1:]], dim=1)
+
+
 def white_noise_band_std() -> torch.Tensor:
     """[3] std of each band of unit white noise (the root energy of each band's impulse response),
     which turns band-passed noise into unit-variance fields."""
@@ -83,7 +91,8 @@ class SpreadNet(nn.Module):
     luma residual x - M, per 8x8 cell. M: [N, 3, H, W] in [0, 1]; qtables as `normalise_tables`.
 
     Where M is wrong is where M itself has energy (M's gradient energy per tile ranks the tiles by
-    M's error at 0.78 on val), so the log energy of each band of M's own luma per cell is an input
+    M's error at 0.78 on val), so the log energy of each band of M's own luma per cell
+    (`detail_bands`) is an input
     and, through a 1x1 conv, a linear path to the output (a learned power law); the trunk, seeing
     M's pixels and the tables, learns the rest."""
 
@@ -107,7 +116,7 @@ class SpreadNet(nn.Module):
     def forward(self, mean: torch.Tensor, qtables: torch.Tensor) -> torch.Tensor:
         n, _, height, width = mean.shape
         padded = F.pad(mean, (0, -width % CELL, 0, -height % CELL), mode="replicate")
-        cues = torch.log(F.avg_pool2d(split_bands(luma(padded.float())).pow(2), CELL) + CUE_FLOOR)
+        cues = torch.log(F.avg_pool2d(detail_bands(luma(padded.float())).pow(2), CELL) + CUE_FLOOR)
         inputs = torch.cat([F.pixel_unshuffle(2.0 * padded - 1.0, CELL), ((cues - CUE_CENTRE) / CUE_SCALE).to(padded)], 1)
         features = self.conv_in(inputs)
         scale, shift = self.table_mlp(normalise_tables(qtables, n).to(features))[:, :, None, None].chunk(2, dim=1)
