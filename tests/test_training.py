@@ -41,7 +41,7 @@ def test_every_shipped_training_config_loads(path):
     except ConfigError as error:  # the paper recipes name no folder: the user gives theirs
         assert "missing mandatory value: train" in str(error)
         cfg = load_config(path, ["data.train=photos"])
-    assert cfg.steps > 0 and cfg.stage in ("mmse", "posterior")
+    assert cfg.steps > 0 and cfg.stage in ("mmse", "posterior", "spread")
 
 
 def test_training_data_is_named_explicitly(tmp_path):
