@@ -87,7 +87,7 @@ class TrainConfig:
     describes S, and M serves as eq. 7's xbar; init_from an anchored checkpoint then warm-starts S
     alone over this anchor."""
 
-    stage: str = "posterior"  # "mmse" (L2 regression: the MMSE estimator), "posterior" (GAN with all penalties) or "spread" (the spread network V alone, by likelihood)
+    stage: str = "posterior"  # "mmse" (L2 regression: the MMSE estimator), "posterior" (GAN with all penalties) or "spread" (the spread network V alone, by Poisson deviance)
     out_dir: str = "runs/default"  # run folder: checkpoints, validation grids, TensorBoard logs
     steps: int = 1000  # optimizer steps of the whole run
     batch_size: int = 32  # crops per micro-batch and process (a step: batch_size x grad_accumulation x processes)

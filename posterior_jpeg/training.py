@@ -37,7 +37,7 @@ from .models.critic import build_critic
 from .models.features import VGGFeatures
 from .metrics.psnr import luma
 from .models.generator import AnchoredGenerator, GeneratorConfig, build_generator, seeded_noise
-from .models.spread import SpreadConfig, SpreadNet, band_nll
+from .models.spread import SpreadConfig, SpreadNet, band_deviance
 from .visualize import contact_sheet, posterior_row
 
 
@@ -153,19 +153,19 @@ class MmseStage:
 
 
 class SpreadStage(MmseStage):
-    """Stage "spread": V alone learns the variance of each band of M's luma residual x - M by
-    Gaussian likelihood (`spread.band_nll`); M and S stay frozen, so does the sample's mean."""
+    """Stage "spread": V alone learns the variance of each band of M's luma residual x - M
+    (`spread.band_deviance`); M and S stay frozen, so does the sample's mean."""
 
     def step(self, trainer: "Trainer", batch: dict) -> dict[str, torch.Tensor]:
         accelerator = trainer.accelerator
         with accelerator.accumulate(trainer.generator):
             with accelerator.autocast():
                 log_spread, mean = trainer.generator(batch["y"], batch["qtables"], output="log_spread")
-            loss = band_nll(log_spread.float(), luma(batch["x"] - mean.float()))
+            loss = band_deviance(log_spread.float(), luma(batch["x"] - mean.float()))
             accelerator.backward(loss)
             trainer.opt_g.step()
             trainer.opt_g.zero_grad(set_to_none=True)
-        return {"nll": loss.detach()}
+        return {"deviance": loss.detach()}
 
 
 class PosteriorStage:

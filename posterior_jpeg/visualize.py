@@ -13,7 +13,12 @@ def std_map(samples: torch.Tensor) -> torch.Tensor:
 
     A fixed scale (black 0 -> red -> yellow -> white at STD_FULL_SCALE) keeps maps of different
     images and models comparable."""
-    level = (samples.float().std(dim=0, unbiased=samples.shape[0] > 1).mean(dim=0) / STD_FULL_SCALE).clamp(0, 1)
+    return heat_map(samples.float().std(dim=0, unbiased=samples.shape[0] > 1).mean(dim=0))
+
+
+def heat_map(values: torch.Tensor) -> torch.Tensor:
+    """[H, W] values in [0, 1] units -> [3, H, W] on std_map's scale (errors and spreads side by side)."""
+    level = (values.float() / STD_FULL_SCALE).clamp(0, 1)
     red = (3 * level).clamp(0, 1)
     green = (3 * level - 1).clamp(0, 1)
     blue = (3 * level - 2).clamp(0, 1)

@@ -7,7 +7,8 @@ import torch
 
 from posterior_jpeg.metrics.calibration import calibration, ideal_psnr_gap, spearman
 from posterior_jpeg.models.generator import AnchoredGenerator, GeneratorConfig, NoiseSource, build_generator
-from posterior_jpeg.models.spread import SpreadConfig, SpreadNet, band_nll, split_bands, white_noise_band_std
+from posterior_jpeg.models.spread import (SpreadConfig, SpreadNet, band_deviance, cell_energy, split_bands,
+                                          white_noise_band_std)
 
 SIZE = 256
 
@@ -84,12 +85,15 @@ def test_bands_add_up_and_white_noise_is_normalised():
     assert torch.allclose(measured, white_noise_band_std(), rtol=0.03)
 
 
-def test_band_likelihood_is_lowest_at_the_true_variance():
-    residual = 0.05 * torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(2))
-    truth = split_bands(residual).pow(2).mean((0, 2, 3)).log()
-    losses = {shift: band_nll((truth + shift).view(1, 3, 1, 1).expand(1, 3, 8, 8), residual).item()
-              for shift in (-0.5, 0.0, 0.5)}
-    assert losses[0.0] < losses[-0.5] and losses[0.0] < losses[0.5]
+def test_band_deviance_is_lowest_at_the_true_energy_and_matches_sums_where_v_errs():
+    residual = 0.05 * torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    truth = cell_energy(residual)
+    shifted = {shift: band_deviance(truth.log() + shift, residual).item() for shift in (-0.3, 0.0, 0.3)}
+    assert shifted[0.0] < shifted[-0.3] and shifted[0.0] < shifted[0.3]
+    noisy = truth.log() + torch.randn(truth.shape, generator=torch.Generator().manual_seed(3))  # V errs
+    shifts = torch.linspace(-2, 2, 401)
+    best = shifts[torch.tensor([band_deviance(noisy + c, residual) for c in shifts]).argmin()]
+    assert (noisy + best).exp().sum() == pytest.approx(truth.sum().item(), rel=0.02)  # the sums match
 
 
 def _spread_model() -> AnchoredGenerator:

@@ -407,7 +407,7 @@ def test_spread_stage_trains_only_v_over_a_finished_model(tmp_path):
     changed = [k for k in after if k.startswith("spread.") and not torch.equal(after[k], initial[k])]
     assert changed  # V learned
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert all(math.isfinite(r["nll"]) for r in records)
+    assert all(math.isfinite(r["deviance"]) for r in records)
 
     sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32")
     assert sampler.generator.spread is not None
