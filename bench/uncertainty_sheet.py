@@ -1,5 +1,5 @@
 """Does the std map say where M is wrong? One picture per run: for val photos at one quality, a row
-of decode | posterior mean M | |x - M| | std map of the samples, both maps on the same heat scale
+of decode | posterior mean M | one sample | |x - M| | std map of the samples, both maps on the same heat scale
 (black 0, red, yellow, white at 0.1), and one JSON line per photo with its calibration figures.
 
     python bench/uncertainty_sheet.py [--checkpoint CKPT] [--quality 10] [--samples 8] [--photos 3]
@@ -44,9 +44,9 @@ def main() -> None:
         mean = mean.cpu()
         emit(photo=path.name, quality=args.quality, **calibration(samples, mean, original).as_dict())
         error = heat_map((original - mean).abs().mean(dim=0))
-        rows.append([libjpeg_decode(data), mean.clamp(0, 1), error, std_map(samples)])
+        rows.append([libjpeg_decode(data), mean.clamp(0, 1), samples[0], error, std_map(samples)])
     Image.fromarray(contact_sheet(rows)).save(args.out)
-    print(f"uncertainty_sheet: {args.out} (rows: decode | M | |x - M| | std of {args.samples} samples)")
+    print(f"uncertainty_sheet: {args.out} (rows: decode | M | sample | |x - M| | std of {args.samples} samples)")
 
 
 if __name__ == "__main__":

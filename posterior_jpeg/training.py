@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -29,9 +30,10 @@ from tqdm.auto import tqdm
 
 from . import checkpoints, losses
 from .config import TrainConfig, to_yaml
-from .data import SYNTHETIC, QualitySampler, list_images, make_loader
+from .calibrate import fit_projection_gain, training_photos
+from .data import SYNTHETIC, QualitySampler, list_images, make_loader, synthetic_image
 from .pixels import to_unit_float
-from .precision import ACCELERATE_NAMES, Precision, choose_precision
+from .precision import ACCELERATE_NAMES, Precision, choose_precision, torch_dtype
 from .errors import CheckpointError
 from .models.critic import build_critic
 from .models.features import VGGFeatures
@@ -58,6 +60,9 @@ def _accelerator(cfg: TrainConfig, precision: Precision, run_dir: Path) -> Accel
         log_with="tensorboard",
         project_dir=str(run_dir),
     )
+
+
+FIT_PHOTOS = 12  # training photos the spread gains are fitted on
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
@@ -134,6 +139,9 @@ class MmseStage:
     def prepare(self, accelerator: Accelerator) -> None:
         pass  # nothing of its own to place or wrap
 
+    def finish(self, trainer: "Trainer") -> None:
+        pass  # nothing to do after the last step
+
     def models(self, accelerator: Accelerator) -> dict[str, torch.nn.Module]:
         return {}
 
@@ -154,7 +162,24 @@ class MmseStage:
 
 class SpreadStage(MmseStage):
     """Stage "spread": V alone learns the variance of each band of M's luma residual x - M
-    (`spread.band_deviance`); M and S stay frozen, so does the sample's mean."""
+    (`spread.band_deviance`); M and S stay frozen, so does the sample's mean. At the last step the
+    gains that make projected samples carry that variance are fitted (calibrate.py)."""
+
+    def finish(self, trainer: "Trainer") -> None:
+        cfg = trainer.cfg
+        if not trainer.accelerator.is_main_process:
+            return
+        if trainer.train_files is None:  # synthetic data
+            rng = np.random.default_rng(cfg.seed)
+            photos = [synthetic_image(rng, cfg.data.crop) for _ in range(2)]
+        else:
+            photos = training_photos(trainer.train_files, FIT_PHOTOS)
+        fitted = fit_projection_gain(trainer.ema, photos, trainer.accelerator.device,
+                                     torch_dtype(trainer.precision.name))
+        spread = trainer.ema.spread.config
+        cfg.spread.gain_intercept, cfg.spread.gain_slope = spread.gain_intercept, spread.gain_slope
+        trainer.accelerator.print(f"train: spread gains fitted on {len(photos)} training photos, log gain by "
+                                  f"quality (low, mid, high): {fitted}")
 
     def step(self, trainer: "Trainer", batch: dict) -> dict[str, torch.Tensor]:
         accelerator = trainer.accelerator
@@ -189,6 +214,9 @@ class PosteriorStage:
 
     def prepare(self, accelerator: Accelerator) -> None:
         self.critic, self.opt_d = accelerator.prepare(self.critic, self.opt_d)
+
+    def finish(self, trainer: "Trainer") -> None:
+        pass  # nothing to do after the last step
 
     def models(self, accelerator: Accelerator) -> dict[str, torch.nn.Module]:
         return {"critic": accelerator.unwrap_model(self.critic)}
@@ -470,6 +498,8 @@ class Trainer:
                         handle.write(json.dumps(record) + "\n")
             if accelerator.is_main_process and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
                 self.validation_grid()
+            if self.step == cfg.steps:
+                self.stage.finish(self)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         progress.close()

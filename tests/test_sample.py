@@ -103,7 +103,7 @@ def test_cli_writes_samples_mean_std_grid_and_a_manifest(checkpoint, write_jpeg,
     assert record["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert record["model"] == {"format_version": 1, "mean_generator": None, "generator": {
         "trunk": "rrdb", "features": 16, "blocks": 1, "growth": 8, "table_embedding": 8, "full_res_features": 0,
-        "noise": True}, "antithetic": False}
+        "noise": True}, "antithetic": False, "spread": None}
     assert record["projected"] is True and record["seconds"] > 0
     assert record["coefficient_agreement"] >= 0.9999 and record["block_agreement"] >= 0.99
     assert record["consistency_rmse"] < 0.1

@@ -409,8 +409,10 @@ def test_spread_stage_trains_only_v_over_a_finished_model(tmp_path):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["deviance"]) for r in records)
 
+    spread = checkpoints.model_config(checkpoints.latest_checkpoint(run_dir)).spread
+    assert spread.gain_intercept != [0.0] * 3 and spread.gain_slope != [0.0] * 3  # fitted at the last step
     sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32")
-    assert sampler.generator.spread is not None
+    assert sampler.generator.spread.config == spread
     jf = pj.read_jpeg(ROOT / "examples" / "chelsea_q10.jpg")
     samples = sampler.sample(jf, n=2, seed=0)
     assert not torch.equal(samples[0], samples[1])

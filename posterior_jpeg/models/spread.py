@@ -15,7 +15,7 @@ frequencies, 1/8 and 1/4 cycle per pixel, are the bounds of `metrics.calibration
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +41,17 @@ class SpreadConfig:
     features: int = 32  # trunk width
     blocks: int = 4  # residual blocks
     table_embedding: int = 32  # width of the quantization-table embedding
+    # log gain of each band's std, a + b t with t the luma table's mean log step / log 255: the
+    # projection clips the part of a sample outside the file's intervals, so a sample is drawn wider
+    # than V's variance to carry it after projection (fitted on training photos: calibrate.py)
+    gain_intercept: list[float] = field(default_factory=lambda: [0.0] * BANDS)
+    gain_slope: list[float] = field(default_factory=lambda: [0.0] * BANDS)
 
     def __post_init__(self):
         if min(self.features, self.blocks, self.table_embedding) < 1:
             raise ValueError(f"spread network sizes must be positive, got {self}")
+        if len(self.gain_intercept) != BANDS or len(self.gain_slope) != BANDS:
+            raise ValueError(f"spread gains need {BANDS} values each (low, mid, high), got {self}")
 
 
 def _gaussian(sigma: float, device, dtype) -> torch.Tensor:
@@ -123,15 +130,28 @@ class SpreadNet(nn.Module):
         features = self.trunk(features * (1.0 + scale) + shift, None, None)
         return self.conv_out(F.leaky_relu(features, 0.2)) + self.power_law(cues.to(features))
 
+    def gain(self, qtables: torch.Tensor, batch: int) -> torch.Tensor:
+        """[N, 3, 1, 1] the factor on each band's std for these tables (SpreadConfig's gains)."""
+        t = table_coarseness(qtables, batch).to(self.conv_out.weight.device)[:, None]
+        intercept, slope = (torch.tensor(v, device=t.device)[None] for v in (self.config.gain_intercept,
+                                                                             self.config.gain_slope))
+        return (intercept + slope * t).exp()[:, :, None, None]
+
     def rebuild_luma(self, mean: torch.Tensor, qtables: torch.Tensor, white: torch.Tensor,
                      detail_luma: torch.Tensor) -> torch.Tensor:
         """A sample's luma residual [N, 1, H, W] whose bands have V's variances: white [N, 2, H, W]
         (unit white noise) band-passed for the low and mid band, S's luma detail for the high one."""
         height, width = detail_luma.shape[-2:]
-        std = per_pixel(self(mean, qtables).float().exp(), height, width).sqrt()
+        std = per_pixel(self(mean, qtables).float().exp(), height, width).sqrt() * self.gain(qtables, len(mean))
         scale = white_noise_band_std().to(white)
         fields = torch.cat([split_bands(white[:, i : i + 1])[:, i : i + 1] / scale[i] for i in range(2)], dim=1)
         return (std[:, :2] * fields).sum(1, keepdim=True) + std[:, 2:] * unit_detail(detail_luma.float())
+
+
+def table_coarseness(qtables: torch.Tensor, batch: int) -> torch.Tensor:
+    """[N] the luma table's mean log step over log 255: 0 for all-ones tables, about 0.55 at IJG
+    quality 10 and 0.1 at 90."""
+    return normalise_tables(qtables, batch)[:, :64].mean(1)
 
 
 def per_pixel(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
