@@ -1,5 +1,7 @@
 """One exception hierarchy, so batch jobs can catch ours and let real bugs through."""
 
+import errno
+
 
 class PosteriorJpegError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -53,3 +55,15 @@ class MissingWeightsError(PosteriorJpegError, FileNotFoundError):
 
 class FolderBusyError(PosteriorJpegError):
     """Another live process holds the folder's lock; the message names the folder and its pid."""
+
+
+class SymlinkError(PosteriorJpegError, OSError):
+    """A symbolic link (or a second hard link) where this tool creates or replaces a file or folder:
+    writing through it would change a file outside the output folder, so it is refused."""
+
+    def __init__(self, path):
+        super().__init__(errno.ELOOP, "a link where this tool writes a file", str(path))
+
+    def __str__(self) -> str:
+        return (f"{self.filename}: is a symbolic or hard link; this tool does not write through links "
+                "(remove it, or choose another output folder)")

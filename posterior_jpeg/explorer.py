@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
-from .atomic import write_atomically
+from .atomic import Folder, write_atomically
 from .export import SUFFIXES
 from .pixels import to_hwc_uint8
 
@@ -54,16 +54,16 @@ def _page(title: str, body: str, data: dict | None = None) -> str:
     )
 
 
-def _thumbnail(source: Path, folder: Path) -> str:
-    """The relative path of a small JPEG of `source` under folder/thumbs, made unless it is newer."""
-    thumb = folder / THUMBS / f"{source.name}.jpg"
-    if not thumb.is_file() or thumb.stat().st_mtime < source.stat().st_mtime:
-        thumb.parent.mkdir(exist_ok=True)
+def _thumbnail(source: Path, thumbs: Folder) -> str:
+    """The relative path of a small JPEG of `source` in `thumbs`, made unless it is newer."""
+    name = f"{source.name}.jpg"
+    found = thumbs.lstat(name)
+    if found is None or found.st_mtime < source.stat().st_mtime:
         with Image.open(source) as image:
             small = image.convert("RGB")
         small.thumbnail((THUMB_SIZE, THUMB_SIZE))
-        write_atomically(thumb, _encoded(small, format="JPEG", quality=85))
-    return f"{THUMBS}/{thumb.name}"
+        thumbs.write(name, _encoded(small, format="JPEG", quality=85))
+    return f"{THUMBS}/{name}"
 
 
 def _encoded(image: Image.Image, **options) -> bytes:
@@ -88,17 +88,18 @@ def read_manifest(folder: Path) -> list[dict]:
     return records
 
 
-def _input_decode(source: Path, target: Path) -> bool:
+def _input_decode(source: Path, out: Folder, name: str) -> bool:
     """Write libjpeg's decode of `source` (through Pillow), upright as the samples are and with its
-    ICC profile, to `target` unless it exists; False when the input cannot be read any more."""
-    if target.is_file():
+    ICC profile, as `name` in `out` unless it exists; False when the input cannot be read any more."""
+    if out.lstat(name) is not None:
         return True
     try:
         with Image.open(source) as image:
             upright = ImageOps.exif_transpose(image.convert("RGB"))
-            write_atomically(target, _encoded(upright, format="PNG", icc_profile=image.info.get("icc_profile")))
+            icc_profile = image.info.get("icc_profile")
     except (OSError, SyntaxError, ValueError):
         return False
+    out.write(name, _encoded(upright, format="PNG", icc_profile=icc_profile))
     return True
 
 
@@ -110,10 +111,11 @@ FIGURES = ("seed", "written_consistency", "coefficient_agreement", "block_agreem
            "seconds", "format")
 
 
-def sample_page_data(folder: Path) -> dict:
+def sample_page_data(out: Folder, thumbs: Folder) -> dict:
     """What the explorer shows, from the manifest: per input file (in order of first appearance)
-    its samples that exist in `folder` (the latest record of each output), sorted by seed, and the
-    input decode, mean, posterior-mean (mmse) and std views that exist."""
+    its samples that exist in `out` (the latest record of each output), sorted by seed, and the
+    input decode, mean, posterior-mean (mmse) and std views that exist (thumbnails made in `thumbs`)."""
+    folder = out.path
     by_input: dict[str, dict[str, dict]] = {}
     for record in read_manifest(folder):
         by_input.setdefault(record["input"], {})[Path(record["output"]).name] = record
@@ -129,7 +131,7 @@ def sample_page_data(folder: Path) -> dict:
             width, height = image.size
         views = {"input": None}
         decode = folder / f"{stem}_input.png"
-        if _input_decode(Path(source), decode):
+        if _input_decode(Path(source), out, decode.name):
             views["input"] = decode
         for kind in SUMMARY_VIEWS:
             views[kind] = _first_existing(folder, stem, kind)
@@ -140,10 +142,10 @@ def sample_page_data(folder: Path) -> dict:
             "width": width,
             "height": height,
             "views": {kind: quote(path.name) if path else None for kind, path in views.items()},
-            "thumbs": {kind: quote(_thumbnail(path, folder)) for kind, path in views.items() if path},
+            "thumbs": {kind: quote(_thumbnail(path, thumbs)) for kind, path in views.items() if path},
             "samples": [{
                 "image": quote(Path(r["output"]).name),
-                "thumb": quote(_thumbnail(folder / Path(r["output"]).name, folder)),
+                "thumb": quote(_thumbnail(folder / Path(r["output"]).name, thumbs)),
                 **{key: r.get(key) for key in FIGURES},
             } for r in samples],
         })
@@ -210,18 +212,18 @@ VIEWER = """<div id="viewer" hidden>
 def write_sample_page(folder: str | Path) -> Path:
     """Write folder/index.html for the sample run in `folder` (its manifest.jsonl and outputs), with
     the input decodes (<stem>_input.png) and thumbnails it needs; returns the page's path."""
-    folder = Path(folder)
-    data = sample_page_data(folder)
-    files = data["files"]
-    samples = sum(len(f["samples"]) for f in files)
-    intro = (f'<header class="top"><h1>posterior-jpeg explorer</h1><div class="dim">{len(files)} file(s), '
-             f"{samples} sample(s); model: {html.escape(', '.join(data['checkpoints']) or '-')}. Click a file or a "
-             "thumbnail to open it: Left / Right flip through its samples, Up / Down change files, the wheel "
-             "zooms into the same region of every view.</div></header>")
-    cards = "\n".join(_card(i, f) for i, f in enumerate(files)) or '<p class="dim">No samples in this folder yet.</p>'
-    page = folder / PAGE
-    write_atomically(page, _page("posterior-jpeg explorer", f"{intro}\n{VIEWER}\n<main>\n{cards}\n</main>", data).encode())
-    return page
+    with Folder(folder) as out:
+        with out.child(THUMBS) as thumbs:
+            data = sample_page_data(out, thumbs)
+        files = data["files"]
+        samples = sum(len(f["samples"]) for f in files)
+        intro = (f'<header class="top"><h1>posterior-jpeg explorer</h1><div class="dim">{len(files)} file(s), '
+                 f"{samples} sample(s); model: {html.escape(', '.join(data['checkpoints']) or '-')}. Click a file or "
+                 "a thumbnail to open it: Left / Right flip through its samples, Up / Down change files, the wheel "
+                 "zooms into the same region of every view.</div></header>")
+        cards = "\n".join(_card(i, f) for i, f in enumerate(files)) or '<p class="dim">No samples in this folder yet.</p>'
+        out.write(PAGE, _page("posterior-jpeg explorer", f"{intro}\n{VIEWER}\n<main>\n{cards}\n</main>", data).encode())
+        return out.path / PAGE
 
 
 # ----------------------------------------------------------------------------- evaluations and sweeps
@@ -270,19 +272,20 @@ def evaluation_crops(evaluation, folder: Path) -> list[dict]:
     as the evaluation kept them while it measured (`Runner.crops`: the outputs of repeat 0), written
     under folder/crops, listed in folder/crops/crops.json (which the sweep page reads) and returned."""
     rows = []
-    (folder / CROPS).mkdir(parents=True, exist_ok=True)
-    for setting, images in evaluation.crops.items():
-        for index, image_name, outputs in images:
-            crops = []
-            for key, image in outputs:  # key None: the ground truth
-                name = "original" if key is None else key.name + (
-                    f" ({key.checkpoint})" if key.checkpoint and len(evaluation.samplers) > 1 else "")
-                tag = "_original" if key is None else f"{key.checkpoint}_{key.method}"
-                file = f"{CROPS}/{_tag(setting)}_{index}_{_tag(tag)}.png"
-                write_atomically(folder / file, _encoded(Image.fromarray(to_hwc_uint8(image[0])), format="PNG"))
-                crops.append({"method": name, "file": file, "width": image.shape[-1], "height": image.shape[-2]})
-            rows.append({"setting": setting, "image": image_name, "crops": crops})
-    write_atomically(folder / CROPS / "crops.json", json.dumps(rows, indent=1).encode())
+    with Folder(folder, create=True) as out, out.child(CROPS) as crops_folder:
+        for setting, images in evaluation.crops.items():
+            for index, image_name, outputs in images:
+                crops = []
+                for key, image in outputs:  # key None: the ground truth
+                    name = "original" if key is None else key.name + (
+                        f" ({key.checkpoint})" if key.checkpoint and len(evaluation.samplers) > 1 else "")
+                    tag = "_original" if key is None else f"{key.checkpoint}_{key.method}"
+                    file = f"{_tag(setting)}_{index}_{_tag(tag)}.png"
+                    crops_folder.write(file, _encoded(Image.fromarray(to_hwc_uint8(image[0])), format="PNG"))
+                    crops.append({"method": name, "file": f"{CROPS}/{file}", "width": image.shape[-1],
+                                  "height": image.shape[-2]})
+                rows.append({"setting": setting, "image": image_name, "crops": crops})
+        crops_folder.write("crops.json", json.dumps(rows, indent=1).encode())
     return rows
 
 

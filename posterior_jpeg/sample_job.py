@@ -19,8 +19,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import checkpoints, explorer, export
-from .atomic import FolderBusyError, FolderLock, append_line, read_lines, remove_stale_temporaries, write_atomically
-from .errors import LibjpegWarning, PosteriorJpegError
+from .atomic import Folder, FolderLock
+from .errors import FolderBusyError, LibjpegWarning, PosteriorJpegError, SymlinkError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import projection, round_to_16_bits
 from .metrics import Agreement, eight_bit_consistency, float_consistency
@@ -118,6 +118,7 @@ class Job:
     precision: Precision  # as decided once for the run, printed and recorded with every output
     args: SampleOptions
     out: Path
+    folder: Folder  # OUT, held open: every write goes through it (see atomic.Folder)
     checkpoint_sha256: str
     model: dict
     recorded: dict  # output file name -> its last manifest record
@@ -157,17 +158,17 @@ class Job:
 
         def append() -> None:
             record["seconds"] = round(perf_counter() - began, 3)
-            append_line(self.out / MANIFEST, json.dumps(record))
+            self.folder.append_line(MANIFEST, json.dumps(record))
             self.recorded[output.name] = record
 
-        write_atomically(output, data, before_rename=append)
+        self.folder.write(output.name, data, before_rename=append)
 
 
-def read_manifest(path: Path) -> tuple[dict, int]:
+def read_manifest(folder: Folder) -> tuple[dict, int]:
     """The last record of each output named in a manifest, by file name, and the bytes of a torn
     last line cut off (see `read_lines`). Lines that are not records (glued together by an older
     version on a full disk) are ignored: their outputs count as unrecorded."""
-    lines, torn = read_lines(path)
+    lines, torn = folder.read_lines(MANIFEST)
     recorded = {}
     for line in lines:
         try:
@@ -211,6 +212,9 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
         raise FileFailed(str(error)) from None
     input_sha256 = file_digest(path)
     plan = job.planned(path.stem, input_sha256)
+    links = [output for output in plan if output.is_symlink()]
+    if links:
+        raise FileFailed(str(SymlinkError(links[0])))
     todo = {output for output, recipe in plan.items()
             if args.overwrite or not (output.exists() and job.is_recorded(output, recipe))}
     foreign = [output for output in plan if output in todo and output.exists() and not args.overwrite]
@@ -347,16 +351,17 @@ def _prepare(args: SampleOptions, stack: contextlib.ExitStack) -> Job:
         raise CannotStart("--device cuda: CUDA is not available here (use --device cpu)")
     out = Path(args.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(FolderLock(out))
-        removed = remove_stale_temporaries(out)
-        recorded, torn = read_manifest(out / MANIFEST)
-    except FolderBusyError as error:
+        folder = stack.enter_context(Folder(out, create=True))
+        stack.enter_context(FolderLock(folder))
+        removed = folder.remove_stale_temporaries()
+        recorded, torn = read_manifest(folder)
+    except (FolderBusyError, SymlinkError) as error:
         raise CannotStart(str(error)) from None
     except OSError as error:
         raise CannotStart(f"{out}: cannot use the output folder ({error.strerror or error})") from None
-    if not args.quiet and removed:
-        print(f"sample: {out}: removed {len(removed)} temporary file(s) left by a killed run", file=sys.stderr)
+    if not args.quiet:
+        for name in removed:
+            print(f"sample: {out / name}: removed, a temporary file left by a killed run", file=sys.stderr)
     try:
         settings = export.settings_from(args)
     except ValueError as error:
@@ -376,7 +381,7 @@ def _prepare(args: SampleOptions, stack: contextlib.ExitStack) -> Job:
         raise CannotStart(f"--mmse: {sampler.source} has no posterior-mean network M")
     if not args.quiet:
         print(f"sample: {device}, precision {precision.describe()}", file=sys.stderr)
-    return Job(sampler, precision, args, out, file_digest(weights),
+    return Job(sampler, precision, args, out, folder, file_digest(weights),
                dataclasses.asdict(checkpoints.model_file(sampler.generator)), recorded, settings)
 
 

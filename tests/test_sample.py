@@ -316,26 +316,66 @@ def test_existing_outputs_are_kept_without_overwrite(checkpoint, write_jpeg, tmp
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 2  # appended, one line per sample
 
 
+@pytest.mark.parametrize("name", ["lock", "manifest", "output", "thumbs"])
+def test_links_planted_in_out_lead_no_write_out_of_it(checkpoint, write_jpeg, tmp_path, capsys, name):
+    """A link inside OUT where the run writes (the lock, the manifest, an output, the thumbnails'
+    folder) is refused with one line and its target is left as it was; OUT itself may be a link."""
+    jpeg = write_jpeg("x.jpg")
+    victims, real = tmp_path / "victims", tmp_path / "real"
+    victims.mkdir()
+    real.mkdir()
+    victim = victims / "f"
+    victim.write_bytes(b"the user's\n")
+    out = tmp_path / "out"
+    out.symlink_to(real)
+    planted = {"lock": ".posterior-jpeg.lock", "manifest": "manifest.jsonl", "output": "x_s0.png", "thumbs": "thumbs"}
+    (out / planted[name]).symlink_to(victims if name == "thumbs" else victim)
+    command = [str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet", "--html"]
+    expected = {"lock": 2, "manifest": 2, "output": 1, "thumbs": 1}[name]
+    assert main([*command, *(["--overwrite"] if name == "output" else [])]) == expected
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"{out / planted[name]}: is a symbolic or hard link" in err[0], err
+    assert sorted(p.name for p in victims.iterdir()) == ["f"] and victim.read_bytes() == b"the user\'s\n"
+    assert (out / planted[name]).is_symlink()
+
+
+def test_only_the_tools_own_stale_temporaries_are_removed_and_each_is_named(checkpoint, write_jpeg, tmp_path,
+                                                                            capsys, dead_pid):
+    jpeg = write_jpeg("x.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    pid = dead_pid()
+    stale = f".posterior-jpeg-{pid}-0123456789abcdef.tmp"
+    users = [".report.2024.tmp", ".a.b.99999999.tmp", f".x_s0.png.{pid}.tmp"]
+    for name in (stale, *users):
+        (out / name).write_bytes(b"data")
+    assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(checkpoint)]) == 0
+    err = capsys.readouterr().err
+    assert f"sample: {out / stale}: removed, a temporary file left by a killed run" in err
+    assert not (out / stale).exists() and all((out / name).read_bytes() == b"data" for name in users)
+
+
 def test_ctrl_c_leaves_only_complete_files(checkpoint, write_jpeg, tmp_path, monkeypatch, capsys):
     jpeg = write_jpeg("x.jpg")
     out = tmp_path / "out"
-    original = Path.write_bytes
+    original = os.write
     calls = []
 
-    def interrupted_second_write(self, data):
-        calls.append(self)
-        if len(calls) == 2:  # Ctrl-C half-way through writing the second PNG
-            original(self, data[: len(data) // 2])
-            raise KeyboardInterrupt
-        return original(self, data)
+    def interrupted_second_write(descriptor, data):
+        if bytes(data[:4]) == b"\x89PNG":
+            calls.append(descriptor)
+            if len(calls) == 2:  # Ctrl-C half-way through writing the second PNG
+                original(descriptor, data[: len(data) // 2])
+                raise KeyboardInterrupt
+        return original(descriptor, data)
 
-    monkeypatch.setattr(Path, "write_bytes", interrupted_second_write)
+    monkeypatch.setattr(os, "write", interrupted_second_write)
     command = [str(jpeg), "-n", "3", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet"]
     assert main(command) == 130
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl", "x_s0.png"]
     assert leftovers(out) == []
-    monkeypatch.setattr(Path, "write_bytes", original)
+    monkeypatch.setattr(os, "write", original)
     assert Image.open(out / "x_s0.png").size == (96, 64)
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 1
     first = (out / "x_s0.png").stat()
@@ -449,7 +489,7 @@ def test_a_run_killed_mid_way_is_completed_by_the_same_command(checkpoint, write
     run.wait()
     before = outputs_state(out)
     assert 0 < len(before) < len(expected)  # killed part-way
-    stale = out / f".p2_s3.png.{dead_pid()}.tmp"
+    stale = out / f".posterior-jpeg-{dead_pid()}-0123456789abcdef.tmp"
     stale.write_bytes(b"half a png")
 
     assert main([*map(str, inputs), "-o", str(out), *options]) == 0
@@ -473,27 +513,25 @@ def test_a_full_disk_fails_the_file_cleanly_and_a_rerun_completes_it(checkpoint,
     inputs = [write_jpeg("a.jpg", seed=1), write_jpeg("b.jpg", seed=2)]
     out = tmp_path / "out"
     command = [*map(str, inputs), "-n", "2", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet"]
-    real_write, real_write_bytes = os.write, Path.write_bytes
+    real_write = os.write
     writes = []
 
     def short_record(descriptor, data):
-        if data.startswith(b'{"input"'):
+        if bytes(data[:8]) == b'{"input"':
             writes.append(data)
             if len(writes) == 2:
                 return real_write(descriptor, data[: len(data) // 2])
         return real_write(descriptor, data)
 
-    def png_fills_the_disk(self, data):
-        writes.append(self)
-        if len(writes) == 2:
-            real_write_bytes(self, data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-        return real_write_bytes(self, data)
+    def png_fills_the_disk(descriptor, data):
+        if bytes(data[:4]) == b"\x89PNG":
+            writes.append(data)
+            if len(writes) == 2:
+                real_write(descriptor, data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(descriptor, data)
 
-    if what == "manifest":
-        monkeypatch.setattr(os, "write", short_record)
-    else:
-        monkeypatch.setattr(Path, "write_bytes", png_fills_the_disk)
+    monkeypatch.setattr(os, "write", short_record if what == "manifest" else png_fills_the_disk)
     assert main(command) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"{inputs[0]}: cannot write outputs") and "No space left" in err[0]
