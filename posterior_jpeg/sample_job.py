@@ -123,6 +123,7 @@ class Job:
     model: dict
     recorded: dict  # output file name -> its last manifest record
     export: export.ExportSettings
+    inputs: set = dataclasses.field(default_factory=set)  # (st_dev, st_ino) of this run's inputs: never replaced
 
     def planned(self, stem: str, input_sha256: str) -> dict[Path, dict]:
         """Every output of an input with its recipe, the record fields that make it what it is: a
@@ -215,6 +216,10 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
     links = [output for output in plan if output.is_symlink()]
     if links:
         raise FileFailed(str(SymlinkError(links[0])))
+    inputs = [output for output in plan if _identity(job.folder.lstat(output.name)) in job.inputs]
+    if inputs:
+        raise FileFailed(f"{path}: its output {inputs[0]} would replace an input of this run; inputs are never "
+                         "replaced, not even with --overwrite (sample into another -o folder)")
     todo = {output for output, recipe in plan.items()
             if args.overwrite or not (output.exists() and job.is_recorded(output, recipe))}
     foreign = [output for output in plan if output in todo and output.exists() and not args.overwrite]
@@ -385,10 +390,25 @@ def _prepare(args: SampleOptions, stack: contextlib.ExitStack) -> Job:
                dataclasses.asdict(checkpoints.model_file(sampler.generator)), recorded, settings)
 
 
+def _identity(found: os.stat_result | None) -> tuple[int, int] | None:
+    return None if found is None else (found.st_dev, found.st_ino)
+
+
+def split_own_outputs(files: list[Path], job: Job) -> tuple[list[Path], list[str]]:
+    """Leave out the inputs that are outputs of an earlier run in OUT (its manifest records them):
+    sampling a folder into itself must not sample its own samples on each rerun. A note for each."""
+    out = _identity(os.fstat(job.folder.descriptor))
+    kept, notes = [], []
+    for path in files:
+        if path.name in job.recorded and _identity(path.parent.stat()) == out:
+            notes.append(f"sample: {path}: skipped, an output of an earlier run ({MANIFEST} records it)")
+        else:
+            kept.append(path)
+    return kept, notes
+
+
 def _sample_all(args: SampleOptions) -> int:
     files, errors = expand_inputs(args.inputs, args.recursive)
-    files, clashes = split_name_clashes(files)
-    errors += clashes
     for line in errors:
         print(line, file=sys.stderr)
     if not files:
@@ -399,7 +419,12 @@ def _sample_all(args: SampleOptions) -> int:
         except CannotStart as error:
             print(f"sample: {error}", file=sys.stderr)
             return 2
-        return _sample_files(job, files, len(errors))
+        files, notes = split_own_outputs(files, job)
+        files, clashes = split_name_clashes(files)
+        for line in (notes if not args.quiet else []) + clashes:
+            print(line, file=sys.stderr)
+        job.inputs = {_identity(path.stat()) for path in files}
+        return _sample_files(job, files, len(errors) + len(clashes))
 
 
 def _sample_files(job: Job, files: list[Path], failed: int) -> int:

@@ -355,6 +355,30 @@ def test_only_the_tools_own_stale_temporaries_are_removed_and_each_is_named(chec
     assert not (out / stale).exists() and all((out / name).read_bytes() == b"data" for name in users)
 
 
+def test_a_folder_sampled_into_itself_skips_its_own_outputs(checkpoint, write_jpeg, tmp_path, capsys):
+    folder = write_jpeg("d/x.jpg").parent
+    command = [str(folder), "-n", "1", "-o", str(folder), "--format", "jpeg", "--checkpoint", str(checkpoint)]
+    assert main(command) == 0
+    capsys.readouterr()
+    assert main(command) == 0  # x_s0.jpg is found in the folder now: an output, not an input
+    assert f"sample: {folder / 'x_s0.jpg'}: skipped, an output of an earlier run (manifest.jsonl records it)" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in folder.glob("*.jpg")) == ["x.jpg", "x_s0.jpg"]
+
+
+def test_an_input_is_never_replaced_even_with_overwrite(checkpoint, write_jpeg, tmp_path, capsys):
+    photo = write_jpeg("d/x.jpg")
+    other = write_jpeg("d/x_s0.jpg", seed=5)  # the user's own photo, named like x.jpg's first sample
+    before = other.read_bytes()
+    command = [str(photo.parent), "-n", "1", "-o", str(photo.parent), "--format", "jpeg", "--overwrite", "--quiet",
+               "--checkpoint", str(checkpoint)]
+    assert main(command) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"{photo}: its output {other} would replace an input of this run; inputs are never replaced, "
+                   "not even with --overwrite (sample into another -o folder)"]
+    assert other.read_bytes() == before and (photo.parent / "x_s0_s0.jpg").is_file()
+
+
 def test_ctrl_c_leaves_only_complete_files(checkpoint, write_jpeg, tmp_path, monkeypatch, capsys):
     jpeg = write_jpeg("x.jpg")
     out = tmp_path / "out"

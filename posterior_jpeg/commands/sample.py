@@ -69,7 +69,9 @@ rename, so an interrupted run leaves only whole files and whole lines; temporari
 are removed by the next run. One run at a time writes into OUT: a second one is refused while the
 first runs (OUT/.posterior-jpeg.lock holds its pid; a lock left by a dead process is taken over).
 No write follows a link inside OUT: a link where an output, the manifest, the lock or thumbs/ should
-be is refused with one line (OUT itself may be a link).
+be is refused with one line (OUT itself may be a link). Inputs in OUT that its manifest records as
+outputs are skipped with a note (a folder sampled into itself); an input of the run is never
+replaced, not even with --overwrite.
 
 Inputs whose names give the same <stem> would write the same outputs: the first one in argument
 order is sampled, the others are reported as failed (sample them into another -o folder). Bad inputs
