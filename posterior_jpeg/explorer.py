@@ -40,11 +40,17 @@ def _url(relative: str) -> str:
     return html.escape(quote(relative), quote=True)
 
 
+def _script_json(data: dict) -> str:
+    """JSON to put inside a <script> element. With <, > and & as \\u escapes no text in it ("</script>",
+    "<!--<script>") can move the HTML parser out of the element or into its escaped states; json.dumps
+    (ensure_ascii) writes U+2028 and U+2029 as \\u escapes already."""
+    return json.dumps(data).translate({ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"})
+
+
 def _page(title: str, body: str, data: dict | None = None) -> str:
     script = ""
-    if data is not None:  # "</" would end the script element early
-        text = json.dumps(data).replace("</", "<\\/")
-        script = f'<script type="application/json" id="explorer-data">{text}</script>\n'
+    if data is not None:
+        script = f'<script type="application/json" id="explorer-data">{_script_json(data)}</script>\n'
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"

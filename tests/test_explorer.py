@@ -153,6 +153,35 @@ def test_explorer_in_chromium(sampled, browser):
     assert requested and all(url.startswith(("file://", "data:")) for url in requested), requested
 
 
+def test_a_name_with_script_markup_leaves_the_explorer_working(sampled, inputs, tmp_path, browser):
+    """Page data embeds <, > and & (and U+2028) as \\u escapes: "<!--<script>" in a name would otherwise
+    move the HTML parser into its escaped script states and the data would never parse."""
+    name = "x<!--<script>&\u2028y"
+    source = tmp_path / f"{name}.jpg"
+    source.write_bytes((inputs / "gray.jpg").read_bytes())
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lines = []
+    for record in map(json.loads, (sampled / "manifest.jsonl").read_text().splitlines()):
+        if Path(record["input"]).name == "gray.jpg":
+            output = Path(record["output"]).name.replace("gray", name, 1)
+            (folder / output).write_bytes((sampled / Path(record["output"]).name).read_bytes())
+            lines.append(json.dumps({**record, "input": str(source), "output": str(folder / output)}) + "\n")
+    (folder / "manifest.jsonl").write_text("".join(lines))
+    explorer.write_sample_page(folder)
+    text = (folder / "index.html").read_text()
+    embedded = text.split('id="explorer-data">')[1].split("</script>")[0]
+    assert not set("<>&\u2028\u2029") & set(embedded)
+    assert [f["name"] for f in page_data(folder)["files"]] == [f"{name}.jpg"]
+
+    browser.load(folder / "index.html")
+    browser.run("document.querySelector('.card[data-file=\"0\"] h2 a').click()")
+    assert browser.run("return document.querySelector('#viewer .title').textContent") == f"{name}.jpg (1 / 1)"
+    views = browser.images("#viewer .view:not([hidden]) img, #sample-strip img")
+    assert views and all(image["width"] > 0 for image in views), views
+    assert browser.console_errors() == []
+
+
 # ----------------------------------------------------------------------------------------- exports
 def export_run(inputs: Path, out: Path, *options: str) -> dict:
     code = main([str(inputs / "photo.jpg"), "-n", "1", "-o", str(out), "--device", "cpu", "--quiet", *options])
