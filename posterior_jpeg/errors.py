@@ -37,6 +37,10 @@ class ConfigError(PosteriorJpegError, ValueError):
     """A configuration that cannot be used, with the reason."""
 
 
+class TrainingDiverged(PosteriorJpegError):
+    """A loss or a weight became NaN or infinite: training stopped before writing another checkpoint."""
+
+
 class DataError(PosteriorJpegError):
     """The training data cannot be used: missing folder, no images, or no readable image."""
 

@@ -123,7 +123,7 @@ def validate(cfg: SweepConfig) -> None:
             try:
                 train_config(cfg, point)
             except ConfigError as error:
-                raise ConfigError(f"point {point.name}: {error}") from None
+                raise ConfigError("\n".join(f"point {point.name}: {line}" for line in str(error).splitlines())) from None
 
 
 def load_sweep_config(path: str | Path | None = None, overrides: list[str] = ()) -> SweepConfig:

@@ -109,7 +109,7 @@ def test_print_config_lists_an_incomplete_config(command):
 def test_print_config_refuses_an_unknown_key():
     printed = _printed(["train.py", "--print-config", "no_such_key=1"])
     assert printed.returncode == 2
-    assert printed.stderr.strip() == "train.py: config: Key 'no_such_key' not in 'TrainConfig'"
+    assert printed.stderr.strip() == "train.py: command line: Key 'no_such_key' not in 'TrainConfig'"
 
 
 @pytest.mark.parametrize("command", [["train.py"], ["-m", "posterior_jpeg", "eval"], ["-m", "posterior_jpeg", "sweep"]],
