@@ -379,6 +379,64 @@ def test_an_input_is_never_replaced_even_with_overwrite(checkpoint, write_jpeg, 
     assert other.read_bytes() == before and (photo.parent / "x_s0_s0.jpg").is_file()
 
 
+def test_memory_and_the_wait_for_the_first_sample_do_not_follow_n(checkpoint, write_jpeg, tmp_path, monkeypatch):
+    """-n two million: the run plans nothing per seed up front, so the first samples come at once and
+    Python's memory stays that of a few images (stopped by Ctrl-C after two samples)."""
+    import tracemalloc
+
+    jpeg = write_jpeg("x.jpg", 32, 48)
+    made, real_write = [], sample_job.Job.write
+
+    def stop_after_two(self, output, data, line, began):
+        real_write(self, output, data, line, began)
+        made.append(output.name)
+        if len(made) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample_job.Job, "write", stop_after_two)
+    tracemalloc.start()
+    try:
+        code = main([str(jpeg), "-n", "2000000", "-o", str(tmp_path / "out"), "--checkpoint", str(checkpoint),
+                     "--quiet"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 130 and made == ["x_s0.png", "x_s1.png"]
+    assert peak < 30 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_summaries_are_sums_kept_as_samples_come():
+    """The mean and std map from running sums equal those of the stacked samples."""
+    samples = torch.randint(0, 256, (5, 3, 8, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    moments = sample_job.Moments()
+    for pixels in samples:
+        moments.add(pixels)
+    stack = samples.float() / 255
+    assert torch.allclose(moments.mean(), stack.mean(dim=0), atol=1e-6)
+    assert torch.allclose(moments.std(), stack.std(dim=0), atol=1e-6)
+    single = sample_job.Moments()
+    single.add(samples[0])
+    assert torch.equal(single.std(), torch.zeros(3, 8, 12))
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--grid", "-n", "65"], "--grid: a contact sheet holds at most 64 samples, -n is 65"),
+    (["--mean", "-n", "100001"], "--mean and --std summarise at most 100000 samples, -n is 100001"),
+    (["--seed", str(2**64 - 1), "-n", "2"], f"--seed {2**64 - 1} -n 2: the last seed would pass 2^64 - 1"),
+])
+def test_requests_that_cannot_fit_are_refused_before_anything_runs(options, message, tmp_path, capsys):
+    assert main(["x.jpg", "-o", str(tmp_path / "out"), *options]) == 2
+    assert capsys.readouterr().err == f"sample: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_seeds_outside_64_bits_are_refused(capsys):
+    for seed in (str(2**64), "-1"):
+        with pytest.raises(SystemExit) as stop:
+            main(["x.jpg", "-o", "out", "--seed", seed])
+        assert stop.value.code == 2 and f"must be in [0, 2^64), got {seed}" in capsys.readouterr().err
+
+
 def test_ctrl_c_leaves_only_complete_files(checkpoint, write_jpeg, tmp_path, monkeypatch, capsys):
     jpeg = write_jpeg("x.jpg")
     out = tmp_path / "out"

@@ -3,8 +3,9 @@
 
 import argparse
 import dataclasses
+import sys
 
-from ..options import DEFAULT_QUALITY, FORMATS, SampleOptions
+from ..options import DEFAULT_QUALITY, FORMATS, MAX_GRID_SAMPLES, MAX_SUMMARY_SAMPLES, SEED_LIMIT, SampleOptions
 from ..precision import PRECISIONS
 from ..tiling import DEFAULT_OVERLAP, DEFAULT_TILE, PAD_MULTIPLE
 
@@ -52,7 +53,10 @@ embedded in the samples, the mean and the grid (not in the false-colour std map)
 before comparing a PNG with the file's coefficients; the manifest's figures are measured that way.
 
 Big images go through the generator in tiles of --tile pixels that overlap and are blended, then
-each sample is projected as a whole: memory follows the tile size, not the image. A seed gives the
+each sample is projected as a whole: memory follows the tile size, not the image. Nor does it
+follow -n: samples are drawn, written and released one by one, and the mean and std map are kept as
+running sums; a contact sheet (--grid) holds at most 64 samples and --mean / --std summarise at
+most 100000 (refused up front beyond), and SEED + N - 1 must stay below 2^64. A seed gives the
 same file whatever -n and wherever a run was resumed (on one machine, precision and --tile); another
 --tile changes it only near tile seams.
 
@@ -109,8 +113,8 @@ def _positive(text: str) -> int:
 
 def _seed(text: str) -> int:
     value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2^64), got {value}")
     return value
 
 
@@ -196,7 +200,24 @@ def options(args: argparse.Namespace) -> SampleOptions:
     return SampleOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(SampleOptions)})
 
 
+def combination_error(args: argparse.Namespace) -> str | None:
+    """What makes options that are each fine unusable together, or None. Memory follows the tile
+    size, not -n (samples are written and released one by one), except for a contact sheet, which
+    holds all of its samples, and the seed lists of summary records."""
+    if args.seed + args.samples > SEED_LIMIT:
+        return f"--seed {args.seed} -n {args.samples}: the last seed would pass 2^64 - 1"
+    if args.grid and args.samples > MAX_GRID_SAMPLES:
+        return f"--grid: a contact sheet holds at most {MAX_GRID_SAMPLES} samples, -n is {args.samples}"
+    if (args.mean or args.std) and args.samples > MAX_SUMMARY_SAMPLES:
+        return f"--mean and --std summarise at most {MAX_SUMMARY_SAMPLES} samples, -n is {args.samples}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = combination_error(args)
+    if problem is not None:
+        print(f"sample: error: {problem}", file=sys.stderr)
+        return 2
     from ..sample_job import run as run_job  # torch: after parsing
 
     return run_job(options(args))
