@@ -3,6 +3,13 @@
 import errno
 
 
+def printable(text) -> str:
+    """`text` with its control characters (ESC, newline, ...) written as \\x / \\u escapes, for a
+    file name in a printed line: a name cannot move the cursor, recolour the terminal or forge a line."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                   for c in str(text))
+
+
 class PosteriorJpegError(Exception):
     """Base class of every error this package raises on purpose."""
 

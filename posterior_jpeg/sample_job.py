@@ -4,7 +4,6 @@ with a manifest of what was made and how."""
 
 import contextlib
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from . import checkpoints, explorer, export
 from .atomic import Folder, FolderLock
-from .errors import FolderBusyError, LibjpegWarning, PosteriorJpegError, SymlinkError
+from .errors import FolderBusyError, LibjpegWarning, PosteriorJpegError, SymlinkError, printable
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import projection, round_to_16_bits
 from .metrics import Agreement, eight_bit_consistency, float_consistency
@@ -51,9 +50,14 @@ def expand_inputs(inputs: list[str], recursive: bool) -> tuple[list[Path], list[
                 hint = "" if recursive else " (pass --recursive to look in sub-folders)"
                 errors.append(f"{item}: no JPEG files ({', '.join(JPEG_SUFFIXES)}) in this folder{hint}")
         elif any(c in item for c in "*?["):
-            found = sorted(Path(p) for p in glob.glob(item, recursive=recursive) if os.path.isfile(p))
-            if not found:
-                errors.append(f"{item}: no files match")
+            try:
+                found = _glob(item, recursive)
+            except ValueError as error:  # "a**b": ** must be a whole part of the path
+                found = []
+                errors.append(f"{item}: {error}")
+            else:
+                if not found:
+                    errors.append(f"{item}: no files match")
         else:
             found = []
             errors.append(f"{item}: no such file or folder")
@@ -62,6 +66,17 @@ def expand_inputs(inputs: list[str], recursive: bool) -> tuple[list[Path], list[
     for path in files:
         unique.setdefault(path.resolve(), path)
     return list(unique.values()), errors
+
+
+def _glob(pattern: str, recursive: bool) -> list[Path]:
+    """The files a glob pattern matches, sorted. `**` (with --recursive; else it is `*`) descends into
+    sub-folders but never through a link to a folder, so a pattern stays inside the tree it names."""
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    rest = "/".join(parts[first:])
+    if not recursive:
+        rest = rest.replace("**", "*")
+    return sorted(p for p in Path(*parts[:first]).glob(rest) if p.is_file())
 
 
 def split_name_clashes(files: list[Path]) -> tuple[list[Path], list[str]]:
@@ -434,13 +449,13 @@ def _prepare(args: SampleOptions, stack: contextlib.ExitStack) -> Job:
         raise CannotStart(f"{out}: cannot use the output folder ({error.strerror or error})") from None
     if not args.quiet:
         for name in removed:
-            print(f"sample: {out / name}: removed, a temporary file left by a killed run", file=sys.stderr)
+            print(printable(f"sample: {out / name}: removed, a temporary file left by a killed run"), file=sys.stderr)
     try:
         settings = export.settings_from(args)
     except ValueError as error:
         raise CannotStart(str(error)) from None
     if not args.quiet and torn:
-        print(f"sample: {out / MANIFEST}: cut off a torn last line ({torn} bytes) left by an interrupted run",
+        print(printable(f"sample: {out / MANIFEST}: cut off a torn last line ({torn} bytes) left by an interrupted run"),
               file=sys.stderr)
     try:
         device = resolve_device(args.device)
@@ -478,19 +493,19 @@ def split_own_outputs(files: list[Path], job: Job) -> tuple[list[Path], list[str
 def _sample_all(args: SampleOptions) -> int:
     files, errors = expand_inputs(args.inputs, args.recursive)
     for line in errors:
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
     if not files:
         return 1
     with contextlib.ExitStack() as stack:
         try:
             job = _prepare(args, stack)
         except CannotStart as error:
-            print(f"sample: {error}", file=sys.stderr)
+            print(printable(f"sample: {error}"), file=sys.stderr)
             return 2
         files, notes = split_own_outputs(files, job)
         files, clashes = split_name_clashes(files)
         for line in (notes if not args.quiet else []) + clashes:
-            print(line, file=sys.stderr)
+            print(printable(line), file=sys.stderr)
         job.inputs = {_identity(path.stat()) for path in files}
         return _sample_files(job, files, len(errors) + len(clashes))
 
@@ -501,7 +516,7 @@ def _sample_files(job: Job, files: list[Path], failed: int) -> int:
 
     def warn(line: str) -> None:
         if not args.quiet:
-            tqdm.write(line, file=sys.stderr)
+            tqdm.write(printable(line), file=sys.stderr)
 
     with tqdm(total=len(files) * args.samples, unit="sample", disable=args.quiet, file=sys.stderr) as bar:
         tiles = []  # the bar of the network pass under way, while one over several tiles runs
@@ -520,7 +535,7 @@ def _sample_files(job: Job, files: list[Path], failed: int) -> int:
 
         job.sampler.on_tile = on_tile
         for index, path in enumerate(files, 1):
-            bar.set_description(f"{index}/{len(files)} {path.name}")
+            bar.set_description(printable(f"{index}/{len(files)} {path.name}"))
             before = bar.n
             try:
                 if sample_file(job, path, bar.update, warn):
@@ -528,13 +543,14 @@ def _sample_files(job: Job, files: list[Path], failed: int) -> int:
                 else:
                     complete += 1
             except FileFailed as error:
-                tqdm.write(str(error), file=sys.stderr)
+                tqdm.write(printable(error), file=sys.stderr)
                 failed += 1
             except OSError as error:  # writing: disk full, permissions, ...
-                tqdm.write(f"{path}: cannot write outputs ({error})", file=sys.stderr)
+                tqdm.write(printable(f"{path}: cannot write outputs ({error})"), file=sys.stderr)
                 failed += 1
             except (MemoryError, torch.cuda.OutOfMemoryError):
-                tqdm.write(f"{path}: out of memory on {job.sampler.device} (try a smaller --tile)", file=sys.stderr)
+                tqdm.write(printable(f"{path}: out of memory on {job.sampler.device} (try a smaller --tile)"),
+                           file=sys.stderr)
                 failed += 1
             bar.update(before + args.samples - bar.n)  # a failed file's samples count as passed
     if args.html:
@@ -543,7 +559,7 @@ def _sample_files(job: Job, files: list[Path], failed: int) -> int:
             if not args.quiet:
                 print(f"explorer page: {page}")
         except OSError as error:
-            print(f"{job.out / explorer.PAGE}: cannot write the explorer page ({error})", file=sys.stderr)
+            print(printable(f"{job.out / explorer.PAGE}: cannot write the explorer page ({error})"), file=sys.stderr)
             failed += 1
     if not args.quiet:
         print(f"sampled {done} file(s) into {job.out}" + (f"; {complete} complete already" if complete else "")

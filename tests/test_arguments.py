@@ -34,6 +34,11 @@ ARGUMENT_ERRORS = [
     ["sample.py", "photo.jpg"],  # -o missing
     ["train.py", "--no-such-flag"],
     ["-m", "posterior_jpeg", "project", "a.jpg"],
+    ["sample.py", "photo.jpg", "-o", "out", "--quality", "500"],
+    ["sample.py", "photo.jpg", "-o", "README.md"],  # a file, not a folder
+    ["sample.py", "photo.jpg", "-o", "out", "--seed", str(2**64)],
+    ["sample.py", "photo.jpg", "-o", "out", "--grid", "-n", "65"],
+    ["-m", "posterior_jpeg", "project", "a.jpg", "b.png", "-o", "a.jpg"],
 ]
 
 

@@ -21,7 +21,7 @@ from posterior_jpeg import sweep as sw
 from posterior_jpeg.commands import main as cli
 from posterior_jpeg.config import load_config
 from posterior_jpeg.data import synthetic_image
-from posterior_jpeg.errors import MissingWeightsError, PosteriorJpegError
+from posterior_jpeg.errors import ConfigError, MissingWeightsError, PosteriorJpegError
 from posterior_jpeg.metrics import (
     LPIPS,
     GaussianStats,
@@ -490,3 +490,10 @@ def test_sweep_page_shows_plot_table_and_crops_across_points(workspace, browser)
         assert f'href="{link}"' in page and (out_dir / link).is_file()
     assert page.count("<b>first: Ours-P</b>") == page.count("<b>second: Ours-P</b>") == 3
     check_page_in_chromium(browser, out_dir / "index.html", images=1 + 3 * 4)  # plot; original, JPEG, 2 points
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden"])
+def test_a_sweep_point_name_is_a_plain_folder_name(name):
+    """A point's runs and evaluations are folders named after it: '..' would write into the sweep's own."""
+    with pytest.raises(ConfigError, match="not start with '.'"):
+        sw.load_sweep_config(ROOT / "configs" / "sweep_consistency.yaml", [f"points=[{{name: '{name}', checkpoint: x}}]"])

@@ -437,6 +437,32 @@ def test_seeds_outside_64_bits_are_refused(capsys):
         assert stop.value.code == 2 and f"must be in [0, 2^64), got {seed}" in capsys.readouterr().err
 
 
+def test_control_characters_of_names_are_printed_escaped(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "a\x1b[31mred\nforged line.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert main([str(bad), "-n", "1", "-o", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and len(err.splitlines()) == 1
+    assert err.startswith(str(tmp_path / "a\\x1b[31mred\\x0aforged line.jpg") + ": not a JPEG")
+
+
+def test_recursion_never_follows_a_link_out_of_the_tree(write_jpeg, tmp_path):
+    inside = write_jpeg("tree/sub/x.jpg")
+    write_jpeg("outside/deep/y.jpg")
+    (tmp_path / "tree" / "link").symlink_to(tmp_path / "outside")
+    tree = tmp_path / "tree"
+    for argument in (str(tree), f"{tree}/**/*.jpg"):
+        files, errors = expand_inputs([argument], recursive=True)
+        assert files == [inside] and errors == [], (argument, files)
+
+
+def test_a_checkpoint_that_is_some_other_file_is_named_in_the_error(write_jpeg, tmp_path, capsys):
+    jpeg = write_jpeg("x.jpg")
+    readme = ROOT / "README.md"
+    assert main([str(jpeg), "-o", str(tmp_path / "out"), "--checkpoint", str(readme), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"sample: {readme}: no checkpoint here")
+
+
 def test_ctrl_c_leaves_only_complete_files(checkpoint, write_jpeg, tmp_path, monkeypatch, capsys):
     jpeg = write_jpeg("x.jpg")
     out = tmp_path / "out"

@@ -3,6 +3,7 @@
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from ..options import DEFAULT_QUALITY, FORMATS, MAX_GRID_SAMPLES, MAX_SUMMARY_SAMPLES, SEED_LIMIT, SampleOptions
@@ -118,6 +119,13 @@ def _seed(text: str) -> int:
     return value
 
 
+def _quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be 1-100, got {value}")
+    return value
+
+
 def _tile(text: str) -> int:
     value = int(text)
     smallest = 2 * DEFAULT_OVERLAP
@@ -161,7 +169,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "(default 4: the best decode at every quality; 1 runs M once, the fast setting; "
                              "README: Measured)")
     parser.add_argument("--recursive", action="store_true",
-                        help="descend into sub-folders of folder INPUTs ('**' in globs)")
+                        help="descend into sub-folders of folder INPUTs ('**' in globs), never through links to folders")
     parser.add_argument("--overwrite", action="store_true",
                         help="make every output again (default: keep those a previous run recorded, make the missing)")
     parser.add_argument("--quiet", action="store_true",
@@ -191,7 +199,7 @@ EXPORT_HELP = {
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """--format, --quality and --metadata, read back by `export.settings_from`."""
     parser.add_argument("--format", choices=FORMATS, default="png", help=EXPORT_HELP["format"])
-    parser.add_argument("--quality", type=int, metavar="Q", help=EXPORT_HELP["quality"])
+    parser.add_argument("--quality", type=_quality, metavar="Q", help=EXPORT_HELP["quality"])
     parser.add_argument("--metadata", choices=("keep", "strip"), default="keep", help=EXPORT_HELP["metadata"])
 
 
@@ -204,6 +212,8 @@ def combination_error(args: argparse.Namespace) -> str | None:
     """What makes options that are each fine unusable together, or None. Memory follows the tile
     size, not -n (samples are written and released one by one), except for a contact sheet, which
     holds all of its samples, and the seed lists of summary records."""
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return f"-o {args.out}: is a file, not a folder"
     if args.seed + args.samples > SEED_LIMIT:
         return f"--seed {args.seed} -n {args.samples}: the last seed would pass 2^64 - 1"
     if args.grid and args.samples > MAX_GRID_SAMPLES:
