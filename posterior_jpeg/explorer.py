@@ -18,7 +18,6 @@ from urllib.parse import quote
 from PIL import Image, ImageOps
 
 from .atomic import Folder, write_atomically
-from .export import SUFFIXES
 from .pixels import to_hwc_uint8
 
 PAGE = "index.html"
@@ -27,7 +26,6 @@ THUMB_SIZE = 192  # pixels, long side
 CROPS = "crops"  # sub-folder of an evaluation's per-image crops, with crops.json listing them
 CROP_IMAGES = 4  # test images per setting shown as crops
 CROP_SIZE = 128  # pixels, side of the centre crop
-VIEW_SUFFIXES = tuple(dict.fromkeys(SUFFIXES.values()))  # what the sample command may have written
 SUMMARY_VIEWS = ("mean", "mmse", "std")
 
 
@@ -78,8 +76,23 @@ def _encoded(image: Image.Image, **options) -> bytes:
     return buffer.getvalue()
 
 
+_FIELD_TYPES = {"output": str, "input": str, "input_sha256": str, "kind": str, "seed": int, "checkpoint": str,
+                "written_consistency": str, "format": str, "coefficient_agreement": (int, float),
+                "block_agreement": (int, float), "consistency_rmse": (int, float), "seconds": (int, float)}
+
+
+def _well_formed(record) -> bool:
+    """A manifest record the page can use: an object with an output and an input, each field the
+    page reads of its type (or absent, or null where optional)."""
+    if not (isinstance(record, dict) and isinstance(record.get("output"), str) and isinstance(record.get("input"), str)):
+        return False
+    return all(record.get(key) is None or (isinstance(record[key], kind) and not isinstance(record[key], bool))
+               for key, kind in _FIELD_TYPES.items())
+
+
 def read_manifest(folder: Path) -> list[dict]:
-    """The records of folder/manifest.jsonl; a line that is not a JSON object (cut by a full disk) is skipped."""
+    """The records of folder/manifest.jsonl; a line that is not a well-formed record (cut by a full
+    disk, edited by hand) is skipped."""
     path = folder / "manifest.jsonl"
     records = []
     if not path.is_file():
@@ -89,7 +102,7 @@ def read_manifest(folder: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and "output" in record and "input" in record:
+        if _well_formed(record):
             records.append(record)
     return records
 
@@ -109,26 +122,26 @@ def _input_decode(source: Path, out: Folder, name: str) -> bool:
     return True
 
 
-def _first_existing(folder: Path, stem: str, kind: str) -> Path | None:
-    return next((p for p in (folder / f"{stem}_{kind}{s}" for s in VIEW_SUFFIXES) if p.is_file()), None)
-
-
 FIGURES = ("seed", "written_consistency", "coefficient_agreement", "block_agreement", "consistency_rmse",
            "seconds", "format")
 
 
 def sample_page_data(out: Folder, thumbs: Folder) -> dict:
-    """What the explorer shows, from the manifest: per input file (in order of first appearance)
-    its samples that exist in `out` (the latest record of each output), sorted by seed, and the
-    input decode, mean, posterior-mean (mmse) and std views that exist (thumbnails made in `thumbs`)."""
+    """What the explorer shows, from the manifest: per input file, keyed by its path and content
+    (sha256) so that one OUT can hold runs of different folders, in order of first appearance: the
+    outputs whose latest record is of that input and that exist in `out` (samples sorted by seed;
+    the mean, posterior-mean (mmse) and std views), and its input decode (thumbnails made in `thumbs`)."""
     folder = out.path
-    by_input: dict[str, dict[str, dict]] = {}
-    for record in read_manifest(folder):
-        by_input.setdefault(record["input"], {})[Path(record["output"]).name] = record
+    records = read_manifest(folder)
+    latest = {Path(r["output"]).name: r for r in records}
+    by_input: dict[tuple, dict[str, dict]] = {(r["input"], r.get("input_sha256")): {} for r in records}
+    for name, record in latest.items():
+        if (folder / name).is_file():
+            by_input[record["input"], record.get("input_sha256")][name] = record
     files, checkpoints = [], set()
-    for source, outputs in by_input.items():
-        samples = sorted((r for name, r in outputs.items() if r.get("kind", "sample") == "sample"
-                          and (folder / name).is_file()), key=lambda r: r["seed"])
+    for (source, input_sha256), outputs in by_input.items():
+        samples = sorted((r for r in outputs.values() if r.get("kind", "sample") == "sample" and r.get("seed") is not None),
+                         key=lambda r: r["seed"])
         if not samples:
             continue
         stem = Path(source).stem
@@ -136,11 +149,11 @@ def sample_page_data(out: Folder, thumbs: Folder) -> dict:
         with Image.open(first) as image:
             width, height = image.size
         views = {"input": None}
-        decode = folder / f"{stem}_input.png"
+        decode = folder / (f"{stem}_input_{input_sha256[:12]}.png" if input_sha256 else f"{stem}_input.png")
         if _input_decode(Path(source), out, decode.name):
             views["input"] = decode
         for kind in SUMMARY_VIEWS:
-            views[kind] = _first_existing(folder, stem, kind)
+            views[kind] = next((folder / name for name, r in outputs.items() if r.get("kind") == kind), None)
         checkpoints.add(samples[0].get("checkpoint", ""))
         files.append({
             "name": Path(source).name,
@@ -217,7 +230,7 @@ VIEWER = """<div id="viewer" hidden>
 
 def write_sample_page(folder: str | Path) -> Path:
     """Write folder/index.html for the sample run in `folder` (its manifest.jsonl and outputs), with
-    the input decodes (<stem>_input.png) and thumbnails it needs; returns the page's path."""
+    the input decodes (<stem>_input_<sha256 prefix>.png) and thumbnails it needs; returns the page's path."""
     with Folder(folder) as out:
         with out.child(THUMBS) as thumbs:
             data = sample_page_data(out, thumbs)
