@@ -158,8 +158,8 @@ def _multiple(step: int, high: int) -> tuple:
     return (lambda v: 0 < v <= high and v % step == 0), f"a multiple of {step} in [{step}, {high}]"
 
 
-def _schedule(key: str, low: float = 0.0) -> dict:
-    return {f"{key}.kind": _choice(SCHEDULE_KINDS), f"{key}.start": _real(low), f"{key}.end": _real(low)}
+def _schedule(key: str) -> dict:
+    return {f"{key}.kind": _choice(SCHEDULE_KINDS), f"{key}.start": _real(0), f"{key}.end": _real(0)}
 
 
 TRAIN_RULES = {
