@@ -43,7 +43,7 @@ def main() -> None:
         samples = round_to_8_bits(torch.stack([s.image for s in sampler.samples(jpeg, range(args.samples), mean=mean)]))
         mean = mean.cpu()
         emit(photo=path.name, quality=args.quality, **calibration(samples, mean, original).as_dict())
-        error = heat_map((original - mean).abs().mean(dim=0))
+        error = heat_map((original - mean).abs())
         rows.append([libjpeg_decode(data), mean.clamp(0, 1), samples[0], error, std_map(samples)])
     Image.fromarray(contact_sheet(rows)).save(args.out)
     print(f"uncertainty_sheet: {args.out} (rows: decode | M | sample | |x - M| | std of {args.samples} samples)")

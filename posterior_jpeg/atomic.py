@@ -1,41 +1,28 @@
 """Atomic file writes and appends, and one writer per folder: readers (and interrupted or repeated
 runs) never see a half-written file or record, and two runs never fill one folder at once.
 
-POSIX only (flock, O_APPEND), like the rest of the project's tooling.
+Every file is named relative to a descriptor of its folder and opened with O_NOFOLLOW, so a link
+planted inside an output folder (a shared folder, an unpacked archive of one) never leads a write
+out of it. POSIX only (flock, O_APPEND, dir_fd), like the rest of the project's tooling.
 """
 
 import errno
 import fcntl
 import os
+import re
+import secrets
+import stat
 from pathlib import Path
 
-from .errors import FolderBusyError
+from .errors import FolderBusyError, SymlinkError
 
-TEMPORARY_SUFFIX = ".tmp"
-
-
-def _temporary_name(path: Path, pid: int) -> Path:
-    return path.with_name(f".{path.name}.{pid}{TEMPORARY_SUFFIX}")
+# Temporaries are named .posterior-jpeg-<pid>-<16 random hex digits>.tmp: a name no user file has by
+# chance (so the clean-up never removes one) and that nobody can guess in advance to plant a link at.
+_TEMPORARY = re.compile(r"\.posterior-jpeg-([1-9][0-9]*)-[0-9a-f]{16}\.tmp")
 
 
-def write_atomically(path: str | os.PathLike, data: bytes, before_rename=None) -> None:
-    """Write `data` under a hidden temporary name in the same folder, then rename it over `path`.
-
-    The temporary name carries the process id, so processes writing the same file at once (two
-    evaluation jobs filling one statistics cache) never rename each other's half-written files;
-    the temporary is removed on any error or Ctrl-C (`remove_stale_temporaries` takes care of
-    those a killed process leaves). `before_rename()` runs once the data is written and before it
-    becomes visible (a manifest record appended there never describes a file that failed to write)."""
-    path = Path(path)
-    temporary = _temporary_name(path, os.getpid())
-    try:
-        temporary.write_bytes(data)
-        if before_rename is not None:
-            before_rename()
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+def _temporary_name() -> str:
+    return f".posterior-jpeg-{os.getpid()}-{secrets.token_hex(8)}.tmp"
 
 
 def _alive(pid: int) -> bool:
@@ -48,50 +35,155 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporaries of `write_atomically` in `folder` whose process no longer runs (a run
-    killed by SIGKILL or a power cut); those of live processes are left alone. Returns the removed."""
-    removed = []
-    for candidate in Path(folder).glob(f".*.*{TEMPORARY_SUFFIX}"):
-        pid = candidate.name[: -len(TEMPORARY_SUFFIX)].rpartition(".")[2]
-        if pid.isdigit() and int(pid) > 0 and not _alive(int(pid)) and candidate.is_file():
-            candidate.unlink(missing_ok=True)
-            removed.append(candidate)
-    return removed
+class Folder:
+    """A folder held open by a descriptor; files and sub-folders inside it are reached relative to
+    that descriptor, never through a link. The folder's own path may be a symbolic link: the user
+    chose it. Use as a context manager (or call `close`)."""
 
+    def __init__(self, path: str | os.PathLike, create: bool = False):
+        self.path = Path(path)
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
+        self.descriptor = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append `line` and a newline to a file with a single O_APPEND write, so that a reader sees all
-    of it or nothing of it. A failed or short write (a full disk) cuts the file back to where it
-    was, so the next line never starts glued to a torn one. Only one process may append at a time
-    (hold the folder's `FolderLock`): the cut assumes nobody else wrote in between."""
-    data = line.rstrip("\n").encode() + b"\n"
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(descriptor).st_size
+    def __enter__(self) -> "Folder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.descriptor is not None:
+            os.close(self.descriptor)
+            self.descriptor = None
+
+    def child(self, name: str) -> "Folder":
+        """The sub-folder `name`, made if missing; SymlinkError if a link stands there."""
         try:
-            written = os.write(descriptor, data)
-            if written != len(data):  # the disk filled up part-way
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        except BaseException:
-            os.ftruncate(descriptor, size)
+            os.mkdir(name, dir_fd=self.descriptor)
+        except FileExistsError:
+            pass
+        folder = Folder.__new__(Folder)
+        folder.path = self.path / name
+        folder.descriptor = self._open(name, os.O_RDONLY | os.O_DIRECTORY)
+        return folder
+
+    def lstat(self, name: str) -> os.stat_result | None:
+        """The entry `name` itself (a link is not followed), or None if there is none."""
+        try:
+            return os.stat(name, dir_fd=self.descriptor, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def _open(self, name: str, flags: int, mode: int = 0o666) -> int:
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.descriptor)
+        except OSError as error:
+            found = self.lstat(name) if error.errno in (errno.ELOOP, errno.ENOTDIR) else None
+            if found is not None and stat.S_ISLNK(found.st_mode):  # O_NOFOLLOW met a link
+                raise SymlinkError(self.path / name) from None
             raise
-    finally:
-        os.close(descriptor)
+
+    def _open_in_place(self, name: str, flags: int) -> int:
+        """A file this tool changes in place (the lock, the manifest): neither a symbolic link nor a
+        file with a second name elsewhere (a hard link), whose other name would change too."""
+        descriptor = self._open(name, flags)
+        if os.fstat(descriptor).st_nlink > 1:
+            os.close(descriptor)
+            raise SymlinkError(self.path / name)
+        return descriptor
+
+    def write(self, name: str, data: bytes, before_rename=None) -> None:
+        """Write `data` under a fresh temporary name in this folder, then rename it over `name`.
+
+        The temporary is created exclusively under an unpredictable name, so processes writing the
+        same file at once (two evaluation jobs filling one statistics cache) never share one and no
+        link can be waiting there; it is removed on any error or Ctrl-C (`remove_stale_temporaries`
+        takes care of those a killed process leaves). A link at `name` is refused rather than
+        replaced. `before_rename()` runs once the data is written and before it becomes visible (a
+        manifest record appended there never describes a file that failed to write)."""
+        found = self.lstat(name)
+        if found is not None and stat.S_ISLNK(found.st_mode):
+            raise SymlinkError(self.path / name)
+        temporary = _temporary_name()
+        descriptor = self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(descriptor, view):]
+            finally:
+                os.close(descriptor)
+            if before_rename is not None:
+                before_rename()
+            os.replace(temporary, name, src_dir_fd=self.descriptor, dst_dir_fd=self.descriptor)
+        except BaseException:
+            try:
+                os.unlink(temporary, dir_fd=self.descriptor)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Delete the temporaries of `write` in this folder whose process no longer runs (a run
+        killed by SIGKILL or a power cut); those of live processes, and every file whose name is not
+        exactly a temporary's, are left alone. Returns the names removed."""
+        removed = []
+        for name in sorted(os.listdir(self.descriptor)):
+            matched = _TEMPORARY.fullmatch(name)
+            if matched is None or _alive(int(matched.group(1))):
+                continue
+            found = self.lstat(name)
+            if found is not None and stat.S_ISREG(found.st_mode):
+                os.unlink(name, dir_fd=self.descriptor)
+                removed.append(name)
+        return removed
+
+    def append_line(self, name: str, line: str) -> None:
+        """Append `line` and a newline to the file `name` with a single O_APPEND write, so that a
+        reader sees all of it or nothing of it. A failed or short write (a full disk) cuts the file
+        back to where it was, so the next line never starts glued to a torn one. Only one process
+        may append at a time (hold the folder's `FolderLock`): the cut assumes nobody else wrote in
+        between."""
+        data = line.rstrip("\n").encode() + b"\n"
+        descriptor = self._open_in_place(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            size = os.fstat(descriptor).st_size
+            try:
+                written = os.write(descriptor, data)
+                if written != len(data):  # the disk filled up part-way
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path / name))
+            except BaseException:
+                os.ftruncate(descriptor, size)
+                raise
+        finally:
+            os.close(descriptor)
+
+    def read_lines(self, name: str) -> tuple[list[str], int]:
+        """The complete lines of the append-only file `name` (none if it does not exist) and how
+        many bytes of a torn last line (no newline: its writer died mid-write, or an older writer on
+        a full disk) were cut off the file, so that the next append starts on a line of its own
+        (hold the `FolderLock`)."""
+        try:
+            descriptor = self._open_in_place(name, os.O_RDWR)
+        except FileNotFoundError:
+            return [], 0
+        try:
+            with os.fdopen(os.dup(descriptor), "rb") as file:
+                data = file.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            if len(complete) < len(data):
+                os.ftruncate(descriptor, len(complete))
+        finally:
+            os.close(descriptor)
+        return complete.decode(errors="replace").splitlines(), len(data) - len(complete)
 
 
-def read_lines(path: str | os.PathLike) -> tuple[list[str], int]:
-    """The complete lines of an append-only file (none if it does not exist) and how many bytes of a
-    torn last line (no newline: its writer died mid-write, or an older writer on a full disk) were
-    cut off the file, so that the next append starts on a line of its own (hold the `FolderLock`)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return [], 0
-    complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        os.truncate(path, len(complete))
-    return complete.decode(errors="replace").splitlines(), len(data) - len(complete)
+def write_atomically(path: str | os.PathLike, data: bytes, before_rename=None) -> None:
+    """`Folder.write` of `path`'s name in its folder (the folder's own path may hold links)."""
+    path = Path(path)
+    with Folder(path.parent) as folder:
+        folder.write(path.name, data, before_rename)
 
 
 class FolderLock:
@@ -102,27 +194,25 @@ class FolderLock:
 
     NAME = ".posterior-jpeg.lock"
 
-    def __init__(self, folder: str | os.PathLike):
-        self.path = Path(folder) / self.NAME
+    def __init__(self, folder: Folder):
+        self.folder = folder
         self.descriptor = None
 
     def __enter__(self) -> "FolderLock":
         while True:
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            descriptor = self.folder._open_in_place(self.NAME, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 owner = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
                 os.close(descriptor)
                 raise FolderBusyError(
-                    f"{self.path.parent}: another run (pid {owner}) is writing into this folder; wait for it "
+                    f"{self.folder.path}: another run (pid {owner}) is writing into this folder; wait for it "
                     "to end or choose another output folder"
                 ) from None
-            try:  # the file we locked must still be the one at the path (its owner may have just removed it)
-                current = os.stat(self.path).st_ino == os.fstat(descriptor).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:
+            # the file we locked must still be the one at the name (its owner may have just removed it)
+            found = self.folder.lstat(self.NAME)
+            if found is not None and found.st_ino == os.fstat(descriptor).st_ino:
                 break
             os.close(descriptor)
         os.ftruncate(descriptor, 0)
@@ -131,6 +221,9 @@ class FolderLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)  # while still locked: a newcomer creates a fresh file
+        try:  # while still locked: a newcomer creates a fresh file
+            os.unlink(self.NAME, dir_fd=self.folder.descriptor)
+        except FileNotFoundError:
+            pass
         os.close(self.descriptor)
         self.descriptor = None

@@ -277,7 +277,7 @@ def resolve(path: str | Path) -> tuple[Path, ModelFile]:
             raise CheckpointError(f"{path}: run folder has no complete checkpoint yet")
         path = folder
     weights = path / WEIGHTS if path.is_dir() else path
-    if not weights.is_file():
+    if not weights.is_file() or weights.suffix != ".safetensors":
         raise CheckpointError(f"{path}: no checkpoint here (expected a run folder, a checkpoint folder or {WEIGHTS})")
     return weights, model_config(weights.parent)
 

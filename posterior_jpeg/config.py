@@ -8,6 +8,7 @@ import ast
 import dataclasses
 import inspect
 import io
+import math
 import sys
 import textwrap
 import tokenize
@@ -18,12 +19,12 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .data import SYNTHETIC, QualitySampler
+from .data import CROP_MULTIPLE, SYNTHETIC, WRITABLE_MODES, QualitySampler
 from .errors import CheckpointError, ConfigError, PosteriorJpegError
-from .losses import Schedule
+from .losses import SCHEDULE_KINDS, Schedule
 from .precision import PRECISIONS
-from .models.critic import CriticConfig
-from .models.generator import GeneratorConfig
+from .models.critic import FINAL_SIZE, CriticConfig
+from .models.generator import TRUNKS, GeneratorConfig
 from .models.spread import SpreadConfig
 
 STAGES = ("mmse", "posterior", "spread")
@@ -43,13 +44,9 @@ class DataConfig:
     workers: int = 2  # DataLoader worker processes; 0 loads in the training process
     cache_mb: int = 1024  # decoded training images kept per loading process (uint8); the rest decoded per crop
 
-    def __post_init__(self):
+    def __post_init__(self):  # each key's own range: TRAIN_RULES
         if not self.train:
             raise ConfigError(f"data.train must name an image folder or {SYNTHETIC!r}")
-        if not 0.0 <= self.double_share <= 1.0:
-            raise ConfigError(f"data.double_share must be in [0, 1], got {self.double_share}")
-        if self.workers < 0 or self.cache_mb < 0:
-            raise ConfigError("data.workers and data.cache_mb must be >= 0")
 
 
 @dataclass
@@ -103,7 +100,7 @@ class TrainConfig:
     val_images: int = 4  # images per validation grid
     val_quality: int = 10  # JPEG quality of the validation inputs
     checkpoint_every: int = 500  # steps between checkpoints (and at the last step)
-    keep_checkpoints: int = 3  # checkpoints kept in out_dir; older ones are deleted
+    keep_checkpoints: int = 3  # checkpoints kept in out_dir; older ones are deleted (0: keep all)
     resume: str | None = "auto"  # "auto": continue the run in out_dir if it has a checkpoint; a path: that checkpoint; null: start fresh
     init_from: str | None = None  # weights to start G from (e.g. the MMSE run)
     mmse_model: str | None = None  # frozen MMSE estimator xbar for the second moment
@@ -117,23 +114,13 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)  # training crops
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizers
 
-    def __post_init__(self):
-        if self.ema_half_life_images <= 0:
-            raise ConfigError(f"ema_half_life_images must be > 0, got {self.ema_half_life_images}")
-        if self.stage not in STAGES:
-            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}")
+    def __post_init__(self):  # what keys must satisfy together; each key's own range: TRAIN_RULES
         if self.mixed_precision not in ("auto", *PRECISIONS):
             renamed = " (written 'no' before: now 'fp32')" if self.mixed_precision in ("no", "False") else ""
             raise ConfigError(f"mixed_precision must be auto or one of {', '.join(PRECISIONS)}, "
                               f"got {self.mixed_precision!r}{renamed}")
-        if self.loss.consistency_kind not in ("pixel", "dct"):
-            raise ConfigError(f"loss.consistency_kind must be 'pixel' or 'dct', got {self.loss.consistency_kind!r}")
-        if self.loss.second_moment_kind not in ("eq7", "std"):
-            raise ConfigError(f"loss.second_moment_kind must be 'eq7' or 'std', got {self.loss.second_moment_kind!r}")
         if self.anchor and self.mmse_model:
             raise ConfigError("anchor and mmse_model are both set: an anchored G uses its anchor as eq. 7's xbar")
-        if self.device not in ("auto", "cpu"):
-            raise ConfigError(f"device must be 'auto' (the accelerator when present) or 'cpu', got {self.device!r}")
         if (self.mixed_precision == "fp16" and self.stage == "posterior"
                 and self.loss.r1.start + self.loss.r1.end > 0):
             raise ConfigError("mixed_precision fp16 with R1 (loss.r1): the gradient penalty's gradients are not "
@@ -148,9 +135,127 @@ class TrainConfig:
             raise ConfigError("spread needs an anchor: V predicts the spread around M")
         if self.loss.moment_images > self.batch_size:
             raise ConfigError(f"loss.moment_images ({self.loss.moment_images}) exceeds batch_size ({self.batch_size})")
-        if min(self.steps, self.batch_size, self.grad_accumulation, self.log_every, self.val_every,
-               self.checkpoint_every, self.loss.r1_every, self.loss.moments_every) < 1:
-            raise ConfigError("steps, batch_size, grad_accumulation and every *_every must be >= 1")
+
+
+# What each key's value must be on its own, checked over the whole merged config before anything is
+# built, so that every violation is reported at once (one line each) and none surfaces later as a
+# traceback, a NaN or an allocation that cannot succeed; what keys must satisfy together is checked by
+# the dataclasses' __post_init__. Each rule: (test of the value, what is allowed, in words). The upper
+# bounds on sizes are far above anything this project trains and keep a typo from trying to allocate
+# terabytes.
+def _integer(low: int, high: int | None = None) -> tuple:
+    return ((lambda v: low <= v and (high is None or v <= high)),
+            f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}")
+
+
+def _real(low: float, high: float | None = None, above: bool = False) -> tuple:
+    def test(value) -> bool:
+        return math.isfinite(value) and (value > low if above else value >= low) and (high is None or value <= high)
+
+    bounds = f"> {low:g}" if above else f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+    return test, f"a finite number {bounds}"
+
+
+def _choice(choices) -> tuple:
+    return (lambda v: v in choices), "one of " + ", ".join(map(str, choices))
+
+
+def _multiple(step: int, high: int) -> tuple:
+    return (lambda v: 0 < v <= high and v % step == 0), f"a multiple of {step} in [{step}, {high}]"
+
+
+def _schedule(key: str) -> dict:
+    return {f"{key}.kind": _choice(SCHEDULE_KINDS), f"{key}.start": _real(0), f"{key}.end": _real(0)}
+
+
+TRAIN_RULES = {
+    "stage": _choice(STAGES),
+    "steps": _integer(1),
+    "batch_size": _integer(1),
+    "grad_accumulation": _integer(1),
+    "device": _choice(("auto", "cpu")),
+    "seed": _integer(0, 2**32 - 1),  # numpy's seeds
+    "ema_half_life_images": _real(0, above=True),
+    "log_every": _integer(1),
+    "val_every": _integer(1),
+    "val_images": _integer(1, 64),
+    "val_quality": _integer(1, 100),
+    "checkpoint_every": _integer(1),
+    "keep_checkpoints": _integer(0),
+    "generator.trunk": _choice(TRUNKS),
+    "generator.features": _integer(1, 1024),
+    "generator.blocks": _integer(1, 256),
+    "generator.growth": _integer(1, 1024),
+    "generator.table_embedding": _integer(0, 1024),
+    "generator.full_res_features": _integer(0, 1024),
+    "critic.features": _integer(1, 1024),
+    "critic.max_features": _integer(1, 4096),
+    "critic.size": ((lambda v: v in {FINAL_SIZE * 2**k for k in range(11)}),
+                    f"{FINAL_SIZE} times a power of two, at most {FINAL_SIZE * 2**10}"),
+    "critic.detail_gain": _real(0),
+    **{rule: check for name in ("adversarial", "r1", "consistency", "first_moment", "second_moment", "perceptual")
+       for rule, check in _schedule(f"loss.{name}").items()},
+    "loss.r1_every": _integer(1),
+    "loss.consistency_kind": _choice(("pixel", "dct")),
+    "loss.second_moment_kind": _choice(("eq7", "std")),
+    "loss.moments_every": _integer(1),
+    "loss.moment_images": _integer(1),
+    "loss.moment_samples": _integer(2),  # a spread needs two draws
+    **_schedule("optim.lr"),
+    **_schedule("optim.critic_lr"),
+    "optim.betas": ((lambda v: len(v) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in v)),
+                    "two numbers in [0, 1)"),
+    "data.crop": _multiple(CROP_MULTIPLE, 4096),
+    "data.quality.kind": _choice(("skewed", "uniform")),
+    "data.quality.low": _integer(1, 100),
+    "data.quality.high": _integer(1, 100),
+    "data.quality.power": _real(0, above=True),
+    "data.modes": ((lambda v: len(v) > 0 and all(mode in WRITABLE_MODES for mode in v)),
+                   "a non-empty list of " + ", ".join(WRITABLE_MODES)),
+    "data.double_share": _real(0, 1),
+    "data.workers": _integer(0, 256),
+    "data.cache_mb": _integer(0),
+    "spread.features": _integer(1, 1024),
+    "spread.blocks": _integer(1, 256),
+    "spread.table_embedding": _integer(1, 1024),
+    **{f"spread.{name}": ((lambda v: len(v) == 3 and all(math.isfinite(g) for g in v)), "three finite numbers")
+       for name in ("gain_intercept", "gain_slope")},
+}
+RULES = {TrainConfig: TRAIN_RULES}
+
+
+def _line_of(path: str | Path, key: str) -> int | None:
+    """The line of `key` (dotted) in the YAML file `path`, or None where it is not written there."""
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):  # not a file: a source named otherwise
+        return None
+    for part in key.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        node = next((value for name, value in node.value if name.value == part), None)
+        if node is None:
+            return None
+    return node.start_mark.line + 1
+
+
+def violations(schema, merged: DictConfig, sources: list[tuple[DictConfig, str]]) -> list[str]:
+    """One line per key of `merged` whose value breaks its rule (RULES), naming where the value came
+    from (the last of `sources`, each a node and its name, that sets it: the command line, or the
+    config file with the line), the value and what is allowed."""
+    found = []
+    for key, (test, allowed) in RULES.get(schema, {}).items():
+        value = OmegaConf.select(merged, key, throw_on_missing=False)
+        if value is None or test(OmegaConf.to_container(value) if isinstance(value, ListConfig) else value):
+            continue
+        origin = next((name for node, name in reversed(sources)
+                       if OmegaConf.select(node, key, default=MISSING) is not MISSING), "default")
+        line = None if origin in ("default", "command line") else _line_of(origin, key)
+        if line is not None:
+            origin = f"{origin}:{line}"
+        shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        found.append(f"{origin}: {key}={shown!r}: must be {allowed}")
+    return found
 
 
 def read_yaml(path: str | Path) -> DictConfig:
@@ -220,49 +325,97 @@ def refuse_retired_keys(schema, nodes: list, source) -> None:
                 raise ConfigError(f"{source}: {message}")
 
 
-def build_structured(schema, nodes: list, source):
-    """Defaults of the dataclass `schema` <- each of `nodes` in turn -> a validated instance; unknown
-    keys, wrong types and failed checks become one-line ConfigErrors that name `source`."""
-    refuse_retired_keys(schema, nodes, source)
+def _merge(schema, sources: list[tuple[DictConfig, str]]) -> DictConfig:
+    """Defaults of the dataclass `schema` <- each source's node in turn, unchecked; an unknown key or
+    a wrong type is a one-line ConfigError naming the source (file or command line) that brought it."""
+    merged = OmegaConf.structured(schema)
+    for node, name in sources:
+        refuse_retired_keys(schema, [node], name)
+        for key in _mappings_for_lists(merged, node):  # OmegaConf's TypeError names no key
+            raise ConfigError(f"{name}: {key}: expected a list, got a mapping")
+        try:
+            merged = OmegaConf.merge(merged, node)
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"{name}: {_reason(error)}") from None
+    return merged
+
+
+def _mappings_for_lists(defaults: DictConfig, node: DictConfig, prefix: str = ""):
+    """The dotted keys where `node` gives a mapping and `defaults` holds a list."""
+    for key in node:
+        if key not in defaults:
+            continue
+        default, value = defaults._get_node(key), node._get_node(key)
+        if isinstance(value, DictConfig) and isinstance(default, ListConfig):
+            yield f"{prefix}{key}"
+        elif isinstance(value, DictConfig) and isinstance(default, DictConfig) and not default._is_none():
+            yield from _mappings_for_lists(default, value, f"{prefix}{key}.")
+
+
+def _checked(schema, sources: list[tuple[DictConfig, str]]) -> DictConfig:
+    """`_merge`, then every value against its rule (RULES): a ConfigError of one line per violation."""
+    merged = _merge(schema, sources)
+    problems = violations(schema, merged, sources)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return merged
+
+
+def _instance(schema, sources: list[tuple[DictConfig, str]], source):
+    """`_checked`, then the dataclass itself, whose __post_init__ checks the keys that depend on each
+    other (a failure: a one-line ConfigError naming `source`)."""
+    merged = _checked(schema, sources)
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), *nodes))
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(f"{source}: {_reason(error)}") from None
     except ValueError as error:  # a __post_init__ check (ConfigError is one)
         raise ConfigError(f"{source}: {error}") from None
 
 
-def _sources(path: str | Path | None, overrides: list[str]) -> list[DictConfig]:
-    """The YAML file (if any) and the dotlist overrides, in the order they apply."""
-    nodes = [read_yaml(path)] if path is not None else []
-    try:
-        command_line = OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"command line: {_reason(error)}") from None
+def build_structured(schema, nodes: list, source):
+    """Defaults of the dataclass `schema` <- each of `nodes` (all read from `source`) in turn -> a
+    validated instance; unknown keys, wrong types and failed checks become ConfigErrors that name
+    `source`, one line per violation."""
+    return _instance(schema, [(node, str(source)) for node in nodes], source)
+
+
+def _sources(path: str | Path | None, overrides: list[str]) -> list[tuple[DictConfig, str]]:
+    """The YAML file (if any) and the dotlist overrides, in the order they apply, each with its name."""
+    sources = [(read_yaml(path), str(path))] if path is not None else []
+    for item in overrides:  # one at a time, so that an error names the override
+        try:
+            OmegaConf.from_dotlist([item])
+        except (OmegaConfBaseException, yaml.YAMLError) as error:
+            reason = _reason(error) if isinstance(error, OmegaConfBaseException) else str(error).splitlines()[0]
+            raise ConfigError(f"command line: {item}: not a key=value override ({reason})") from None
+    command_line = OmegaConf.from_dotlist(list(overrides))
     refuse_interpolations(command_line, "command line")
-    return [*nodes, command_line]
+    return [*sources, (command_line, "command line")]
 
 
 def load_structured(schema, path: str | Path | None = None, overrides: list[str] = ()):
     """Defaults of the dataclass `schema` <- YAML file <- dotlist overrides -> a validated instance.
-    Unknown keys, wrong types, interpolations and failed checks become one-line ConfigErrors."""
-    return build_structured(schema, _sources(path, overrides), path or "config")
+    Unknown keys, wrong types, values out of range, interpolations and failed checks become
+    ConfigErrors, one line per violation, each naming where the value came from."""
+    return _instance(schema, _sources(path, overrides), path or "config")
+
+
+def print_error(program: str, error: Exception) -> None:
+    """Each line of `error` on stderr after the program's name (a ConfigError has one per violation)."""
+    for line in str(error).splitlines():
+        print(f"{program}: {line}", file=sys.stderr)
 
 
 def show_config(program: str, schema, path: str | None, overrides: list[str]) -> int:
     """--print-config: every key of `schema` with its value (defaults <- file <- overrides) and its
-    meaning, as YAML that --config reads back. Unknown keys and wrong types are refused (exit 2);
-    what a key's value must satisfy together with others is checked when the job starts, so an
-    incomplete config can still be listed."""
+    meaning, as YAML that --config reads back. Unknown keys, wrong types and values out of range are
+    refused (exit 2, one line each); what a key's value must satisfy together with others is checked
+    when the job starts, so an incomplete config can still be listed."""
     try:
-        nodes = _sources(path, overrides)
-        refuse_retired_keys(schema, nodes, path or "config")
-        node = OmegaConf.merge(OmegaConf.structured(schema), *nodes)
+        node = _checked(schema, _sources(path, overrides))
     except ConfigError as error:
-        print(f"{program}: {error}", file=sys.stderr)
-        return 2
-    except OmegaConfBaseException as error:
-        print(f"{program}: {path or 'config'}: {_reason(error)}", file=sys.stderr)
+        print_error(program, error)
         return 2
     print(commented_yaml(node), end="")
     return 0
@@ -317,9 +470,9 @@ def run_with_config(program: str, load, action, path: str | None, overrides: lis
         cfg = load(path, overrides)
         action(cfg)
     except (ConfigError, CheckpointError) as error:
-        print(f"{program}: {error}", file=sys.stderr)
+        print_error(program, error)
         return 2
     except PosteriorJpegError as error:
-        print(f"{program}: {error}", file=sys.stderr)
+        print_error(program, error)
         return 1
     return 0

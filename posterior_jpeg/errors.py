@@ -1,5 +1,14 @@
 """One exception hierarchy, so batch jobs can catch ours and let real bugs through."""
 
+import errno
+
+
+def printable(text) -> str:
+    """`text` with its control characters (ESC, newline, ...) written as \\x / \\u escapes, for a
+    file name in a printed line: a name cannot move the cursor, recolour the terminal or forge a line."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                   for c in str(text))
+
 
 class PosteriorJpegError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -35,6 +44,10 @@ class ConfigError(PosteriorJpegError, ValueError):
     """A configuration that cannot be used, with the reason."""
 
 
+class TrainingDiverged(PosteriorJpegError):
+    """A loss or a weight became NaN or infinite: training stopped before writing another checkpoint."""
+
+
 class DataError(PosteriorJpegError):
     """The training data cannot be used: missing folder, no images, or no readable image."""
 
@@ -53,3 +66,15 @@ class MissingWeightsError(PosteriorJpegError, FileNotFoundError):
 
 class FolderBusyError(PosteriorJpegError):
     """Another live process holds the folder's lock; the message names the folder and its pid."""
+
+
+class SymlinkError(PosteriorJpegError, OSError):
+    """A symbolic link (or a second hard link) where this tool creates or replaces a file or folder:
+    writing through it would change a file outside the output folder, so it is refused."""
+
+    def __init__(self, path):
+        super().__init__(errno.ELOOP, "a link where this tool writes a file", str(path))
+
+    def __str__(self) -> str:
+        return (f"{self.filename}: is a symbolic or hard link; this tool does not write through links "
+                "(remove it, or choose another output folder)")

@@ -17,8 +17,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
-from .atomic import write_atomically
-from .export import SUFFIXES
+from .atomic import Folder, write_atomically
 from .pixels import to_hwc_uint8
 
 PAGE = "index.html"
@@ -27,7 +26,6 @@ THUMB_SIZE = 192  # pixels, long side
 CROPS = "crops"  # sub-folder of an evaluation's per-image crops, with crops.json listing them
 CROP_IMAGES = 4  # test images per setting shown as crops
 CROP_SIZE = 128  # pixels, side of the centre crop
-VIEW_SUFFIXES = tuple(dict.fromkeys(SUFFIXES.values()))  # what the sample command may have written
 SUMMARY_VIEWS = ("mean", "mmse", "std")
 
 
@@ -40,11 +38,17 @@ def _url(relative: str) -> str:
     return html.escape(quote(relative), quote=True)
 
 
+def _script_json(data: dict) -> str:
+    """JSON to put inside a <script> element. With <, > and & as \\u escapes no text in it ("</script>",
+    "<!--<script>") can move the HTML parser out of the element or into its escaped states; json.dumps
+    (ensure_ascii) writes U+2028 and U+2029 as \\u escapes already."""
+    return json.dumps(data).translate({ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"})
+
+
 def _page(title: str, body: str, data: dict | None = None) -> str:
     script = ""
-    if data is not None:  # "</" would end the script element early
-        text = json.dumps(data).replace("</", "<\\/")
-        script = f'<script type="application/json" id="explorer-data">{text}</script>\n'
+    if data is not None:
+        script = f'<script type="application/json" id="explorer-data">{_script_json(data)}</script>\n'
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -54,16 +58,16 @@ def _page(title: str, body: str, data: dict | None = None) -> str:
     )
 
 
-def _thumbnail(source: Path, folder: Path) -> str:
-    """The relative path of a small JPEG of `source` under folder/thumbs, made unless it is newer."""
-    thumb = folder / THUMBS / f"{source.name}.jpg"
-    if not thumb.is_file() or thumb.stat().st_mtime < source.stat().st_mtime:
-        thumb.parent.mkdir(exist_ok=True)
+def _thumbnail(source: Path, thumbs: Folder) -> str:
+    """The relative path of a small JPEG of `source` in `thumbs`, made unless it is newer."""
+    name = f"{source.name}.jpg"
+    found = thumbs.lstat(name)
+    if found is None or found.st_mtime < source.stat().st_mtime:
         with Image.open(source) as image:
             small = image.convert("RGB")
         small.thumbnail((THUMB_SIZE, THUMB_SIZE))
-        write_atomically(thumb, _encoded(small, format="JPEG", quality=85))
-    return f"{THUMBS}/{thumb.name}"
+        thumbs.write(name, _encoded(small, format="JPEG", quality=85))
+    return f"{THUMBS}/{name}"
 
 
 def _encoded(image: Image.Image, **options) -> bytes:
@@ -72,8 +76,23 @@ def _encoded(image: Image.Image, **options) -> bytes:
     return buffer.getvalue()
 
 
+_FIELD_TYPES = {"output": str, "input": str, "input_sha256": str, "kind": str, "seed": int, "checkpoint": str,
+                "written_consistency": str, "format": str, "coefficient_agreement": (int, float),
+                "block_agreement": (int, float), "consistency_rmse": (int, float), "seconds": (int, float)}
+
+
+def _well_formed(record) -> bool:
+    """A manifest record the page can use: an object with an output and an input, each field the
+    page reads of its type (or absent, or null where optional)."""
+    if not (isinstance(record, dict) and isinstance(record.get("output"), str) and isinstance(record.get("input"), str)):
+        return False
+    return all(record.get(key) is None or (isinstance(record[key], kind) and not isinstance(record[key], bool))
+               for key, kind in _FIELD_TYPES.items())
+
+
 def read_manifest(folder: Path) -> list[dict]:
-    """The records of folder/manifest.jsonl; a line that is not a JSON object (cut by a full disk) is skipped."""
+    """The records of folder/manifest.jsonl; a line that is not a well-formed record (cut by a full
+    disk, edited by hand) is skipped."""
     path = folder / "manifest.jsonl"
     records = []
     if not path.is_file():
@@ -83,44 +102,46 @@ def read_manifest(folder: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and "output" in record and "input" in record:
+        if _well_formed(record):
             records.append(record)
     return records
 
 
-def _input_decode(source: Path, target: Path) -> bool:
+def _input_decode(source: Path, out: Folder, name: str) -> bool:
     """Write libjpeg's decode of `source` (through Pillow), upright as the samples are and with its
-    ICC profile, to `target` unless it exists; False when the input cannot be read any more."""
-    if target.is_file():
+    ICC profile, as `name` in `out` unless it exists; False when the input cannot be read any more."""
+    if out.lstat(name) is not None:
         return True
     try:
         with Image.open(source) as image:
             upright = ImageOps.exif_transpose(image.convert("RGB"))
-            write_atomically(target, _encoded(upright, format="PNG", icc_profile=image.info.get("icc_profile")))
+            icc_profile = image.info.get("icc_profile")
     except (OSError, SyntaxError, ValueError):
         return False
+    out.write(name, _encoded(upright, format="PNG", icc_profile=icc_profile))
     return True
-
-
-def _first_existing(folder: Path, stem: str, kind: str) -> Path | None:
-    return next((p for p in (folder / f"{stem}_{kind}{s}" for s in VIEW_SUFFIXES) if p.is_file()), None)
 
 
 FIGURES = ("seed", "written_consistency", "coefficient_agreement", "block_agreement", "consistency_rmse",
            "seconds", "format")
 
 
-def sample_page_data(folder: Path) -> dict:
-    """What the explorer shows, from the manifest: per input file (in order of first appearance)
-    its samples that exist in `folder` (the latest record of each output), sorted by seed, and the
-    input decode, mean, posterior-mean (mmse) and std views that exist."""
-    by_input: dict[str, dict[str, dict]] = {}
-    for record in read_manifest(folder):
-        by_input.setdefault(record["input"], {})[Path(record["output"]).name] = record
+def sample_page_data(out: Folder, thumbs: Folder) -> dict:
+    """What the explorer shows, from the manifest: per input file, keyed by its path and content
+    (sha256) so that one OUT can hold runs of different folders, in order of first appearance: the
+    outputs whose latest record is of that input and that exist in `out` (samples sorted by seed;
+    the mean, posterior-mean (mmse) and std views), and its input decode (thumbnails made in `thumbs`)."""
+    folder = out.path
+    records = read_manifest(folder)
+    latest = {Path(r["output"]).name: r for r in records}
+    by_input: dict[tuple, dict[str, dict]] = {(r["input"], r.get("input_sha256")): {} for r in records}
+    for name, record in latest.items():
+        if (folder / name).is_file():
+            by_input[record["input"], record.get("input_sha256")][name] = record
     files, checkpoints = [], set()
-    for source, outputs in by_input.items():
-        samples = sorted((r for name, r in outputs.items() if r.get("kind", "sample") == "sample"
-                          and (folder / name).is_file()), key=lambda r: r["seed"])
+    for (source, input_sha256), outputs in by_input.items():
+        samples = sorted((r for r in outputs.values() if r.get("kind", "sample") == "sample" and r.get("seed") is not None),
+                         key=lambda r: r["seed"])
         if not samples:
             continue
         stem = Path(source).stem
@@ -128,11 +149,11 @@ def sample_page_data(folder: Path) -> dict:
         with Image.open(first) as image:
             width, height = image.size
         views = {"input": None}
-        decode = folder / f"{stem}_input.png"
-        if _input_decode(Path(source), decode):
+        decode = folder / (f"{stem}_input_{input_sha256[:12]}.png" if input_sha256 else f"{stem}_input.png")
+        if _input_decode(Path(source), out, decode.name):
             views["input"] = decode
         for kind in SUMMARY_VIEWS:
-            views[kind] = _first_existing(folder, stem, kind)
+            views[kind] = next((folder / name for name, r in outputs.items() if r.get("kind") == kind), None)
         checkpoints.add(samples[0].get("checkpoint", ""))
         files.append({
             "name": Path(source).name,
@@ -140,10 +161,10 @@ def sample_page_data(folder: Path) -> dict:
             "width": width,
             "height": height,
             "views": {kind: quote(path.name) if path else None for kind, path in views.items()},
-            "thumbs": {kind: quote(_thumbnail(path, folder)) for kind, path in views.items() if path},
+            "thumbs": {kind: quote(_thumbnail(path, thumbs)) for kind, path in views.items() if path},
             "samples": [{
                 "image": quote(Path(r["output"]).name),
-                "thumb": quote(_thumbnail(folder / Path(r["output"]).name, folder)),
+                "thumb": quote(_thumbnail(folder / Path(r["output"]).name, thumbs)),
                 **{key: r.get(key) for key in FIGURES},
             } for r in samples],
         })
@@ -209,19 +230,19 @@ VIEWER = """<div id="viewer" hidden>
 
 def write_sample_page(folder: str | Path) -> Path:
     """Write folder/index.html for the sample run in `folder` (its manifest.jsonl and outputs), with
-    the input decodes (<stem>_input.png) and thumbnails it needs; returns the page's path."""
-    folder = Path(folder)
-    data = sample_page_data(folder)
-    files = data["files"]
-    samples = sum(len(f["samples"]) for f in files)
-    intro = (f'<header class="top"><h1>posterior-jpeg explorer</h1><div class="dim">{len(files)} file(s), '
-             f"{samples} sample(s); model: {html.escape(', '.join(data['checkpoints']) or '-')}. Click a file or a "
-             "thumbnail to open it: Left / Right flip through its samples, Up / Down change files, the wheel "
-             "zooms into the same region of every view.</div></header>")
-    cards = "\n".join(_card(i, f) for i, f in enumerate(files)) or '<p class="dim">No samples in this folder yet.</p>'
-    page = folder / PAGE
-    write_atomically(page, _page("posterior-jpeg explorer", f"{intro}\n{VIEWER}\n<main>\n{cards}\n</main>", data).encode())
-    return page
+    the input decodes (<stem>_input_<sha256 prefix>.png) and thumbnails it needs; returns the page's path."""
+    with Folder(folder) as out:
+        with out.child(THUMBS) as thumbs:
+            data = sample_page_data(out, thumbs)
+        files = data["files"]
+        samples = sum(len(f["samples"]) for f in files)
+        intro = (f'<header class="top"><h1>posterior-jpeg explorer</h1><div class="dim">{len(files)} file(s), '
+                 f"{samples} sample(s); model: {html.escape(', '.join(data['checkpoints']) or '-')}. Click a file or "
+                 "a thumbnail to open it: Left / Right flip through its samples, Up / Down change files, the wheel "
+                 "zooms into the same region of every view.</div></header>")
+        cards = "\n".join(_card(i, f) for i, f in enumerate(files)) or '<p class="dim">No samples in this folder yet.</p>'
+        out.write(PAGE, _page("posterior-jpeg explorer", f"{intro}\n{VIEWER}\n<main>\n{cards}\n</main>", data).encode())
+        return out.path / PAGE
 
 
 # ----------------------------------------------------------------------------- evaluations and sweeps
@@ -270,19 +291,20 @@ def evaluation_crops(evaluation, folder: Path) -> list[dict]:
     as the evaluation kept them while it measured (`Runner.crops`: the outputs of repeat 0), written
     under folder/crops, listed in folder/crops/crops.json (which the sweep page reads) and returned."""
     rows = []
-    (folder / CROPS).mkdir(parents=True, exist_ok=True)
-    for setting, images in evaluation.crops.items():
-        for index, image_name, outputs in images:
-            crops = []
-            for key, image in outputs:  # key None: the ground truth
-                name = "original" if key is None else key.name + (
-                    f" ({key.checkpoint})" if key.checkpoint and len(evaluation.samplers) > 1 else "")
-                tag = "_original" if key is None else f"{key.checkpoint}_{key.method}"
-                file = f"{CROPS}/{_tag(setting)}_{index}_{_tag(tag)}.png"
-                write_atomically(folder / file, _encoded(Image.fromarray(to_hwc_uint8(image[0])), format="PNG"))
-                crops.append({"method": name, "file": file, "width": image.shape[-1], "height": image.shape[-2]})
-            rows.append({"setting": setting, "image": image_name, "crops": crops})
-    write_atomically(folder / CROPS / "crops.json", json.dumps(rows, indent=1).encode())
+    with Folder(folder, create=True) as out, out.child(CROPS) as crops_folder:
+        for setting, images in evaluation.crops.items():
+            for index, image_name, outputs in images:
+                crops = []
+                for key, image in outputs:  # key None: the ground truth
+                    name = "original" if key is None else key.name + (
+                        f" ({key.checkpoint})" if key.checkpoint and len(evaluation.samplers) > 1 else "")
+                    tag = "_original" if key is None else f"{key.checkpoint}_{key.method}"
+                    file = f"{_tag(setting)}_{index}_{_tag(tag)}.png"
+                    crops_folder.write(file, _encoded(Image.fromarray(to_hwc_uint8(image[0])), format="PNG"))
+                    crops.append({"method": name, "file": f"{CROPS}/{file}", "width": image.shape[-1],
+                                  "height": image.shape[-2]})
+                rows.append({"setting": setting, "image": image_name, "crops": crops})
+        crops_folder.write("crops.json", json.dumps(rows, indent=1).encode())
     return rows
 
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 FORMATS = ("png", "png16", "webp", "jpeg")  # what the sample job writes (export.py)
 DEFAULT_QUALITY = 90  # of lossy exports
+SEED_LIMIT = 2**64  # seeds are 64-bit: SEED + N - 1 must stay below
+MAX_GRID_SAMPLES = 64  # samples one contact sheet (--grid) holds, all of them in memory at once
+MAX_SUMMARY_SAMPLES = 100_000  # samples a --mean or --std record lists by seed
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ with a manifest of what was made and how."""
 
 import contextlib
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -19,8 +18,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import checkpoints, explorer, export
-from .atomic import FolderBusyError, FolderLock, append_line, read_lines, remove_stale_temporaries, write_atomically
-from .errors import LibjpegWarning, PosteriorJpegError
+from .atomic import Folder, FolderLock
+from .errors import FolderBusyError, LibjpegWarning, PosteriorJpegError, SymlinkError, printable
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import projection, round_to_16_bits
 from .metrics import Agreement, eight_bit_consistency, float_consistency
@@ -29,7 +28,7 @@ from .options import SampleOptions
 from .precision import Precision, choose_precision
 from .sampler import Sampler, resolve_device
 from .pixels import round_to_8_bits, to_hwc_uint8, to_uint8, to_unit_float
-from .visualize import contact_sheet, std_map
+from .visualize import contact_sheet, heat_map
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 MANIFEST = "manifest.jsonl"
@@ -51,9 +50,14 @@ def expand_inputs(inputs: list[str], recursive: bool) -> tuple[list[Path], list[
                 hint = "" if recursive else " (pass --recursive to look in sub-folders)"
                 errors.append(f"{item}: no JPEG files ({', '.join(JPEG_SUFFIXES)}) in this folder{hint}")
         elif any(c in item for c in "*?["):
-            found = sorted(Path(p) for p in glob.glob(item, recursive=recursive) if os.path.isfile(p))
-            if not found:
-                errors.append(f"{item}: no files match")
+            try:
+                found = _glob(item, recursive)
+            except ValueError as error:  # "a**b": ** must be a whole part of the path
+                found = []
+                errors.append(f"{item}: {error}")
+            else:
+                if not found:
+                    errors.append(f"{item}: no files match")
         else:
             found = []
             errors.append(f"{item}: no such file or folder")
@@ -62,6 +66,17 @@ def expand_inputs(inputs: list[str], recursive: bool) -> tuple[list[Path], list[
     for path in files:
         unique.setdefault(path.resolve(), path)
     return list(unique.values()), errors
+
+
+def _glob(pattern: str, recursive: bool) -> list[Path]:
+    """The files a glob pattern matches, sorted. `**` (with --recursive; else it is `*`) descends into
+    sub-folders but never through a link to a folder, so a pattern stays inside the tree it names."""
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    rest = "/".join(parts[first:])
+    if not recursive:
+        rest = rest.replace("**", "*")
+    return sorted(p for p in Path(*parts[:first]).glob(rest) if p.is_file())
 
 
 def split_name_clashes(files: list[Path]) -> tuple[list[Path], list[str]]:
@@ -118,31 +133,60 @@ class Job:
     precision: Precision  # as decided once for the run, printed and recorded with every output
     args: SampleOptions
     out: Path
+    folder: Folder  # OUT, held open: every write goes through it (see atomic.Folder)
     checkpoint_sha256: str
     model: dict
     recorded: dict  # output file name -> its last manifest record
     export: export.ExportSettings
+    inputs: set = dataclasses.field(default_factory=set)  # (st_dev, st_ino) of this run's inputs: never replaced
 
-    def planned(self, stem: str, input_sha256: str) -> dict[Path, dict]:
-        """Every output of an input with its recipe, the record fields that make it what it is: a
-        rerun keeps an existing output whose last manifest record has the same recipe and the
-        file's sha256 (so a file replaced since, or one a killed run never renamed, is not kept)."""
+    def _recipe(self, input_sha256: str, exported: bool = True) -> dict:
         args = self.args
-        seeds = list(range(args.seed, args.seed + args.samples))
         common = {"input_sha256": input_sha256, "checkpoint_sha256": self.checkpoint_sha256,
                   "projected": not args.no_project, "dtype": self.precision.name}
-        exported = {"format": self.export.format, "quality": self.export.quality, "metadata": self.export.metadata}
+        if exported:
+            common.update(format=self.export.format, quality=self.export.quality, metadata=self.export.metadata)
+        return common
+
+    def sample_output(self, stem: str, seed: int) -> Path:
+        return self.out / f"{stem}_s{seed}{self.export.suffix}"
+
+    def sample_recipe(self, seed: int, input_sha256: str) -> dict:
+        """A sample's recipe, the record fields that make it what it is: a rerun keeps an existing
+        output whose last manifest record has the same recipe and the file's sha256 (so a file
+        replaced since, or one a killed run never renamed, is not kept)."""
+        return {"kind": "sample", "seed": seed, **self._recipe(input_sha256)}
+
+    def summary_plan(self, stem: str, input_sha256: str) -> dict[Path, dict]:
+        """The outputs of an input other than its samples (mmse, mean, std, grid, as asked), with
+        their recipes (see `sample_recipe`)."""
+        args = self.args
         suffix = self.export.suffix
-        plan = {self.out / f"{stem}_s{seed}{suffix}": {"kind": "sample", "seed": seed, **common, **exported}
-                for seed in seeds}
+        plan = {}
         if args.mmse:
-            plan[self.out / f"{stem}_mmse{suffix}"] = {"kind": "mmse", **common, **exported}
+            plan[self.out / f"{stem}_mmse{suffix}"] = {"kind": "mmse", **self._recipe(input_sha256)}
+        if not (args.mean or args.std or args.grid):
+            return plan
+        seeds = list(range(args.seed, args.seed + args.samples))  # at most MAX_SUMMARY_SAMPLES (the parser)
         if args.mean:
-            plan[self.out / f"{stem}_mean{suffix}"] = {"kind": "mean", "seeds": seeds, **common, **exported}
+            plan[self.out / f"{stem}_mean{suffix}"] = {"kind": "mean", "seeds": seeds, **self._recipe(input_sha256)}
         for kind in ("std", "grid"):
             if getattr(args, kind):
-                plan[self.out / f"{stem}_{kind}.png"] = {"kind": kind, "seeds": seeds, **common}
+                plan[self.out / f"{stem}_{kind}.png"] = {"kind": kind, "seeds": seeds,
+                                                         **self._recipe(input_sha256, exported=False)}
         return plan
+
+    def existing_seeds(self, stem: str, seeds: range) -> list[int]:
+        """The seeds of `seeds` whose sample of `stem` has an entry in OUT, from one listing of OUT:
+        -n may ask for billions of samples, and memory and time must not follow it."""
+        prefix, suffix = f"{stem}_s", self.export.suffix
+        found = []
+        for name in os.listdir(self.folder.descriptor):
+            digits = name[len(prefix):len(name) - len(suffix)]
+            if (name.startswith(prefix) and name.endswith(suffix) and digits.isascii() and digits.isdigit()
+                    and str(int(digits)) == digits and int(digits) in seeds):
+                found.append(int(digits))
+        return sorted(found)
 
     def is_recorded(self, output: Path, recipe: dict) -> bool:
         record = self.recorded.get(output.name, {})
@@ -157,17 +201,17 @@ class Job:
 
         def append() -> None:
             record["seconds"] = round(perf_counter() - began, 3)
-            append_line(self.out / MANIFEST, json.dumps(record))
+            self.folder.append_line(MANIFEST, json.dumps(record))
             self.recorded[output.name] = record
 
-        write_atomically(output, data, before_rename=append)
+        self.folder.write(output.name, data, before_rename=append)
 
 
-def read_manifest(path: Path) -> tuple[dict, int]:
+def read_manifest(folder: Folder) -> tuple[dict, int]:
     """The last record of each output named in a manifest, by file name, and the bytes of a torn
     last line cut off (see `read_lines`). Lines that are not records (glued together by an older
     version on a full disk) are ignored: their outputs count as unrecorded."""
-    lines, torn = read_lines(path)
+    lines, torn = folder.read_lines(MANIFEST)
     recorded = {}
     for line in lines:
         try:
@@ -210,10 +254,21 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
     except PosteriorJpegError as error:
         raise FileFailed(str(error)) from None
     input_sha256 = file_digest(path)
-    plan = job.planned(path.stem, input_sha256)
-    todo = {output for output, recipe in plan.items()
-            if args.overwrite or not (output.exists() and job.is_recorded(output, recipe))}
-    foreign = [output for output in plan if output in todo and output.exists() and not args.overwrite]
+    seeds = range(args.seed, args.seed + args.samples)
+    summaries = job.summary_plan(path.stem, input_sha256)
+    existing = {job.sample_output(path.stem, seed): job.sample_recipe(seed, input_sha256)
+                for seed in job.existing_seeds(path.stem, seeds)}
+    existing.update({output: recipe for output, recipe in summaries.items() if job.folder.lstat(output.name)})
+    links = [output for output in existing if output.is_symlink()]
+    if links:
+        raise FileFailed(str(SymlinkError(links[0])))
+    inputs = [output for output in existing if _identity(job.folder.lstat(output.name)) in job.inputs]
+    if inputs:
+        raise FileFailed(f"{path}: its output {inputs[0]} would replace an input of this run; inputs are never "
+                         "replaced, not even with --overwrite (sample into another -o folder)")
+    kept = set() if args.overwrite else {output for output, recipe in existing.items()
+                                         if job.is_recorded(output, recipe)}
+    foreign = [output for output in existing if output not in kept and not args.overwrite]
     if foreign:
         also = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise FileFailed(f"{path}: {foreign[0]} exists{also} and {MANIFEST} does not record it as made from this "
@@ -222,21 +277,26 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
     reported = list(dict.fromkeys(jf.warnings))
     for text in reported:
         warn(f"{path}: warning: {text}")
-    if not todo:
+    kept_seeds = sorted(existing[output]["seed"] for output in kept if existing[output]["kind"] == "sample")
+    summaries_todo = [output for output in summaries if output not in kept]
+    if not summaries_todo and len(kept_seeds) == len(seeds):
         advance(args.samples)
         return 0
     common = {"input": str(path), "input_sha256": input_sha256, "checkpoint": job.sampler.source,
               "checkpoint_sha256": job.checkpoint_sha256, "model": job.model, "projected": not args.no_project,
               "orientation_applied": jf.orientation, "tile": job.sampler.tile, "mean_flips": job.sampler.mean_flips, "device": str(job.sampler.device)}
-    kinds_todo = {plan[output]["kind"] for output in todo}
-    summaries = [kind for kind in ("mean", "std", "grid") if kind in kinds_todo]
-    wanted = sorted(plan[output]["seed"] for output in todo if plan[output]["kind"] == "sample")
-    advance(args.samples - len(wanted))
-    samples = {}  # seed -> uint8 [C, H, W], kept only for the summaries
+    kinds_todo = [summaries[output]["kind"] for output in summaries_todo]
+    wanted_summaries = [kind for kind in ("mean", "std", "grid") if kind in kinds_todo]
+    kept_set = set(kept_seeds)
+    wanted = (seed for seed in seeds if seed not in kept_set)  # drawn lazily: -n may be huge
+    advance(len(kept_seeds))
+    moments = Moments()  # of every sample, for the mean and the std map, without holding them
+    sheet = {}  # seed -> uint8 [C, H, W] of every sample, for the grid only (at most MAX_GRID_SAMPLES)
 
     inexact = []  # (output, Agreement) of each projected output that is not 8-bit exact
 
-    def write_decoded(output: Path, image: torch.Tensor, began: float, floats: torch.Tensor | None) -> torch.Tensor:
+    def write_decoded(output: Path, recipe: dict, image: torch.Tensor, began: float,
+                      floats: torch.Tensor | None) -> torch.Tensor:
         """Measure a decoded image [C, H, W] as its file will hold it, write it with its manifest
         record, report new warnings; returns its 8-bit pixels."""
         pixels = to_uint8(image)
@@ -249,7 +309,7 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
                 warn(f"{path}: warning: {text}")
         if not args.no_project and agreement.coefficients < 1.0:
             inexact.append((output, agreement))
-        line = {**common, **plan[output], "output": str(output), **line,
+        line = {**common, **recipe, "output": str(output), **line,
                 "icc_profile_embedded": metadata.icc_profile is not None,
                 "warnings": list(dict.fromkeys([*jf.warnings, *measured]))}
         written = floats if floats is not None and job.export.format == "png16" else image
@@ -258,25 +318,29 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
 
     mmse_output = job.out / f"{path.stem}_mmse{job.export.suffix}"
     file_mean = None  # M(y, q), the dearest pass: run once for the mmse output and the samples
-    if mmse_output in todo:
+    if mmse_output in summaries_todo:
         began = perf_counter()
         file_mean = job.sampler.mean_of(jf)
         decode = job.sampler.mmse(jf, project=False, mean=file_mean)
         result = None if args.no_project else projection(decode, jf)
-        write_decoded(mmse_output, decode if result is None else result.images, began,
+        write_decoded(mmse_output, summaries[mmse_output], decode if result is None else result.images, began,
                       None if result is None else result.floats)
     for sample in job.sampler.samples(jf, wanted, project=not args.no_project, mean=file_mean):
-        output = job.out / f"{path.stem}_s{sample.seed}{job.export.suffix}"
-        pixels = write_decoded(output, sample.image, perf_counter() - sample.seconds, sample.floats)
-        if summaries:
-            samples[sample.seed] = pixels
+        pixels = write_decoded(job.sample_output(path.stem, sample.seed), job.sample_recipe(sample.seed, input_sha256),
+                               sample.image, perf_counter() - sample.seconds, sample.floats)
+        if wanted_summaries:
+            moments.add(pixels)
+        if "grid" in wanted_summaries:
+            sheet[sample.seed] = pixels
         advance()
-    if summaries:
-        for output, recipe in plan.items():
-            if recipe["kind"] == "sample" and recipe["seed"] not in samples:
-                samples[recipe["seed"]] = _kept_sample(output, jf)
-        inexact += _write_summaries(job, path, jf, [samples[seed] for seed in sorted(samples)], summaries, common,
-                                    metadata)
+    if wanted_summaries:
+        for seed in kept_seeds:  # read back one at a time
+            pixels = _kept_sample(job.sample_output(path.stem, seed), jf)
+            moments.add(pixels)
+            if "grid" in wanted_summaries:
+                sheet[seed] = pixels
+        inexact += _write_summaries(job, path, jf, moments, [sheet[seed] for seed in sorted(sheet)],
+                                    wanted_summaries, common, metadata)
     if inexact:
         output, worst = min(inexact, key=lambda item: item[1].coefficients)
         report = (f"{path}: not 8-bit exact: {len(inexact)} output(s); in the worst, {output.name}, "
@@ -285,7 +349,7 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
         if args.strict:
             raise FileFailed(report + " (--strict)")
         warn(report)
-    return len(todo)
+    return len(summaries_todo) + len(seeds) - len(kept_seeds)
 
 
 def _levels(pixels: torch.Tensor, floats: torch.Tensor | None, jf: JpegFile,
@@ -308,14 +372,42 @@ def _levels(pixels: torch.Tensor, floats: torch.Tensor | None, jf: JpegFile,
     return line, agreement
 
 
-def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: list[str], common: dict,
-                     metadata: export.Metadata) -> list:
-    """The mean, std map and contact sheet of an input's samples (uint8 [C, H, W] each), as asked.
-    Returns [(output, Agreement)] for a projected mean that is not 8-bit exact."""
+class Moments:
+    """Per-pixel sums of an input's 8-bit samples, added one at a time, for their mean and std: the
+    summaries of any number of samples in the memory of two images. float64 sums of 8-bit values are
+    exact, so the order the samples come in does not matter."""
+
+    def __init__(self):
+        self.count, self.total, self.squares = 0, None, None
+
+    def add(self, pixels: torch.Tensor) -> None:
+        """uint8 [C, H, W]."""
+        values = pixels.double()
+        if self.total is None:
+            self.total, self.squares = torch.zeros_like(values), torch.zeros_like(values)
+        self.total += values
+        self.squares += values * values
+        self.count += 1
+
+    def mean(self) -> torch.Tensor:
+        """[C, H, W] in [0, 1], float32."""
+        return (self.total / (255.0 * self.count)).float()
+
+    def std(self) -> torch.Tensor:
+        """[C, H, W] in [0, 1], float32: the unbiased per-pixel std (0 for a single sample)."""
+        variance = (self.squares - self.total * self.total / self.count) / max(self.count - 1, 1)
+        return (variance.clamp(min=0).sqrt() / 255.0).float()
+
+
+def _write_summaries(job: Job, path: Path, jf: JpegFile, moments: Moments, sheet: list, kinds: list[str],
+                     common: dict, metadata: export.Metadata) -> list:
+    """The mean, std map and contact sheet of an input's samples (their `moments`, and for the
+    sheet the samples themselves, uint8 [C, H, W] each), as asked. Returns [(output, Agreement)]
+    for a projected mean that is not 8-bit exact."""
     began = perf_counter()
-    stack = to_unit_float(torch.stack(samples))
-    result = None if job.args.no_project else projection(stack.mean(dim=0), jf)
-    mean = stack.mean(dim=0) if result is None else result.images
+    result = None if job.args.no_project else projection(moments.mean(), jf)
+    mean = moments.mean() if result is None else result.images
+    spread = heat_map(moments.std())
     seeds = list(range(job.args.seed, job.args.seed + job.args.samples))
     inexact = []
     for kind in kinds:
@@ -331,11 +423,11 @@ def _write_summaries(job: Job, path: Path, jf: JpegFile, samples: list, kinds: l
             written = result.floats if result is not None and job.export.format == "png16" else mean
             data = export.encode(apply_orientation(written, jf.orientation), job.export, metadata)
         elif kind == "grid":
-            row = [jf.decode(), *stack, mean, std_map(stack)]
+            row = [jf.decode(), *map(to_unit_float, sheet), mean, spread]
             data = export.encode_png(contact_sheet([[apply_orientation(image.expand(3, -1, -1), jf.orientation)
                                               for image in row]]), icc)
         else:
-            data = export.encode_png(to_hwc_uint8(apply_orientation(std_map(stack), jf.orientation)), icc)
+            data = export.encode_png(to_hwc_uint8(apply_orientation(spread, jf.orientation)), icc)
         job.write(output, data, line, began)
     return inexact
 
@@ -347,22 +439,23 @@ def _prepare(args: SampleOptions, stack: contextlib.ExitStack) -> Job:
         raise CannotStart("--device cuda: CUDA is not available here (use --device cpu)")
     out = Path(args.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(FolderLock(out))
-        removed = remove_stale_temporaries(out)
-        recorded, torn = read_manifest(out / MANIFEST)
-    except FolderBusyError as error:
+        folder = stack.enter_context(Folder(out, create=True))
+        stack.enter_context(FolderLock(folder))
+        removed = folder.remove_stale_temporaries()
+        recorded, torn = read_manifest(folder)
+    except (FolderBusyError, SymlinkError) as error:
         raise CannotStart(str(error)) from None
     except OSError as error:
         raise CannotStart(f"{out}: cannot use the output folder ({error.strerror or error})") from None
-    if not args.quiet and removed:
-        print(f"sample: {out}: removed {len(removed)} temporary file(s) left by a killed run", file=sys.stderr)
+    if not args.quiet:
+        for name in removed:
+            print(printable(f"sample: {out / name}: removed, a temporary file left by a killed run"), file=sys.stderr)
     try:
         settings = export.settings_from(args)
     except ValueError as error:
         raise CannotStart(str(error)) from None
     if not args.quiet and torn:
-        print(f"sample: {out / MANIFEST}: cut off a torn last line ({torn} bytes) left by an interrupted run",
+        print(printable(f"sample: {out / MANIFEST}: cut off a torn last line ({torn} bytes) left by an interrupted run"),
               file=sys.stderr)
     try:
         device = resolve_device(args.device)
@@ -376,25 +469,45 @@ def _prepare(args: SampleOptions, stack: contextlib.ExitStack) -> Job:
         raise CannotStart(f"--mmse: {sampler.source} has no posterior-mean network M")
     if not args.quiet:
         print(f"sample: {device}, precision {precision.describe()}", file=sys.stderr)
-    return Job(sampler, precision, args, out, file_digest(weights),
+    return Job(sampler, precision, args, out, folder, file_digest(weights),
                dataclasses.asdict(checkpoints.model_file(sampler.generator)), recorded, settings)
+
+
+def _identity(found: os.stat_result | None) -> tuple[int, int] | None:
+    return None if found is None else (found.st_dev, found.st_ino)
+
+
+def split_own_outputs(files: list[Path], job: Job) -> tuple[list[Path], list[str]]:
+    """Leave out the inputs that are outputs of an earlier run in OUT (its manifest records them):
+    sampling a folder into itself must not sample its own samples on each rerun. A note for each."""
+    out = _identity(os.fstat(job.folder.descriptor))
+    kept, notes = [], []
+    for path in files:
+        if path.name in job.recorded and _identity(path.parent.stat()) == out:
+            notes.append(f"sample: {path}: skipped, an output of an earlier run ({MANIFEST} records it)")
+        else:
+            kept.append(path)
+    return kept, notes
 
 
 def _sample_all(args: SampleOptions) -> int:
     files, errors = expand_inputs(args.inputs, args.recursive)
-    files, clashes = split_name_clashes(files)
-    errors += clashes
     for line in errors:
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
     if not files:
         return 1
     with contextlib.ExitStack() as stack:
         try:
             job = _prepare(args, stack)
         except CannotStart as error:
-            print(f"sample: {error}", file=sys.stderr)
+            print(printable(f"sample: {error}"), file=sys.stderr)
             return 2
-        return _sample_files(job, files, len(errors))
+        files, notes = split_own_outputs(files, job)
+        files, clashes = split_name_clashes(files)
+        for line in (notes if not args.quiet else []) + clashes:
+            print(printable(line), file=sys.stderr)
+        job.inputs = {_identity(path.stat()) for path in files}
+        return _sample_files(job, files, len(errors) + len(clashes))
 
 
 def _sample_files(job: Job, files: list[Path], failed: int) -> int:
@@ -403,7 +516,7 @@ def _sample_files(job: Job, files: list[Path], failed: int) -> int:
 
     def warn(line: str) -> None:
         if not args.quiet:
-            tqdm.write(line, file=sys.stderr)
+            tqdm.write(printable(line), file=sys.stderr)
 
     with tqdm(total=len(files) * args.samples, unit="sample", disable=args.quiet, file=sys.stderr) as bar:
         tiles = []  # the bar of the network pass under way, while one over several tiles runs
@@ -422,7 +535,7 @@ def _sample_files(job: Job, files: list[Path], failed: int) -> int:
 
         job.sampler.on_tile = on_tile
         for index, path in enumerate(files, 1):
-            bar.set_description(f"{index}/{len(files)} {path.name}")
+            bar.set_description(printable(f"{index}/{len(files)} {path.name}"))
             before = bar.n
             try:
                 if sample_file(job, path, bar.update, warn):
@@ -430,13 +543,14 @@ def _sample_files(job: Job, files: list[Path], failed: int) -> int:
                 else:
                     complete += 1
             except FileFailed as error:
-                tqdm.write(str(error), file=sys.stderr)
+                tqdm.write(printable(error), file=sys.stderr)
                 failed += 1
             except OSError as error:  # writing: disk full, permissions, ...
-                tqdm.write(f"{path}: cannot write outputs ({error})", file=sys.stderr)
+                tqdm.write(printable(f"{path}: cannot write outputs ({error})"), file=sys.stderr)
                 failed += 1
             except (MemoryError, torch.cuda.OutOfMemoryError):
-                tqdm.write(f"{path}: out of memory on {job.sampler.device} (try a smaller --tile)", file=sys.stderr)
+                tqdm.write(printable(f"{path}: out of memory on {job.sampler.device} (try a smaller --tile)"),
+                           file=sys.stderr)
                 failed += 1
             bar.update(before + args.samples - bar.n)  # a failed file's samples count as passed
     if args.html:
@@ -445,7 +559,7 @@ def _sample_files(job: Job, files: list[Path], failed: int) -> int:
             if not args.quiet:
                 print(f"explorer page: {page}")
         except OSError as error:
-            print(f"{job.out / explorer.PAGE}: cannot write the explorer page ({error})", file=sys.stderr)
+            print(printable(f"{job.out / explorer.PAGE}: cannot write the explorer page ({error})"), file=sys.stderr)
             failed += 1
     if not args.quiet:
         print(f"sampled {done} file(s) into {job.out}" + (f"; {complete} complete already" if complete else "")

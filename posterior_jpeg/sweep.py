@@ -43,7 +43,7 @@ from .losses import Schedule
 from .metrics.fid import file_digest
 from .training import train
 
-NAME = re.compile(r"^[A-Za-z0-9_.=+-]+$")
+NAME = re.compile(r"^(?!\.)[A-Za-z0-9_.=+-]+$")  # a plain folder name: not ".", "..", hidden
 
 
 @dataclass
@@ -110,7 +110,8 @@ def validate(cfg: SweepConfig) -> None:
     if not points:
         raise ConfigError("the sweep has no points: set lambda_values and/or points")
     if len(set(names)) != len(names) or not all(NAME.match(n) for n in names):
-        raise ConfigError(f"point names must be distinct and use only letters, digits and _.=+-, got {names}")
+        raise ConfigError(f"point names must be distinct, use only letters, digits and _.=+- and not start with "
+                          f"'.', got {names}")
     if "checkpoints" in cfg.eval or "out_dir" in cfg.eval:
         raise ConfigError("eval section: leave out checkpoints and out_dir, the sweep sets them per point")
     if not _posterior_methods(cfg):
@@ -123,7 +124,7 @@ def validate(cfg: SweepConfig) -> None:
             try:
                 train_config(cfg, point)
             except ConfigError as error:
-                raise ConfigError(f"point {point.name}: {error}") from None
+                raise ConfigError("\n".join(f"point {point.name}: {line}" for line in str(error).splitlines())) from None
 
 
 def load_sweep_config(path: str | Path | None = None, overrides: list[str] = ()) -> SweepConfig:

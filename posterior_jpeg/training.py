@@ -14,6 +14,7 @@ resumed reproduces the uninterrupted run.
 
 import copy
 import json
+import os
 import resource
 import shutil
 import sys
@@ -34,7 +35,7 @@ from .calibrate import fit_projection_gain, training_photos
 from .data import SYNTHETIC, QualitySampler, list_images, make_loader, synthetic_image
 from .pixels import to_unit_float
 from .precision import ACCELERATE_NAMES, Precision, choose_precision, torch_dtype
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .models.critic import build_critic
 from .models.features import VGGFeatures
 from .metrics.psnr import luma
@@ -314,7 +315,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.run_dir = Path(cfg.out_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"out_dir={cfg.out_dir}: cannot make the run folder there "
+                              f"({error.strerror or error})") from None
+        if not os.access(self.run_dir, os.W_OK | os.X_OK):
+            raise ConfigError(f"out_dir={cfg.out_dir}: the run folder is not writable")
         self.precision = _precision(cfg)
         self.accelerator = _accelerator(cfg, self.precision, self.run_dir)
         self.accelerator.print(f"train: {self.accelerator.device}, precision {self.precision.describe()}")
@@ -431,6 +438,20 @@ class Trainer:
             _update_ema(self.ema, self.accelerator.unwrap_model(self.generator), self.ema_beta)
         return result
 
+    def stop_if_diverged(self, finite: torch.Tensor, latest: dict[str, torch.Tensor]) -> None:
+        """TrainingDiverged, on every process alike, when a loss since the last check (`finite`, kept
+        on the device so that steps never wait for the host) or a weight of G or its EMA is not finite:
+        the run stops before a checkpoint could save the damage, so the last one written stays good."""
+        weights = [p for model in (self.generator, self.ema) for p in model.parameters()]
+        ok = finite & torch.stack([torch.isfinite(p).all() for p in weights]).all()
+        if self.accelerator.reduce((~ok).float().reshape(1), "sum").item() == 0:
+            return
+        losses_hit = sorted(name for name, value in latest.items() if not torch.isfinite(value).all())
+        what = f"the loss {', '.join(losses_hit)}" if losses_hit else "a loss or a weight"
+        raise TrainingDiverged(f"step {self.step}: {what} became NaN or infinite; stopped without writing another "
+                               f"checkpoint, so those in {self.run_dir / 'checkpoints'} are the last good ones "
+                               "(lower optim.lr or the loss weights, then resume)")
+
     # ----------------------------------------------------------------------------- validation
     @torch.no_grad()
     def validation_grid(self) -> Path:
@@ -478,9 +499,12 @@ class Trainer:
         # each loss as of the last step that computed it: moment and R1 steps come every few steps, and
         # a log step's own result alone would never show them when its period is a multiple of theirs
         latest: dict[str, torch.Tensor] = {}
+        finite = torch.ones((), dtype=torch.bool, device=accelerator.device)  # every loss since the last check
         while self.step < cfg.steps:
             for _ in range(cfg.grad_accumulation):
-                latest.update(self.train_step(_to_device(next(batches), accelerator.device)))
+                result = self.train_step(_to_device(next(batches), accelerator.device))
+                finite &= torch.stack([torch.isfinite(value).all() for value in result.values()]).all()
+                latest.update(result)
             self.step += 1
             progress.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
@@ -496,6 +520,8 @@ class Trainer:
                               "peak_memory_mb": _peak_memory_mb(accelerator.device), **gathered}
                     with metrics_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
+            if self.step % cfg.log_every == 0 or self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.stop_if_diverged(finite, latest)
             if accelerator.is_main_process and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
                 self.validation_grid()
             if self.step == cfg.steps:

@@ -9,16 +9,16 @@ STD_FULL_SCALE = 0.1  # a per-pixel std of 0.1 (25 gray levels) or more shows as
 
 
 def std_map(samples: torch.Tensor) -> torch.Tensor:
-    """[K, 3, H, W] samples in [0, 1] -> [3, H, W] heat map of the per-pixel std (channel mean).
+    """[K, 3, H, W] samples in [0, 1] -> [3, H, W] heat map of the per-pixel std (see heat_map)."""
+    return heat_map(samples.float().std(dim=0, unbiased=samples.shape[0] > 1))
+
+
+def heat_map(std: torch.Tensor) -> torch.Tensor:
+    """[C, H, W] per-pixel std of samples in [0, 1] -> [3, H, W] heat map of its channel mean.
 
     A fixed scale (black 0 -> red -> yellow -> white at STD_FULL_SCALE) keeps maps of different
     images and models comparable."""
-    return heat_map(samples.float().std(dim=0, unbiased=samples.shape[0] > 1).mean(dim=0))
-
-
-def heat_map(values: torch.Tensor) -> torch.Tensor:
-    """[H, W] values in [0, 1] units -> [3, H, W] on std_map's scale (errors and spreads side by side)."""
-    level = (values.float() / STD_FULL_SCALE).clamp(0, 1)
+    level = (std.mean(dim=0) / STD_FULL_SCALE).clamp(0, 1)
     red = (3 * level).clamp(0, 1)
     green = (3 * level - 1).clamp(0, 1)
     blue = (3 * level - 2).clamp(0, 1)

@@ -34,6 +34,11 @@ ARGUMENT_ERRORS = [
     ["sample.py", "photo.jpg"],  # -o missing
     ["train.py", "--no-such-flag"],
     ["-m", "posterior_jpeg", "project", "a.jpg"],
+    ["sample.py", "photo.jpg", "-o", "out", "--quality", "500"],
+    ["sample.py", "photo.jpg", "-o", "README.md"],  # a file, not a folder
+    ["sample.py", "photo.jpg", "-o", "out", "--seed", str(2**64)],
+    ["sample.py", "photo.jpg", "-o", "out", "--grid", "-n", "65"],
+    ["-m", "posterior_jpeg", "project", "a.jpg", "b.png", "-o", "a.jpg"],
 ]
 
 
@@ -109,7 +114,7 @@ def test_print_config_lists_an_incomplete_config(command):
 def test_print_config_refuses_an_unknown_key():
     printed = _printed(["train.py", "--print-config", "no_such_key=1"])
     assert printed.returncode == 2
-    assert printed.stderr.strip() == "train.py: config: Key 'no_such_key' not in 'TrainConfig'"
+    assert printed.stderr.strip() == "train.py: command line: Key 'no_such_key' not in 'TrainConfig'"
 
 
 @pytest.mark.parametrize("command", [["train.py"], ["-m", "posterior_jpeg", "eval"], ["-m", "posterior_jpeg", "sweep"]],

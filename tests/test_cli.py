@@ -37,7 +37,7 @@ def test_project_writes_a_consistent_png(natural_rgb, pillow_jpeg, tmp_path, cap
     jf = pj.read_jpeg(str(jpeg))
     assert pj.metrics.coefficient_agreement(torch.from_numpy(saved).permute(2, 0, 1), jf).coefficients == 1.0
     # no overwrite without asking, and nothing left behind
-    assert main(["project", str(jpeg), str(restored), "-o", str(output)]) == 1
+    assert main(["project", str(jpeg), str(restored), "-o", str(output)]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jpg", "out.png", "restored.png"]
 
 
@@ -74,3 +74,20 @@ def test_help_teaches(capsys):
     with pytest.raises(SystemExit):
         main(["project", "--help"])
     assert "reproduces the file's" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("output, reason", [
+    ("nodir/sub/o.png", "no folder nodir/sub to write it into"),
+    (".", "is a folder; name the PNG to write"),
+    ("o.jpg", "the projection is written as a PNG; name it .png"),
+    ("/proc/o.png", "cannot write it"),
+])
+def test_project_output_mistakes_are_one_line_with_exit_2(natural_rgb, pillow_jpeg, tmp_path, capsys, monkeypatch,
+                                                          output, reason):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.jpg").write_bytes(pillow_jpeg(natural_rgb(16, 16), quality=40))
+    Image.open(tmp_path / "in.jpg").save(tmp_path / "restored.png")
+    assert main(["project", "in.jpg", "restored.png", "-o", output]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"project: error: -o {output}: ") and reason in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jpg", "restored.png"]

@@ -21,7 +21,7 @@ from posterior_jpeg import sweep as sw
 from posterior_jpeg.commands import main as cli
 from posterior_jpeg.config import load_config
 from posterior_jpeg.data import synthetic_image
-from posterior_jpeg.errors import MissingWeightsError, PosteriorJpegError
+from posterior_jpeg.errors import ConfigError, MissingWeightsError, PosteriorJpegError
 from posterior_jpeg.metrics import (
     LPIPS,
     GaussianStats,
@@ -507,3 +507,10 @@ def test_an_anchored_model_reports_calibration_around_its_mean(workspace):
         assert rows[method]["calibration"] > 0 and -1 <= rows[method]["calibration_rank"] <= 1
         assert np.isfinite(rows[method]["psnr_gap"])
     assert rows["JPEG (libjpeg)"]["calibration"] is None
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden"])
+def test_a_sweep_point_name_is_a_plain_folder_name(name):
+    """A point's runs and evaluations are folders named after it: '..' would write into the sweep's own."""
+    with pytest.raises(ConfigError, match="not start with '.'"):
+        sw.load_sweep_config(ROOT / "configs" / "sweep_consistency.yaml", [f"points=[{{name: '{name}', checkpoint: x}}]"])

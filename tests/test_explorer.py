@@ -72,7 +72,9 @@ def test_page_shows_every_file_with_its_decode_samples_mean_and_std(sampled, inp
     assert (photo["width"], photo["height"]) == (48, 80)  # shown upright: orientation 6 applied
     with Image.open(inputs / "photo.jpg") as original:
         libjpeg = np.array(ImageOps.exif_transpose(original))
-    with Image.open(sampled / "photo_input.png") as decode:
+    (decode_name,) = [p.name for p in sampled.glob("photo_input_*.png")]
+    assert photo["views"]["input"] == decode_name
+    with Image.open(sampled / decode_name) as decode:
         assert np.array_equal(np.array(decode), libjpeg) and decode.info["icc_profile"] == SRGB
     assert data["files"][2]["samples"][0]["image"] == "a%20b%231_s0.png"
 
@@ -98,8 +100,52 @@ def test_posterior_mean_output_is_shown_when_present(sampled, tmp_path):
         + '{"cut by a full dis\n')
     (folder / "photo_mmse.png").write_bytes((sampled / "photo_mean.png").read_bytes())
     explorer.write_sample_page(folder)
+    assert page_data(folder)["files"][0]["views"]["mmse"] is None  # a file the manifest does not record
+    mean = next(json.loads(line) for line in (sampled / "manifest.jsonl").read_text().splitlines()
+                if '"kind": "mean"' in line and "photo.jpg" in line)
+    with (folder / "manifest.jsonl").open("a") as manifest:
+        manifest.write(json.dumps({**mean, "kind": "mmse", "output": str(folder / "photo_mmse.png")}) + "\n")
+    explorer.write_sample_page(folder)
     (photo,) = page_data(folder)["files"]
     assert photo["views"]["mmse"] == "photo_mmse.png" and "mmse" in photo["thumbs"]
+
+
+def test_one_out_holds_runs_of_two_folders_each_file_with_its_own_outputs(inputs, tmp_path, pillow_jpeg,
+                                                                          natural_rgb):
+    """a/x.jpg then b/x.jpg (another picture) into one OUT with other seeds: each card shows its own
+    decode, samples and mean; a clash of output names is still refused."""
+    for folder, seed in (("a", 1), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.jpg").write_bytes(pillow_jpeg(natural_rgb(24, 32, seed), quality=30))
+    out = tmp_path / "out"
+    common = ["-n", "1", "-o", str(out), "--mean", "--html", "--device", "cpu", "--quiet"]
+    assert main([str(tmp_path / "a" / "x.jpg"), "--seed", "0", *common]) == 0
+    (mean_a,) = [p.name for p in out.glob("x_mean.png")]
+    assert main([str(tmp_path / "b" / "x.jpg"), "--seed", "5", *common]) == 1  # x_mean.png is a's: refused
+    assert main([str(tmp_path / "b" / "x.jpg"), "--seed", "5", "-n", "1", "-o", str(out), "--html", "--device", "cpu",
+                 "--quiet"]) == 0
+    a, b = page_data(out)["files"]
+    assert (a["input"], b["input"]) == (str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg"))
+    assert [s["seed"] for s in a["samples"]] == [0] and [s["seed"] for s in b["samples"]] == [5]
+    assert a["views"]["mean"] == mean_a and b["views"]["mean"] is None
+    assert a["views"]["input"] != b["views"]["input"]
+    for card, folder in ((a, "a"), (b, "b")):
+        with Image.open(tmp_path / folder / "x.jpg") as original, Image.open(out / card["views"]["input"]) as decode:
+            assert np.array_equal(np.array(decode), np.array(original.convert("RGB")))
+
+
+def test_records_with_fields_of_the_wrong_type_are_left_out(sampled, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for path in sampled.glob("gray_*"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    lines = [line for line in (sampled / "manifest.jsonl").read_text().splitlines() if "gray.jpg" in line]
+    broken = [json.dumps({**json.loads(lines[0]), key: value}) for key, value in
+              [("seed", "zero"), ("output", 3), ("seconds", "slow"), ("coefficient_agreement", [1]), ("input", None)]]
+    (folder / "manifest.jsonl").write_text("".join(line + "\n" for line in [*broken, *lines[1:]]))
+    explorer.write_sample_page(folder)
+    (gray,) = page_data(folder)["files"]
+    assert [s["seed"] for s in gray["samples"]] == [1, 2]
 
 
 def test_installed_command_writes_the_page_too(inputs, tmp_path, capsys):
@@ -151,6 +197,35 @@ def test_explorer_in_chromium(sampled, browser):
     assert browser.console_errors() == []
     requested = browser.requested_urls()
     assert requested and all(url.startswith(("file://", "data:")) for url in requested), requested
+
+
+def test_a_name_with_script_markup_leaves_the_explorer_working(sampled, inputs, tmp_path, browser):
+    """Page data embeds <, > and & (and U+2028) as \\u escapes: "<!--<script>" in a name would otherwise
+    move the HTML parser into its escaped script states and the data would never parse."""
+    name = "x<!--<script>&\u2028y"
+    source = tmp_path / f"{name}.jpg"
+    source.write_bytes((inputs / "gray.jpg").read_bytes())
+    folder = tmp_path / "run"
+    folder.mkdir()
+    lines = []
+    for record in map(json.loads, (sampled / "manifest.jsonl").read_text().splitlines()):
+        if Path(record["input"]).name == "gray.jpg":
+            output = Path(record["output"]).name.replace("gray", name, 1)
+            (folder / output).write_bytes((sampled / Path(record["output"]).name).read_bytes())
+            lines.append(json.dumps({**record, "input": str(source), "output": str(folder / output)}) + "\n")
+    (folder / "manifest.jsonl").write_text("".join(lines))
+    explorer.write_sample_page(folder)
+    text = (folder / "index.html").read_text()
+    embedded = text.split('id="explorer-data">')[1].split("</script>")[0]
+    assert not set("<>&\u2028\u2029") & set(embedded)
+    assert [f["name"] for f in page_data(folder)["files"]] == [f"{name}.jpg"]
+
+    browser.load(folder / "index.html")
+    browser.run("document.querySelector('.card[data-file=\"0\"] h2 a').click()")
+    assert browser.run("return document.querySelector('#viewer .title').textContent") == f"{name}.jpg (1 / 1)"
+    views = browser.images("#viewer .view:not([hidden]) img, #sample-strip img")
+    assert views and all(image["width"] > 0 for image in views), views
+    assert browser.console_errors() == []
 
 
 # ----------------------------------------------------------------------------------------- exports

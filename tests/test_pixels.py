@@ -67,7 +67,7 @@ def test_the_quality_config_is_the_quality_sampler():
     cfg = load_config("configs/tiny.yaml", ["data.quality.kind=uniform", "data.quality.low=20", "data.quality.high=20"])
     assert isinstance(cfg.data.quality, QualitySampler)
     assert cfg.data.quality.sample(np.random.default_rng(0)) == 20
-    with pytest.raises(ConfigError, match="1 <= low <= high <= 100"):
+    with pytest.raises(ConfigError, match="data.quality.low=0: must be an integer in \\[1, 100\\]"):
         load_config("configs/tiny.yaml", ["data.quality.low=0"])
 
 

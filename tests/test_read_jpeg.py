@@ -814,3 +814,22 @@ def test_other_writers_of_stderr_are_left_alone(rgb, capfd):
     os.write(2, b"after\n")
     print("also", file=sys.stderr, flush=True)
     assert capfd.readouterr().err == "after\nalso\n"
+
+
+def test_a_big_file_that_is_not_a_jpeg_is_refused_without_reading_it_whole(tmp_path):
+    import tracemalloc
+
+    from posterior_jpeg.errors import InvalidJpegError
+
+    big = tmp_path / "archive.jpg"
+    with big.open("wb") as handle:  # sparse: 256 MiB that take no disk
+        handle.write(b"PK\x03\x04")
+        handle.truncate(2**28)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidJpegError, match="not a JPEG file"):
+            jpeg_file.read_jpeg(big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20

@@ -316,26 +316,174 @@ def test_existing_outputs_are_kept_without_overwrite(checkpoint, write_jpeg, tmp
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 2  # appended, one line per sample
 
 
+@pytest.mark.parametrize("name", ["lock", "manifest", "output", "thumbs"])
+def test_links_planted_in_out_lead_no_write_out_of_it(checkpoint, write_jpeg, tmp_path, capsys, name):
+    """A link inside OUT where the run writes (the lock, the manifest, an output, the thumbnails'
+    folder) is refused with one line and its target is left as it was; OUT itself may be a link."""
+    jpeg = write_jpeg("x.jpg")
+    victims, real = tmp_path / "victims", tmp_path / "real"
+    victims.mkdir()
+    real.mkdir()
+    victim = victims / "f"
+    victim.write_bytes(b"the user's\n")
+    out = tmp_path / "out"
+    out.symlink_to(real)
+    planted = {"lock": ".posterior-jpeg.lock", "manifest": "manifest.jsonl", "output": "x_s0.png", "thumbs": "thumbs"}
+    (out / planted[name]).symlink_to(victims if name == "thumbs" else victim)
+    command = [str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet", "--html"]
+    expected = {"lock": 2, "manifest": 2, "output": 1, "thumbs": 1}[name]
+    assert main([*command, *(["--overwrite"] if name == "output" else [])]) == expected
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"{out / planted[name]}: is a symbolic or hard link" in err[0], err
+    assert sorted(p.name for p in victims.iterdir()) == ["f"] and victim.read_bytes() == b"the user\'s\n"
+    assert (out / planted[name]).is_symlink()
+
+
+def test_only_the_tools_own_stale_temporaries_are_removed_and_each_is_named(checkpoint, write_jpeg, tmp_path,
+                                                                            capsys, dead_pid):
+    jpeg = write_jpeg("x.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    pid = dead_pid()
+    stale = f".posterior-jpeg-{pid}-0123456789abcdef.tmp"
+    users = [".report.2024.tmp", ".a.b.99999999.tmp", f".x_s0.png.{pid}.tmp"]
+    for name in (stale, *users):
+        (out / name).write_bytes(b"data")
+    assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(checkpoint)]) == 0
+    err = capsys.readouterr().err
+    assert f"sample: {out / stale}: removed, a temporary file left by a killed run" in err
+    assert not (out / stale).exists() and all((out / name).read_bytes() == b"data" for name in users)
+
+
+def test_a_folder_sampled_into_itself_skips_its_own_outputs(checkpoint, write_jpeg, tmp_path, capsys):
+    folder = write_jpeg("d/x.jpg").parent
+    command = [str(folder), "-n", "1", "-o", str(folder), "--format", "jpeg", "--checkpoint", str(checkpoint)]
+    assert main(command) == 0
+    capsys.readouterr()
+    assert main(command) == 0  # x_s0.jpg is found in the folder now: an output, not an input
+    assert f"sample: {folder / 'x_s0.jpg'}: skipped, an output of an earlier run (manifest.jsonl records it)" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in folder.glob("*.jpg")) == ["x.jpg", "x_s0.jpg"]
+
+
+def test_an_input_is_never_replaced_even_with_overwrite(checkpoint, write_jpeg, tmp_path, capsys):
+    photo = write_jpeg("d/x.jpg")
+    other = write_jpeg("d/x_s0.jpg", seed=5)  # the user's own photo, named like x.jpg's first sample
+    before = other.read_bytes()
+    command = [str(photo.parent), "-n", "1", "-o", str(photo.parent), "--format", "jpeg", "--overwrite", "--quiet",
+               "--checkpoint", str(checkpoint)]
+    assert main(command) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"{photo}: its output {other} would replace an input of this run; inputs are never replaced, "
+                   "not even with --overwrite (sample into another -o folder)"]
+    assert other.read_bytes() == before and (photo.parent / "x_s0_s0.jpg").is_file()
+
+
+def test_memory_and_the_wait_for_the_first_sample_do_not_follow_n(checkpoint, write_jpeg, tmp_path, monkeypatch):
+    """-n two million: the run plans nothing per seed up front, so the first samples come at once and
+    Python's memory stays that of a few images (stopped by Ctrl-C after two samples)."""
+    import tracemalloc
+
+    jpeg = write_jpeg("x.jpg", 32, 48)
+    made, real_write = [], sample_job.Job.write
+
+    def stop_after_two(self, output, data, line, began):
+        real_write(self, output, data, line, began)
+        made.append(output.name)
+        if len(made) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample_job.Job, "write", stop_after_two)
+    tracemalloc.start()
+    try:
+        code = main([str(jpeg), "-n", "2000000", "-o", str(tmp_path / "out"), "--checkpoint", str(checkpoint),
+                     "--quiet"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 130 and made == ["x_s0.png", "x_s1.png"]
+    assert peak < 30 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_summaries_are_sums_kept_as_samples_come():
+    """The mean and std map from running sums equal those of the stacked samples."""
+    samples = torch.randint(0, 256, (5, 3, 8, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    moments = sample_job.Moments()
+    for pixels in samples:
+        moments.add(pixels)
+    stack = samples.float() / 255
+    assert torch.allclose(moments.mean(), stack.mean(dim=0), atol=1e-6)
+    assert torch.allclose(moments.std(), stack.std(dim=0), atol=1e-6)
+    single = sample_job.Moments()
+    single.add(samples[0])
+    assert torch.equal(single.std(), torch.zeros(3, 8, 12))
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--grid", "-n", "65"], "--grid: a contact sheet holds at most 64 samples, -n is 65"),
+    (["--mean", "-n", "100001"], "--mean and --std summarise at most 100000 samples, -n is 100001"),
+    (["--seed", str(2**64 - 1), "-n", "2"], f"--seed {2**64 - 1} -n 2: the last seed would pass 2^64 - 1"),
+])
+def test_requests_that_cannot_fit_are_refused_before_anything_runs(options, message, tmp_path, capsys):
+    assert main(["x.jpg", "-o", str(tmp_path / "out"), *options]) == 2
+    assert capsys.readouterr().err == f"sample: error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_seeds_outside_64_bits_are_refused(capsys):
+    for seed in (str(2**64), "-1"):
+        with pytest.raises(SystemExit) as stop:
+            main(["x.jpg", "-o", "out", "--seed", seed])
+        assert stop.value.code == 2 and f"must be in [0, 2^64), got {seed}" in capsys.readouterr().err
+
+
+def test_control_characters_of_names_are_printed_escaped(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "a\x1b[31mred\nforged line.jpg"
+    bad.write_bytes(b"not a jpeg")
+    assert main([str(bad), "-n", "1", "-o", str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and len(err.splitlines()) == 1
+    assert err.startswith(str(tmp_path / "a\\x1b[31mred\\x0aforged line.jpg") + ": not a JPEG")
+
+
+def test_recursion_never_follows_a_link_out_of_the_tree(write_jpeg, tmp_path):
+    inside = write_jpeg("tree/sub/x.jpg")
+    write_jpeg("outside/deep/y.jpg")
+    (tmp_path / "tree" / "link").symlink_to(tmp_path / "outside")
+    tree = tmp_path / "tree"
+    for argument in (str(tree), f"{tree}/**/*.jpg"):
+        files, errors = expand_inputs([argument], recursive=True)
+        assert files == [inside] and errors == [], (argument, files)
+
+
+def test_a_checkpoint_that_is_some_other_file_is_named_in_the_error(write_jpeg, tmp_path, capsys):
+    jpeg = write_jpeg("x.jpg")
+    readme = ROOT / "README.md"
+    assert main([str(jpeg), "-o", str(tmp_path / "out"), "--checkpoint", str(readme), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"sample: {readme}: no checkpoint here")
+
+
 def test_ctrl_c_leaves_only_complete_files(checkpoint, write_jpeg, tmp_path, monkeypatch, capsys):
     jpeg = write_jpeg("x.jpg")
     out = tmp_path / "out"
-    original = Path.write_bytes
+    original = os.write
     calls = []
 
-    def interrupted_second_write(self, data):
-        calls.append(self)
-        if len(calls) == 2:  # Ctrl-C half-way through writing the second PNG
-            original(self, data[: len(data) // 2])
-            raise KeyboardInterrupt
-        return original(self, data)
+    def interrupted_second_write(descriptor, data):
+        if bytes(data[:4]) == b"\x89PNG":
+            calls.append(descriptor)
+            if len(calls) == 2:  # Ctrl-C half-way through writing the second PNG
+                original(descriptor, data[: len(data) // 2])
+                raise KeyboardInterrupt
+        return original(descriptor, data)
 
-    monkeypatch.setattr(Path, "write_bytes", interrupted_second_write)
+    monkeypatch.setattr(os, "write", interrupted_second_write)
     command = [str(jpeg), "-n", "3", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet"]
     assert main(command) == 130
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl", "x_s0.png"]
     assert leftovers(out) == []
-    monkeypatch.setattr(Path, "write_bytes", original)
+    monkeypatch.setattr(os, "write", original)
     assert Image.open(out / "x_s0.png").size == (96, 64)
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 1
     first = (out / "x_s0.png").stat()
@@ -449,7 +597,7 @@ def test_a_run_killed_mid_way_is_completed_by_the_same_command(checkpoint, write
     run.wait()
     before = outputs_state(out)
     assert 0 < len(before) < len(expected)  # killed part-way
-    stale = out / f".p2_s3.png.{dead_pid()}.tmp"
+    stale = out / f".posterior-jpeg-{dead_pid()}-0123456789abcdef.tmp"
     stale.write_bytes(b"half a png")
 
     assert main([*map(str, inputs), "-o", str(out), *options]) == 0
@@ -473,27 +621,25 @@ def test_a_full_disk_fails_the_file_cleanly_and_a_rerun_completes_it(checkpoint,
     inputs = [write_jpeg("a.jpg", seed=1), write_jpeg("b.jpg", seed=2)]
     out = tmp_path / "out"
     command = [*map(str, inputs), "-n", "2", "-o", str(out), "--checkpoint", str(checkpoint), "--quiet"]
-    real_write, real_write_bytes = os.write, Path.write_bytes
+    real_write = os.write
     writes = []
 
     def short_record(descriptor, data):
-        if data.startswith(b'{"input"'):
+        if bytes(data[:8]) == b'{"input"':
             writes.append(data)
             if len(writes) == 2:
                 return real_write(descriptor, data[: len(data) // 2])
         return real_write(descriptor, data)
 
-    def png_fills_the_disk(self, data):
-        writes.append(self)
-        if len(writes) == 2:
-            real_write_bytes(self, data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-        return real_write_bytes(self, data)
+    def png_fills_the_disk(descriptor, data):
+        if bytes(data[:4]) == b"\x89PNG":
+            writes.append(data)
+            if len(writes) == 2:
+                real_write(descriptor, data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(descriptor, data)
 
-    if what == "manifest":
-        monkeypatch.setattr(os, "write", short_record)
-    else:
-        monkeypatch.setattr(Path, "write_bytes", png_fills_the_disk)
+    monkeypatch.setattr(os, "write", short_record if what == "manifest" else png_fills_the_disk)
     assert main(command) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"{inputs[0]}: cannot write outputs") and "No space left" in err[0]

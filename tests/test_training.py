@@ -57,6 +57,107 @@ def test_training_data_is_named_explicitly(tmp_path):
             load_config(TINY, [bad])
 
 
+# Values no key of its type accepts: every numeric key's range starts at 0 or above, every list
+# needs at least one valid element, every string key is a choice (or a path, left out here).
+WRONG = {
+    int: ["-1", "nan", "inf", "1.5", "abc", "[1]", "{a: 1}", "-99999999999999999999"],
+    float: ["-1", "nan", "inf", "-inf", ".nan", "abc", "[1]", "{a: 1}", "-1e400"],
+    str: ["bogus", "[1]", "{a: 1}"],
+    list: ["[]", "abc", "[nan, nan]", "[2, 2]", "['4:1:1']", "{a: 1}"],
+}
+
+
+def _wrong_overrides(count: int, seed: int = 0) -> list[str]:
+    """`count` overrides drawn at random (fixed seed): a checked key of TrainConfig and a value of the
+    wrong type, range or finiteness for it."""
+    import random
+
+    from omegaconf import OmegaConf
+
+    from posterior_jpeg.config import TRAIN_RULES, TrainConfig
+
+    defaults = OmegaConf.structured(TrainConfig)
+    kinds = {key: type(OmegaConf.to_container(value) if OmegaConf.is_list(value) else value)
+             for key in TRAIN_RULES for value in [OmegaConf.select(defaults, key)]}
+    rng = random.Random(seed)
+    keys = sorted(kinds)
+    return [f"{key}={rng.choice(WRONG[kinds[key]])}" for key in (rng.choice(keys) for _ in range(count))]
+
+
+def test_random_wrong_overrides_give_one_line_and_exit_2_before_anything_is_built(monkeypatch, capsys):
+    """Property test: whatever key and wrong value, --print-config and a real run both answer with
+    exactly one line naming the key (no traceback), exit 2, and the run builds nothing."""
+    from posterior_jpeg import training
+    from posterior_jpeg.commands.train import main as train_main
+
+    monkeypatch.setattr(training, "train", lambda cfg: pytest.fail(f"a run started with {cfg}"))
+    for override in _wrong_overrides(80):
+        key = override.split("=")[0]
+        for extra in (["--print-config"], []):
+            assert train_main(["--config", str(TINY), "out_dir=unused", override, *extra]) == 2, override
+            out, err = capsys.readouterr()
+            assert out == "" and len(err.splitlines()) == 1 and err.startswith("train.py: ") and key in err, \
+                (override, err)
+
+
+def test_every_violation_is_one_line_naming_its_source_value_and_range(tmp_path, capsys):
+    from posterior_jpeg.commands.train import main as train_main
+
+    (tmp_path / "bad.yaml").write_text("data:\n  train: synthetic\n  crop: 7\nsteps: 3\n")
+    command = ["--config", str(tmp_path / "bad.yaml"), "ema_half_life_images=nan", "optim.betas=[0.9]", "seed=-1"]
+    assert train_main(command) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "train.py: command line: seed=-1: must be an integer in [0, 4294967295]",
+        "train.py: command line: ema_half_life_images=nan: must be a finite number > 0",
+        "train.py: command line: optim.betas=[0.9]: must be two numbers in [0, 1)",
+        f"train.py: {tmp_path / 'bad.yaml'}:3: data.crop=7: must be a multiple of 16 in [16, 4096]",
+    ]
+    assert train_main(["--config", str(tmp_path / "bad.yaml"), "data.crop=16", "steps=abc"]) == 2
+    assert capsys.readouterr().err == ("train.py: command line: steps: Value 'abc' of type 'str' could not be "
+                                       "converted to Integer\n")  # the command line's value, not the file's line
+    assert train_main(["--config", str(TINY), "data.modes=["]) == 2
+    assert capsys.readouterr().err == ("train.py: command line: data.modes=[: not a key=value override (while "
+                                       "parsing a flow node)\n")
+
+
+def test_a_non_finite_loss_stops_training_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                                            capsys):
+    from posterior_jpeg import training
+    from posterior_jpeg.commands.train import main as train_main
+
+    real, calls = training._consistency, []
+
+    def nan_from_step_3(*args):
+        calls.append(None)
+        value = real(*args)
+        return value * float("nan") if len(calls) >= 3 else value
+
+    monkeypatch.setattr(training, "_consistency", nan_from_step_3)
+    run = tmp_path / "run"
+    command = ["--config", str(TINY), f"out_dir={run}", "progress=false", "device=cpu", "steps=4", "log_every=1",
+               "checkpoint_every=2", "val_every=1000"]
+    assert train_main(command) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"train.py: step 3: the loss consistency, g_total became NaN or infinite; stopped without writing "
+                   f"another checkpoint, so those in {run / 'checkpoints'} are the last good ones (lower optim.lr or "
+                   "the loss weights, then resume)"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")) == \
+        ["latest", checkpoints.checkpoint_name(2)]
+    weights = load_file(run / "checkpoints" / checkpoints.checkpoint_name(2) / "generator_ema.safetensors")
+    assert all(torch.isfinite(value).all() for value in weights.values())
+
+
+def test_an_out_dir_that_cannot_be_a_folder_is_one_line(tmp_path, capsys):
+    from posterior_jpeg.commands.train import main as train_main
+
+    (tmp_path / "file").write_text("mine")
+    for out_dir in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert train_main(["--config", str(TINY), f"out_dir={out_dir}", "device=cpu"]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"train.py: out_dir={out_dir}: cannot make the run folder there")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
 def test_unknown_keys_and_bad_values_are_errors(tmp_path):
     with pytest.raises(ConfigError, match="stepz"):
         load_config(TINY, ["stepz=3"])
@@ -327,7 +428,7 @@ def test_settings_that_cannot_work_are_refused_at_config_time(tmp_path):
         tiny(tmp_path, "mixed_precision=fp16")
     tiny(tmp_path, "mixed_precision=fp16", "loss.r1={kind: constant, start: 0.0, end: 0.0}")  # no R1: allowed
     tiny(tmp_path, "mixed_precision=fp16", "stage=mmse")
-    with pytest.raises(ConfigError, match="device must be"):
+    with pytest.raises(ConfigError, match="device='cuda:1': must be one of auto, cpu"):
         tiny(tmp_path, "device=cuda:1")
 
 
@@ -344,7 +445,7 @@ def test_ema_half_life_is_counted_in_images_and_the_old_key_says_what_to_write(t
     for attempt in (lambda: load_config(tmp_path / "old.yaml"), lambda: tiny(tmp_path, "ema=0.99")):
         with pytest.raises(ConfigError, match="ema_half_life_images: N"):
             attempt()
-    with pytest.raises(ConfigError, match="must be > 0"):
+    with pytest.raises(ConfigError, match="ema_half_life_images=0.0: must be a finite number > 0"):
         tiny(tmp_path, "ema_half_life_images=0")
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(tmp_path / "old.yaml"), "--print-config"],
                             capture_output=True, text=True, cwd=ROOT)

@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -16,13 +15,31 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                           "coefficients. Prints the agreement before and after.")
     parser.add_argument("jpeg", metavar="JPEG", help="the JPEG file")
     parser.add_argument("image", metavar="IMAGE", help="a restoration of it (PNG, ...), same size")
-    parser.add_argument("-o", "--output", required=True, help="where to write the projected PNG")
+    parser.add_argument("-o", "--output", required=True, help="where to write the projected PNG (a .png name)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     parser.set_defaults(run=run)
     return parser
 
 
+def output_error(output: str, overwrite: bool) -> str | None:
+    """Why the projected PNG cannot be written at `output`, or None: found before torch loads."""
+    path = Path(output)
+    if path.is_dir():
+        return f"-o {output}: is a folder; name the PNG to write"
+    if path.suffix.lower() != ".png":
+        return f"-o {output}: the projection is written as a PNG; name it .png"
+    if not path.parent.is_dir():
+        return f"-o {output}: no folder {path.parent} to write it into"
+    if path.exists() and not overwrite:
+        return f"-o {output}: exists (pass --overwrite to replace it)"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = output_error(args.output, args.overwrite)
+    if problem is not None:
+        print(f"project: error: {problem}", file=sys.stderr)
+        return 2
     import numpy as np  # torch and numpy: after parsing
 
     from ..data import read_rgb
@@ -44,16 +61,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.image}: size {image.width}x{image.height} differs from {args.jpeg} "
               f"({jf.width}x{jf.height}); pass the image in the file's stored orientation", file=sys.stderr)
         return 1
-    if os.path.exists(args.output) and not args.overwrite:
-        print(f"{args.output}: exists (pass --overwrite to replace it)", file=sys.stderr)
-        return 1
     candidate = to_chw_float(np.array(image))
     before = coefficient_agreement(candidate, jf)
     projected = project(candidate, jf)
     if jf.sampling == GRAY:  # grayscale in, grayscale out
         projected = projected[:1]
     after = eight_bit_consistency(projected, jf)
-    write_png(to_hwc_uint8(projected), Path(args.output), jf.icc_profile)
+    try:
+        write_png(to_hwc_uint8(projected), Path(args.output), jf.icc_profile)
+    except OSError as error:
+        print(f"project: error: -o {args.output}: cannot write it ({error.strerror or error})", file=sys.stderr)
+        return 2
     print(json.dumps({
         "output": args.output,
         "coefficient_agreement_before": before.coefficients,

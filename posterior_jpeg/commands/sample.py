@@ -3,8 +3,10 @@
 
 import argparse
 import dataclasses
+import os
+import sys
 
-from ..options import DEFAULT_QUALITY, FORMATS, SampleOptions
+from ..options import DEFAULT_QUALITY, FORMATS, MAX_GRID_SAMPLES, MAX_SUMMARY_SAMPLES, SEED_LIMIT, SampleOptions
 from ..precision import PRECISIONS
 from ..tiling import DEFAULT_OVERLAP, DEFAULT_TILE, PAD_MULTIPLE
 
@@ -52,7 +54,10 @@ embedded in the samples, the mean and the grid (not in the false-colour std map)
 before comparing a PNG with the file's coefficients; the manifest's figures are measured that way.
 
 Big images go through the generator in tiles of --tile pixels that overlap and are blended, then
-each sample is projected as a whole: memory follows the tile size, not the image. A seed gives the
+each sample is projected as a whole: memory follows the tile size, not the image. Nor does it
+follow -n: samples are drawn, written and released one by one, and the mean and std map are kept as
+running sums; a contact sheet (--grid) holds at most 64 samples and --mean / --std summarise at
+most 100000 (refused up front beyond), and SEED + N - 1 must stay below 2^64. A seed gives the
 same file whatever -n and wherever a run was resumed (on one machine, precision and --tile); another
 --tile changes it only near tile seams.
 
@@ -68,6 +73,10 @@ and renamed when complete, each one's manifest record appended (one whole line) 
 rename, so an interrupted run leaves only whole files and whole lines; temporaries of killed runs
 are removed by the next run. One run at a time writes into OUT: a second one is refused while the
 first runs (OUT/.posterior-jpeg.lock holds its pid; a lock left by a dead process is taken over).
+No write follows a link inside OUT: a link where an output, the manifest, the lock or thumbs/ should
+be is refused with one line (OUT itself may be a link). Inputs in OUT that its manifest records as
+outputs are skipped with a note (a folder sampled into itself); an input of the run is never
+replaced, not even with --overwrite.
 
 Inputs whose names give the same <stem> would write the same outputs: the first one in argument
 order is sampled, the others are reported as failed (sample them into another -o folder). Bad inputs
@@ -105,8 +114,15 @@ def _positive(text: str) -> int:
 
 def _seed(text: str) -> int:
     value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2^64), got {value}")
+    return value
+
+
+def _quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be 1-100, got {value}")
     return value
 
 
@@ -153,7 +169,7 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "(default 4: the best decode at every quality; 1 runs M once, the fast setting; "
                              "README: Measured)")
     parser.add_argument("--recursive", action="store_true",
-                        help="descend into sub-folders of folder INPUTs ('**' in globs)")
+                        help="descend into sub-folders of folder INPUTs ('**' in globs), never through links to folders")
     parser.add_argument("--overwrite", action="store_true",
                         help="make every output again (default: keep those a previous run recorded, make the missing)")
     parser.add_argument("--quiet", action="store_true",
@@ -183,7 +199,7 @@ EXPORT_HELP = {
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """--format, --quality and --metadata, read back by `export.settings_from`."""
     parser.add_argument("--format", choices=FORMATS, default="png", help=EXPORT_HELP["format"])
-    parser.add_argument("--quality", type=int, metavar="Q", help=EXPORT_HELP["quality"])
+    parser.add_argument("--quality", type=_quality, metavar="Q", help=EXPORT_HELP["quality"])
     parser.add_argument("--metadata", choices=("keep", "strip"), default="keep", help=EXPORT_HELP["metadata"])
 
 
@@ -192,7 +208,26 @@ def options(args: argparse.Namespace) -> SampleOptions:
     return SampleOptions(**{field.name: getattr(args, field.name) for field in dataclasses.fields(SampleOptions)})
 
 
+def combination_error(args: argparse.Namespace) -> str | None:
+    """What makes options that are each fine unusable together, or None. Memory follows the tile
+    size, not -n (samples are written and released one by one), except for a contact sheet, which
+    holds all of its samples, and the seed lists of summary records."""
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return f"-o {args.out}: is a file, not a folder"
+    if args.seed + args.samples > SEED_LIMIT:
+        return f"--seed {args.seed} -n {args.samples}: the last seed would pass 2^64 - 1"
+    if args.grid and args.samples > MAX_GRID_SAMPLES:
+        return f"--grid: a contact sheet holds at most {MAX_GRID_SAMPLES} samples, -n is {args.samples}"
+    if (args.mean or args.std) and args.samples > MAX_SUMMARY_SAMPLES:
+        return f"--mean and --std summarise at most {MAX_SUMMARY_SAMPLES} samples, -n is {args.samples}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = combination_error(args)
+    if problem is not None:
+        print(f"sample: error: {problem}", file=sys.stderr)
+        return 2
     from ..sample_job import run as run_job  # torch: after parsing
 
     return run_job(options(args))

@@ -429,7 +429,9 @@ def read_jpeg(
         name = os.fspath(source)
         try:
             with open(name, "rb") as handle:
-                data = handle.read()
+                data = handle.read(2)
+                if data == b"\xff\xd8":  # the signature first: a file that is not a JPEG is never read whole
+                    data += handle.read()
         except OSError as error:
             raise InvalidJpegError(f"{name}: cannot read ({error.strerror or error})") from None
     header = _parse_header(data, name, max_pixels, max_scans, max_pixels_per_byte)
