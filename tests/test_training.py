@@ -75,8 +75,9 @@ def _wrong_overrides(count: int, seed: int = 0) -> list[str]:
     from omegaconf import OmegaConf
 
     from posterior_jpeg.config import TRAIN_RULES, TrainConfig
+    from posterior_jpeg.models.spread import SpreadConfig
 
-    defaults = OmegaConf.structured(TrainConfig)
+    defaults = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"spread": SpreadConfig()})  # optional: None
     kinds = {key: type(OmegaConf.to_container(value) if OmegaConf.is_list(value) else value)
              for key in TRAIN_RULES for value in [OmegaConf.select(defaults, key)]}
     rng = random.Random(seed)
