@@ -2,7 +2,7 @@
 of decode | posterior mean M | one sample | |x - M| | std map of the samples, both maps on the same heat scale
 (black 0, red, yellow, white at 0.1), and one JSON line per photo with its calibration figures.
 
-    python bench/uncertainty_sheet.py [--checkpoint CKPT] [--quality 10] [--samples 8] [--photos 3]
+    python bench/uncertainty_sheet.py [--checkpoint CKPT] [--quality 10] [--samples 8] [--photos NAME ...]
                                       [--max-side 256] [--out uncertainty.png]
 """
 
@@ -28,14 +28,15 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="model (default: the bundled one)")
     parser.add_argument("--quality", type=int, default=10)
     parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--photos", type=int, default=3, help="the first N val photos")
+    parser.add_argument("--photos", nargs="+", default=None, help="file names in --data (default: the first 3)")
     parser.add_argument("--max-side", type=int, default=256)
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "val")
     parser.add_argument("--out", type=Path, default=Path("uncertainty.png"))
     args = parser.parse_args()
     sampler = pj.Sampler.from_checkpoint(args.checkpoint)
     rows = []
-    for path in sorted(args.data.glob("*"))[: args.photos]:
+    paths = [args.data / name for name in args.photos] if args.photos else sorted(args.data.glob("*"))[:3]
+    for path in paths:
         original = to_chw_float(centre_crop(path, args.max_side))
         data = compress(to_hwc_uint8(original), args.quality)
         jpeg = pj.read_jpeg(data)
