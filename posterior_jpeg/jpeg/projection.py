@@ -689,7 +689,8 @@ def _repair_component(rgb: torch.Tensor, intervals: Intervals, c: int, failing: 
 
 _PIXEL_MOVES = (-2, -1, 1, 2)  # steps of one pixel's value in `_pixel_search` (2: a pixel libjpeg counts twice)
 _COMBINED = ((2, 64), (3, 32))  # (moves summed, among the best single moves) `_pixel_search` tries where no move helps
-_COMBINED_CHUNK = 8  # stuck tiles whose combinations are scored at once (bounds the memory)
+_PIXEL_CHUNK = 64  # tiles whose single moves are scored at once (bounds the memory: about 3 MB a 16x16 tile)
+_COMBINED_CHUNK = 8  # stuck tiles whose combinations are scored at once (about 60 MB a 16x16 tile)
 
 
 def _exact_distance(plane: torch.Tensor, mode: str, c: int, low: torch.Tensor, high: torch.Tensor, divisor: torch.Tensor):
@@ -731,33 +732,35 @@ def _pixel_search(rgb: torch.Tensor, intervals: Intervals, c: int, steps: int) -
         distance, value = _exact_distance(planes.flatten(0, 1), intervals.mode, c, repeat(low), repeat(high), repeat(table))
         return distance.view(planes.shape[:2]), value.view(*planes.shape[:2], *value.shape[1:])
 
+    stopped = torch.zeros(k, dtype=torch.bool, device=rgb.device)  # no move helped: nor will one later
     for _ in range(steps):
         ycc = _libjpeg_ycc(rgb)
         plane = ycc[:, c]
         current, value = _exact_distance(plane, intervals.mode, c, low, high, table)
-        active = (current > 0).nonzero().flatten()
-        if active.numel() == 0:
+        waiting = ((current > 0) & ~stopped).nonzero().flatten()
+        if waiting.numel() == 0:
             break
-        up, down = (r.flatten(1) for r in _Component(ycc[active], intervals.mode, c).pixel_room(rgb[active]))
-        room = torch.where(amounts > 0, up.repeat(1, len(_PIXEL_MOVES)), down.repeat(1, len(_PIXEL_MOVES)))
-        score, moved = distances(plane[active, None] + trials, active)
-        score = torch.where(amounts.abs() <= room, score, float("inf"))
-        best, choice = score.min(1)
-        change = trials[choice]
-        for size, pool in _COMBINED:  # where no move helps: sums of 2, then 3 moves (see above)
-            stuck = (best >= current[active]).nonzero().flatten()
-            for start in range(0, stuck.numel(), _COMBINED_CHUNK):
-                part = stuck[start : start + _COMBINED_CHUNK]
-                tiles = active[part]
-                best[part], change[part] = _best_combination(
-                    size, min(pool, trials.shape[0]), trials, score[part], moved[part], value[tiles], low[tiles], high[tiles],
-                    lambda planes: distances(plane[tiles, None] + planes, tiles)[0],  # noqa: B023 (called at once)
-                )
-        better = best < current[active]
-        if not better.any():
-            break
-        tiles = active[better]
-        rgb[tiles] = _with_component(rgb[tiles], ycc[tiles], c, plane[tiles] + change[better])
+        for start in range(0, waiting.numel(), _PIXEL_CHUNK):
+            active = waiting[start : start + _PIXEL_CHUNK]
+            up, down = (r.flatten(1) for r in _Component(ycc[active], intervals.mode, c).pixel_room(rgb[active]))
+            room = torch.where(amounts > 0, up.repeat(1, len(_PIXEL_MOVES)), down.repeat(1, len(_PIXEL_MOVES)))
+            score, moved = distances(plane[active, None] + trials, active)
+            score = torch.where(amounts.abs() <= room, score, float("inf"))
+            best, choice = score.min(1)
+            change = trials[choice]
+            for size, pool in _COMBINED:  # where no move helps: sums of 2, then 3 moves (see above)
+                stuck = (best >= current[active]).nonzero().flatten()
+                for first in range(0, stuck.numel(), _COMBINED_CHUNK):
+                    part = stuck[first : first + _COMBINED_CHUNK]
+                    tiles = active[part]
+                    best[part], change[part] = _best_combination(
+                        size, min(pool, trials.shape[0]), trials, score[part], moved[part], value[tiles], low[tiles],
+                        high[tiles], lambda planes: distances(plane[tiles, None] + planes, tiles)[0],  # noqa: B023
+                    )
+            better = best < current[active]
+            stopped[active[~better]] = True
+            tiles = active[better]
+            rgb[tiles] = _with_component(rgb[tiles], ycc[tiles], c, plane[tiles] + change[better])
     return rgb
 
 
