@@ -693,7 +693,9 @@ _PIXEL_CHUNK = 64  # tiles whose single moves are scored at once (bounds the mem
 _COMBINED_CHUNK = 8  # stuck tiles whose combinations are scored at once (about 60 MB a 16x16 tile)
 
 
-def _exact_distance(plane: torch.Tensor, mode: str, c: int, low: torch.Tensor, high: torch.Tensor, divisor: torch.Tensor):
+def _exact_distance(
+    plane: torch.Tensor, mode: str, c: int, low: torch.Tensor, high: torch.Tensor, divisor: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """How far libjpeg's DCT of component c of integer planes [K, h, w] lies outside the integer range
     [K, hb, wb, 8, 8] of its output that quantizes into low..high: per tile a sum of squares in
     quantization steps (`divisor`: 8 x step; 0 exactly when every quantized coefficient lies in its
@@ -729,7 +731,8 @@ def _pixel_search(rgb: torch.Tensor, intervals: Intervals, c: int, steps: int) -
     def distances(planes: torch.Tensor, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[T, P, h, w] -> their distances [T, P] and DCTs [T, P, hb, wb, 8, 8]."""
         repeat = lambda t: t[tiles].repeat_interleave(planes.shape[1], 0)  # noqa: E731
-        distance, value = _exact_distance(planes.flatten(0, 1), intervals.mode, c, repeat(low), repeat(high), repeat(table))
+        flat = planes.flatten(0, 1)
+        distance, value = _exact_distance(flat, intervals.mode, c, repeat(low), repeat(high), repeat(table))
         return distance.view(planes.shape[:2]), value.view(*planes.shape[:2], *value.shape[1:])
 
     stopped = torch.zeros(k, dtype=torch.bool, device=rgb.device)  # no move helped: nor will one later
@@ -764,11 +767,15 @@ def _pixel_search(rgb: torch.Tensor, intervals: Intervals, c: int, steps: int) -
     return rgb
 
 
-def _best_combination(size, pool, trials, score, moved, value, low, high, distances):
+def _best_combination(
+    size: int, pool: int, trials: torch.Tensor, score: torch.Tensor, moved: torch.Tensor, value: torch.Tensor,
+    low: torch.Tensor, high: torch.Tensor, distances,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For T stuck tiles of `_pixel_search`: the best sum of `size` moves on different pixels among
     the `pool` best single moves that change a failing block (a move elsewhere leaves its block met
     or breaks it). score [T, M] the single moves' distances (inf: out of room), moved [T, M, hb, wb,
-    8, 8] their DCTs, value the tiles' DCT, low/high its range. Returns (distance [T], change [T, h, w])."""
+    8, 8] their DCTs, value the tiles' DCT, low/high its range, distances scores changes [T, C, h, w].
+    Returns (distance [T], change [T, h, w])."""
     pixels = trials.shape[-2] * trials.shape[-1]
     failing = (value - value.clamp(low, high)).flatten(-2).ne(0).any(-1)  # [T, hb, wb]
     touching = ((moved != value[:, None]).flatten(-2).any(-1) & failing[:, None]).flatten(2).any(2)
