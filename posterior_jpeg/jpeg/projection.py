@@ -302,7 +302,11 @@ def _unshrunk(ycc: torch.Tensor, intervals: Intervals, settings: dict) -> tuple[
     its interval: a white block at a DC step of 16 (quality 50) has DC 8 x 127 = 63.5 steps, the
     lowest value that rounds to the stored 64, and every lower pixel rounds it to 63. Shrunk by the
     margin, that interval and the cube do not meet, though the image itself is an exact answer; the
-    widening would give up its coefficient. Returns the tiles and their cube excess (`_float_solve`)."""
+    widening would give up its coefficient. Returns the tiles and their cube excess (`_float_solve`):
+    those it brings inside the cube are taken; those it brings within `_WIDEN_ABOVE` of it are searched
+    both ways (it and the widening), keeping whichever differs less: such a white block converges
+    slowly (one point of the cube meets its intervals), while where the file's colours leave the
+    cube a solution without margin only leaves more coefficients on the edges of their intervals."""
     return _float_solve(ycc, intervals, dict(settings, margin=0.0))
 
 
@@ -736,6 +740,7 @@ def _pixel_search(rgb: torch.Tensor, intervals: Intervals, c: int, steps: int) -
         return distance.view(planes.shape[:2]), value.view(*planes.shape[:2], *value.shape[1:])
 
     stopped = torch.zeros(k, dtype=torch.bool, device=rgb.device)  # no move helped: nor will one later
+    padded = _has_padding(intervals.mode, intervals.size, [(BLOCK * t.shape[1], BLOCK * t.shape[2]) for t in intervals.coefficients])
     for _ in range(steps):
         ycc = _libjpeg_ycc(rgb)
         plane = ycc[:, c]
@@ -751,7 +756,7 @@ def _pixel_search(rgb: torch.Tensor, intervals: Intervals, c: int, steps: int) -
             score = torch.where(amounts.abs() <= room, score, float("inf"))
             best, choice = score.min(1)
             change = trials[choice]
-            for size, pool in _COMBINED:  # where no move helps: sums of 2, then 3 moves (see above)
+            for size, pool in _COMBINED if padded else ():  # where no move helps: sums of 2, then 3 moves
                 stuck = (best >= current[active]).nonzero().flatten()
                 for first in range(0, stuck.numel(), _COMBINED_CHUNK):
                     part = stuck[first : first + _COMBINED_CHUNK]
@@ -928,18 +933,34 @@ def _project_one(batch: torch.Tensor, jpeg, stored: list[torch.Tensor], tables: 
             solved, excess = _float_solve(rgb_to_ycbcr(tiles), intervals, settings)
             _untile(floats, region, ycbcr_to_rgb(solved))
             stuck = pending[excess[pending] > _WIDEN_ABOVE]
+            stored_intervals, near = intervals, stuck[:0]
             if stuck.numel():  # the margin may be what keeps them out of the cube (see `_unshrunk`)
-                solved[stuck], excess[stuck] = _unshrunk(solved[stuck], intervals.subset(stuck), settings)
-                stuck = stuck[excess[stuck] > _WIDEN_ABOVE]
+                again, again_excess = _unshrunk(solved[stuck].clone(), intervals.subset(stuck), settings)
+                inside = again_excess <= _CUBE_TOLERANCE
+                solved[stuck[inside]], excess[stuck[inside]] = again[inside], again_excess[inside]
+                # nearly inside: it may be slow convergence (a white block: one point of the cube
+                # meets its intervals) or colours the file takes out of the cube; both are tried below
+                close = ~inside & (again_excess <= _WIDEN_ABOVE)
+                near, near_solved = stuck[close], again[close]
+                stuck = stuck[~inside]
+            given_up_tiles = torch.zeros(solved.shape[0], dtype=torch.long, device=solved.device)
             if stuck.numel():
                 solved[stuck], widened = _widen(solved[stuck], intervals.subset(stuck), settings)
                 intervals = intervals.with_targets(stuck, widened)
-                per_tile = torch.zeros(solved.shape[0], dtype=torch.long, device=solved.device)
-                per_tile[stuck] = sum(((lo != c) | (hi != c)).flatten(1).sum(1)
-                                      for lo, hi, c in zip(widened.low, widened.high, widened.coefficients))
-                given_up += per_tile.view(n, -1).sum(1)
+                given_up_tiles[stuck] = sum(((lo != c) | (hi != c)).flatten(1).sum(1)
+                                            for lo, hi, c in zip(widened.low, widened.high, widened.coefficients))
             eight_bit[pending] = ycbcr_to_rgb(solved[pending]).clamp(0.0, 255.0).round()
             blocks, coefficients = _lattice_search(eight_bit, intervals, pending, stuck, settings)
+            if near.numel():  # the search from the solution without margin, on the stored intervals
+                plain = ycbcr_to_rgb(near_solved).clamp(0.0, 255.0).round()
+                everything = torch.arange(near.numel(), device=near.device)
+                plain_blocks, plain_coefficients = _lattice_search(plain, stored_intervals.subset(near), everything,
+                                                                   everything[:0], settings)
+                better = plain_coefficients <= coefficients[near]  # a tie: nothing given up
+                eight_bit[near[better]] = plain[better]
+                blocks[near[better]], coefficients[near[better]] = plain_blocks[better], plain_coefficients[better]
+                given_up_tiles[near[better]] = 0
+            given_up += given_up_tiles.view(n, -1).sum(1)
             # a last try for tiles that still fail in the file's own colours: start the search from
             # the middle half of every interval (the candidate's detail gives way to exactness there);
             # not where most tiles fail (steps of 1 all over), where it buys little at a high price
