@@ -37,10 +37,10 @@ Edge blocks (the file's padding) are handled exactly: a sample's replicas move w
 that libjpeg replicates into the padding are never changed by this search. More steps serve what
 it alone cannot reach:
 - blocks it leaves failing go to a greedy search on single pixels scored exactly by libjpeg's
-  downsampling and integer DCT (`_pixel_search`): it moves the replicated edge pixels, and where no
-  move of one pixel helps it tries sums of two and three, which is what blocks padded from one or
-  two real columns or rows need (there many coefficients are multiples of one sum of samples, and
-  the range they leave it can be narrower than any move of one sample);
+  downsampling and integer DCT (`_pixel_search`): it moves the replicated edge pixels, and in edge
+  tiles, where no move of one pixel helps, it tries sums of two and three, which is what blocks
+  padded from one or two real columns or rows need (there many coefficients are multiples of one
+  sum of samples, and the range they leave it can be narrower than any move of one sample);
 - tiles whose float solution stalls outside the cube are solved again on the whole intervals
   (`_unshrunk`): the margin alone can keep the intervals from meeting the cube;
 - colours outside the cube (`_widen`): the tile gives up, greedily, the coefficients that fight the
@@ -717,10 +717,11 @@ def _pixel_search(rgb: torch.Tensor, intervals: Intervals, c: int, steps: int) -
     pixel row or column where libjpeg's downsampling counts a pixel twice and copies it into the
     padding (the search keeps those pixels fixed), and coefficients that only libjpeg's integer
     rounding brings into range. Each step applies each tile's best move (`_PIXEL_MOVES`, within the
-    pixel's room) if it lowers `_exact_distance`, else its best sum of moves (`_COMBINED`): in a
-    block that libjpeg pads from two real columns, every coefficient of a row of horizontal
-    frequencies is a multiple of one difference of the two columns, and the range that the seven
-    of them leave it can be narrower than any move of one pixel. Up to `steps` steps."""
+    pixel's room) if it lowers `_exact_distance`, else, in edge tiles, its best sum of moves
+    (`_COMBINED`): in a block that libjpeg pads from two real columns, every coefficient of a row of
+    horizontal frequencies is a multiple of one difference of the two columns, and the range that
+    the seven of them leave it can be narrower than any move of one pixel (interior blocks, 64 free
+    samples, were not seen to need them, and they cost). Up to `steps` steps."""
     k, _, h, w = rgb.shape
     table = 8.0 * intervals.tables[c].to(rgb.dtype)  # libjpeg divides its DCT output by 8 x step
     low, high = intervals.low[c].to(rgb.dtype), intervals.high[c].to(rgb.dtype)
