@@ -22,6 +22,17 @@ def emit(**record) -> None:
     print(json.dumps(record), flush=True)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), to print beside every timing."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or "unknown"
+
+
 def best_time(function, repeats: int = 3, synchronize: bool = False) -> float:
     """Fastest of `repeats` runs, in seconds (the least disturbed by other work on the machine)."""
     times = []

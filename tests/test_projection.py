@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 import posterior_jpeg as pj
 from posterior_jpeg.jpeg import tables
 from posterior_jpeg.jpeg.color import rgb_to_ycbcr, round_ycbcr_like_libjpeg, ycbcr_to_rgb
-from posterior_jpeg.jpeg.projection import _rgb_for, projection, round_to_16_bits
+from posterior_jpeg.jpeg.projection import _libjpeg_ycc, _rgb_for, _with_luma, projection, round_to_16_bits
 from posterior_jpeg.metrics import coefficient_agreement, consistency_rmse, float_consistency
 
 
@@ -127,6 +127,24 @@ def test_every_in_gamut_ycbcr_triple_has_an_8_bit_pixel():
     assert found.all()
     converted = round_ycbcr_like_libjpeg(rgb_to_ycbcr(found_rgb.T[None, :, :, None]))[0, :, :, 0].T
     assert torch.equal(converted, inside)
+
+
+def test_a_luma_move_reaches_any_luma_and_keeps_the_colour_where_the_cube_lets_it():
+    """The lattice search moves luma anywhere in 0..255: by RGB + (d, d, d) (chroma kept exactly)
+    where that stays in the cube, else by giving way in colour (a white block needs white pixels)."""
+    generator = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 256, (4, 3, 16, 16), generator=generator).double()
+    rgb[:, :, :4] = torch.tensor([255.0, 255.0, 243.0]).view(1, 3, 1, 1)  # on a face: luma 254 has no room up
+    luma = torch.randint(0, 256, (4, 16, 16), generator=generator).double()
+    luma[:, :4] = 255.0
+    out = _with_luma(rgb, luma)
+    ycc, before = _libjpeg_ycc(out), _libjpeg_ycc(rgb)
+    assert torch.equal(ycc[:, 0], luma)
+    assert torch.equal(out[:, :, :4], torch.full_like(out[:, :, :4], 255.0))
+    shifted = rgb + (luma - before[:, 0]).unsqueeze(1)
+    kept = ((shifted >= 0) & (shifted <= 255)).all(1)
+    assert kept.any() and (~kept).any()
+    assert torch.equal(ycc[:, 1:].permute(0, 2, 3, 1)[kept], before[:, 1:].permute(0, 2, 3, 1)[kept])
 
 
 def test_gray_and_440(natural_rgb, pillow_jpeg, tmp_path):
@@ -272,3 +290,33 @@ def test_a_slowly_converging_tile_is_solved_not_given_up():
     result = projection(candidate, jf)
     assert int(result.given_up_coefficients) == 0
     assert coefficient_agreement(result.images, jf).differing_coefficients == 0
+
+
+EXACT_CASES = [  # photo, crop (top, left, height, width), noise seed: each failed before the fix
+    ("CSet14_barbara.png", (166, 295, 77, 130), 3),  # luma blocks padded from 2 real columns (130 = 16 x 8 + 2)
+    ("CSet14_comic.png", (150, 51, 61, 97), 8),  # 4:2:2 chroma blocks made of the last pixel column alone
+    ("CSet14_ppt3.png", (297, 144, 61, 97), 24),  # white blocks at quality 50 (DC 63.5 steps: only white gives 64)
+]
+
+
+@pytest.mark.skipif(not (VAL / "CSet14_ppt3.png").is_file(), reason=f"{VAL} not found (the val photos)")
+@pytest.mark.parametrize("mode", ["4:4:4", "4:2:2", "4:2:0"])
+@pytest.mark.parametrize("name, crop, seed", EXACT_CASES, ids=[case[0][7:-4] for case in EXACT_CASES])
+def test_an_exact_answer_is_reached_where_one_exists(pillow_jpeg, mode, name, crop, seed):
+    """Files saved by Pillow from RGB photos: the photo itself is an exact 8-bit answer, so the
+    projection must reach one (coefficient agreement 1.0, nothing given up) from a noisy decode
+    (sigma 0.08), a 5x5 box blur and a Gaussian blur of the photo, at quality 10, 50 and 75, on odd
+    sizes. bench/projection_consistency.py --exact runs the same on every val photo."""
+    top, left, height, width = crop
+    with Image.open(VAL / name) as opened:
+        rgb = np.ascontiguousarray(np.array(opened.convert("RGB"))[top : top + height, left : left + width])
+    image = Image.fromarray(rgb)
+    blurred = torch.stack([as_tensor(image.filter(f)) for f in (ImageFilter.BoxBlur(2), ImageFilter.GaussianBlur(1.5))])
+    for quality in (10, 50, 75):
+        jf = pj.read_jpeg(pillow_jpeg(rgb, quality=quality, subsampling=mode))
+        y = jf.decode()
+        noisy = (y + 0.08 * torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+        result = projection(torch.cat([noisy[None], blurred]), jf)
+        agreement = coefficient_agreement(result.images, jf)
+        assert agreement.differing_coefficients == 0, (quality, agreement)
+        assert int(result.given_up_coefficients.sum()) == 0, quality

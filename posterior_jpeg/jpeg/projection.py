@@ -21,7 +21,11 @@ integer downsampling), where the constraints of different blocks do not interact
    8-bit RGB pixel (checked over all 2^24 colours), and RGB + (d, d, d) changes libjpeg's Y by
    exactly d and its Cb, Cr not at all. So a luma sample can move by d wherever the pixel's RGB
    leaves room, and a chroma sample by changing the chroma of the pixels it averages (keeping their
-   Y and the other chroma exact), as far as the cube allows: each sample gets integer bounds.
+   Y and the other chroma exact), as far as the cube allows: each sample gets integer bounds. Where
+   a pixel's colour leaves its luma no room (on a face of the cube) the luma still moves, anywhere
+   in 0..255, and the colour gives way (`_with_luma`): a white block needs every pixel white, and a
+   slightly coloured pixel beside white ones is no answer. That chroma change is the one way a
+   component's move touches another; the next round's exact check sees it.
 2. Per failing block, coordinate descent on its samples: the state is libjpeg's exact integer DCT,
    the objective the squared distance of each coefficient outside its interval; each step tries the
    `candidates` single-sample moves (+-1) that the gradient ranks first, predicts their effect with
@@ -30,8 +34,15 @@ integer downsampling), where the constraints of different blocks do not interact
 3. The changed samples are written back into RGB (Cb blocks, Cr blocks, then luma, each from the
    pixels as the previous step left them), and the exact check runs again, for `search_rounds`.
 Edge blocks (the file's padding) are handled exactly: a sample's replicas move with it, and pixels
-that libjpeg replicates into the padding are never changed. Two more steps serve what the search
-alone cannot reach:
+that libjpeg replicates into the padding are never changed by this search. More steps serve what
+it alone cannot reach:
+- blocks it leaves failing go to a greedy search on single pixels scored exactly by libjpeg's
+  downsampling and integer DCT (`_pixel_search`): it moves the replicated edge pixels, and in edge
+  tiles, where no move of one pixel helps, it tries sums of two and three, which is what blocks
+  padded from one or two real columns or rows need (there many coefficients are multiples of one
+  sum of samples, and the range they leave it can be narrower than any move of one sample);
+- tiles whose float solution stalls outside the cube are solved again on the whole intervals
+  (`_unshrunk`): the margin alone can keep the intervals from meeting the cube;
 - colours outside the cube (`_widen`): the tile gives up, greedily, the coefficients that fight the
   cube most, one at a time, widening their target range until a float solution inside the cube
   exists; the search then aims at the widened ranges (`Projection.given_up_coefficients`);
@@ -284,6 +295,21 @@ def _float_solve(ycc: torch.Tensor, intervals: Intervals, settings: dict, inset:
     return out, excess_out
 
 
+def _unshrunk(ycc: torch.Tensor, intervals: Intervals, settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve tiles that stalled outside the cube again, on the whole intervals (no margin).
+
+    A saved RGB image may sit on a face of the cube exactly where a coefficient sits on the edge of
+    its interval: a white block at a DC step of 16 (quality 50) has DC 8 x 127 = 63.5 steps, the
+    lowest value that rounds to the stored 64, and every lower pixel rounds it to 63. Shrunk by the
+    margin, that interval and the cube do not meet, though the image itself is an exact answer; the
+    widening would give up its coefficient. Returns the tiles and their cube excess (`_float_solve`):
+    those it brings inside the cube are taken; those it brings within `_WIDEN_ABOVE` of it are searched
+    both ways (it and the widening), keeping whichever differs less: such a white block converges
+    slowly (one point of the cube meets its intervals), while where the file's colours leave the
+    cube a solution without margin only leaves more coefficients on the edges of their intervals."""
+    return _float_solve(ycc, intervals, dict(settings, margin=0.0))
+
+
 def _widen(ycc: torch.Tensor, intervals: Intervals, settings: dict) -> tuple[torch.Tensor, Intervals]:
     """Tiles whose intervals and the RGB cube do not meet: give up as few coefficients as we can.
 
@@ -430,11 +456,12 @@ class _Component:
         return plane[:, :height, :width]
 
     def pixel_room(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """How far (up, down) each pixel's integer value of this component can move, the other two
-        components kept, with its RGB staying in the cube (so that some 8-bit RGB pixel has it;
-        a margin of 1e-3 keeps float error on the safe side)."""
-        if self.c == 0:  # RGB + (d, d, d): Y + d exactly, chroma kept
-            return 255.0 - rgb.amax(1), rgb.amin(1)
+        """How far (up, down) each pixel's integer value of this component can move: chroma with
+        the other two components kept and its RGB staying in the cube (so that some 8-bit RGB pixel
+        has it; a margin of 1e-3 keeps float error on the safe side); luma anywhere in 0..255."""
+        if self.c == 0:  # any luma has an 8-bit pixel (gray at least): see `_with_luma`
+            luma = self.ycc[:, 0]
+            return 255.0 - luma, luma
         own = self.ycc[:, self.c]
         up, down = 255.0 - own, own.clone()
         colour = ycbcr_to_rgb(self.ycc)
@@ -490,6 +517,42 @@ def _rgb_for(ycc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     match = (converted == ycc[:, None].double()).all(-1)
     choice = match.float().argmax(1)
     return candidates[torch.arange(len(ycc), device=ycc.device), choice].to(ycc.dtype), match.any(1)
+
+
+def _in_cube(ycc: torch.Tensor) -> torch.Tensor:
+    """Float RGB of [K, 3, ...] YCbCr with the luma clamped to 0..255 and the chroma scaled towards
+    gray until R, G and B lie in 0..255."""
+    luma = ycc[:, :1].clamp(0.0, 255.0)
+    chroma = ycbcr_to_rgb(ycc) - ycc[:, :1]  # the chroma's part of R, G, B (Y's column is all ones)
+    room = torch.where(chroma > 0, 255.0 - luma, luma)
+    scale = (room / chroma.abs().clamp(min=1e-9)).amin(1, keepdim=True).clamp(max=1.0)
+    return luma + scale * chroma
+
+
+def _with_luma(rgb: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
+    """[K, 3, h, w] 8-bit RGB with libjpeg's luma moved to `luma` [K, h, w] (integers). RGB + (d, d, d)
+    moves libjpeg's Y by exactly d and keeps its chroma; where that leaves the cube (a pixel on one of
+    its faces: its colour leaves its luma no room), the colour gives way instead: the pixel nearest
+    to its colour scaled towards gray around the new luma, among the 125 neighbours of that
+    colour that have the luma exactly, else gray (luma, luma, luma), which always has it."""
+    shifted = rgb + (luma - _libjpeg_ycc(rgb)[:, 0]).unsqueeze(1)
+    inside = ((shifted >= 0.0) & (shifted <= 255.0)).all(1)
+    if inside.all():
+        return shifted
+    where = (~inside).nonzero(as_tuple=True)
+    ycc = rgb_to_ycbcr(rgb).permute(0, 2, 3, 1)[where]  # [P, 3]
+    ycc[:, 0] = luma[where]
+    target = _in_cube(ycc.T[None, :, :, None])[0, :, :, 0].T  # [P, 3] float RGB
+    candidates = (target.round()[:, None] + _rgb_offsets(rgb.device).to(rgb.dtype)).clamp(0.0, 255.0)  # [P, 125, 3]
+    converted = _libjpeg_ycc(candidates.permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+    distance = (candidates - target[:, None]).pow(2).sum(-1)
+    distance = torch.where(converted[..., 0] == ycc[:, None, 0], distance, float("inf"))
+    best, choice = distance.min(1)
+    found = candidates[torch.arange(len(ycc), device=rgb.device), choice]
+    gray = ycc[:, :1].expand(-1, 3)
+    out = shifted.permute(0, 2, 3, 1).clone()
+    out[where] = torch.where(torch.isfinite(best)[:, None], found, gray)
+    return out.permute(0, 3, 1, 2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -614,7 +677,7 @@ def _repair_component(rgb: torch.Tensor, intervals: Intervals, c: int, failing: 
     change = unblockify(change_blocks.unflatten(-1, (BLOCK, BLOCK)))[:, : component.out[0], : component.out[1]]
     pixel = component.pixel_change(part, change)
     if c == 0:
-        part = part + pixel.unsqueeze(1)
+        part = _with_luma(part, component.ycc[:, 0] + pixel)
     else:
         where = (pixel != 0).nonzero(as_tuple=True)
         target = component.ycc.permute(0, 2, 3, 1)[where]
@@ -626,6 +689,128 @@ def _repair_component(rgb: torch.Tensor, intervals: Intervals, c: int, failing: 
     out = rgb.clone()
     out[tiles] = part
     return out
+
+
+_PIXEL_MOVES = (-2, -1, 1, 2)  # steps of one pixel's value in `_pixel_search` (2: a pixel libjpeg counts twice)
+_COMBINED = ((2, 64), (3, 32))  # (moves summed, among the best single moves) `_pixel_search` tries where no move helps
+_PIXEL_CHUNK = 64  # tiles whose single moves are scored at once (bounds the memory: about 3 MB a 16x16 tile)
+_COMBINED_CHUNK = 8  # stuck tiles whose combinations are scored at once (about 60 MB a 16x16 tile)
+
+
+def _exact_distance(
+    plane: torch.Tensor, mode: str, c: int, low: torch.Tensor, high: torch.Tensor, divisor: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far libjpeg's DCT of component c of integer planes [K, h, w] lies outside the integer range
+    [K, hb, wb, 8, 8] of its output that quantizes into low..high: per tile a sum of squares in
+    quantization steps (`divisor`: 8 x step; 0 exactly when every quantized coefficient lies in its
+    target range), and the DCT itself."""
+    samples = plane_blocks(subsampling.downsample(plane, subsampling.component_factors(mode, c), libjpeg_rounding=True))
+    value = islow_fdct(samples.to(torch.int32) - 128).to(plane.dtype)
+    outside = ((value - high).clamp(min=0.0) + (low - value).clamp(min=0.0)) / divisor
+    return outside.pow(2).flatten(1).sum(1), value
+
+
+def _pixel_search(rgb: torch.Tensor, intervals: Intervals, c: int, steps: int) -> torch.Tensor:
+    """Greedy descent on the value of component c of single pixels of [K, 3, h, w] 8-bit tiles,
+    scored exactly (libjpeg's downsampling and integer DCT of every candidate move): for the blocks
+    the lattice search leaves failing. It reaches what the sample-level search cannot: the last
+    pixel row or column where libjpeg's downsampling counts a pixel twice and copies it into the
+    padding (the search keeps those pixels fixed), and coefficients that only libjpeg's integer
+    rounding brings into range. Each step applies each tile's best move (`_PIXEL_MOVES`, within the
+    pixel's room) if it lowers `_exact_distance`, else, in edge tiles, its best sum of moves
+    (`_COMBINED`): in a block that libjpeg pads from two real columns, every coefficient of a row of
+    horizontal frequencies is a multiple of one difference of the two columns, and the range that
+    the seven of them leave it can be narrower than any move of one pixel (interior blocks, 64 free
+    samples, were not seen to need them, and they cost). Up to `steps` steps."""
+    k, _, h, w = rgb.shape
+    table = 8.0 * intervals.tables[c].to(rgb.dtype)  # libjpeg divides its DCT output by 8 x step
+    low, high = intervals.low[c].to(rgb.dtype), intervals.high[c].to(rgb.dtype)
+    # the integer outputs that quantize (rounding half away from zero) to low..high
+    low = low * table - table / 2 + (low <= 0).to(rgb.dtype)
+    high = high * table + table / 2 - (high >= 0).to(rgb.dtype)
+    moves = torch.tensor(_PIXEL_MOVES, dtype=rgb.dtype, device=rgb.device)
+    pixel = torch.eye(h * w, dtype=rgb.dtype, device=rgb.device).view(h * w, h, w)
+    trials = (moves.view(-1, 1, 1, 1) * pixel).flatten(0, 1)  # [M, h, w]: each move's change of the plane
+    amounts = moves.repeat_interleave(h * w)
+
+    def distances(planes: torch.Tensor, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[T, P, h, w] -> their distances [T, P] and DCTs [T, P, hb, wb, 8, 8]."""
+        repeat = lambda t: t[tiles].repeat_interleave(planes.shape[1], 0)  # noqa: E731
+        flat = planes.flatten(0, 1)
+        distance, value = _exact_distance(flat, intervals.mode, c, repeat(low), repeat(high), repeat(table))
+        return distance.view(planes.shape[:2]), value.view(*planes.shape[:2], *value.shape[1:])
+
+    stopped = torch.zeros(k, dtype=torch.bool, device=rgb.device)  # no move helped: nor will one later
+    padded = _has_padding(intervals.mode, intervals.size, [(BLOCK * t.shape[1], BLOCK * t.shape[2]) for t in intervals.coefficients])
+    for _ in range(steps):
+        ycc = _libjpeg_ycc(rgb)
+        plane = ycc[:, c]
+        current, value = _exact_distance(plane, intervals.mode, c, low, high, table)
+        waiting = ((current > 0) & ~stopped).nonzero().flatten()
+        if waiting.numel() == 0:
+            break
+        for start in range(0, waiting.numel(), _PIXEL_CHUNK):
+            active = waiting[start : start + _PIXEL_CHUNK]
+            up, down = (r.flatten(1) for r in _Component(ycc[active], intervals.mode, c).pixel_room(rgb[active]))
+            room = torch.where(amounts > 0, up.repeat(1, len(_PIXEL_MOVES)), down.repeat(1, len(_PIXEL_MOVES)))
+            score, moved = distances(plane[active, None] + trials, active)
+            score = torch.where(amounts.abs() <= room, score, float("inf"))
+            best, choice = score.min(1)
+            change = trials[choice]
+            for size, pool in _COMBINED if padded else ():  # where no move helps: sums of 2, then 3 moves
+                stuck = (best >= current[active]).nonzero().flatten()
+                for first in range(0, stuck.numel(), _COMBINED_CHUNK):
+                    part = stuck[first : first + _COMBINED_CHUNK]
+                    tiles = active[part]
+                    best[part], change[part] = _best_combination(
+                        size, min(pool, trials.shape[0]), trials, score[part], moved[part], value[tiles], low[tiles],
+                        high[tiles], lambda planes: distances(plane[tiles, None] + planes, tiles)[0],  # noqa: B023
+                    )
+            better = best < current[active]
+            stopped[active[~better]] = True
+            tiles = active[better]
+            rgb[tiles] = _with_component(rgb[tiles], ycc[tiles], c, plane[tiles] + change[better])
+    return rgb
+
+
+def _best_combination(
+    size: int, pool: int, trials: torch.Tensor, score: torch.Tensor, moved: torch.Tensor, value: torch.Tensor,
+    low: torch.Tensor, high: torch.Tensor, distances,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For T stuck tiles of `_pixel_search`: the best sum of `size` moves on different pixels among
+    the `pool` best single moves that change a failing block (a move elsewhere leaves its block met
+    or breaks it). score [T, M] the single moves' distances (inf: out of room), moved [T, M, hb, wb,
+    8, 8] their DCTs, value the tiles' DCT, low/high its range, distances scores changes [T, C, h, w].
+    Returns (distance [T], change [T, h, w])."""
+    pixels = trials.shape[-2] * trials.shape[-1]
+    failing = (value - value.clamp(low, high)).flatten(-2).ne(0).any(-1)  # [T, hb, wb]
+    touching = ((moved != value[:, None]).flatten(-2).any(-1) & failing[:, None]).flatten(2).any(2)
+    touching = torch.where(touching, score, float("inf"))
+    top = (-touching).topk(pool, dim=1).indices  # [T, pool]
+    combos = torch.combinations(torch.arange(pool, device=trials.device), size)  # [C, size]
+    chosen = top[:, combos]  # [T, C, size]
+    changes = trials[chosen].sum(2)  # [T, C, h, w]
+    on = (chosen % pixels).sort(-1).values
+    allowed = torch.isfinite(touching.gather(1, chosen.flatten(1)).view(chosen.shape)).all(-1)
+    allowed &= (on[..., 1:] != on[..., :-1]).all(-1)
+    distance = torch.where(allowed, distances(changes), float("inf"))
+    best, pick = distance.min(1)
+    return best, changes[torch.arange(len(best), device=trials.device), pick]
+
+
+def _with_component(rgb: torch.Tensor, ycc: torch.Tensor, c: int, plane: torch.Tensor) -> torch.Tensor:
+    """[K, 3, h, w] 8-bit RGB whose libjpeg integer `ycc` has component c replaced by `plane` [K, h, w]:
+    luma by `_with_luma`; chroma by `_rgb_for`, the other two components kept (pixels with no such
+    RGB, outside the room the moves keep to, stay as they were)."""
+    if c == 0:
+        return _with_luma(rgb, plane)
+    where = (plane != ycc[:, c]).nonzero(as_tuple=True)
+    triple = ycc.permute(0, 2, 3, 1)[where]
+    triple[:, c] = plane[where]
+    found_rgb, found = _rgb_for(triple)
+    out = rgb.permute(0, 2, 3, 1).clone()
+    out[where] = torch.where(found[:, None], found_rgb, out[where])
+    return out.permute(0, 3, 1, 2)
 
 
 _SEARCH_CHUNK = 4096  # tiles searched at once (bounds the memory of the search)
@@ -664,6 +849,15 @@ def _lattice_search(rgb: torch.Tensor, intervals: Intervals, tiles: torch.Tensor
             for c in order:
                 failing = masks[c][still].flatten(-2).any(-1)
                 tiles = _repair_component(tiles, target, c, failing, dict(settings, candidates=candidates))
+            rgb[active] = tiles
+        tiles, target = rgb[active], intervals.subset(active)
+        masks = _differences(tiles, target, targets=True)
+        blocks = _counts(masks)[0]
+        if blocks.any() and blocks.sum() <= max(_ESCALATE_SHARE * total_blocks, _FEW_BLOCKS):
+            for c in order:
+                which = masks[c].flatten(1).any(1).nonzero().flatten()
+                if which.numel():
+                    tiles[which] = _pixel_search(tiles[which], target.subset(which), c, settings["search_steps"])
             rgb[active] = tiles
     failing_blocks = torch.zeros(rgb.shape[0], dtype=torch.long, device=rgb.device)
     differing = torch.zeros_like(failing_blocks)
@@ -740,15 +934,34 @@ def _project_one(batch: torch.Tensor, jpeg, stored: list[torch.Tensor], tables: 
             solved, excess = _float_solve(rgb_to_ycbcr(tiles), intervals, settings)
             _untile(floats, region, ycbcr_to_rgb(solved))
             stuck = pending[excess[pending] > _WIDEN_ABOVE]
+            stored_intervals, near = intervals, stuck[:0]
+            if stuck.numel():  # the margin may be what keeps them out of the cube (see `_unshrunk`)
+                again, again_excess = _unshrunk(solved[stuck].clone(), intervals.subset(stuck), settings)
+                inside = again_excess <= _CUBE_TOLERANCE
+                solved[stuck[inside]], excess[stuck[inside]] = again[inside], again_excess[inside]
+                # nearly inside: it may be slow convergence (a white block: one point of the cube
+                # meets its intervals) or colours the file takes out of the cube; both are tried below
+                close = ~inside & (again_excess <= _WIDEN_ABOVE)
+                near, near_solved = stuck[close], again[close]
+                stuck = stuck[~inside]
+            given_up_tiles = torch.zeros(solved.shape[0], dtype=torch.long, device=solved.device)
             if stuck.numel():
                 solved[stuck], widened = _widen(solved[stuck], intervals.subset(stuck), settings)
                 intervals = intervals.with_targets(stuck, widened)
-                per_tile = torch.zeros(solved.shape[0], dtype=torch.long, device=solved.device)
-                per_tile[stuck] = sum(((lo != c) | (hi != c)).flatten(1).sum(1)
-                                      for lo, hi, c in zip(widened.low, widened.high, widened.coefficients))
-                given_up += per_tile.view(n, -1).sum(1)
+                given_up_tiles[stuck] = sum(((lo != c) | (hi != c)).flatten(1).sum(1)
+                                            for lo, hi, c in zip(widened.low, widened.high, widened.coefficients))
             eight_bit[pending] = ycbcr_to_rgb(solved[pending]).clamp(0.0, 255.0).round()
             blocks, coefficients = _lattice_search(eight_bit, intervals, pending, stuck, settings)
+            if near.numel():  # the search from the solution without margin, on the stored intervals
+                plain = ycbcr_to_rgb(near_solved).clamp(0.0, 255.0).round()
+                everything = torch.arange(near.numel(), device=near.device)
+                plain_blocks, plain_coefficients = _lattice_search(plain, stored_intervals.subset(near), everything,
+                                                                   everything[:0], settings)
+                better = plain_coefficients <= coefficients[near]  # a tie: nothing given up
+                eight_bit[near[better]] = plain[better]
+                blocks[near[better]], coefficients[near[better]] = plain_blocks[better], plain_coefficients[better]
+                given_up_tiles[near[better]] = 0
+            given_up += given_up_tiles.view(n, -1).sum(1)
             # a last try for tiles that still fail in the file's own colours: start the search from
             # the middle half of every interval (the candidate's detail gives way to exactness there);
             # not where most tiles fail (steps of 1 all over), where it buys little at a high price
