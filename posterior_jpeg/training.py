@@ -348,12 +348,16 @@ class Trainer:
                 checkpoints.load_weights(self.generator.detail, weights, "this run's S (init_from)", prefix="detail.")
                 if cfg.spread is not None and model.spread is not None:
                     checkpoints.load_weights(self.generator.spread, weights, "this run's V (init_from)", prefix="spread.")
+                    for gains in (self.generator.spread.config, cfg.spread):  # fitted to these weights: kept with them
+                        gains.gain_intercept, gains.gain_slope = model.spread.gain_intercept, model.spread.gain_slope
             else:
                 checkpoints.load_weights(self.generator, weights, "this run's generator (init_from)")
         self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         self.ema_beta = _ema_beta(cfg, self.accelerator.num_processes)
         if cfg.stage == "spread":
             self.generator.detail.requires_grad_(False)  # V learns over a finished S
+        elif cfg.spread is not None:
+            self.generator.spread.requires_grad_(False)  # S learns under a finished V (its gains fit that V)
         trained = [p for p in self.generator.parameters() if p.requires_grad]  # an anchor's M stays frozen
         self.opt_g = torch.optim.Adam(trained, lr=cfg.optim.lr(0, cfg.steps), betas=tuple(cfg.optim.betas))
         self.stage = {"posterior": lambda: PosteriorStage(cfg, self.accelerator, self.generator),

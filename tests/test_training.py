@@ -511,7 +511,13 @@ def test_spread_stage_trains_only_v_over_a_finished_model(tmp_path):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["deviance"]) for r in records)
 
+    s_run = train(tiny(tmp_path / "s_under_v", f"anchor={run_dir}", f"init_from={run_dir}", "antithetic=true",
+                       "steps=2", "checkpoint_every=2", "val_every=2", *spread))  # S trains, V stays
+    s_weights = load_file(str(checkpoints.latest_checkpoint(s_run) / checkpoints.WEIGHTS))
+    assert all(torch.equal(s_weights[k], after[k]) for k in after if k.startswith("spread."))
+    assert any(not torch.equal(s_weights[k], after[k]) for k in after if k.startswith("detail."))
     spread = checkpoints.model_config(checkpoints.latest_checkpoint(run_dir)).spread
+    assert checkpoints.model_config(checkpoints.latest_checkpoint(s_run)).spread == spread  # V's gains go with V
     assert spread.gain_intercept != [0.0] * 3 and spread.gain_slope != [0.0] * 3  # fitted at the last step
     sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32")
     assert sampler.generator.spread.config == spread
