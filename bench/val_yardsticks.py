@@ -29,7 +29,9 @@ One JSON line per (quality, decoder), means over the photos of per-photo figures
   calibration*, rank_corr, psnr_gap   the samples' spread around M against M's true error (sample row;
                       see posterior_jpeg/metrics/calibration.py): residual energy ratio overall, by
                       quartile of M's error over 8x8 tiles (_q1.._q4), by frequency band (_low, _mid,
-                      _high), the tile rank correlation, PSNR(mean of K) - PSNR(one) and its ideal
+                      _high), the tile rank correlation, PSNR(mean of K) - PSNR(one) and its ideal;
+                      *_exchangeable: the quartiles and rank correlation the original would score
+                      if it were one more sample (a perfect sampler scores these, not 1)
 With --peers (default ../shared/peers/val.json, when present) a second line per decoder that the peers
 measured too (libjpeg, ground truth; the model's rows only for the bundled model) sets their figures
 beside ours.

@@ -1,4 +1,5 @@
-"""Fit the spread network's gains: after projection, a sample carries the residual energy of the truth.
+"""Fit the spread network's gains and dispersions: after projection, a sample carries the residual
+energy of the truth, scattered over the cells as the truth's is.
 
 V predicts the variance of M's residual by band, but the projection then clips whatever part of a
 sample leaves the file's quantization intervals (measured on val at quality 10: the samples kept
@@ -6,7 +7,9 @@ sample leaves the file's quantization intervals (measured on val at quality 10: 
 how coarse the tables are (`SpreadConfig.gain_*`). The gains are fitted on training photos at
 several qualities, a few rounds of: draw projected samples, compare each band's energy around M with
 the original's, correct the gain by the root of the ratio; then a straight line in the table
-coarseness through the per-quality gains. Validation photos are never used.
+coarseness through the per-quality gains. Before them, per quality, the dispersion of each cell's
+variance (`models/spread.py`) at which the log of projected samples' cell energy over V's prediction
+varies as much as the original's. Validation photos are never used.
 """
 
 import io
@@ -19,7 +22,7 @@ from .data import read_rgb
 from .jpeg.file import read_jpeg
 from .metrics.psnr import luma
 from .models.generator import AnchoredGenerator
-from .models.spread import split_bands, table_coarseness
+from .models.spread import cell_energy, split_bands, table_coarseness
 from .pixels import to_chw_float
 from .sampler import Sampler
 
@@ -27,6 +30,8 @@ FIT_QUALITIES = (10, 20, 30, 50, 75, 90)
 FIT_SIDE = 256  # centre crops
 FIT_SAMPLES = 2  # per photo and quality
 FIT_ROUNDS = 3
+MIN_SCATTER_SLOPE, MAX_DISPERSION = 0.1, 2.0  # bounds of the dispersion fit's secant step and result
+ENERGY_FLOOR = 1e-8  # cell energy floor before the log: (1/40 gray level)^2, below what 8 bits show
 
 
 def centre_crop(image: np.ndarray, side: int = FIT_SIDE) -> np.ndarray:
@@ -40,11 +45,10 @@ def _band_energy(residual: torch.Tensor) -> torch.Tensor:
     return split_bands(luma(residual[None].double())).pow(2).sum((0, 2, 3))
 
 
-def fit_projection_gain(generator: AnchoredGenerator, photos: list[np.ndarray], device="cpu",
-                        dtype=torch.float32) -> dict[int, list[float]]:
-    """Set generator.spread.config's gains from uint8 [H, W, 3] photos (4:2:0, FIT_QUALITIES);
-    returns each quality's fitted log gains (low, mid, high), for the record."""
-    config = generator.spread.config
+def fit_spread(generator: AnchoredGenerator, photos: list[np.ndarray], device="cpu",
+               dtype=torch.float32) -> dict[str, dict[int, list[float]]]:
+    """Set generator.spread.config's dispersions, then its gains, from uint8 [H, W, 3] photos (4:2:0,
+    FIT_QUALITIES); returns each quality's fitted values (low, mid, high), for the record."""
     sampler = Sampler(generator, "calibration", device, dtype)
     cases = {}
     for quality in FIT_QUALITIES:
@@ -54,23 +58,75 @@ def fit_projection_gain(generator: AnchoredGenerator, photos: list[np.ndarray], 
             Image.fromarray(centre_crop(photo)).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
             jpeg = read_jpeg(buffer.getvalue())
             mean = sampler.mean_of(jpeg)
-            truth = _band_energy(to_chw_float(centre_crop(photo)).to(mean.device) - mean)
-            cases[quality].append((jpeg, mean, truth))
+            cases[quality].append((jpeg, mean, to_chw_float(centre_crop(photo)).to(mean.device) - mean))
     coarseness = {q: table_coarseness(cases[q][0][0].qtable_tensor(), 1).item() for q in FIT_QUALITIES}
-    start = [np.array(config.gain_intercept) + np.array(config.gain_slope) * coarseness[q] for q in FIT_QUALITIES]
-    log_gain = dict(zip(FIT_QUALITIES, start))
+    return {"dispersion": _fit_dispersion(generator.spread, sampler, cases, coarseness),
+            "log_gain": _fit_gain(generator.spread.config, sampler, cases, coarseness)}
+
+
+def _fit_dispersion(spread, sampler: Sampler, cases: dict, coarseness: dict) -> dict[int, list[float]]:
+    """Per quality, the log std s whose samples scatter as the truth around V. A sample's scatter grows
+    with s^2 more slowly than s^2 (each pixel's variance blends four cells, the bands blur across
+    cells), so the slope is measured: one step as if it were 1, then a secant step to the truth's."""
+    config = spread.config
+    sigma = {}
+    for quality, files in cases.items():
+        truth = torch.cat([_log_cell_ratio(residual, _log_variance(spread, jpeg, mean))
+                           for jpeg, mean, residual in files], 1).var(1).cpu().numpy()
+        start = np.clip(np.array(config.dispersion_intercept) + np.array(config.dispersion_slope) * coarseness[quality], 0, None) ** 2
+        drawn = _sample_scatter(spread, sampler, files, start)
+        trial = start + np.clip(truth - drawn, 0, None)
+        slope = np.clip((_sample_scatter(spread, sampler, files, trial) - drawn) / np.maximum(trial - start, 1e-6),
+                        MIN_SCATTER_SLOPE, 1.0)
+        sigma[quality] = np.sqrt(np.clip(start + (truth - drawn) / slope, 0, MAX_DISPERSION**2))
+    _fit_line(config, "dispersion", sigma, coarseness)
+    return {q: sigma[q].round(4).tolist() for q in FIT_QUALITIES}
+
+
+def _log_variance(spread, jpeg, mean: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return spread(mean[None], jpeg.qtable_tensor().to(mean.device)).double()
+
+
+def _sample_scatter(spread, sampler: Sampler, files: list, variance: np.ndarray) -> np.ndarray:
+    """[3] variance over cells of the log of projected samples' cell energy over V's, at dispersion^2 = variance."""
+    _set_line(spread.config, "dispersion", np.sqrt(variance))
+    ratios = [_log_cell_ratio(sample.image.to(mean.device) - mean, _log_variance(spread, jpeg, mean))
+              for jpeg, mean, _ in files for sample in sampler.samples(jpeg, range(FIT_SAMPLES), mean=mean)]
+    return torch.cat(ratios, 1).var(1).cpu().numpy()
+
+
+def _log_cell_ratio(residual: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """[3, cells]: log of each cell's band energy of a residual [3, H, W] over V's variance [1, 3, h, w]."""
+    energy = cell_energy(luma(residual[None].double()))[..., : log_variance.shape[-2], : log_variance.shape[-1]]
+    return (torch.log(energy + ENERGY_FLOOR) - log_variance).flatten(2)[0]
+
+
+def _fit_gain(config, sampler: Sampler, cases: dict, coarseness: dict) -> dict[int, list[float]]:
+    log_gain = {q: np.array(config.gain_intercept) + np.array(config.gain_slope) * coarseness[q] for q in FIT_QUALITIES}
     for _ in range(FIT_ROUNDS):
         for quality, files in cases.items():
-            config.gain_intercept, config.gain_slope = log_gain[quality].tolist(), [0.0] * 3
+            _set_line(config, "gain", log_gain[quality])
             drawn = sum(_band_energy(sample.image.to(mean.device) - mean) / FIT_SAMPLES
                         for jpeg, mean, _ in files for sample in sampler.samples(jpeg, range(FIT_SAMPLES), mean=mean))
-            truth = sum(t for _, _, t in files)
+            truth = sum(_band_energy(residual) for _, _, residual in files)
             log_gain[quality] = log_gain[quality] + 0.5 * np.log((truth / drawn).cpu().numpy())
-    t = np.array([coarseness[q] for q in FIT_QUALITIES])
-    gains = np.stack([log_gain[q] for q in FIT_QUALITIES])  # [qualities, 3]
-    slope, intercept = np.polyfit(t, gains, 1)
-    config.gain_intercept, config.gain_slope = intercept.tolist(), slope.tolist()
+    _fit_line(config, "gain", log_gain, coarseness)
     return {q: log_gain[q].round(4).tolist() for q in FIT_QUALITIES}
+
+
+def _set_line(config, name: str, values: np.ndarray) -> None:
+    """One quality's values as the config's line: intercept = values, slope 0."""
+    setattr(config, f"{name}_intercept", values.tolist())
+    setattr(config, f"{name}_slope", [0.0] * 3)
+
+
+def _fit_line(config, name: str, by_quality: dict, coarseness: dict) -> None:
+    """The straight line in the table coarseness through each quality's values, into the config."""
+    t = np.array([coarseness[q] for q in FIT_QUALITIES])
+    slope, intercept = np.polyfit(t, np.stack([by_quality[q] for q in FIT_QUALITIES]), 1)
+    setattr(config, f"{name}_intercept", intercept.tolist())
+    setattr(config, f"{name}_slope", slope.tolist())
 
 
 def training_photos(files: list, count: int) -> list[np.ndarray]:

@@ -25,7 +25,7 @@ from .losses import SCHEDULE_KINDS, Schedule
 from .precision import PRECISIONS
 from .models.critic import FINAL_SIZE, CriticConfig
 from .models.generator import TRUNKS, GeneratorConfig
-from .models.spread import SpreadConfig
+from .models.spread import FITTED, SpreadConfig
 
 STAGES = ("mmse", "posterior", "spread")
 
@@ -219,7 +219,7 @@ TRAIN_RULES = {
     "spread.blocks": _integer(1, 256),
     "spread.table_embedding": _integer(1, 1024),
     **{f"spread.{name}": ((lambda v: len(v) == 3 and all(math.isfinite(g) for g in v)), "three finite numbers")
-       for name in ("gain_intercept", "gain_slope")},
+       for name in FITTED},
 }
 RULES = {TrainConfig: TRAIN_RULES}
 

@@ -23,13 +23,25 @@ def torch_dtype(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def onednn_bf16_flags() -> tuple[str, ...]:
+    """The x86 bf16 instructions oneDNN may use under ONEDNN_MAX_CPU_ISA (or its old name
+    DNNL_MAX_CPU_ISA): a cap below AVX512_CORE_BF16 leaves it none, so bf16 would be emulated."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
+    if cap in ("ALL", "DEFAULT", "") or cap.startswith("AVX512_CORE_AMX"):
+        return ("amx_bf16", "avx512_bf16")
+    if cap in ("AVX512_CORE_BF16", "AVX512_CORE_FP16"):
+        return ("avx512_bf16",)
+    return ()
+
+
 def cpu_bf16_units() -> str | None:
-    """The CPU's native bf16 matrix instructions by name (amx_bf16, avx512_bf16, or Arm's bf16), None
-    when it has none (AVX2-only x86, older Arm, or a platform this cannot read)."""
+    """The CPU's native bf16 matrix instructions by name (amx_bf16, avx512_bf16, or Arm's bf16) that
+    oneDNN may use, None when there are none (AVX2-only x86, older Arm, oneDNN capped below them, or a
+    platform this cannot read)."""
     import torch
 
     capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    for flag in ("amx_bf16", "avx512_bf16"):
+    for flag in onednn_bf16_flags():
         if capabilities.get(flag):
             return flag
     if os.path.exists(CPU_INFO):  # Linux on Arm lists the extension among each core's "Features"

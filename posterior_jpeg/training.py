@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoints, losses
 from .config import TrainConfig, to_yaml
-from .calibrate import fit_projection_gain, training_photos
+from .calibrate import fit_spread, training_photos
 from .data import SYNTHETIC, QualitySampler, list_images, make_loader, synthetic_image
 from .pixels import to_unit_float
 from .precision import ACCELERATE_NAMES, Precision, choose_precision, torch_dtype
@@ -40,7 +40,7 @@ from .models.critic import build_critic
 from .models.features import VGGFeatures
 from .metrics.psnr import luma
 from .models.generator import AnchoredGenerator, GeneratorConfig, build_generator, seeded_noise
-from .models.spread import SpreadConfig, SpreadNet, band_deviance
+from .models.spread import FITTED, SpreadConfig, SpreadNet, band_deviance
 from .visualize import contact_sheet, posterior_row
 
 
@@ -164,7 +164,7 @@ class MmseStage:
 class SpreadStage(MmseStage):
     """Stage "spread": V alone learns the variance of each band of M's luma residual x - M
     (`spread.band_deviance`); M and S stay frozen, so does the sample's mean. At the last step the
-    gains that make projected samples carry that variance are fitted (calibrate.py)."""
+    dispersions and gains that make projected samples carry that variance are fitted (calibrate.py)."""
 
     def finish(self, trainer: "Trainer") -> None:
         cfg = trainer.cfg
@@ -175,12 +175,11 @@ class SpreadStage(MmseStage):
             photos = [synthetic_image(rng, cfg.data.crop) for _ in range(2)]
         else:
             photos = training_photos(trainer.train_files, FIT_PHOTOS)
-        fitted = fit_projection_gain(trainer.ema, photos, trainer.accelerator.device,
-                                     torch_dtype(trainer.precision.name))
-        spread = trainer.ema.spread.config
-        cfg.spread.gain_intercept, cfg.spread.gain_slope = spread.gain_intercept, spread.gain_slope
-        trainer.accelerator.print(f"train: spread gains fitted on {len(photos)} training photos, log gain by "
-                                  f"quality (low, mid, high): {fitted}")
+        fitted = fit_spread(trainer.ema, photos, trainer.accelerator.device, torch_dtype(trainer.precision.name))
+        for name in FITTED:
+            setattr(cfg.spread, name, getattr(trainer.ema.spread.config, name))
+        trainer.accelerator.print(f"train: spread fitted on {len(photos)} training photos, by quality (low, mid, "
+                                  f"high): dispersion {fitted['dispersion']}, log gain {fitted['log_gain']}")
 
     def step(self, trainer: "Trainer", batch: dict) -> dict[str, torch.Tensor]:
         accelerator = trainer.accelerator
@@ -348,8 +347,9 @@ class Trainer:
                 checkpoints.load_weights(self.generator.detail, weights, "this run's S (init_from)", prefix="detail.")
                 if cfg.spread is not None and model.spread is not None:
                     checkpoints.load_weights(self.generator.spread, weights, "this run's V (init_from)", prefix="spread.")
-                    for gains in (self.generator.spread.config, cfg.spread):  # fitted to these weights: kept with them
-                        gains.gain_intercept, gains.gain_slope = model.spread.gain_intercept, model.spread.gain_slope
+                    for fitted in (self.generator.spread.config, cfg.spread):  # fitted to these weights: kept with them
+                        for name in FITTED:
+                            setattr(fitted, name, getattr(model.spread, name))
             else:
                 checkpoints.load_weights(self.generator, weights, "this run's generator (init_from)")
         self.ema = copy.deepcopy(self.generator).requires_grad_(False).eval()

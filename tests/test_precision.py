@@ -37,8 +37,25 @@ def test_the_units_are_read_off_this_cpu():
         for line in handle:
             if line.startswith(("flags", "Features")):
                 flags |= set(line.split(":", 1)[1].split())
-    expected = next((f for f in ("amx_bf16", "avx512_bf16", "bf16") if f in flags), None)
+    expected = next((f for f in (*precision.onednn_bf16_flags(), "bf16") if f in flags), None)
     assert precision.cpu_bf16_units() == expected
+
+
+@pytest.mark.parametrize("cap, allowed", [("AVX2", ()), ("avx512_core", ()), ("AVX512_CORE_BF16", ("avx512_bf16",)),
+                                          ("AVX512_CORE_AMX", ("amx_bf16", "avx512_bf16")),
+                                          ("ALL", ("amx_bf16", "avx512_bf16"))])
+def test_a_onednn_isa_cap_below_bf16_leaves_no_native_units(monkeypatch, cap, allowed):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (how one runs an AVX2-only CPU's kernels on a newer one) makes auto fp32."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert precision.onednn_bf16_flags() == allowed
+    if not allowed and not _arm_bf16():
+        assert precision.cpu_bf16_units() is None
+        assert choose_precision("auto", "cpu").name == "fp32"
+
+
+def _arm_bf16() -> bool:
+    with open(precision.CPU_INFO) as handle:
+        return any(line.startswith("Features") and "bf16" in line.split(":", 1)[1].split() for line in handle)
 
 
 def test_channels_last_and_bf16_give_the_nchw_fp32_result_within_tolerance(natural_rgb, pillow_jpeg):

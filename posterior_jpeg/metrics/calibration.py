@@ -11,6 +11,13 @@ plus the rank correlation over tiles between the samples' residual energy and M'
 (how well the std map says where M is wrong) and the PSNR gap of rcGAN / pcaGAN, PSNR(mean of P
 samples) - PSNR(one sample), which is 10 log10(2P / (P + 1)) for exchangeable samples. Luma only.
 It needs the original, so it is an evaluation metric.
+
+The quartiles and the rank correlation are not 1 and 1 even for a perfect sampler: tiles ranked by
+the original's own residual put in the lowest quarter the tiles where the original happened to land
+close to M, where an independent draw lands farther (and the reverse in the highest quarter); and a
+tile's energy is a noisy draw of its variance. So beside them stand the figures the original would
+give if it were one more sample of this model (each sample in turn taken as the original, the
+others as the samples): a perfect sampler scores, up to noise, what its own samples score.
 """
 
 import math
@@ -36,12 +43,18 @@ class Calibration:
     rank_correlation: float  # over tiles: samples' residual energy vs M's squared error
     psnr_gap: float  # PSNR(mean of the samples) - mean PSNR(one sample), dB
     psnr_gap_ideal: float  # 10 log10(2P / (P + 1)) for P exchangeable samples
+    quartiles_exchangeable: tuple[float, float, float, float]  # a sample as the original (NaN for P = 1)
+    rank_correlation_exchangeable: float  # likewise
+
 
     def as_dict(self) -> dict[str, float]:
         figures = {"calibration": self.overall, "rank_corr": self.rank_correlation,
                    "psnr_gap": self.psnr_gap, "psnr_gap_ideal": self.psnr_gap_ideal}
         figures.update({f"calibration_q{i + 1}": value for i, value in enumerate(self.quartiles)})
         figures.update({f"calibration_{name}": value for name, value in zip(BAND_NAMES, self.bands)})
+        figures.update({f"calibration_q{i + 1}_exchangeable": value
+                        for i, value in enumerate(self.quartiles_exchangeable)})
+        figures["rank_corr_exchangeable"] = self.rank_correlation_exchangeable
         return figures
 
 
@@ -92,20 +105,35 @@ def calibration(samples: torch.Tensor, mean: torch.Tensor, original: torch.Tenso
         raise ValueError(f"calibration needs images of at least {TILE}x{TILE} pixels, got {tuple(mean.shape)}")
     truth = luma(original - mean)  # [1, 1, H, W]
     drawn = luma(samples - mean)  # [P, 1, H, W]
-    true_tiles = tile_energy(truth)[0]
-    drawn_tiles = tile_energy(drawn).mean(0)
-    order = true_tiles.argsort()
-    quartiles = tuple(_ratio(drawn_tiles[part].sum(), true_tiles[part].sum()) for part in order.chunk(4))
+    drawn_energy = tile_energy(drawn)  # [P, tiles]
+    quartiles, rank = _by_tile(drawn_energy, tile_energy(truth)[0])
+    count = drawn_energy.shape[0]
+    if count > 1:  # each sample in turn as the original, the rest as the samples
+        others = [_by_tile(drawn_energy[torch.arange(count) != k], drawn_energy[k]) for k in range(count)]
+        quartiles_exchangeable = tuple(sum(q[i] for q, _ in others) / count for i in range(4))
+        rank_exchangeable = sum(r for _, r in others) / count
+    else:
+        quartiles_exchangeable, rank_exchangeable = (math.nan,) * 4, math.nan
     bands = tuple(_ratio(d, t) for d, t in zip(band_energy(drawn).mean(0), band_energy(truth)[0]))
     gap = (psnr(samples.mean(0, keepdim=True), original) - psnr(samples, original.expand_as(samples)).mean()).item()
     return Calibration(
         overall=_ratio(drawn.pow(2).mean(), truth.pow(2).mean()),
         quartiles=quartiles,
         bands=bands,
-        rank_correlation=spearman(drawn_tiles, true_tiles),
+        rank_correlation=rank,
         psnr_gap=gap,
         psnr_gap_ideal=ideal_psnr_gap(samples.shape[0]),
+        quartiles_exchangeable=quartiles_exchangeable,
+        rank_correlation_exchangeable=rank_exchangeable,
     )
+
+
+def _by_tile(drawn: torch.Tensor, truth: torch.Tensor) -> tuple[tuple[float, ...], float]:
+    """Tile energies of the samples [P, tiles] against the original's [tiles]: the ratios by quartile
+    of the original's energy, and the rank correlation of the samples' mean energy with it."""
+    drawn = drawn.mean(0)
+    quartiles = tuple(_ratio(drawn[part].sum(), truth[part].sum()) for part in truth.argsort().chunk(4))
+    return quartiles, spearman(drawn, truth)
 
 
 def _ratio(drawn: torch.Tensor, truth: torch.Tensor) -> float:

@@ -364,7 +364,8 @@ class AnchoredGenerator(nn.Module):
             return mean + detail
         detail_luma = luma(detail)
         white = _full_resolution_noise(source, mean, fields=2)
-        rebuilt = self.spread.rebuild_luma(mean, tables, white, detail_luma)
+        mixing = _cell_noise(source, mean, fields=3) if self.spread.config.mixes else None
+        rebuilt = self.spread.rebuild_luma(mean, tables, white, detail_luma, mixing)
         return mean + detail + (rebuilt - detail_luma).to(detail)  # equal R, G, B: the chroma stays S's
 
 
@@ -376,6 +377,15 @@ def _full_resolution_noise(source, like: torch.Tensor, fields: int) -> torch.Ten
     cells = like.new_empty(n, 1, -(-height // UNSHUFFLE), -(-width // UNSHUFFLE))
     maps = [torch.cat([source.like(cells) for _ in range(UNSHUFFLE**2)], dim=1) for _ in range(fields)]
     return torch.cat([F.pixel_shuffle(m, UNSHUFFLE) for m in maps], dim=1)[:, :, :height, :width].float()
+
+
+def _cell_noise(source, like: torch.Tensor, fields: int) -> torch.Tensor:
+    """[N, fields, ceil(H / 8), ceil(W / 8)] white noise, one value per 8x8 cell: maps drawn at the
+    trunk's 1/4 resolution (so a position-keyed source keys them as it keys the rest) and every
+    second row and column kept."""
+    n, _, height, width = like.shape
+    cells = like.new_empty(n, 1, -(-height // UNSHUFFLE), -(-width // UNSHUFFLE))
+    return torch.cat([source.like(cells)[:, :, ::2, ::2] for _ in range(fields)], dim=1).float()
 
 
 class _Mirrored:

@@ -8,7 +8,14 @@ residual is then built band by band with exactly that variance (`compose_luma`):
 - low band (periods over ~8 px) and mid band (4-8 px): band-passed white noise, so samples differ in
   shading and edge position, not only in grain;
 - high band (2-4 px): S's own detail (its learned texture), normalised to unit local energy.
-Every part is an odd function of the noise and V depends on M alone, so the mean over z stays M.
+V gives E[energy | file] per cell; the original's energy scatters around it far more than a
+Gaussian field's does (M misses an edge in one cell and nothing in the next: on training photos the
+log of the original's cell energy over V's varies 0.2-0.9 more than a sample's). So each cell's
+variance is drawn from a log-normal scale mixture with mean 1 around V's (a Gaussian scale mixture,
+the classical model of natural images' band coefficients), its log std per band fitted like the
+gains (`SpreadConfig.dispersion_*`).
+Every part is an odd function of the noise (the mixture's draw is even in it) and V depends on M
+alone, so the mean over z stays M.
 
 Bands are split by two Gaussian blurs of the residual, sigma 1.5 and 0.75 pixels: their half-power
 frequencies, 1/8 and 1/4 cycle per pixel, are the bounds of `metrics.calibration`'s bands.
@@ -46,12 +53,24 @@ class SpreadConfig:
     # than V's variance to carry it after projection (fitted on training photos: calibrate.py)
     gain_intercept: list[float] = field(default_factory=lambda: [0.0] * BANDS)
     gain_slope: list[float] = field(default_factory=lambda: [0.0] * BANDS)
+    # std of the log of each cell's variance factor (mean 1), a + b t clamped at 0: the original's
+    # cell energies scatter around V's prediction more than a Gaussian sample's (fitted: calibrate.py)
+    dispersion_intercept: list[float] = field(default_factory=lambda: [0.0] * BANDS)
+    dispersion_slope: list[float] = field(default_factory=lambda: [0.0] * BANDS)
 
     def __post_init__(self):
         if min(self.features, self.blocks, self.table_embedding) < 1:
             raise ValueError(f"spread network sizes must be positive, got {self}")
-        if len(self.gain_intercept) != BANDS or len(self.gain_slope) != BANDS:
-            raise ValueError(f"spread gains need {BANDS} values each (low, mid, high), got {self}")
+        if any(len(getattr(self, name)) != BANDS for name in FITTED):
+            raise ValueError(f"spread gains and dispersions need {BANDS} values each (low, mid, high), got {self}")
+
+    @property
+    def mixes(self) -> bool:
+        """Whether samples draw each cell's variance (any dispersion), which takes noise maps of its own."""
+        return any(self.dispersion_intercept) or any(self.dispersion_slope)
+
+
+FITTED = ("gain_intercept", "gain_slope", "dispersion_intercept", "dispersion_slope")  # set by calibrate.py
 
 
 def _gaussian(sigma: float, device, dtype) -> torch.Tensor:
@@ -137,15 +156,36 @@ class SpreadNet(nn.Module):
                                                                              self.config.gain_slope))
         return (intercept + slope * t).exp()[:, :, None, None]
 
+    def dispersion(self, qtables: torch.Tensor, batch: int) -> torch.Tensor:
+        """[N, 3, 1, 1] the std of the log of each cell's variance factor for these tables."""
+        t = table_coarseness(qtables, batch).to(self.conv_out.weight.device)[:, None]
+        intercept, slope = (torch.tensor(v, device=t.device)[None] for v in (self.config.dispersion_intercept,
+                                                                             self.config.dispersion_slope))
+        return (intercept + slope * t).clamp_min(0.0)[:, :, None, None]
+
     def rebuild_luma(self, mean: torch.Tensor, qtables: torch.Tensor, white: torch.Tensor,
-                     detail_luma: torch.Tensor) -> torch.Tensor:
+                     detail_luma: torch.Tensor, mixing: torch.Tensor | None = None) -> torch.Tensor:
         """A sample's luma residual [N, 1, H, W] whose bands have V's variances: white [N, 2, H, W]
-        (unit white noise) band-passed for the low and mid band, S's luma detail for the high one."""
+        (unit white noise) band-passed for the low and mid band, S's luma detail for the high one.
+        mixing [N, 3, h, w] (unit normal per cell and band, where the config mixes) draws each cell's
+        variance around V's."""
         height, width = detail_luma.shape[-2:]
-        std = per_pixel(self(mean, qtables).float().exp(), height, width).sqrt() * self.gain(qtables, len(mean))
+        variance = self(mean, qtables).float().exp()
+        if mixing is not None:
+            sigma = self.dispersion(qtables, len(mean))
+            variance = variance * torch.exp(sigma * even_normal(mixing) - 0.5 * sigma.pow(2))
+        std = per_pixel(variance, height, width).sqrt() * self.gain(qtables, len(mean))
         scale = white_noise_band_std().to(white)
         fields = torch.cat([split_bands(white[:, i : i + 1])[:, i : i + 1] / scale[i] for i in range(2)], dim=1)
         return (std[:, :2] * fields).sum(1, keepdim=True) + std[:, 2:] * unit_detail(detail_luma.float())
+
+
+def even_normal(noise: torch.Tensor) -> torch.Tensor:
+    """Unit normal noise -> unit normal noise that is the same for -noise: |u| is half-normal, so
+    erf(|u| / sqrt 2) is uniform, and the inverse normal CDF makes it normal again. Keeps a sample
+    odd in z when its variance is drawn too."""
+    uniform = torch.erf(noise.abs().double() / math.sqrt(2.0)).clamp(1e-12, 1.0 - 1e-12)
+    return torch.special.ndtri(uniform).to(noise.dtype)
 
 
 def table_coarseness(qtables: torch.Tensor, batch: int) -> torch.Tensor:
