@@ -23,6 +23,7 @@ from .data import CROP_MULTIPLE, SYNTHETIC, WRITABLE_MODES, QualitySampler
 from .errors import CheckpointError, ConfigError, PosteriorJpegError
 from .losses import SCHEDULE_KINDS, Schedule
 from .precision import PRECISIONS
+from .pretrained import WeightsConfig
 from .models.critic import FINAL_SIZE, CriticConfig
 from .models.generator import TRUNKS, GeneratorConfig
 from .models.spread import SpreadConfig
@@ -66,7 +67,7 @@ class LossConfig:
     moment_images: int = 8  # inputs per moment step (at most batch_size)
     moment_samples: int = 16  # draws of G per moment input
     perceptual: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))  # weight of the VGG perceptual loss (0: off)
-    vgg_weights: str | None = None  # VGG19 state-dict file for perceptual; null: torch hub cache; "random": tests only
+    vgg_weights: str | None = None  # VGG19 state-dict file for perceptual; null: from weights.dir; "random": tests only
 
 
 @dataclass
@@ -113,6 +114,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)  # weights of the objective, each a schedule over the run
     data: DataConfig = field(default_factory=DataConfig)  # training crops
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizers
+    weights: WeightsConfig = field(default_factory=WeightsConfig)  # pretrained feature networks (VGG19 for loss.perceptual)
 
     def __post_init__(self):  # what keys must satisfy together; each key's own range: TRAIN_RULES
         if self.mixed_precision not in ("auto", *PRECISIONS):

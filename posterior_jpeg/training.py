@@ -211,7 +211,7 @@ class PosteriorStage:
             self.xbar.requires_grad_(False)
         self.vgg = None
         if cfg.loss.perceptual.start + cfg.loss.perceptual.end > 0:
-            self.vgg = VGGFeatures(cfg.loss.vgg_weights).to(accelerator.device)
+            self.vgg = VGGFeatures(cfg.loss.vgg_weights, cfg.weights.dir).to(accelerator.device)
 
     def prepare(self, accelerator: Accelerator) -> None:
         self.critic, self.opt_d = accelerator.prepare(self.critic, self.opt_d)
