@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -29,6 +30,7 @@ from .models.generator import TRUNKS, GeneratorConfig
 from .models.spread import SpreadConfig
 
 STAGES = ("mmse", "posterior", "spread")
+TRACKERS = (*LOGGER_TYPE_TO_CLASS, "none")  # Accelerate's experiment trackers, or none
 
 
 @dataclass
@@ -86,7 +88,7 @@ class TrainConfig:
     alone over this anchor."""
 
     stage: str = "posterior"  # "mmse" (L2 regression: the MMSE estimator), "posterior" (GAN with all penalties) or "spread" (the spread network V alone, by Poisson deviance)
-    out_dir: str = "runs/default"  # run folder: checkpoints, validation grids, TensorBoard logs
+    out_dir: str = "runs/default"  # run folder: checkpoints, validation grids, metrics.jsonl, TensorBoard logs
     steps: int = 1000  # optimizer steps of the whole run
     batch_size: int = 32  # crops per micro-batch and process (a step: batch_size x grad_accumulation x processes)
     grad_accumulation: int = 1  # micro-batches accumulated per step
@@ -96,8 +98,9 @@ class TrainConfig:
     ema_half_life_images: float = 22000.0  # training images (all processes) over which an old weight's share in the EMA copy of G that checkpoints publish halves
     channels_last: bool | None = None  # NHWC memory layout for the convolutions; null: with bf16 or fp16, not with fp32
     compile: bool = False  # torch.compile G's training forward (the critic stays eager: R1 differentiates it twice, which compiled graphs do not support)
-    log_every: int = 10  # steps between log lines (console and TensorBoard)
-    val_every: int = 500  # steps between validation grids
+    log_every: int = 10  # steps between log lines (console, metrics.jsonl and the tracker)
+    log_with: str = "tensorboard"  # experiment tracker (Accelerate's): tensorboard (out_dir/logs), wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio; none: metrics.jsonl only
+    val_every: int = 500  # steps between validation grids (saved in out_dir/val and sent to the tracker)
     val_images: int = 4  # images per validation grid
     val_quality: int = 10  # JPEG quality of the validation inputs
     checkpoint_every: int = 500  # steps between checkpoints (and at the last step)
@@ -179,6 +182,7 @@ TRAIN_RULES = {
     "seed": _integer(0, 2**32 - 1),  # numpy's seeds
     "ema_half_life_images": _real(0, above=True),
     "log_every": _integer(1),
+    "log_with": _choice(TRACKERS),
     "val_every": _integer(1),
     "val_images": _integer(1, 64),
     "val_quality": _integer(1, 100),
