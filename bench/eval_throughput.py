@@ -17,8 +17,8 @@
    FID repeat) says whether they still measure the same thing.
 Test images: --size x --size crops of a natural photo, or with --val the first --images files of
 ../shared/data/val (data.crop=--size; 0 for mod16, the images as they are).
-Weights: pytorch-fid's FID Inception and the LPIPS backbone from torch's hub cache when present, else
-random ones (timing does not depend on the values; such FIDs are never reported here).
+Weights: pytorch-fid's FID Inception and the LPIPS backbone from $POSTERIOR_JPEG_WEIGHTS or torch's hub
+cache when present, else random ones (timing does not depend on the values; such FIDs are never reported here).
 """
 
 import argparse
@@ -36,8 +36,9 @@ from pytorch_fid.fid_score import get_activations
 from posterior_jpeg.checkpoints import save_inference_files
 from posterior_jpeg.config import load_config
 from posterior_jpeg.evaluate import load_image
-from posterior_jpeg.metrics.fid import RANDOM, InceptionFeatures, inception_cache_path
-from posterior_jpeg.metrics.perceptual import backbone_cache_path
+from posterior_jpeg.errors import MissingWeightsError
+from posterior_jpeg.metrics.fid import RANDOM, InceptionFeatures
+from posterior_jpeg.pretrained import locate
 from posterior_jpeg.models.generator import PRESETS, build_generator
 from posterior_jpeg.pixels import to_chw_float
 from posterior_jpeg.report import METRICS
@@ -94,6 +95,15 @@ def largest_difference(ours: list[dict], reference: list[dict]) -> float:
     return max(abs(x - y) / max(abs(x), abs(y), 1e-12) for x, y in pairs)
 
 
+def available(name: str) -> bool:
+    """Whether the real weights file is where the evaluation job looks for it."""
+    try:
+        locate(name)
+    except MissingWeightsError:
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -110,10 +120,10 @@ def main() -> None:
     args.batch = min(args.batch, args.images)  # pytorch-fid warns about a batch larger than the data
     device = torch.device(args.device)
     synchronize = device.type == "cuda"
-    inception_weights = None if inception_cache_path().is_file() else RANDOM
-    lpips_weights = None if backbone_cache_path("alex").is_file() else RANDOM
+    inception_weights = None if available("inception") else RANDOM
+    lpips_weights = None if available("alexnet") else RANDOM
     if RANDOM in (inception_weights, lpips_weights):
-        print("bench: pretrained feature weights not in the hub cache, timing with random ones", file=sys.stderr)
+        print("bench: pretrained feature weights not found, timing with random ones", file=sys.stderr)
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

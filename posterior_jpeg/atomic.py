@@ -7,6 +7,7 @@ out of it. POSIX only (flock, O_APPEND, dir_fd), like the rest of the project's 
 """
 
 import errno
+import hashlib
 import fcntl
 import os
 import re
@@ -177,6 +178,15 @@ class Folder:
         finally:
             os.close(descriptor)
         return complete.decode(errors="replace").splitlines(), len(data) - len(complete)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The file's sha256 (hex), read in 1 MiB chunks: files of any size in constant memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_atomically(path: str | os.PathLike, data: bytes, before_rename=None) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -23,11 +24,13 @@ from .data import CROP_MULTIPLE, SYNTHETIC, WRITABLE_MODES, QualitySampler
 from .errors import CheckpointError, ConfigError, PosteriorJpegError
 from .losses import SCHEDULE_KINDS, Schedule
 from .precision import PRECISIONS
+from .pretrained import WeightsConfig
 from .models.critic import FINAL_SIZE, CriticConfig
 from .models.generator import TRUNKS, GeneratorConfig
 from .models.spread import FITTED, SpreadConfig
 
 STAGES = ("mmse", "posterior", "spread")
+TRACKERS = (*LOGGER_TYPE_TO_CLASS, "none")  # Accelerate's experiment trackers, or none
 
 
 @dataclass
@@ -66,7 +69,7 @@ class LossConfig:
     moment_images: int = 8  # inputs per moment step (at most batch_size)
     moment_samples: int = 16  # draws of G per moment input
     perceptual: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))  # weight of the VGG perceptual loss (0: off)
-    vgg_weights: str | None = None  # VGG19 state-dict file for perceptual; null: torch hub cache; "random": tests only
+    vgg_weights: str | None = None  # VGG19 state-dict file for perceptual; null: from weights.dir; "random": tests only
 
 
 @dataclass
@@ -85,7 +88,7 @@ class TrainConfig:
     alone over this anchor."""
 
     stage: str = "posterior"  # "mmse" (L2 regression: the MMSE estimator), "posterior" (GAN with all penalties) or "spread" (the spread network V alone, by Poisson deviance)
-    out_dir: str = "runs/default"  # run folder: checkpoints, validation grids, TensorBoard logs
+    out_dir: str = "runs/default"  # run folder: checkpoints, validation grids, metrics.jsonl, TensorBoard logs
     steps: int = 1000  # optimizer steps of the whole run
     batch_size: int = 32  # crops per micro-batch and process (a step: batch_size x grad_accumulation x processes)
     grad_accumulation: int = 1  # micro-batches accumulated per step
@@ -95,8 +98,9 @@ class TrainConfig:
     ema_half_life_images: float = 22000.0  # training images (all processes) over which an old weight's share in the EMA copy of G that checkpoints publish halves
     channels_last: bool | None = None  # NHWC memory layout for the convolutions; null: with bf16 or fp16, not with fp32
     compile: bool = False  # torch.compile G's training forward (the critic stays eager: R1 differentiates it twice, which compiled graphs do not support)
-    log_every: int = 10  # steps between log lines (console and TensorBoard)
-    val_every: int = 500  # steps between validation grids
+    log_every: int = 10  # steps between log lines (console, metrics.jsonl and the tracker)
+    log_with: str = "tensorboard"  # experiment tracker (Accelerate's): tensorboard (out_dir/logs), wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio; none: metrics.jsonl only
+    val_every: int = 500  # steps between validation grids (saved in out_dir/val and sent to the tracker)
     val_images: int = 4  # images per validation grid
     val_quality: int = 10  # JPEG quality of the validation inputs
     checkpoint_every: int = 500  # steps between checkpoints (and at the last step)
@@ -113,6 +117,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)  # weights of the objective, each a schedule over the run
     data: DataConfig = field(default_factory=DataConfig)  # training crops
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizers
+    weights: WeightsConfig = field(default_factory=WeightsConfig)  # pretrained feature networks (VGG19 for loss.perceptual)
 
     def __post_init__(self):  # what keys must satisfy together; each key's own range: TRAIN_RULES
         if self.mixed_precision not in ("auto", *PRECISIONS):
@@ -177,6 +182,7 @@ TRAIN_RULES = {
     "seed": _integer(0, 2**32 - 1),  # numpy's seeds
     "ema_half_life_images": _real(0, above=True),
     "log_every": _integer(1),
+    "log_with": _choice(TRACKERS),
     "val_every": _integer(1),
     "val_images": _integer(1, 64),
     "val_quality": _integer(1, 100),

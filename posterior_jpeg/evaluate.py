@@ -71,6 +71,7 @@ from .metrics.diversity import mean_pairwise_distance
 from .metrics.fid import FEATURE_DIM, RANDOM, StatisticsError, statistics_key
 from .pixels import round_to_8_bits, to_chw_float
 from .precision import PRECISIONS, choose_precision
+from .pretrained import WeightsConfig
 from .report import METHODS, POSTERIOR_METHODS, Key, Tally, markdown, rows, summarize, write_results
 from .sampler import Sampler
 
@@ -92,11 +93,11 @@ class EvalData:
 
 @dataclass
 class FeatureWeights:
-    """Pretrained feature networks, never downloaded: a file path, null for torch's hub cache, or
+    """Pretrained feature networks, never downloaded: a file path, null for the file in weights.dir, or
     "random" (tests and demos only: the numbers are then NOT comparable to anything)."""
 
-    inception: str | None = None  # Inception weights file (pytorch-fid's); null: torch hub cache; "random": tests only
-    lpips: str | None = None  # LPIPS backbone weights file; null: torch hub cache; "random": tests only
+    inception: str | None = None  # Inception weights file (pytorch-fid's); null: from weights.dir; "random": tests only
+    lpips: str | None = None  # LPIPS backbone weights file; null: from weights.dir; "random": tests only
     lpips_net: str = "alex"  # LPIPS backbone: alex or vgg
     batch_size: int = 32  # images per Inception batch
 
@@ -115,6 +116,7 @@ class EvalConfig:
     samples: int = 8  # K samples per image for ours_a and the diversity metrics
     seed: int = 0  # sample r of image i (FID repeat r's): seed + i * SEED_STRIDE + r
     features: FeatureWeights = field(default_factory=FeatureWeights)  # pretrained feature networks, never downloaded
+    weights: WeightsConfig = field(default_factory=WeightsConfig)  # where the feature networks' files are
     fid_cache: str = "~/.cache/posterior-jpeg/fid"  # reference statistics, keyed by file contents, weights and crop
     out_dir: str = "runs/eval"  # results.json, results.csv, results.md
     device: str = "auto"  # auto, cpu or cuda
@@ -289,9 +291,9 @@ class Runner:
         has_truth = cfg.data.ground_truth is not None
         self.inception = None
         if has_truth or cfg.data.fid_reference is not None:
-            self.inception = InceptionFeatures(cfg.features.inception).to(self.device)
+            self.inception = InceptionFeatures(cfg.features.inception, cfg.weights.dir).to(self.device)
         posterior = bool(set(cfg.methods) & set(POSTERIOR_METHODS))
-        self.lpips = LPIPS(cfg.features.lpips, cfg.features.lpips_net).to(self.device) if has_truth or posterior else None
+        self.lpips = LPIPS(cfg.features.lpips, cfg.features.lpips_net, cfg.weights.dir).to(self.device) if has_truth or posterior else None
         self.checkpoints = self._labels(cfg.checkpoints) if posterior else {}
         self.precision = choose_precision(cfg.dtype, self.device.type)
         if self.state.is_main_process and cfg.progress:

@@ -18,12 +18,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import checkpoints, explorer, export
-from .atomic import Folder, FolderLock
+from .atomic import Folder, FolderLock, file_digest
 from .errors import FolderBusyError, LibjpegWarning, PosteriorJpegError, SymlinkError, printable
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import projection, round_to_16_bits
 from .metrics import Agreement, eight_bit_consistency, float_consistency
-from .metrics.fid import file_digest
 from .options import SampleOptions
 from .precision import Precision, choose_precision
 from .sampler import Sampler, resolve_device

@@ -35,12 +35,11 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import checkpoints, explorer
-from .atomic import write_atomically
+from .atomic import file_digest, write_atomically
 from .config import ConfigError, TrainConfig, load_config, load_structured, run_with_config, show_config
 from .evaluate import DEFAULT_METHODS, EvalConfig, evaluate
 from .report import POSTERIOR_METHODS, SWEEP_COLUMNS, format_cell
 from .losses import Schedule
-from .metrics.fid import file_digest
 from .training import train
 
 NAME = re.compile(r"^(?!\.)[A-Za-z0-9_.=+-]+$")  # a plain folder name: not ".", "..", hidden

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import ProjectConfiguration, set_seed
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -54,13 +55,31 @@ def _precision(cfg: TrainConfig) -> Precision:
 
 
 def _accelerator(cfg: TrainConfig, precision: Precision, run_dir: Path) -> Accelerator:
+    """The accelerator, with the tracker `log_with` names; trackers that keep files keep them in out_dir/logs.
+    Accelerate would silently drop a tracker whose package is missing: refuse that instead."""
+    trackers = [] if cfg.log_with == "none" else [cfg.log_with]
+    if trackers and cfg.log_with not in [str(tracker) for tracker in get_available_trackers()]:
+        raise ConfigError(f"log_with={cfg.log_with}: its package is not installed here (pip install {cfg.log_with}); "
+                          "log_with=tensorboard needs only what posterior-jpeg installs")
     return Accelerator(
         cpu=cfg.device == "cpu",
         mixed_precision=ACCELERATE_NAMES[precision.name],
         gradient_accumulation_steps=cfg.grad_accumulation,
-        log_with="tensorboard",
-        project_dir=str(run_dir),
+        log_with=trackers or None,  # an empty list would warn that no tracker is installed
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
     )
+
+
+TRACKER_PROJECT = "posterior-jpeg"  # the project name trackers file the run under (TensorBoard: a folder in out_dir/logs)
+
+
+def _log_image(accelerator: Accelerator, name: str, image: np.ndarray, step: int) -> None:
+    """An HWC uint8 image to every tracker that takes images (TensorBoard must be told the layout)."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({name: image[None]}, step, dataformats="NHWC")
+        elif hasattr(tracker, "log_images"):
+            tracker.log_images({name: [image]}, step)
 
 
 FIT_PHOTOS = 12  # training photos the spread gains are fitted on
@@ -210,7 +229,7 @@ class PosteriorStage:
             self.xbar.requires_grad_(False)
         self.vgg = None
         if cfg.loss.perceptual.start + cfg.loss.perceptual.end > 0:
-            self.vgg = VGGFeatures(cfg.loss.vgg_weights).to(accelerator.device)
+            self.vgg = VGGFeatures(cfg.loss.vgg_weights, cfg.weights.dir).to(accelerator.device)
 
     def prepare(self, accelerator: Accelerator) -> None:
         self.critic, self.opt_d = accelerator.prepare(self.critic, self.opt_d)
@@ -459,7 +478,8 @@ class Trainer:
     # ----------------------------------------------------------------------------- validation
     @torch.no_grad()
     def validation_grid(self) -> Path:
-        """y | 4 samples | mean | std map for fixed validation crops, from the EMA generator."""
+        """y | 4 samples | mean | std map for fixed validation crops, from the EMA generator: saved in
+        out_dir/val and sent to the tracker."""
         cfg = self.cfg
         files = list_images(cfg.data.val) if cfg.data.val else self.train_files
         loader = make_loader(
@@ -475,7 +495,9 @@ class Trainer:
             rows.append(posterior_row(y[0], samples))
         path = self.run_dir / "val" / f"{checkpoints.checkpoint_name(self.step)}.png"
         path.parent.mkdir(exist_ok=True)
-        Image.fromarray(contact_sheet(rows)).save(path)
+        sheet = contact_sheet(rows)
+        Image.fromarray(sheet).save(path)
+        _log_image(self.accelerator, "validation", sheet, self.step)
         return path
 
     # ----------------------------------------------------------------------------- loop
@@ -483,7 +505,7 @@ class Trainer:
         cfg, accelerator = self.cfg, self.accelerator
         if accelerator.is_main_process:
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-        accelerator.init_trackers("logs", config={"stage": cfg.stage, "steps": cfg.steps})
+        accelerator.init_trackers(TRACKER_PROJECT, config={"stage": cfg.stage, "steps": cfg.steps})
         world = accelerator.num_processes
         per_step = cfg.batch_size * cfg.grad_accumulation
         loader = make_loader(

@@ -26,7 +26,8 @@ def _console_script(target: str) -> list[str]:
 HELP_COMMANDS = [
     ["train.py"], ["sample.py"], ["-m", "posterior_jpeg"], ["-m", "posterior_jpeg.evaluate"],
     ["-m", "posterior_jpeg.sweep"],
-    *(["-m", "posterior_jpeg", command] for command in ("info", "project", "eval", "sweep", "sample")),
+    *(["-m", "posterior_jpeg", command] for command in ("info", "project", "eval", "sweep", "sample", "weights")),
+    ["-m", "posterior_jpeg", "weights", "fetch"],
     *(_console_script(target) for target in PYPROJECT["project"]["scripts"].values()),
 ]
 ARGUMENT_ERRORS = [
@@ -39,6 +40,7 @@ ARGUMENT_ERRORS = [
     ["sample.py", "photo.jpg", "-o", "out", "--seed", str(2**64)],
     ["sample.py", "photo.jpg", "-o", "out", "--grid", "-n", "65"],
     ["-m", "posterior_jpeg", "project", "a.jpg", "b.png", "-o", "a.jpg"],
+    ["-m", "posterior_jpeg", "weights", "fetch", "DIR", "--only", "resnet50"],
 ]
 
 

@@ -21,7 +21,7 @@ from posterior_jpeg import sweep as sw
 from posterior_jpeg.commands import main as cli
 from posterior_jpeg.config import load_config
 from posterior_jpeg.data import synthetic_image
-from posterior_jpeg.errors import ConfigError, MissingWeightsError, PosteriorJpegError
+from posterior_jpeg.errors import ConfigError, PosteriorJpegError
 from posterior_jpeg.metrics import (
     LPIPS,
     GaussianStats,
@@ -31,9 +31,10 @@ from posterior_jpeg.metrics import (
     mean_pairwise_lpips,
 )
 from posterior_jpeg.metrics.diversity import mean_pairwise_distance
-from posterior_jpeg.metrics.fid import StatisticsError, random_state
+from posterior_jpeg.metrics.fid import StatisticsError
 from posterior_jpeg.metrics.perceptual import BACKBONES
 from posterior_jpeg.pixels import round_to_8_bits, to_hwc_uint8
+from posterior_jpeg.pretrained import random_state
 from posterior_jpeg.report import METRICS, Key, Tally, repeat_summary, summarize
 from posterior_jpeg.sampler import Sampler
 from posterior_jpeg.training import train
@@ -142,17 +143,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(inception):
     assert torch.allclose(alone[0], mixed[1], rtol=1e-5, atol=1e-7)
 
 
-def test_missing_weights_errors_say_how_to_supply_them(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    with pytest.raises(MissingWeightsError) as error:
-        InceptionFeatures()
-    message = str(error.value)
-    assert str(tmp_path / "torch_home") in message and "pt_inception-2015-12-05-6726825d.pth" in message
-    assert "features.inception=PATH" in message and "Nothing is downloaded" in message
-    with pytest.raises(MissingWeightsError, match="alexnet-owt-7be5be79.pth.*features.lpips=PATH"):
-        LPIPS()
-    with pytest.raises(MissingWeightsError, match="nowhere.pth"):
-        InceptionFeatures(tmp_path / "nowhere.pth")
+def test_weights_files_that_are_not_the_network_say_so(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(PosteriorJpegError, match="does not hold"):
         InceptionFeatures(tmp_path / "wrong.pth")

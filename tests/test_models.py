@@ -19,11 +19,9 @@ from posterior_jpeg.models import (
     CriticConfig,
     Generator,
     GeneratorConfig,
-    MissingWeightsError,
     VGGFeatures,
     build_generator,
     seeded_noise,
-    vgg19_cache_path,
 )
 from posterior_jpeg.models.critic import detail_layer
 from posterior_jpeg.models.generator import normalise_tables
@@ -244,22 +242,6 @@ def test_vgg_rejects_a_file_that_is_not_vgg19(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1)}, path)
     with pytest.raises(PosteriorJpegError, match="does not hold VGG19 weights"):
         VGGFeatures(weights=path)
-
-
-def test_missing_vgg_weights_say_how_to_supply_them(tmp_path):
-    missing = tmp_path / "nowhere.safetensors"
-    with pytest.raises(MissingWeightsError, match="nowhere.safetensors") as error:
-        VGGFeatures(weights=missing)
-    assert "weights=PATH" in str(error.value)
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        with pytest.raises(MissingWeightsError) as error:
-            VGGFeatures()
-        assert str(vgg19_cache_path()) in str(error.value)
-        assert "TORCH_HOME" in str(error.value)
-    finally:
-        torch.hub.set_dir(previous)
 
 
 def test_detail_layer_keeps_only_high_frequencies():

@@ -12,7 +12,7 @@ from posterior_jpeg import errors
 from posterior_jpeg.commands.sample import build_parser as build_sample_parser
 from posterior_jpeg.config import ConfigError, DataConfig, load_config
 from posterior_jpeg.data import QualitySampler
-from posterior_jpeg.models.features import read_state_file
+from posterior_jpeg.pretrained import read_state_file
 from posterior_jpeg.pixels import round_to_8_bits, to_chw_float, to_hwc_uint8, to_uint8
 from posterior_jpeg.precision import PRECISIONS, torch_dtype
 
@@ -44,7 +44,7 @@ def test_8_bit_rounding_is_written_once():
 
 def test_weight_files_are_read_in_one_place(tmp_path):
     loaders = [path.name for path, text in SOURCES.items() for _ in re.findall(r"torch\.load\(|\bload_file\(", text)]
-    assert loaders == ["features.py", "features.py"]
+    assert loaders == ["pretrained.py", "pretrained.py"]
     state = {"w": torch.arange(6.0).reshape(2, 3)}
     torch.save(state, tmp_path / "w.pth")
     assert torch.equal(read_state_file(tmp_path / "w.pth")["w"], state["w"])

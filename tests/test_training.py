@@ -1,6 +1,7 @@
 """Training: configs, a tiny run end to end, exact resume, and two-process DDP on CPU."""
 
 import functools
+import io
 import json
 import math
 import os
@@ -9,17 +10,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from PIL import Image
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from posterior_jpeg import checkpoints, losses
+from posterior_jpeg import checkpoints, losses, training
 from posterior_jpeg import data as data_module
 from posterior_jpeg.config import ConfigError, load_config
 from posterior_jpeg.data import JpegCropDataset, QualitySampler, collate_jpeg_batch, make_loader
 from posterior_jpeg.jpeg import codec
-from posterior_jpeg.training import MmseStage, Trainer, _consistency, _to_device, train
+from posterior_jpeg.training import TRACKER_PROJECT, MmseStage, Trainer, _consistency, _to_device, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -187,11 +191,33 @@ def test_tiny_run_gives_finite_losses_a_grid_and_a_loadable_checkpoint(tmp_path)
     assert all(r["images_per_second"] > 0 for r in records)
     assert 50 < records[-1]["peak_memory_mb"] < 64 * 1024  # this process's peak RSS, in MiB
     assert (run_dir / "val" / "step_00000020.png").is_file()
+    # the default tracker, TensorBoard, holds the logged scalars and the validation sheet
+    events = EventAccumulator(str(run_dir / "logs" / TRACKER_PROJECT), size_guidance={"images": 0})
+    events.Reload()
+    assert {"d_loss", "g_total", "lr"} <= set(events.Tags()["scalars"])
+    logged_losses = events.Scalars("g_total")
+    assert [e.step for e in logged_losses] == [r["step"] for r in records]
+    assert [e.value for e in logged_losses] == pytest.approx([r["g_total"] for r in records], rel=1e-6)
+    (sheet,) = events.Images("validation")
+    assert sheet.step == 20
+    logged = np.array(Image.open(io.BytesIO(sheet.encoded_image_string)))
+    assert np.array_equal(logged, np.array(Image.open(run_dir / "val" / "step_00000020.png")))
     generator, model = checkpoints.load_generator(run_dir)  # a run folder -> its latest checkpoint
     assert model.generator == tiny(tmp_path).generator and checkpoints.latest_checkpoint(run_dir).name == "step_00000020"
     y = torch.rand(1, 3, 21, 35)
     out = generator(y, torch.full((1, 3, 8, 8), 10.0))
     assert out.shape == y.shape and torch.isfinite(out).all()
+
+
+def test_the_tracker_is_chosen_by_log_with(tmp_path, monkeypatch):
+    """none: metrics.jsonl alone; a tracker whose package is missing is refused, not silently dropped."""
+    run_dir = train(tiny(tmp_path / "quiet", "stage=mmse", "steps=2", "log_every=1", "log_with=none"))
+    assert (run_dir / "metrics.jsonl").is_file() and not (run_dir / "logs").exists()
+    monkeypatch.setattr(training, "get_available_trackers", lambda: [])
+    with pytest.raises(ConfigError, match="log_with=wandb: its package is not installed here"):
+        Trainer(tiny(tmp_path / "wandb", "log_with=wandb"))
+    with pytest.raises(ConfigError, match="log_with"):
+        tiny(tmp_path, "log_with=tensorbored")
 
 
 def test_mmse_stage_runs(tmp_path):

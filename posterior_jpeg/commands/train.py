@@ -14,8 +14,8 @@ Train posterior-jpeg models.
     accelerate launch --num_processes 8 train.py --config configs/general_qf5-50.yaml out_dir=runs/big
 
 Overrides use dotted keys (data.train=/photos steps=20000 loss.consistency.end=5); unknown keys are
-errors. The run folder (out_dir) receives checkpoints, validation grids and TensorBoard logs, and is
-what `sample.py --checkpoint` takes. Re-running the same command resumes the run (resume=auto).
+errors. The run folder (out_dir) receives checkpoints, validation grids, metrics.jsonl and the tracker's
+logs (log_with: tensorboard by default), and is what `sample.py --checkpoint` takes. Re-running the same command resumes the run (resume=auto).
 """
 
 

@@ -1,10 +1,9 @@
 """FID: pytorch-fid's Inception-v3 pool3 features (2048-d) and the Frechet distance of their Gaussians.
 
 The network is pytorch-fid's own `InceptionV3` (the TensorFlow FID port), so numbers are comparable
-with the paper's, which used pytorch-fid. Its weights are never downloaded here: they come from an
-explicit file or from torch's hub cache under the file name pytorch-fid downloads to, and without
-them `MissingWeightsError` says how to supply them. `weights="random"` feeds seeded random weights
-through the same loading code, for tests (such FIDs are NOT comparable to anything).
+with the paper's, which used pytorch-fid. Its weights are never downloaded here: `pretrained` finds
+them (an explicit file, the weights folder or torch's hub cache). `weights="random"` feeds seeded
+random weights through the same loading code, for tests (such FIDs are NOT comparable to anything).
 
 The distance is computed from a square-root factor of each covariance (see `GaussianStats`), which
 is exact and makes a repeated evaluation against a fixed reference cheap.
@@ -28,9 +27,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ..atomic import write_atomically
-from ..errors import MissingWeightsError, PosteriorJpegError, StatisticsError
-from ..models.features import read_state_file
+from ..atomic import file_digest, write_atomically
+from ..errors import PosteriorJpegError, StatisticsError
+from ..pretrained import load_state, random_state
 from ..pixels import round_to_8_bits
 
 FEATURE_DIM = 2048
@@ -41,56 +40,11 @@ RANDOM_LABEL = "random (NOT comparable)"
 FEATURE_VERSION = "pytorch-fid InceptionV3 pool3 2048-d, 8-bit RGB input, bilinear 299x299, v1"
 
 
-def inception_cache_path() -> Path:
-    """Where pytorch-fid's download lands: <torch.hub.get_dir()>/checkpoints/pt_inception-....pth."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(pytorch_fid.inception.FID_WEIGHTS_URL)
-
-
-def random_state(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """`module`'s state dict after drawing every conv and linear weight N(0, 2 / fan_in) from `seed`
-    (biases 0; norm layers keep their deterministic defaults). Changes `module`: pass a throwaway.
-
-    He initialisation keeps activations at a usable scale through a deep ReLU net (PyTorch's default
-    init shrinks Inception's pool3 features to ~1e-8), and the fixed seed gives every process the
-    same network."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in module.modules():
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                layer.weight.normal_(0.0, math.sqrt(2.0 / layer.weight[0].numel()), generator=generator)
-                if layer.bias is not None:
-                    layer.bias.zero_()
-    return module.state_dict()
-
-
-def load_inception_state(weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
-    """The FID Inception state dict: None for torch's hub cache, else an explicit file."""
-    path = inception_cache_path() if weights is None else Path(weights)
-    if not path.is_file():
-        name = os.path.basename(pytorch_fid.inception.FID_WEIGHTS_URL)
-        raise MissingWeightsError(
-            f"FID Inception weights not found at {path}. Supply them in one of two ways: (1) put pytorch-fid's "
-            f"{name} (from {pytorch_fid.inception.FID_WEIGHTS_URL}) at {inception_cache_path()} (torch's hub "
-            "cache: set TORCH_HOME to move it; computing any FID with pytorch-fid once on a machine with "
-            "internet fills it); or (2) pass an explicit path to that .pth (or a .safetensors copy) as "
-            "features.inception=PATH. Nothing is downloaded."
-        )
-    return read_state_file(path)
-
-
 def _random_inception_state() -> dict[str, torch.Tensor]:
     """Random weights with the FID Inception's keys and shapes: pytorch-fid's FID blocks subclass
     torchvision's with the same parameters, so torchvision's 1008-class Inception has them all."""
     twin = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
     return random_state(twin)
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class InceptionFeatures(nn.Module):
@@ -100,10 +54,12 @@ class InceptionFeatures(nn.Module):
     read from files hold), then each image is resized to 299x299 exactly as pytorch-fid does, so
     images of different sizes can share a batch without changing their features."""
 
-    def __init__(self, weights: str | os.PathLike | None = None):
+    def __init__(self, weights: str | os.PathLike | None = None, folder: str | os.PathLike | None = None):
         super().__init__()
-        state = _random_inception_state() if weights == RANDOM else load_inception_state(weights)
-        source = inception_cache_path() if weights is None else weights
+        if weights == RANDOM:
+            state, source = _random_inception_state(), RANDOM
+        else:
+            state, source = load_state("inception", weights, folder)
         # pytorch-fid builds its network and then fetches the weights by URL: hand it ours instead.
         with mock.patch.object(pytorch_fid.inception, "load_state_dict_from_url", lambda *_, **__: state):
             try:
@@ -112,18 +68,15 @@ class InceptionFeatures(nn.Module):
                 raise PosteriorJpegError(f"{source} does not hold pytorch-fid's FID Inception weights: "
                                          f"{str(error).splitlines()[0]}") from None
         self.net.eval()
-        self.weights = weights
+        self.source = source
         self.label = RANDOM_LABEL if weights == RANDOM else f"pytorch-fid FID Inception ({source})"
         self._identity: str | None = None
 
     @property
     def identity(self) -> str:
         """What the features depend on, for cache keys: the weights file's sha256, or the random seed."""
-        if self._identity is None and self.weights == RANDOM:
-            self._identity = "random-he-seed0"
-        elif self._identity is None:
-            path = inception_cache_path() if self.weights is None else Path(self.weights)
-            self._identity = f"sha256:{file_digest(path)}"
+        if self._identity is None:
+            self._identity = "random-he-seed0" if self.source == RANDOM else f"sha256:{file_digest(self.source)}"
         return self._identity
 
     @torch.no_grad()

@@ -3,55 +3,28 @@
 `lpips.LPIPS(pretrained=True)` needs two things: its linear calibration layers, which ship inside
 the lpips package (always present), and a torchvision ImageNet backbone, which torchvision would
 download. We build the package's model with a random trunk (no download), keep its shipped linear
-layers, and load the trunk from torchvision's file in torch's hub cache or an explicit file. Without
-it: `MissingWeightsError`, saying how to supply it. `weights="random"` loads a seeded random trunk
-through the same code, for tests (such LPIPS values are NOT comparable to anything).
+layers, and load the trunk through `pretrained` (an explicit file, the weights folder or torch's hub
+cache). `weights="random"` loads a seeded random trunk through the same code, for tests (such LPIPS
+values are NOT comparable to anything).
 """
 
 import itertools
 import os
 import warnings
-from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import AlexNet_Weights, VGG16_Weights
 
-from ..errors import MissingWeightsError, PosteriorJpegError
-from ..models.features import read_state_file
-from .fid import RANDOM, RANDOM_LABEL, random_state
+from ..errors import PosteriorJpegError
+from ..pretrained import load_state, random_state
+from .fid import RANDOM, RANDOM_LABEL
 
-# LPIPS backbone name -> (torchvision constructor, the ImageNet weights lpips uses)
+# LPIPS backbone name -> (torchvision constructor, its ImageNet weights file in pretrained.FILES)
 BACKBONES = {
-    "alex": (torchvision.models.alexnet, AlexNet_Weights.IMAGENET1K_V1.url),
-    "vgg": (torchvision.models.vgg16, VGG16_Weights.IMAGENET1K_V1.url),
+    "alex": (torchvision.models.alexnet, "alexnet"),
+    "vgg": (torchvision.models.vgg16, "vgg16"),
 }
-
-
-def backbone_cache_path(net: str) -> Path:
-    """Where torchvision keeps the backbone's ImageNet weights: <torch.hub.get_dir()>/checkpoints/<file>."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(BACKBONES[net][1])
-
-
-def load_backbone_state(net: str, weights: str | os.PathLike | None) -> dict[str, torch.Tensor]:
-    """The backbone's `features` state dict (keys "0.weight", ...): None for the hub cache, else a file
-    holding torchvision's full state dict or just its `features`."""
-    path = backbone_cache_path(net) if weights is None else Path(weights)
-    if not path.is_file():
-        url = BACKBONES[net][1]
-        raise MissingWeightsError(
-            f"LPIPS backbone ({net}) ImageNet weights not found at {path}. Supply them in one of two ways: "
-            f"(1) put torchvision's {os.path.basename(url)} (from {url}) at {backbone_cache_path(net)} (torch's "
-            f"hub cache: set TORCH_HOME to move it; running torchvision.models.{BACKBONES[net][0].__name__}"
-            "(weights='IMAGENET1K_V1') once on a machine with internet fills it); or (2) pass an explicit path "
-            "to that .pth (or a .safetensors copy) as features.lpips=PATH. LPIPS's own linear layers ship with "
-            "the lpips package. Nothing is downloaded."
-        )
-    state = read_state_file(path)
-    if any(key.startswith("features.") for key in state):
-        state = {key.removeprefix("features."): v for key, v in state.items() if key.startswith("features.")}
-    return state
 
 
 def smallest_side(layers) -> int:
@@ -76,15 +49,16 @@ class LPIPS(nn.Module):
 
     min_size: the smallest height and width the backbone can take (31 for alex, 16 for vgg)."""
 
-    def __init__(self, weights: str | os.PathLike | None = None, net: str = "alex"):
+    def __init__(self, weights: str | os.PathLike | None = None, net: str = "alex",
+                 folder: str | os.PathLike | None = None):
         super().__init__()
         if net not in BACKBONES:
             raise ValueError(f"LPIPS backbone must be one of {', '.join(BACKBONES)}, got {net!r}")
-        constructor = BACKBONES[net][0]
+        constructor, name = BACKBONES[net]
         if weights == RANDOM:
-            trunk = random_state(constructor(weights=None).features)
+            trunk, source = random_state(constructor(weights=None).features), RANDOM
         else:
-            trunk = load_backbone_state(net, weights)
+            trunk, source = load_state(name, weights, folder, submodule="features")
         import lpips  # here, not at the top: it pulls in SciPy's ndimage, which `import posterior_jpeg` should not pay for
 
         with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
@@ -92,7 +66,6 @@ class LPIPS(nn.Module):
             self.model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
         # lpips splits torchvision's `features` into slices that keep the layer indices as names:
         # "slice2.3.weight" is features' "3.weight".
-        source = backbone_cache_path(net) if weights is None else weights
         try:
             self.model.net.load_state_dict({key: trunk[key.split(".", 1)[1]] for key in self.model.net.state_dict()})
         except (KeyError, RuntimeError) as error:

@@ -2,7 +2,7 @@
 
 from .critic import Critic, CriticConfig, build_critic
 from ..errors import MissingWeightsError
-from .features import VGGFeatures, vgg19_cache_path
+from .features import VGGFeatures
 from .generator import PRESETS, Generator, GeneratorConfig, build_generator, seeded_noise
 
 __all__ = [
@@ -16,5 +16,4 @@ __all__ = [
     "build_critic",
     "build_generator",
     "seeded_noise",
-    "vgg19_cache_path",
 ]
