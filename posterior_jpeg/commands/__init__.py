@@ -8,9 +8,9 @@ this package.
 
 import argparse
 
-from . import eval, info, lambda_sweep, project, sample, train
+from . import eval, info, lambda_sweep, pack, project, sample, train
 
-COMMANDS = (sample, train, eval, lambda_sweep, info, project)
+COMMANDS = (sample, train, eval, lambda_sweep, info, project, pack)
 
 
 def build_parser() -> argparse.ArgumentParser:
