@@ -49,6 +49,10 @@ class DataConfig:
     def __post_init__(self):  # each key's own range: TRAIN_RULES
         if not self.train:
             raise ConfigError(f"data.train must name an image folder, shards or {SYNTHETIC!r}")
+        for key, spec in (("train", self.train), ("val", self.val)):  # a pattern's form; its files: when the run starts
+            problem = pattern_error(spec) if spec and spec.endswith(".tar") else None
+            if problem is not None:
+                raise ConfigError(f"data.{key}={spec!r}: {problem}")
 
 
 @dataclass
@@ -218,9 +222,6 @@ TRAIN_RULES = {
     "data.workers": _integer(0, 256),
     "data.cache_mb": _integer(0),
     "data.shard_window": _integer(1, 2**20),
-    **{f"data.{key}": ((lambda v: not v.endswith(".tar") or pattern_error(v) is None),
-                       "an image folder, a shard folder, shards DIR/PREFIX-{000000..000012}.tar or 'synthetic'")
-       for key in ("train", "val")},
     "spread.features": _integer(1, 1024),
     "spread.blocks": _integer(1, 256),
     "spread.table_embedding": _integer(1, 1024),
