@@ -13,7 +13,7 @@ from pathlib import Path
 from posterior_jpeg import checkpoints
 from posterior_jpeg.calibrate import fit_spread, training_photos
 from posterior_jpeg.config import read_yaml, to_yaml
-from posterior_jpeg.data import list_images
+from posterior_jpeg.data import open_images
 from posterior_jpeg.models.spread import FITTED
 
 from common import SHARED_DATA, emit
@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="posterior_jpeg/weights/default", help="model folder with a spread network")
     parser.add_argument("--out", required=True, help="new model folder (must not exist)")
-    parser.add_argument("--data", default=str(SHARED_DATA / "train"), help="training photos (never val)")
+    parser.add_argument("--data", default=str(SHARED_DATA / "train"), help="training photos, a folder or shards (never val)")
     parser.add_argument("--photos", type=int, default=12, help="photos fitted on, as stage spread")
     args = parser.parse_args()
     generator, model = checkpoints.load_generator(args.checkpoint)
@@ -31,7 +31,7 @@ def main() -> None:
         sys.exit(f"fit_spread: {args.checkpoint} has no spread network")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=False)
-    fitted = fit_spread(generator.eval(), training_photos(list_images(args.data), args.photos))
+    fitted = fit_spread(generator.eval(), training_photos(open_images(args.data), args.photos))
     source = Path(args.checkpoint)
     shutil.copy2(source / checkpoints.WEIGHTS, out / checkpoints.WEIGHTS)
     (out / checkpoints.MODEL).write_text(checkpoints.MODEL_HEADER + to_yaml(checkpoints.model_file(generator)))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import read_rgb
+from .data import read_image
 from .jpeg.file import read_jpeg
 from .metrics.psnr import luma
 from .models.generator import AnchoredGenerator
@@ -129,6 +129,7 @@ def _fit_line(config, name: str, by_quality: dict, coarseness: dict) -> None:
     setattr(config, f"{name}_slope", slope.tolist())
 
 
-def training_photos(files: list, count: int) -> list[np.ndarray]:
-    """The first `count` training photos as uint8 RGB (at least FIT_SIDE on each side where they are)."""
-    return [np.asarray(read_rgb(path)) for path in files[:count]]
+def training_photos(images, count: int) -> list[np.ndarray]:
+    """The first `count` training photos (a folder's files or shards) as uint8 RGB (at least FIT_SIDE
+    on each side where they are)."""
+    return [np.asarray(read_image(images, index)) for index in range(min(count, len(images)))]

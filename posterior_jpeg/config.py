@@ -20,11 +20,12 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .data import CROP_MULTIPLE, SYNTHETIC, WRITABLE_MODES, QualitySampler
+from .data import CROP_MULTIPLE, SHARD_WINDOW, SYNTHETIC, WRITABLE_MODES, QualitySampler
 from .errors import CheckpointError, ConfigError, PosteriorJpegError
 from .losses import SCHEDULE_KINDS, Schedule
 from .precision import PRECISIONS
 from .pretrained import WeightsConfig
+from .shards import pattern_error
 from .models.critic import FINAL_SIZE, CriticConfig
 from .models.generator import TRUNKS, GeneratorConfig
 from .models.spread import FITTED, SpreadConfig
@@ -37,8 +38,8 @@ TRACKERS = (*LOGGER_TYPE_TO_CLASS, "none")  # Accelerate's experiment trackers, 
 class DataConfig:
     """Training crops, each compressed by libjpeg at its own drawn quality and subsampling."""
 
-    train: str = MISSING  # required: an image folder (searched recursively), or "synthetic" (generated images)
-    val: str | None = None  # image folder of the validation sheets; null: the training images
+    train: str = MISSING  # required: an image folder (searched recursively), shards of `posterior-jpeg pack` (their folder, or DIR/PREFIX-{000000..000012}.tar), or "synthetic" (generated images)
+    val: str | None = None  # images of the validation sheets (a folder or shards, as train); null: the training images
     crop: int = 128  # crop side in pixels, a multiple of 16
     quality: QualitySampler = field(default_factory=QualitySampler)  # JPEG quality distribution of the crops
     modes: list[str] = field(default_factory=lambda: ["4:2:0"])  # subsampling per crop, drawn from these
@@ -46,10 +47,15 @@ class DataConfig:
     flips: bool = True  # random horizontal and vertical flips
     workers: int = 2  # DataLoader worker processes; 0 loads in the training process
     cache_mb: int = 1024  # decoded training images kept per loading process (uint8); the rest decoded per crop
+    shard_window: int = SHARD_WINDOW  # shards only: each epoch shuffles the images of this many shards together (more mixes batches more, reads wider)
 
     def __post_init__(self):  # each key's own range: TRAIN_RULES
         if not self.train:
-            raise ConfigError(f"data.train must name an image folder or {SYNTHETIC!r}")
+            raise ConfigError(f"data.train must name an image folder, shards or {SYNTHETIC!r}")
+        for key, spec in (("train", self.train), ("val", self.val)):  # a pattern's form; its files: when the run starts
+            problem = pattern_error(spec) if spec and spec.endswith(".tar") else None
+            if problem is not None:
+                raise ConfigError(f"data.{key}={spec!r}: {problem}")
 
 
 @dataclass
@@ -221,6 +227,7 @@ TRAIN_RULES = {
     "data.double_share": _real(0, 1),
     "data.workers": _integer(0, 256),
     "data.cache_mb": _integer(0),
+    "data.shard_window": _integer(1, 2**20),
     "spread.features": _integer(1, 1024),
     "spread.blocks": _integer(1, 256),
     "spread.table_embedding": _integer(1, 1024),

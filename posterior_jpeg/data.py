@@ -1,7 +1,8 @@
 """Training data: random crops of clean images, compressed on the fly by real libjpeg (Pillow).
 
-Every sample is a pure function of (seed, global sample counter): the counter, not an image index,
-addresses the data. Training resumes exactly by starting the counter where it stopped
+Images come from a folder, from tar shards (shards.py, written by `posterior-jpeg pack`) or are
+synthetic. Every sample is a pure function of (seed, global sample counter): the counter, not an
+image index, addresses the data. Training resumes exactly by starting the counter where it stopped
 (step * batch_size * world_size), and ranks or workers never need shared random state.
 
 Items travel as uint8 (a quarter of float32 through worker IPC and to the device); `pixels.to_unit_float`
@@ -22,6 +23,7 @@ from PIL import Image
 from .errors import DataError, ImageError
 from .jpeg.file import read_jpeg
 from .jpeg.tables import ijg_tables
+from .shards import EpochOrder, Shards, is_shard_spec, open_shards
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # The subsampling modes Pillow's JPEG writer accepts.
@@ -32,8 +34,10 @@ CROP_MULTIPLE = 16
 MAX_SHIFT = 7
 # Value of data.train that selects synthetic images (synthetic_image) instead of a folder.
 SYNTHETIC = "synthetic"
+# Shards whose images an epoch shuffles together (EpochOrder's window), by default.
+SHARD_WINDOW = 4
 # Exceptions Pillow raises for files it cannot open or decode.
-_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def list_images(root) -> list[pathlib.Path]:
@@ -45,6 +49,14 @@ def list_images(root) -> list[pathlib.Path]:
     if not files:
         raise DataError(f"{root}: no images found (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     return files
+
+
+def open_images(spec: str) -> list[pathlib.Path] | Shards | None:
+    """The images that data.train or data.val names: None for synthetic ones, the shards of a shard
+    folder or pattern (shards.is_shard_spec), else the image folder's files."""
+    if spec == SYNTHETIC:
+        return None
+    return open_shards(spec) if is_shard_spec(spec) else list_images(spec)
 
 
 @dataclass(frozen=True)
@@ -101,19 +113,29 @@ def synthetic_image(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def read_rgb(path) -> Image.Image:
-    """An image file as 8-bit RGB: the one loader of training, evaluation and reference images.
+def read_rgb(path, name: str | None = None) -> Image.Image:
+    """An image file (a path or a binary file object) as 8-bit RGB: the one loader of training,
+    evaluation and reference images.
 
     16-bit grey (modes I, I;16*) is scaled to 8 bits, since Pillow's convert would clip it to white;
-    Pillow itself reduces 16-bit colour to its top 8 bits. ImageError names the file otherwise."""
+    Pillow itself reduces 16-bit colour to its top 8 bits. ImageError names the file (`name`, by
+    default `path`) otherwise."""
     try:
         with Image.open(path) as image:
             if image.mode == "I" or image.mode.startswith("I;16"):
                 grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
                 return Image.fromarray(grey, "L").convert("RGB")
             return image.convert("RGB")
-    except _UNREADABLE as error:
-        raise ImageError(f"{path}: cannot read image ({error})") from None
+    except UNREADABLE as error:
+        raise ImageError(f"{name or path}: cannot read image ({error})") from None
+
+
+def read_image(images: list[pathlib.Path] | Shards, index: int) -> Image.Image:
+    """Image `index` of a folder's files or of shards, as 8-bit RGB (read_rgb)."""
+    if isinstance(images, Shards):
+        name, data = images.read(index)
+        return read_rgb(io.BytesIO(data), name=name)
+    return read_rgb(images[index])
 
 
 class JpegCropDataset(torch.utils.data.Dataset):
@@ -121,17 +143,20 @@ class JpegCropDataset(torch.utils.data.Dataset):
 
     dataset[counter] draws, from np.random.default_rng([seed, counter]): quality, subsampling mode,
     flips, whether the crop is saved twice (only when double_share > 0), then an image and a crop
-    position. The crop is JPEG-compressed in memory by Pillow (libjpeg) and returned as uint8 x
-    (the clean crop) and y (Pillow's decode), with the file's tables (libjpeg's IJG tables at the
-    quality: the ones Pillow writes) and, when `coefficients` is set, the stored DCT coefficients
-    (int16; parsing them costs more than the compression, and only the "dct" loss reads them).
+    position. From a folder (`images` a list of files) the image is drawn at random too, with
+    replacement; from shards (`images` a Shards) it is the counter's image in EpochOrder, which
+    visits every image once per epoch and mixes the images of `shard_window` shards at a time.
+    The crop is JPEG-compressed in memory by Pillow (libjpeg) and returned as uint8 x (the clean
+    crop) and y (Pillow's decode), with the file's tables (libjpeg's IJG tables at the quality: the
+    ones Pillow writes) and, when `coefficients` is set, the stored DCT coefficients (int16;
+    parsing them costs more than the compression, and only the "dct" loss reads them).
 
     A crop saved twice is a re-saved file: a window MAX_SHIFT pixels larger is compressed at a
     first quality and mode (drawn like the final ones), decoded, shifted by 0..MAX_SHIFT pixels
     per axis and cropped, then compressed at the item's quality and mode; x is the clean window
     at the same shift, and y, tables and coefficients are those of the second file.
 
-    files=None: synthetic images (see synthetic_image). Each source image is decoded once per
+    images=None: synthetic images (see synthetic_image). Each source image is decoded once per
     process and kept as uint8 while the cache holds under cache_bytes (beyond it, images are
     decoded per crop; the items are the same either way). Images smaller than the crop are
     upscaled (bicubic, short side = crop, aspect kept) rather than reflect-padded: padding would
@@ -144,7 +169,7 @@ class JpegCropDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        files: list[pathlib.Path] | None,
+        images: list[pathlib.Path] | Shards | None,
         crop: int = 128,
         qualities: QualitySampler = QualitySampler(),
         modes: tuple[str, ...] = ("4:2:0",),
@@ -153,9 +178,10 @@ class JpegCropDataset(torch.utils.data.Dataset):
         double_share: float = 0.0,
         coefficients: bool = False,
         cache_bytes: int = 2**30,
+        shard_window: int = SHARD_WINDOW,
     ):
-        if files is not None and len(files) == 0:
-            raise DataError("no training images given (pass files=None for synthetic data)")
+        if images is not None and len(images) == 0:
+            raise DataError("no training images given (pass images=None for synthetic data)")
         if crop <= 0 or crop % CROP_MULTIPLE:
             raise ValueError(f"crop must be a positive multiple of {CROP_MULTIPLE}, got {crop}")
         modes = tuple(modes)
@@ -165,7 +191,10 @@ class JpegCropDataset(torch.utils.data.Dataset):
             raise ValueError(f"double_share must be in [0, 1], got {double_share}")
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
-        self.files = None if files is None else [pathlib.Path(f) for f in files]
+        if not isinstance(images, Shards | None):
+            images = [pathlib.Path(f) for f in images]
+        self.images = images
+        self.order = EpochOrder(images.counts, shard_window, seed) if isinstance(images, Shards) else None
         self.crop = crop
         self.qualities = qualities
         self.modes = modes
@@ -174,9 +203,9 @@ class JpegCropDataset(torch.utils.data.Dataset):
         self.double_share = double_share
         self.coefficients = coefficients
         self.cache_bytes = cache_bytes
-        self._cache: dict[pathlib.Path, np.ndarray] = {}
+        self._cache: dict[int, np.ndarray] = {}  # by image index
         self._cached_bytes = 0
-        self._unreadable: set[pathlib.Path] = set()
+        self._unreadable: set[int] = set()
 
     def __getitem__(self, counter) -> dict:
         counter = operator.index(counter)
@@ -189,10 +218,10 @@ class JpegCropDataset(torch.utils.data.Dataset):
         # drawn only when enabled, so that double_share = 0 keeps the draws (and items) of before
         twice = self.double_share > 0 and rng.random() < self.double_share
         size = self.crop + MAX_SHIFT if twice else self.crop
-        if self.files is None:
+        if self.images is None:
             window = synthetic_image(rng, size)
         else:
-            window = self._random_crop(self._pick_image(rng), size, rng)
+            window = self._random_crop(self._pick_image(rng, counter), size, rng)
         if flip_h:
             window = window[:, ::-1]
         if flip_v:
@@ -220,38 +249,39 @@ class JpegCropDataset(torch.utils.data.Dataset):
     def _draw_mode(self, rng: np.random.Generator) -> str:
         return self.modes[rng.integers(len(self.modes))]
 
-    def _pick_image(self, rng: np.random.Generator) -> np.ndarray:
-        """A readable image: a random draw, else the first readable one of a random permutation."""
-        first = int(rng.integers(len(self.files)))
-        image = self._image(self.files[first])
+    def _pick_image(self, rng: np.random.Generator, counter: int) -> np.ndarray:
+        """A readable image: the counter's (shards) or a random draw (folder), else the first readable
+        one of a random permutation."""
+        first = self.order(counter) if self.order is not None else int(rng.integers(len(self.images)))
+        image = self._image(first)
         if image is not None:
             return image
-        for index in rng.permutation(len(self.files)):
-            image = None if index == first else self._image(self.files[index])
+        for index in rng.permutation(len(self.images)):
+            image = None if index == first else self._image(int(index))
             if image is not None:
                 return image
-        raise DataError(f"none of the {len(self.files)} training images could be read")
+        raise DataError(f"none of the {len(self.images)} training images could be read")
 
-    def _image(self, path: pathlib.Path) -> np.ndarray | None:
-        """uint8 [H, W, 3] of path, decoded once while the cache has room; None if unreadable."""
-        image = self._cache.get(path)
+    def _image(self, index: int) -> np.ndarray | None:
+        """uint8 [H, W, 3] of image `index`, decoded once while the cache has room; None if unreadable."""
+        image = self._cache.get(index)
         if image is None:
-            opened = self._open(path)
+            opened = self._open(index)
             if opened is None:
                 return None
             image = np.asarray(opened)
             if self._cached_bytes + image.nbytes <= self.cache_bytes:
-                self._cache[path] = image
+                self._cache[index] = image
                 self._cached_bytes += image.nbytes
         return image
 
-    def _open(self, path: pathlib.Path) -> Image.Image | None:
-        if path in self._unreadable:
+    def _open(self, index: int) -> Image.Image | None:
+        if index in self._unreadable:
             return None
         try:
-            return read_rgb(path)
+            return read_image(self.images, index)
         except ImageError as error:
-            self._unreadable.add(path)
+            self._unreadable.add(index)
             warnings.warn(f"{error}; skipping this training image")
             return None
 
@@ -341,7 +371,7 @@ def collate_jpeg_batch(items: list[dict]) -> dict:
 
 
 def make_loader(
-    files: list[pathlib.Path] | None,
+    images: list[pathlib.Path] | Shards | None,
     crop: int,
     qualities: QualitySampler,
     modes: tuple[str, ...],
@@ -357,12 +387,14 @@ def make_loader(
     coefficients: bool = False,
     cache_bytes: int = 2**30,
     pin_memory: bool = False,
+    shard_window: int = SHARD_WINDOW,
 ) -> torch.utils.data.DataLoader:
     """Batches for one rank from counter start_counter on (length: counters for this rank, None =
     endless). Randomness comes from the counters, so workers need no seeding and any worker count
     gives the same batches. pin_memory: page-locked batches, for asynchronous copies to a CUDA device."""
-    dataset = JpegCropDataset(files, crop=crop, qualities=qualities, modes=modes, seed=seed, flips=flips,
-                              double_share=double_share, coefficients=coefficients, cache_bytes=cache_bytes)
+    dataset = JpegCropDataset(images, crop=crop, qualities=qualities, modes=modes, seed=seed, flips=flips,
+                              double_share=double_share, coefficients=coefficients, cache_bytes=cache_bytes,
+                              shard_window=shard_window)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,

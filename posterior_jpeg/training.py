@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from . import checkpoints, losses
 from .config import TrainConfig, to_yaml
 from .calibrate import fit_spread, training_photos
-from .data import SYNTHETIC, QualitySampler, list_images, make_loader, synthetic_image
+from .data import QualitySampler, make_loader, open_images, synthetic_image
 from .pixels import to_unit_float
 from .precision import ACCELERATE_NAMES, Precision, choose_precision, torch_dtype
 from .errors import CheckpointError, ConfigError, TrainingDiverged
@@ -189,11 +189,11 @@ class SpreadStage(MmseStage):
         cfg = trainer.cfg
         if not trainer.accelerator.is_main_process:
             return
-        if trainer.train_files is None:  # synthetic data
+        if trainer.train_images is None:  # synthetic data
             rng = np.random.default_rng(cfg.seed)
             photos = [synthetic_image(rng, cfg.data.crop) for _ in range(2)]
         else:
-            photos = training_photos(trainer.train_files, FIT_PHOTOS)
+            photos = training_photos(trainer.train_images, FIT_PHOTOS)
         fitted = fit_spread(trainer.ema, photos, trainer.accelerator.device, torch_dtype(trainer.precision.name))
         for name in FITTED:
             setattr(cfg.spread, name, getattr(trainer.ema.spread.config, name))
@@ -394,7 +394,7 @@ class Trainer:
         # the process count. A resume then restores each rank's own RNG states.
         set_seed(cfg.seed, device_specific=True)
         self._resume()
-        self.train_files = None if cfg.data.train == SYNTHETIC else list_images(cfg.data.train)
+        self.train_images = open_images(cfg.data.train)
 
     # ----------------------------------------------------------------------------- state
     def _models(self) -> dict[str, torch.nn.Module]:
@@ -481,9 +481,9 @@ class Trainer:
         """y | 4 samples | mean | std map for fixed validation crops, from the EMA generator: saved in
         out_dir/val and sent to the tracker."""
         cfg = self.cfg
-        files = list_images(cfg.data.val) if cfg.data.val else self.train_files
+        images = open_images(cfg.data.val) if cfg.data.val else self.train_images
         loader = make_loader(
-            files, cfg.data.crop, QualitySampler("uniform", cfg.val_quality, cfg.val_quality), ("4:2:0",),
+            images, cfg.data.crop, QualitySampler("uniform", cfg.val_quality, cfg.val_quality), ("4:2:0",),
             seed=cfg.seed + 1, batch_size=cfg.val_images, length=cfg.val_images,
         )
         batch = _to_device(next(iter(loader)), self.accelerator.device)
@@ -509,13 +509,13 @@ class Trainer:
         world = accelerator.num_processes
         per_step = cfg.batch_size * cfg.grad_accumulation
         loader = make_loader(
-            self.train_files, cfg.data.crop,
+            self.train_images, cfg.data.crop,
             cfg.data.quality,
             tuple(cfg.data.modes), seed=cfg.seed, batch_size=cfg.batch_size,
             start_counter=self.step * per_step * world, rank=accelerator.process_index, world_size=world,
             workers=cfg.data.workers, flips=cfg.data.flips, double_share=cfg.data.double_share,
             coefficients=cfg.loss.consistency_kind == "dct", cache_bytes=cfg.data.cache_mb * 2**20,
-            pin_memory=accelerator.device.type == "cuda",
+            pin_memory=accelerator.device.type == "cuda", shard_window=cfg.data.shard_window,
         )
         batches = iter(loader)
         progress = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.stage}",

@@ -26,7 +26,7 @@ def _console_script(target: str) -> list[str]:
 HELP_COMMANDS = [
     ["train.py"], ["sample.py"], ["-m", "posterior_jpeg"], ["-m", "posterior_jpeg.evaluate"],
     ["-m", "posterior_jpeg.sweep"],
-    *(["-m", "posterior_jpeg", command] for command in ("info", "project", "eval", "sweep", "sample", "weights")),
+    *(["-m", "posterior_jpeg", command] for command in ("info", "project", "eval", "sweep", "sample", "weights", "pack")),
     ["-m", "posterior_jpeg", "weights", "fetch"],
     *(_console_script(target) for target in PYPROJECT["project"]["scripts"].values()),
 ]
@@ -41,6 +41,7 @@ ARGUMENT_ERRORS = [
     ["sample.py", "photo.jpg", "-o", "out", "--grid", "-n", "65"],
     ["-m", "posterior_jpeg", "project", "a.jpg", "b.png", "-o", "a.jpg"],
     ["-m", "posterior_jpeg", "weights", "fetch", "DIR", "--only", "resnet50"],
+    ["-m", "posterior_jpeg", "pack", "photos", "shards", "--shard-size", "12"],
 ]
 
 
@@ -172,5 +173,5 @@ def test_the_package_runs_every_command_as_a_module():
     result = subprocess.run([sys.executable, "-m", "posterior_jpeg", "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0
-    for command in ("sample", "train", "eval", "sweep", "info", "project"):
+    for command in ("sample", "train", "eval", "sweep", "info", "project", "pack"):
         assert command in result.stdout

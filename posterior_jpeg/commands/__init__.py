@@ -8,9 +8,9 @@ this package.
 
 import argparse
 
-from . import eval, info, lambda_sweep, project, sample, train, weights
+from . import eval, info, lambda_sweep, pack, project, sample, train, weights
 
-COMMANDS = (sample, train, eval, lambda_sweep, info, project, weights)
+COMMANDS = (sample, train, eval, lambda_sweep, info, project, pack, weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
