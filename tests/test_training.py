@@ -46,6 +46,13 @@ def test_every_shipped_training_config_loads(path):
     assert cfg.steps > 0 and cfg.stage in ("mmse", "posterior", "spread")
 
 
+def test_the_multi_node_accelerate_config_is_one_accelerate_reads():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "configs" / "accelerate" / "multi_node.yaml"))
+    assert (config.distributed_type, config.num_machines, config.num_processes) == ("MULTI_GPU", 2, 16)
+
+
 def test_training_data_is_named_explicitly(tmp_path):
     """data.train is a folder or "synthetic"; null (once synthetic) and a missing value are errors."""
     assert load_config(TINY).data.train == "synthetic"
@@ -418,47 +425,73 @@ def test_two_nodes_of_two_ranks_keep_identical_replicas(tmp_path):
     assert sorted((r["node"], r["local_rank"]) for r in ranks) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(r["rank"] == 2 * r["node"] + r["local_rank"] for r in ranks)
 
-def _ranks(out_dir: Path, overrides: list[str], world: int = 2) -> list[subprocess.Popen]:
-    """`world` processes of `python train.py` on the tiny config, started as configs/slurm/train.sbatch
-    starts them (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; no launcher), each in its own
-    process group (a signal to the group also reaches its loader workers, as SLURM's signals do)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world)}
-    command = [sys.executable, str(ROOT / "train.py"), "--config", str(TINY), f"out_dir={out_dir}", "progress=false",
-               "device=cpu", *overrides]
-    return [subprocess.Popen(command, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=(out_dir / f"stderr_{rank}.txt").open("w"),
-                             start_new_session=True)
-            for rank in range(world)]
+# Stand-ins for SLURM's commands, for configs/slurm/train.sbatch on one machine. srun: SLURM_NTASKS
+# tasks with their SLURM_* ids, each in its own process group (pid and stderr in $LOGS); its status
+# is the highest of the tasks', as srun's. scontrol: node 0 is 127.0.0.1; a requeue is noted in $LOGS.
+FAKE_SRUN = """#!/bin/bash
+shift
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+    SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NODEID=0 setsid "$@" 2> "$LOGS/stderr_$i.txt" &
+    pids+=($!)
+    echo $! > "$LOGS/pid_$i"
+done
+status=0
+for pid in "${pids[@]}"; do wait $pid; s=$?; [ $s -gt $status ] && status=$s; done
+exit $status
+"""
+FAKE_SCONTROL = """#!/bin/bash
+case $1 in show) echo 127.0.0.1 ;; requeue) echo "$2" >> "$LOGS/requeued" ;; esac
+"""
 
 
-def _wait(ranks: list[subprocess.Popen]) -> list[int]:
-    return [rank.wait(timeout=600) for rank in ranks]
+def _sbatch(logs: Path, out_dir: Path, overrides: list[str]) -> subprocess.Popen:
+    """configs/slurm/train.sbatch as a SLURM job of 2 tasks on one node would run it (the tiny
+    config, on CPU), with srun and scontrol replaced by the stand-ins above."""
+    logs.mkdir(parents=True, exist_ok=True)
+    bin_dir = logs / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    python = f"#!/bin/bash\nexec {sys.executable} \"$@\"\n"  # this interpreter (a venv's needs its own path)
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("python", python)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT), "LOGS": str(logs),
+           "SLURM_JOB_ID": "1234", "SLURM_JOB_NODELIST": "node0", "SLURM_NTASKS": "2", "SLURM_CPUS_PER_TASK": "1",
+           "MASTER_PORT": str(_free_port())}
+    command = ["bash", str(ROOT / "configs" / "slurm" / "train.sbatch"), str(TINY), f"out_dir={out_dir}",
+               "progress=false", "device=cpu", *overrides]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_sigterm_to_one_of_two_ranks_stops_both_after_one_step_and_the_resume_is_exact(two_ranks, tmp_path):
-    """SIGTERM to rank 1 and its loader worker, mid-run: both ranks finish the same step, one
-    checkpoint of it is written, both exit 75; the resumed run ends with the weights of the
-    uninterrupted one (RNG states of both ranks, data counters and EMA restored). The ranks are
-    started without a launcher, by environment variables, as configs/slurm/train.sbatch starts them."""
-    run = tmp_path / "stopped"
-    ranks = _ranks(run, [*TWO_RANKS, "data.workers=1"])  # a loader worker, which the signal reaches too
+def test_sigterm_to_a_slurm_job_stops_both_ranks_after_one_step_requeues_and_the_resume_is_exact(two_ranks,
+                                                                                                  tmp_path):
+    """configs/slurm/train.sbatch, 2 tasks. SIGTERM mid-run to the batch shell and to rank 1 with
+    its loader worker (not to rank 0: the ranks must agree): both ranks finish the same step, one
+    checkpoint of it is written, both exit 75 and the script requeues the job; the requeued job
+    resumes and ends with the weights of the uninterrupted torchrun run (byte for byte)."""
+    run, overrides = tmp_path / "run", [*TWO_RANKS, "data.workers=1"]  # a loader worker, which the signal reaches too
+    job = _sbatch(tmp_path / "first", run, overrides)
     metrics = run / "metrics.jsonl"
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):  # step 2 done
-        assert all(rank.poll() is None for rank in ranks), "the run ended before the signal"
+        assert job.poll() is None, "the run ended before the signal"
         time.sleep(0.05)
-    os.killpg(ranks[1].pid, signal.SIGTERM)
+    job.send_signal(signal.SIGTERM)
+    os.killpg(int((tmp_path / "first" / "pid_1").read_text()), signal.SIGTERM)
     signalled = len(metrics.read_text().splitlines())
-    assert _wait(ranks) == [75, 75]
+    output, _ = job.communicate(timeout=600)
+    assert job.returncode == 75, output
+    assert (tmp_path / "first" / "requeued").read_text() == "1234\n"
     folder = checkpoints.latest_checkpoint(run)
     step = int(folder.name.split("_")[1])
     assert signalled <= step < 12 and [p.name for p in (run / "checkpoints").iterdir() if p.is_dir()] == [folder.name]
     for rank, cause in ((0, "a stop signal to another process"), (1, "SIGTERM")):
-        assert (run / f"stderr_{rank}.txt").read_text().splitlines()[-1] == (
+        assert (tmp_path / "first" / f"stderr_{rank}.txt").read_text().splitlines()[-1] == (
             f"train.py: step {step}: stopped on {cause} after a checkpoint of this step ({folder}); run the same "
             "command to resume (exit status 75: requeue)")
-    assert _wait(_ranks(run, [*TWO_RANKS, "data.workers=1"])) == [0, 0]
+
+    job = _sbatch(tmp_path / "requeued", run, overrides)
+    output, _ = job.communicate(timeout=600)
+    assert job.returncode == 0 and not (tmp_path / "requeued" / "requeued").exists(), output
     a = _weights(two_ranks / "checkpoints" / checkpoints.checkpoint_name(12))
     b = _weights(run / "checkpoints" / checkpoints.checkpoint_name(12))
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
@@ -629,7 +662,7 @@ def straight(tmp_path_factory):
     return train(tiny(tmp_path_factory.mktemp("straight"), *SIGNALLED))
 
 
-@pytest.mark.parametrize("number", [signal.SIGUSR1, signal.SIGINT], ids=lambda n: n.name)  # SIGTERM: two ranks below
+@pytest.mark.parametrize("number", [signal.SIGUSR1, signal.SIGINT], ids=lambda n: n.name)  # SIGTERM: the SLURM test
 def test_a_stop_signal_ends_the_step_checkpoints_it_and_exits_75_and_the_resume_is_exact(number, straight, tmp_path,
                                                                                          monkeypatch, capsys):
     """The signal arrives in the middle of step 7 (not a checkpoint step): the step finishes, a
