@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .data import CROP_MULTIPLE, SHARD_WINDOW, SYNTHETIC, WRITABLE_MODES, QualitySampler
-from .errors import CheckpointError, ConfigError, PosteriorJpegError
+from .errors import CheckpointError, ConfigError, PosteriorJpegError, TrainingStopped
 from .losses import SCHEDULE_KINDS, Schedule
 from .precision import PRECISIONS
 from .pretrained import WeightsConfig
@@ -477,14 +477,17 @@ def commented_yaml(node: DictConfig, indent: str = "") -> str:
 
 def run_with_config(program: str, load, action, path: str | None, overrides: list[str]) -> int:
     """Load a config and run `action(cfg)`, as a command line does: exit status 0, 2 for a config or
-    a checkpoint that cannot be used, 1 for a job that failed with one of our errors (one line on
-    stderr each)."""
+    a checkpoint that cannot be used, 75 for a training run stopped by a signal after a checkpoint
+    (`TrainingStopped`), 1 for a job that failed with one of our errors (one line on stderr each)."""
     try:
         cfg = load(path, overrides)
         action(cfg)
     except (ConfigError, CheckpointError) as error:
         print_error(program, error)
         return 2
+    except TrainingStopped as error:
+        print_error(program, error)
+        return TrainingStopped.exit_status
     except PosteriorJpegError as error:
         print_error(program, error)
         return 1

@@ -48,6 +48,16 @@ class TrainingDiverged(PosteriorJpegError):
     """A loss or a weight became NaN or infinite: training stopped before writing another checkpoint."""
 
 
+class TrainingStopped(PosteriorJpegError):
+    """A stop signal (SIGTERM, SIGUSR1 or SIGINT) reached a process of the run: every process
+    finished the same step and a checkpoint of it was written, so the same command resumes it.
+    Commands exit with `exit_status`, sysexits.h's EX_TEMPFAIL ("try again later", on which mail
+    servers requeue too): distinct from success, failure (1) and a config error (2), so a batch
+    script can requeue on it alone (configs/slurm/train.sbatch)."""
+
+    exit_status = 75
+
+
 class DataError(PosteriorJpegError):
     """The training data cannot be used: missing folder, no images, or no readable image."""
 

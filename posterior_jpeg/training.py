@@ -10,6 +10,9 @@ Exact resume: data items are a function of (seed, sample counter), the learning 
 weights a function of the step, and checkpoints hold the models, the EMA, the optimizers and every
 process's RNG states (safetensors and JSON: nothing is unpickled); so a run stopped at step s and
 resumed reproduces the uninterrupted run.
+
+Preemption: SIGTERM, SIGUSR1 (SLURM's warning before the time limit) and SIGINT make every process
+finish its step, agree on that step, write one checkpoint and raise `TrainingStopped` (exit status 75).
 """
 
 import copy
@@ -17,6 +20,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,7 +40,7 @@ from .calibrate import fit_spread, training_photos
 from .data import QualitySampler, make_loader, open_images, synthetic_image
 from .pixels import to_unit_float
 from .precision import ACCELERATE_NAMES, Precision, choose_precision, torch_dtype
-from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingStopped
 from .models.critic import build_critic
 from .models.features import VGGFeatures
 from .metrics.psnr import luma
@@ -151,6 +155,43 @@ def _ema_beta(cfg: TrainConfig, world: int) -> float:
     """The EMA's decay per optimizer step from its half-life in images (edm's convention): the same
     half-life averages over the same number of images whatever the batch size or process count."""
     return 0.5 ** (cfg.batch_size * cfg.grad_accumulation * world / cfg.ema_half_life_images)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class StopSignals:
+    """While active, the first stop signal is recorded instead of ending the process, so that the
+    loop can finish its step and write a checkpoint (clusters send SIGTERM some time before SIGKILL,
+    SLURM's --signal sends SIGUSR1 before the time limit); a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.received: signal.Signals | None = None
+        self.previous = {}
+
+    def _record(self, number: int, frame) -> None:
+        if number == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt
+        self.received = self.received or signal.Signals(number)
+
+    def __enter__(self) -> "StopSignals":
+        self.previous = {number: signal.signal(number, self._record) for number in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exception) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+def _start_workers(loader: torch.utils.data.DataLoader):
+    """The loader's iterator, its worker processes started with the stop signals blocked: SLURM
+    signals every process of a job step, and a worker would die of SIGTERM (its parent would then
+    fail mid-step); blocked there, the signals are this process's alone to act on."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class MmseStage:
@@ -387,6 +428,9 @@ class Trainer:
         self.stage.prepare(self.accelerator)
         self.ema.to(self.accelerator.device)
         self.forward_g = _compiled(self.generator) if cfg.compile else self.generator
+        # the stop flag is reduced every step on the host (gloo): a GPU run never waits for its device
+        self.stop_group = torch.distributed.new_group(backend="gloo") if self.accelerator.num_processes > 1 else None
+        self.signals = StopSignals()
         self.step = 0
         self.last_logged: dict[str, float] = {}  # the latest gathered losses, as every process saw them
         # every model was built from the same seed on every rank; from here each rank draws its own
@@ -475,6 +519,24 @@ class Trainer:
                                f"checkpoint, so those in {self.run_dir / 'checkpoints'} are the last good ones "
                                "(lower optim.lr or the loss weights, then resume)")
 
+    def stop_if_signalled(self, finite: torch.Tensor, latest: dict[str, torch.Tensor]) -> None:
+        """TrainingStopped on every process alike, after a checkpoint of this step, when any process
+        got a stop signal: one all-reduce of the flags, so that all stop after the same step."""
+        received = self.signals.received
+        flag = torch.tensor([received is not None], dtype=torch.int32)
+        if self.stop_group is not None:
+            torch.distributed.all_reduce(flag, group=self.stop_group)
+        if flag.item() == 0:
+            return
+        self.stop_if_diverged(finite, latest)  # never checkpoint the damage
+        if self.step % self.cfg.checkpoint_every != 0:  # else the step's periodic checkpoint was just written
+            self.save_checkpoint()
+        cause = received.name if received else "a stop signal to another process"
+        folder = self.run_dir / "checkpoints" / checkpoints.checkpoint_name(self.step)
+        self.accelerator.end_training()  # trackers flushed: the process ends next
+        raise TrainingStopped(f"step {self.step}: stopped on {cause} after a checkpoint of this step ({folder}); "
+                              f"run the same command to resume (exit status {TrainingStopped.exit_status}: requeue)")
+
     # ----------------------------------------------------------------------------- validation
     @torch.no_grad()
     def validation_grid(self) -> Path:
@@ -502,6 +564,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- loop
     def run(self) -> Path:
+        """Train to cfg.steps, or up to a stop signal (`stop_if_signalled`); returns the run folder."""
+        with self.signals:
+            return self._train()
+
+    def _train(self) -> Path:
         cfg, accelerator = self.cfg, self.accelerator
         if accelerator.is_main_process:
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -517,7 +584,7 @@ class Trainer:
             coefficients=cfg.loss.consistency_kind == "dct", cache_bytes=cfg.data.cache_mb * 2**20,
             pin_memory=accelerator.device.type == "cuda", shard_window=cfg.data.shard_window,
         )
-        batches = iter(loader)
+        batches = _start_workers(loader)
         progress = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.stage}",
                         disable=not (cfg.progress and accelerator.is_main_process))
         metrics_path = self.run_dir / "metrics.jsonl"
@@ -554,6 +621,8 @@ class Trainer:
                 self.stage.finish(self)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
+            if self.step < cfg.steps:
+                self.stop_if_signalled(finite, latest)
         progress.close()
         accelerator.end_training()
         return self.run_dir

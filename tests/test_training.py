@@ -5,9 +5,11 @@ import io
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from posterior_jpeg import data as data_module
 from posterior_jpeg.config import ConfigError, load_config
 from posterior_jpeg.data import JpegCropDataset, QualitySampler, collate_jpeg_batch, make_loader
 from posterior_jpeg.jpeg import codec
-from posterior_jpeg.training import TRACKER_PROJECT, MmseStage, Trainer, _consistency, _to_device, train
+from posterior_jpeg.training import STOP_SIGNALS, TRACKER_PROJECT, MmseStage, Trainer, _consistency, _to_device, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -46,6 +48,13 @@ def test_every_shipped_training_config_loads(path):
         assert "missing mandatory value: train" in str(error)
         cfg = load_config(path, ["data.train=photos"])
     assert cfg.steps > 0 and cfg.stage in ("mmse", "posterior", "spread")
+
+
+def test_the_multi_node_accelerate_config_is_one_accelerate_reads():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "configs" / "accelerate" / "multi_node.yaml"))
+    assert (config.distributed_type, config.num_machines, config.num_processes) == ("MULTI_GPU", 2, 16)
 
 
 def test_training_data_is_named_explicitly(tmp_path):
@@ -382,20 +391,136 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_keep_identical_replicas(tmp_path):
-    """Two CPU processes (torchrun; Accelerate picks up the gloo process group): DDP keeps the
-    replicas identical, every process logs the same gathered losses, and each rank draws its own noise."""
+TWO_RANKS = ["steps=12", "log_every=1", "checkpoint_every=1000", "val_every=1000", "batch_size=2",
+             "loss.moment_images=1", "loss.moment_samples=2", "loss.moments_every=3", "loss.r1_every=2"]
+
+
+def _torchrun(out_dir: Path, overrides: list[str], *launcher: str) -> subprocess.Popen:
+    """tests/ddp_worker.py under one torchrun agent (CPU processes, gloo) with `launcher`'s options."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-               "127.0.0.1", "--master_port", str(_free_port()), str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"replica_{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["world"] == ranks[1]["world"] == 2
-    assert ranks[0]["params"] == ranks[1]["params"]
-    assert ranks[0]["ema"] == ranks[1]["ema"]
-    assert ranks[0]["logged"] == ranks[1]["logged"] and "g_total" in ranks[0]["logged"]
-    assert ranks[0]["noise"] != ranks[1]["noise"]  # each rank draws its own z
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher, str(ROOT / "tests" / "ddp_worker.py"),
+               str(out_dir), *overrides]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _replicas(out_dir: Path, world: int, steps: int) -> list[dict]:
+    """What each rank of a ddp_worker run recorded, after checking what holds for every run: the
+    same world everywhere, identical replicas and gathered losses, its own noise and its own crops."""
+    ranks = [json.loads((out_dir / f"replica_{r}.json").read_text()) for r in range(world)]
+    assert [r["rank"] for r in ranks] == list(range(world)) and {r["world"] for r in ranks} == {world}
+    for other in ranks[1:]:
+        assert other["params"] == ranks[0]["params"] and other["ema"] == ranks[0]["ema"]
+        assert other["logged"] == ranks[0]["logged"] and "g_total" in other["logged"]
+    assert len({tuple(r["noise"]) for r in ranks}) == world  # each rank draws its own z
+    crops = [crop for r in ranks for crop in r["crops"]]
+    assert len(crops) == len(set(crops)) == world * steps * 2  # batch_size=2; no crop seen by two ranks, or twice
+    return ranks
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """A finished 2-process run of TWO_RANKS (one torchrun, ddp_worker.py)."""
+    out_dir = tmp_path_factory.mktemp("two_ranks")
+    launch = _torchrun(out_dir, TWO_RANKS, "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                       "--master_port", str(_free_port()))
+    _, err = launch.communicate(timeout=600)
+    assert launch.returncode == 0, err[-3000:]
+    return out_dir
+
+
+def test_two_processes_keep_identical_replicas(two_ranks):
+    """Two CPU processes (torchrun; Accelerate picks up the gloo process group): DDP keeps the
+    replicas identical, every process logs the same gathered losses, each rank draws its own noise
+    and gets its own crops."""
+    _replicas(two_ranks, 2, 12)
+
+
+@pytest.mark.slow  # 4 processes and 2 torchrun agents: about 40 s on 2 shared cores
+def test_two_nodes_of_two_ranks_keep_identical_replicas(tmp_path):
+    """Two torchrun agents as two "nodes" of 2 ranks each, meeting at a c10d rendezvous on
+    127.0.0.1 (as README's multi-node recipe starts one agent per node): 4 ranks, numbered node by
+    node, train with identical replicas, their own noise and rank-disjoint crops."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes = [_torchrun(tmp_path, [*TWO_RANKS, "steps=4"], "--nnodes", "2", "--nproc_per_node", "2",
+                       "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "two_nodes")
+             for _ in range(2)]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[-3000:]
+    ranks = _replicas(tmp_path, 4, 4)
+    assert sorted((r["node"], r["local_rank"]) for r in ranks) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(r["rank"] == 2 * r["node"] + r["local_rank"] for r in ranks)
+
+# Stand-ins for SLURM's commands, for configs/slurm/train.sbatch on one machine. srun: SLURM_NTASKS
+# tasks with their SLURM_* ids, each in its own process group (pid and stderr in $LOGS); its status
+# is the highest of the tasks', as srun's. scontrol: node 0 is 127.0.0.1; a requeue is noted in $LOGS.
+FAKE_SRUN = """#!/bin/bash
+shift
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+    SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NODEID=0 setsid "$@" 2> "$LOGS/stderr_$i.txt" &
+    pids+=($!)
+    echo $! > "$LOGS/pid_$i"
+done
+status=0
+for pid in "${pids[@]}"; do wait $pid; s=$?; [ $s -gt $status ] && status=$s; done
+exit $status
+"""
+FAKE_SCONTROL = """#!/bin/bash
+case $1 in show) echo 127.0.0.1 ;; requeue) echo "$2" >> "$LOGS/requeued" ;; esac
+"""
+
+
+def _sbatch(logs: Path, out_dir: Path, overrides: list[str]) -> subprocess.Popen:
+    """configs/slurm/train.sbatch as a SLURM job of 2 tasks on one node would run it (the tiny
+    config, on CPU), with srun and scontrol replaced by the stand-ins above."""
+    logs.mkdir(parents=True, exist_ok=True)
+    bin_dir = logs / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    python = f"#!/bin/bash\nexec {sys.executable} \"$@\"\n"  # this interpreter (a venv's needs its own path)
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL), ("python", python)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT), "LOGS": str(logs),
+           "SLURM_JOB_ID": "1234", "SLURM_JOB_NODELIST": "node0", "SLURM_NTASKS": "2", "SLURM_CPUS_PER_TASK": "1",
+           "MASTER_PORT": str(_free_port())}
+    command = ["bash", str(ROOT / "configs" / "slurm" / "train.sbatch"), str(TINY), f"out_dir={out_dir}",
+               "progress=false", "device=cpu", *overrides]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigterm_to_a_slurm_job_stops_both_ranks_after_one_step_requeues_and_the_resume_is_exact(two_ranks,
+                                                                                                  tmp_path):
+    """configs/slurm/train.sbatch, 2 tasks. SIGTERM mid-run to the batch shell and to rank 1 with
+    its loader worker (not to rank 0: the ranks must agree): both ranks finish the same step, one
+    checkpoint of it is written, both exit 75 and the script requeues the job; the requeued job
+    resumes and ends with the weights of the uninterrupted torchrun run (byte for byte)."""
+    run, overrides = tmp_path / "run", [*TWO_RANKS, "data.workers=1"]  # a loader worker, which the signal reaches too
+    job = _sbatch(tmp_path / "first", run, overrides)
+    metrics = run / "metrics.jsonl"
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):  # step 2 done
+        assert job.poll() is None, "the run ended before the signal"
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    os.killpg(int((tmp_path / "first" / "pid_1").read_text()), signal.SIGTERM)
+    signalled = len(metrics.read_text().splitlines())
+    output, _ = job.communicate(timeout=600)
+    assert job.returncode == 75, output
+    assert (tmp_path / "first" / "requeued").read_text() == "1234\n"
+    folder = checkpoints.latest_checkpoint(run)
+    step = int(folder.name.split("_")[1])
+    assert signalled <= step < 12 and [p.name for p in (run / "checkpoints").iterdir() if p.is_dir()] == [folder.name]
+    for rank, cause in ((0, "a stop signal to another process"), (1, "SIGTERM")):
+        assert (tmp_path / "first" / f"stderr_{rank}.txt").read_text().splitlines()[-1] == (
+            f"train.py: step {step}: stopped on {cause} after a checkpoint of this step ({folder}); run the same "
+            "command to resume (exit status 75: requeue)")
+
+    job = _sbatch(tmp_path / "requeued", run, overrides)
+    output, _ = job.communicate(timeout=600)
+    assert job.returncode == 0 and not (tmp_path / "requeued" / "requeued").exists(), output
+    a = _weights(two_ranks / "checkpoints" / checkpoints.checkpoint_name(12))
+    b = _weights(run / "checkpoints" / checkpoints.checkpoint_name(12))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean(tmp_path):
@@ -551,3 +676,64 @@ def test_spread_stage_trains_only_v_over_a_finished_model(tmp_path):
     samples = sampler.sample(jf, n=2, seed=0)
     assert not torch.equal(samples[0], samples[1])
     assert pj.metrics.coefficient_agreement(samples, jf).coefficients == 1.0
+
+
+SIGNALLED = ["steps=12", "log_every=1", "checkpoint_every=5", "val_every=1000", "loss.moments_every=3",
+             "loss.r1_every=2"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted run of the SIGNALLED settings."""
+    return train(tiny(tmp_path_factory.mktemp("straight"), *SIGNALLED))
+
+
+@pytest.mark.parametrize("number", [signal.SIGUSR1, signal.SIGINT], ids=lambda n: n.name)  # SIGTERM: the SLURM test
+def test_a_stop_signal_ends_the_step_checkpoints_it_and_exits_75_and_the_resume_is_exact(number, straight, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """The signal arrives in the middle of step 7 (not a checkpoint step): the step finishes, a
+    checkpoint of it is written, the command says so in one line and exits 75; the same command
+    then resumes and ends with the weights of the uninterrupted run. Handlers are restored after."""
+    from posterior_jpeg.commands.train import main as train_main
+    from posterior_jpeg.errors import TrainingStopped
+
+    original = Trainer.train_step
+
+    def signal_in_step_7(self, batch):
+        if self.step == 6:
+            os.kill(os.getpid(), number)
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", signal_in_step_7)
+    run = tmp_path / "stopped"
+    command = ["--config", str(TINY), f"out_dir={run}", "progress=false", "device=cpu", *SIGNALLED]
+    handlers = [signal.getsignal(n) for n in STOP_SIGNALS]
+    assert train_main(command) == TrainingStopped.exit_status == 75
+    assert [signal.getsignal(n) for n in STOP_SIGNALS] == handlers
+    folder = run / "checkpoints" / checkpoints.checkpoint_name(7)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"train.py: step 7: stopped on {number.name} after a checkpoint of this step ({folder}); run the same "
+        "command to resume (exit status 75: requeue)")
+    assert checkpoints.latest_checkpoint(run) == folder
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 8))
+
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert train_main(command) == 0
+    a = _weights(straight / "checkpoints" / checkpoints.checkpoint_name(12))
+    b = _weights(run / "checkpoints" / checkpoints.checkpoint_name(12))
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
+    original = Trainer.train_step
+
+    def interrupt_twice(self, batch):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupt_twice)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path, *SIGNALLED))
+    assert checkpoints.latest_checkpoint(tmp_path) is None  # no checkpoint: the user asked for now

@@ -16,6 +16,8 @@ Train posterior-jpeg models.
 Overrides use dotted keys (data.train=/photos steps=20000 loss.consistency.end=5); unknown keys are
 errors. The run folder (out_dir) receives checkpoints, validation grids, metrics.jsonl and the tracker's
 logs (log_with: tensorboard by default), and is what `sample.py --checkpoint` takes. Re-running the same command resumes the run (resume=auto).
+SIGTERM, SIGUSR1 or Ctrl-C: every process finishes its step, one checkpoint is written, exit status 75
+(README: Many nodes, for torchrun and SLURM).
 """
 
 
