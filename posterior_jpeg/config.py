@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import io
 import math
+import os
 import sys
 import textwrap
 import tokenize
@@ -20,7 +21,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .data import CROP_MULTIPLE, SYNTHETIC, WRITABLE_MODES, QualitySampler
-from .errors import CheckpointError, ConfigError, PosteriorJpegError
+from .errors import CheckpointError, ConfigError, PosteriorJpegError, SymlinkError
 from .losses import SCHEDULE_KINDS, Schedule
 from .precision import PRECISIONS
 from .models.critic import FINAL_SIZE, CriticConfig
@@ -464,6 +465,19 @@ def commented_yaml(node: DictConfig, indent: str = "") -> str:
     return "".join(lines)
 
 
+def output_folder(key: str, path: str) -> Path:
+    """The folder a job writes into (the config's `key`), made if missing: a one-line ConfigError
+    naming the key where it cannot be made or written, before any model is built."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{key}={path}: cannot make the folder there ({error.strerror or error})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: the folder is not writable")
+    return folder
+
+
 def run_with_config(program: str, load, action, path: str | None, overrides: list[str]) -> int:
     """Load a config and run `action(cfg)`, as a command line does: exit status 0, 2 for a config or
     a checkpoint that cannot be used, 1 for a job that failed with one of our errors (one line on
@@ -471,7 +485,7 @@ def run_with_config(program: str, load, action, path: str | None, overrides: lis
     try:
         cfg = load(path, overrides)
         action(cfg)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, SymlinkError) as error:  # what the user gave cannot be used
         print_error(program, error)
         return 2
     except PosteriorJpegError as error:

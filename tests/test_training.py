@@ -155,8 +155,32 @@ def test_an_out_dir_that_cannot_be_a_folder_is_one_line(tmp_path, capsys):
     for out_dir in (tmp_path / "file", tmp_path / "file" / "sub"):
         assert train_main(["--config", str(TINY), f"out_dir={out_dir}", "device=cpu"]) == 2
         (line,) = capsys.readouterr().err.splitlines()
-        assert line.startswith(f"train.py: out_dir={out_dir}: cannot make the run folder there")
+        assert line.startswith(f"train.py: out_dir={out_dir}: cannot make the folder there")
     assert (tmp_path / "file").read_text() == "mine"
+
+
+LINK_MESSAGE = "is a symbolic or hard link; this tool does not write through links (remove it, or choose another output folder)"
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "val", "logs", "checkpoints",
+                                  "checkpoints/.staging_step_00000002", "val/step_00000002.png"])
+def test_a_link_planted_in_the_run_folder_is_refused_and_what_it_leads_to_untouched(tmp_path, name, capsys):
+    """The names a run writes are refused as links (those of the folder itself before anything is
+    built, a checkpoint's staging folder and a grid when the run gets there); out_dir may be a link."""
+    from posterior_jpeg.commands.train import main as train_main
+
+    victim_file, victim_folder = tmp_path / "victim_file", tmp_path / "victim_folder"
+    victim_file.write_text("mine")
+    victim_folder.mkdir()
+    real = tmp_path / "real"
+    (real / name).parent.mkdir(parents=True, exist_ok=True)
+    (real / name).symlink_to(victim_file if name.endswith((".yaml", ".jsonl", ".png")) else victim_folder)
+    (tmp_path / "run").symlink_to(real)  # the user's own link: followed
+    command = ["--config", str(TINY), f"out_dir={tmp_path / 'run'}", "progress=false", "device=cpu", "steps=2",
+               "checkpoint_every=2", "val_every=2", "log_every=1"]
+    assert train_main(command) == 2
+    assert capsys.readouterr().err.splitlines() == [f"train.py: {tmp_path / 'run' / name}: {LINK_MESSAGE}"]
+    assert victim_file.read_text() == "mine" and list(victim_folder.iterdir()) == []
 
 
 def test_unknown_keys_and_bad_values_are_errors(tmp_path):
