@@ -32,11 +32,11 @@ from typing import Any
 
 from accelerate import PartialState
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from . import checkpoints, explorer
 from .atomic import write_atomically
-from .config import ConfigError, TrainConfig, load_config, load_structured, run_with_config, show_config
+from .config import (ConfigError, TrainConfig, build_structured, load_config, load_structured, run_with_config,
+                     show_config)
 from .evaluate import DEFAULT_METHODS, EvalConfig, evaluate
 from .report import POSTERIOR_METHODS, SWEEP_COLUMNS, format_cell
 from .losses import Schedule
@@ -76,14 +76,8 @@ def sweep_points(cfg: SweepConfig) -> list[SweepPoint]:
 
 def eval_config(cfg: SweepConfig, checkpoint_paths: list[str], methods: list[str], out_dir: Path) -> EvalConfig:
     """The sweep's eval section for one evaluation: these checkpoints and methods, this out_dir."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.create(cfg.eval),
-                                 {"checkpoints": checkpoint_paths, "methods": methods, "out_dir": str(out_dir)})
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"eval section: {error}".splitlines()[0]) from None
-    except ValueError as error:  # EvalConfig's own checks
-        raise ConfigError(f"eval section: {error}") from None
+    return build_structured(EvalConfig, [OmegaConf.create(cfg.eval), OmegaConf.create(
+        {"checkpoints": checkpoint_paths, "methods": methods, "out_dir": str(out_dir)})], "eval section")
 
 
 def train_config(cfg: SweepConfig, point: SweepPoint) -> TrainConfig:

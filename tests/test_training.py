@@ -57,42 +57,20 @@ def test_training_data_is_named_explicitly(tmp_path):
             load_config(TINY, [bad])
 
 
-# Values no key of its type accepts: every numeric key's range starts at 0 or above, every list
-# needs at least one valid element, every string key is a choice (or a path, left out here).
-WRONG = {
-    int: ["-1", "nan", "inf", "1.5", "abc", "[1]", "{a: 1}", "-99999999999999999999"],
-    float: ["-1", "nan", "inf", "-inf", ".nan", "abc", "[1]", "{a: 1}", "-1e400"],
-    str: ["bogus", "[1]", "{a: 1}"],
-    list: ["[]", "abc", "[nan, nan]", "[2, 2]", "['4:1:1']", "{a: 1}"],
-}
-
-
-def _wrong_overrides(count: int, seed: int = 0) -> list[str]:
-    """`count` overrides drawn at random (fixed seed): a checked key of TrainConfig and a value of the
-    wrong type, range or finiteness for it."""
-    import random
-
+def test_random_wrong_overrides_give_one_line_and_exit_2_before_anything_is_built(monkeypatch, capsys,
+                                                                                   wrong_overrides):
+    """Property test: whatever key and wrong value, --print-config and a real run both answer with
+    exactly one line naming the key (no traceback), exit 2, and the run builds nothing."""
     from omegaconf import OmegaConf
 
+    from posterior_jpeg import training
+    from posterior_jpeg.commands.train import main as train_main
     from posterior_jpeg.config import TRAIN_RULES, TrainConfig
     from posterior_jpeg.models.spread import SpreadConfig
 
-    defaults = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"spread": SpreadConfig()})  # optional: None
-    kinds = {key: type(OmegaConf.to_container(value) if OmegaConf.is_list(value) else value)
-             for key in TRAIN_RULES for value in [OmegaConf.select(defaults, key)]}
-    rng = random.Random(seed)
-    keys = sorted(kinds)
-    return [f"{key}={rng.choice(WRONG[kinds[key]])}" for key in (rng.choice(keys) for _ in range(count))]
-
-
-def test_random_wrong_overrides_give_one_line_and_exit_2_before_anything_is_built(monkeypatch, capsys):
-    """Property test: whatever key and wrong value, --print-config and a real run both answer with
-    exactly one line naming the key (no traceback), exit 2, and the run builds nothing."""
-    from posterior_jpeg import training
-    from posterior_jpeg.commands.train import main as train_main
-
     monkeypatch.setattr(training, "train", lambda cfg: pytest.fail(f"a run started with {cfg}"))
-    for override in _wrong_overrides(80):
+    defaults = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"spread": SpreadConfig()})  # optional: None
+    for override in wrong_overrides(TRAIN_RULES, defaults, 80):
         key = override.split("=")[0]
         for extra in (["--print-config"], []):
             assert train_main(["--config", str(TINY), "out_dir=unused", override, *extra]) == 2, override
