@@ -50,6 +50,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__, explorer
+from .atomic import Folder
 from .checkpoints import resolve
 from .config import (RULES, ConfigError, integer_in, load_structured, one_of, output_folder, run_with_config,
                      show_config)
@@ -72,7 +73,7 @@ from .metrics.diversity import mean_pairwise_distance
 from .metrics.fid import FEATURE_DIM, RANDOM, StatisticsError, statistics_key
 from .pixels import round_to_8_bits, to_chw_float
 from .precision import PRECISIONS, choose_precision
-from .report import METHODS, POSTERIOR_METHODS, Key, Tally, markdown, rows, summarize, write_results
+from .report import METHODS, POSTERIOR_METHODS, RESULT_FILES, Key, Tally, markdown, rows, summarize, write_results
 from .sampler import Sampler
 
 DEFAULT_METHODS = ("jpeg", "ours", "ours_p", "ours_a")
@@ -298,7 +299,9 @@ class Runner:
         self.cfg = cfg
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device=cuda: CUDA is not available here (use device=cpu or auto)")
-        output_folder("out_dir", cfg.out_dir)
+        with Folder(output_folder("out_dir", cfg.out_dir)) as out:  # a planted link stops the job before it starts
+            for name in (*RESULT_FILES, explorer.PAGE, explorer.CROPS):
+                out.refuse_link(name)
         self.state = PartialState(cpu=cfg.device == "cpu")
         # Accelerate names a CPU process's device "cpu:N", which safetensors refuses
         self.device = torch.device("cpu") if self.state.device.type == "cpu" else self.state.device

@@ -21,7 +21,7 @@ from posterior_jpeg import sweep as sw
 from posterior_jpeg.commands import main as cli
 from posterior_jpeg.config import load_config
 from posterior_jpeg.data import synthetic_image
-from posterior_jpeg.errors import ConfigError, MissingWeightsError, PosteriorJpegError
+from posterior_jpeg.errors import ConfigError, MissingWeightsError, PosteriorJpegError, SymlinkError
 from posterior_jpeg.metrics import (
     LPIPS,
     GaussianStats,
@@ -518,6 +518,7 @@ def test_a_sweep_point_name_is_a_plain_folder_name(name):
 
 # ----------------------------------------------------------------------------------- config rules and out_dir
 EVAL_YAML = str(ROOT / "configs" / "eval.yaml")
+LINK_MESSAGE = "is a symbolic or hard link; this tool does not write through links (remove it, or choose another output folder)"
 
 
 @pytest.fixture
@@ -577,9 +578,50 @@ def test_an_evaluation_that_measures_no_image_fails_with_one_line(tmp_path, caps
                                        "not measured\n")
 
 
+@pytest.mark.parametrize("name", ["results.json", "results.csv", "results.md", "index.html", "crops"])
+def test_a_link_planted_in_the_eval_out_dir_is_refused_before_anything_is_built(nothing_built, tmp_path, capsys,
+                                                                                 name):
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / name).symlink_to(victim)
+    command = ["eval", "--config", EVAL_YAML, "data.ground_truth=unused", "methods=[jpeg]", f"out_dir={tmp_path / 'out'}"]
+    assert cli(command) == 2
+    assert capsys.readouterr().err == f"posterior-jpeg eval: {tmp_path / 'out' / name}: {LINK_MESSAGE}\n"
+    assert victim.read_text() == "mine"
+
+
 def test_the_sweep_checks_its_eval_section_by_the_same_rules(capsys):
     command = ["sweep", "--config", str(ROOT / "configs" / "sweep_consistency.yaml"), "eval.data.ground_truth=unused",
                "eval.data.crop=7", "points=[]", "lambda_values=[1]"]
     assert cli(command) == 2
     assert capsys.readouterr().err == ("posterior-jpeg sweep: eval section: data.crop='7': must be full, mod16 or an "
                                        "integer in [32, 4096]\n")
+
+
+@pytest.mark.parametrize("name", ["runs", "points", "baselines", "points/given", "runs/lambda_C=1"])
+def test_a_link_planted_in_the_sweep_out_dir_is_refused_before_anything_is_trained(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(sw, "train", lambda cfg: pytest.fail("a point was trained"))
+    monkeypatch.setattr(sw, "evaluate", lambda cfg, print_table=True: pytest.fail("a point was evaluated"))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    out = tmp_path / "sweep"
+    (out / name).parent.mkdir(parents=True)
+    (out / name).symlink_to(victim)
+    cfg = sw.load_sweep_config(ROOT / "configs" / "sweep_consistency.yaml", [
+        f"out_dir={out}", f"train_config={ROOT / 'configs' / 'tiny.yaml'}", "lambda_values=[1]",
+        "points=[{name: given, checkpoint: somewhere}]", "eval.data.ground_truth=unused"])
+    with pytest.raises(SymlinkError, match=f"{out / name}: is a symbolic"):
+        sw.run_sweep(cfg)
+    assert list(victim.iterdir()) == []
+
+
+def test_a_sweep_plot_is_not_written_through_a_link(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    (tmp_path / "fid_vs_consistency_q5_420.png").symlink_to(victim)
+    row = {"point": "a", "method": "Ours", "quality": 5, "subsampling": "4:2:0", "fid": 10.0, "fid_std": 1.0,
+           "consistency_rmse": 0.5}
+    with pytest.raises(SymlinkError):
+        sw.plot([row], tmp_path, random_weights=False)
+    assert victim.read_text() == "mine"
