@@ -32,6 +32,10 @@ CROP_MULTIPLE = 16
 MAX_SHIFT = 7
 # Value of data.train that selects synthetic images (synthetic_image) instead of a folder.
 SYNTHETIC = "synthetic"
+# A training image is decoded whole (and cached per loading process); one with more pixels than this
+# is skipped with its warning before it is decoded: 8192 x 8192 RGB is 192 MB, a 13376 x 13376 PNG
+# would take 3.3 GB in every worker, and crops are at most 4096 pixels wide anyway.
+MAX_TRAINING_PIXELS = 8192 * 8192
 # Exceptions Pillow raises for files it cannot open or decode.
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -101,13 +105,18 @@ def synthetic_image(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def read_rgb(path) -> Image.Image:
+def read_rgb(path, max_pixels: int | None = None) -> Image.Image:
     """An image file as 8-bit RGB: the one loader of training, evaluation and reference images.
 
     16-bit grey (modes I, I;16*) is scaled to 8 bits, since Pillow's convert would clip it to white;
-    Pillow itself reduces 16-bit colour to its top 8 bits. ImageError names the file otherwise."""
+    Pillow itself reduces 16-bit colour to its top 8 bits. ImageError names the file otherwise, and
+    one whose header declares more than `max_pixels` pixels (read before anything is decoded)."""
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageError(f"{path}: {width}x{height} pixels, more than the {max_pixels} a training image "
+                                 "may have (it would be decoded whole); downscale it")
             if image.mode == "I" or image.mode.startswith("I;16"):
                 grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
                 return Image.fromarray(grey, "L").convert("RGB")
@@ -249,7 +258,7 @@ class JpegCropDataset(torch.utils.data.Dataset):
         if path in self._unreadable:
             return None
         try:
-            return read_rgb(path)
+            return read_rgb(path, MAX_TRAINING_PIXELS)
         except ImageError as error:
             self._unreadable.add(path)
             warnings.warn(f"{error}; skipping this training image")
