@@ -76,6 +76,13 @@ class Folder:
         except FileNotFoundError:
             return None
 
+    def refuse_link(self, name: str) -> None:
+        """SymlinkError if a symbolic link stands at `name`: a job checks the names it will write
+        before it starts, so that a planted link stops it at once rather than hours later."""
+        found = self.lstat(name)
+        if found is not None and stat.S_ISLNK(found.st_mode):
+            raise SymlinkError(self.path / name)
+
     def _open(self, name: str, flags: int, mode: int = 0o666) -> int:
         try:
             return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.descriptor)
@@ -103,9 +110,7 @@ class Folder:
         takes care of those a killed process leaves). A link at `name` is refused rather than
         replaced. `before_rename()` runs once the data is written and before it becomes visible (a
         manifest record appended there never describes a file that failed to write)."""
-        found = self.lstat(name)
-        if found is not None and stat.S_ISLNK(found.st_mode):
-            raise SymlinkError(self.path / name)
+        self.refuse_link(name)
         temporary = _temporary_name()
         descriptor = self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:

@@ -43,6 +43,7 @@ MODEL = "model.yaml"
 CONFIG = "config.yaml"
 TRAINER = "trainer.json"
 LATEST = "latest"
+CHECKPOINTS = "checkpoints"  # the run folder's folder of checkpoints
 MODEL_FORMAT = 1
 MODEL_HEADER = "# posterior-jpeg model file: the architecture of G for the weights beside it\n"
 _LISTED = 4  # keys named in a mismatch message before "and N more"
@@ -134,7 +135,7 @@ def checkpoint_order(run_dir: str | Path) -> tuple[list[Path], list[str]]:
     steps are left out: they were left by a run that was restarted from an earlier checkpoint.
     Without a usable `latest`, every checkpoint, newest first. Folders whose real path is outside
     checkpoints/ (links) are never used."""
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return [], []
     folders = _step_folders(root)
@@ -162,7 +163,7 @@ def publish_checkpoint(staging: Path, run_dir: Path, step: int, keep: int) -> Pa
     """Move a fully written staging folder into place, point `latest` at it, and prune: keep the
     newest `keep` checkpoints up to this step, this one included (keep < 1: all). Folders of later
     steps (see checkpoint_order) are left alone until the run writes over them."""
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS
     final = root / checkpoint_name(step)
     if final.is_symlink() or final.exists():
         _remove(final)
@@ -271,7 +272,7 @@ def model_config(folder: Path) -> ModelFile:
 def resolve(path: str | Path) -> tuple[Path, ModelFile]:
     """A run folder (its latest checkpoint), a checkpoint folder or a weights file -> (weights, G's model file)."""
     path = Path(path)
-    if path.is_dir() and (path / "checkpoints").is_dir():
+    if path.is_dir() and (path / CHECKPOINTS).is_dir():
         folder = latest_checkpoint(path)
         if folder is None:
             raise CheckpointError(f"{path}: run folder has no complete checkpoint yet")

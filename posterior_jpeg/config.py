@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import io
 import math
+import os
 import sys
 import textwrap
 import tokenize
@@ -21,7 +22,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .data import CROP_MULTIPLE, SHARD_WINDOW, SYNTHETIC, WRITABLE_MODES, QualitySampler
-from .errors import CheckpointError, ConfigError, PosteriorJpegError, TrainingStopped
+from .errors import CheckpointError, ConfigError, PosteriorJpegError, SymlinkError, TrainingStopped
 from .losses import SCHEDULE_KINDS, Schedule
 from .precision import PRECISIONS
 from .pretrained import WeightsConfig
@@ -154,12 +155,12 @@ class TrainConfig:
 # the dataclasses' __post_init__. Each rule: (test of the value, what is allowed, in words). The upper
 # bounds on sizes are far above anything this project trains and keep a typo from trying to allocate
 # terabytes.
-def _integer(low: int, high: int | None = None) -> tuple:
+def integer_in(low: int, high: int | None = None) -> tuple:
     return ((lambda v: low <= v and (high is None or v <= high)),
             f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}")
 
 
-def _real(low: float, high: float | None = None, above: bool = False) -> tuple:
+def real_in(low: float, high: float | None = None, above: bool = False) -> tuple:
     def test(value) -> bool:
         return math.isfinite(value) and (value > low if above else value >= low) and (high is None or value <= high)
 
@@ -167,73 +168,75 @@ def _real(low: float, high: float | None = None, above: bool = False) -> tuple:
     return test, f"a finite number {bounds}"
 
 
-def _choice(choices) -> tuple:
+def one_of(choices) -> tuple:
     return (lambda v: v in choices), "one of " + ", ".join(map(str, choices))
 
 
-def _multiple(step: int, high: int) -> tuple:
+def multiple_of(step: int, high: int) -> tuple:
     return (lambda v: 0 < v <= high and v % step == 0), f"a multiple of {step} in [{step}, {high}]"
 
 
 def _schedule(key: str) -> dict:
-    return {f"{key}.kind": _choice(SCHEDULE_KINDS), f"{key}.start": _real(0), f"{key}.end": _real(0)}
+    return {f"{key}.kind": one_of(SCHEDULE_KINDS), f"{key}.start": real_in(0), f"{key}.end": real_in(0)}
 
 
 TRAIN_RULES = {
-    "stage": _choice(STAGES),
-    "steps": _integer(1),
-    "batch_size": _integer(1),
-    "grad_accumulation": _integer(1),
-    "device": _choice(("auto", "cpu")),
-    "seed": _integer(0, 2**32 - 1),  # numpy's seeds
-    "ema_half_life_images": _real(0, above=True),
-    "log_every": _integer(1),
-    "log_with": _choice(TRACKERS),
-    "val_every": _integer(1),
-    "val_images": _integer(1, 64),
-    "val_quality": _integer(1, 100),
-    "checkpoint_every": _integer(1),
-    "keep_checkpoints": _integer(0),
-    "generator.trunk": _choice(TRUNKS),
-    "generator.features": _integer(1, 1024),
-    "generator.blocks": _integer(1, 256),
-    "generator.growth": _integer(1, 1024),
-    "generator.table_embedding": _integer(0, 1024),
-    "generator.full_res_features": _integer(0, 1024),
-    "critic.features": _integer(1, 1024),
-    "critic.max_features": _integer(1, 4096),
+    "stage": one_of(STAGES),
+    "steps": integer_in(1),
+    "batch_size": integer_in(1),
+    "grad_accumulation": integer_in(1),
+    "device": one_of(("auto", "cpu")),
+    "seed": integer_in(0, 2**32 - 1),  # numpy's seeds
+    "ema_half_life_images": real_in(0, above=True),
+    "log_every": integer_in(1),
+    "log_with": one_of(TRACKERS),
+    "val_every": integer_in(1),
+    "val_images": integer_in(1, 64),
+    "val_quality": integer_in(1, 100),
+    "checkpoint_every": integer_in(1),
+    "keep_checkpoints": integer_in(0),
+    "generator.trunk": one_of(TRUNKS),
+    "generator.features": integer_in(1, 1024),
+    "generator.blocks": integer_in(1, 256),
+    "generator.growth": integer_in(1, 1024),
+    "generator.table_embedding": integer_in(0, 1024),
+    "generator.full_res_features": integer_in(0, 1024),
+    "critic.features": integer_in(1, 1024),
+    "critic.max_features": integer_in(1, 4096),
     "critic.size": ((lambda v: v in {FINAL_SIZE * 2**k for k in range(11)}),
                     f"{FINAL_SIZE} times a power of two, at most {FINAL_SIZE * 2**10}"),
-    "critic.detail_gain": _real(0),
+    "critic.detail_gain": real_in(0),
     **{rule: check for name in ("adversarial", "r1", "consistency", "first_moment", "second_moment", "perceptual")
        for rule, check in _schedule(f"loss.{name}").items()},
-    "loss.r1_every": _integer(1),
-    "loss.consistency_kind": _choice(("pixel", "dct")),
-    "loss.second_moment_kind": _choice(("eq7", "std")),
-    "loss.moments_every": _integer(1),
-    "loss.moment_images": _integer(1),
-    "loss.moment_samples": _integer(2),  # a spread needs two draws
+    "loss.r1_every": integer_in(1),
+    "loss.consistency_kind": one_of(("pixel", "dct")),
+    "loss.second_moment_kind": one_of(("eq7", "std")),
+    "loss.moments_every": integer_in(1),
+    "loss.moment_images": integer_in(1),
+    "loss.moment_samples": integer_in(2),  # a spread needs two draws
     **_schedule("optim.lr"),
     **_schedule("optim.critic_lr"),
     "optim.betas": ((lambda v: len(v) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in v)),
                     "two numbers in [0, 1)"),
-    "data.crop": _multiple(CROP_MULTIPLE, 4096),
-    "data.quality.kind": _choice(("skewed", "uniform")),
-    "data.quality.low": _integer(1, 100),
-    "data.quality.high": _integer(1, 100),
-    "data.quality.power": _real(0, above=True),
+    "data.crop": multiple_of(CROP_MULTIPLE, 4096),
+    "data.quality.kind": one_of(("skewed", "uniform")),
+    "data.quality.low": integer_in(1, 100),
+    "data.quality.high": integer_in(1, 100),
+    "data.quality.power": real_in(0, above=True),
     "data.modes": ((lambda v: len(v) > 0 and all(mode in WRITABLE_MODES for mode in v)),
                    "a non-empty list of " + ", ".join(WRITABLE_MODES)),
-    "data.double_share": _real(0, 1),
-    "data.workers": _integer(0, 256),
-    "data.cache_mb": _integer(0),
-    "data.shard_window": _integer(1, 2**20),
-    "spread.features": _integer(1, 1024),
-    "spread.blocks": _integer(1, 256),
-    "spread.table_embedding": _integer(1, 1024),
+    "data.double_share": real_in(0, 1),
+    "data.workers": integer_in(0, 256),
+    "data.cache_mb": integer_in(0),
+    "data.shard_window": integer_in(1, 2**20),
+    "spread.features": integer_in(1, 1024),
+    "spread.blocks": integer_in(1, 256),
+    "spread.table_embedding": integer_in(1, 1024),
     **{f"spread.{name}": ((lambda v: len(v) == 3 and all(math.isfinite(g) for g in v)), "three finite numbers")
        for name in FITTED},
 }
+# Each schema's rules; evaluate.py adds EvalConfig's (EVAL_RULES), since that schema lives beside the
+# evaluation code.
 RULES = {TrainConfig: TRAIN_RULES}
 
 
@@ -475,6 +478,19 @@ def commented_yaml(node: DictConfig, indent: str = "") -> str:
     return "".join(lines)
 
 
+def output_folder(key: str, path: str) -> Path:
+    """The folder a job writes into (the config's `key`), made if missing: a one-line ConfigError
+    naming the key where it cannot be made or written, before any model is built."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{key}={path}: cannot make the folder there ({error.strerror or error})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: the folder is not writable")
+    return folder
+
+
 def run_with_config(program: str, load, action, path: str | None, overrides: list[str]) -> int:
     """Load a config and run `action(cfg)`, as a command line does: exit status 0, 2 for a config or
     a checkpoint that cannot be used, 75 for a training run stopped by a signal after a checkpoint
@@ -482,7 +498,7 @@ def run_with_config(program: str, load, action, path: str | None, overrides: lis
     try:
         cfg = load(path, overrides)
         action(cfg)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, SymlinkError) as error:  # what the user gave cannot be used
         print_error(program, error)
         return 2
     except TrainingStopped as error:

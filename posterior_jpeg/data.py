@@ -36,6 +36,11 @@ MAX_SHIFT = 7
 SYNTHETIC = "synthetic"
 # Shards whose images an epoch shuffles together (EpochOrder's window), by default.
 SHARD_WINDOW = 4
+
+# A training image is decoded whole (and cached per loading process); one with more pixels than this
+# is skipped with its warning before it is decoded: 8192 x 8192 RGB is 192 MB, a 13376 x 13376 PNG
+# would take 3.3 GB in every worker, and crops are at most 4096 pixels wide anyway.
+MAX_TRAINING_PIXELS = 8192 * 8192
 # Exceptions Pillow raises for files it cannot open or decode.
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -113,15 +118,20 @@ def synthetic_image(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def read_rgb(path, name: str | None = None) -> Image.Image:
+def read_rgb(path, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
     """An image file (a path or a binary file object) as 8-bit RGB: the one loader of training,
     evaluation and reference images.
 
     16-bit grey (modes I, I;16*) is scaled to 8 bits, since Pillow's convert would clip it to white;
     Pillow itself reduces 16-bit colour to its top 8 bits. ImageError names the file (`name`, by
-    default `path`) otherwise."""
+    default `path`) otherwise, and one whose header declares more than `max_pixels` pixels (read
+    before anything is decoded)."""
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageError(f"{name or path}: {width}x{height} pixels, more than the {max_pixels} a training image "
+                                 "may have (it would be decoded whole); downscale it")
             if image.mode == "I" or image.mode.startswith("I;16"):
                 grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
                 return Image.fromarray(grey, "L").convert("RGB")
@@ -130,12 +140,12 @@ def read_rgb(path, name: str | None = None) -> Image.Image:
         raise ImageError(f"{name or path}: cannot read image ({error})") from None
 
 
-def read_image(images: list[pathlib.Path] | Shards, index: int) -> Image.Image:
+def read_image(images: list[pathlib.Path] | Shards, index: int, max_pixels: int | None = None) -> Image.Image:
     """Image `index` of a folder's files or of shards, as 8-bit RGB (read_rgb)."""
     if isinstance(images, Shards):
         name, data = images.read(index)
-        return read_rgb(io.BytesIO(data), name=name)
-    return read_rgb(images[index])
+        return read_rgb(io.BytesIO(data), name=name, max_pixels=max_pixels)
+    return read_rgb(images[index], max_pixels=max_pixels)
 
 
 class JpegCropDataset(torch.utils.data.Dataset):
@@ -279,7 +289,7 @@ class JpegCropDataset(torch.utils.data.Dataset):
         if index in self._unreadable:
             return None
         try:
-            return read_image(self.images, index)
+            return read_image(self.images, index, MAX_TRAINING_PIXELS)
         except ImageError as error:
             self._unreadable.add(index)
             warnings.warn(f"{error}; skipping this training image")

@@ -50,8 +50,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__, explorer
+from .atomic import Folder
 from .checkpoints import resolve
-from .config import ConfigError, load_structured, run_with_config, show_config
+from .config import (RULES, ConfigError, integer_in, load_structured, one_of, output_folder, run_with_config,
+                     show_config)
 from .data import WRITABLE_MODES, ImageError, list_images, read_rgb
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
@@ -72,7 +74,7 @@ from .metrics.fid import FEATURE_DIM, RANDOM, StatisticsError, statistics_key
 from .pixels import round_to_8_bits, to_chw_float
 from .precision import PRECISIONS, choose_precision
 from .pretrained import WeightsConfig
-from .report import METHODS, POSTERIOR_METHODS, Key, Tally, markdown, rows, summarize, write_results
+from .report import METHODS, POSTERIOR_METHODS, RESULT_FILES, Key, Tally, markdown, rows, summarize, write_results
 from .sampler import Sampler
 
 DEFAULT_METHODS = ("jpeg", "ours", "ours_p", "ours_a")
@@ -123,31 +125,44 @@ class EvalConfig:
     dtype: str = "auto"  # sampling precision: auto (bf16 on GPU and on CPUs with native bf16 units, else fp32), fp32, bf16 or fp16
     progress: bool = True  # progress bars (main process only)
 
-    def __post_init__(self):
-        data = self.data
-        if (data.ground_truth is None) == (data.jpegs is None):
+    def __post_init__(self):  # what keys must satisfy together; each key's own range: EVAL_RULES
+        if (self.data.ground_truth is None) == (self.data.jpegs is None):
             raise ConfigError("set exactly one of data.ground_truth (clean images) and data.jpegs (real JPEG files)")
-        if data.crop not in ("full", "mod16") and not (data.crop.isdigit() and int(data.crop) > 0):
-            raise ConfigError(f"data.crop must be 'full', 'mod16' or a positive size, got {data.crop!r}")
-        if data.limit is not None and data.limit < 1:
-            raise ConfigError(f"data.limit must be positive or null, got {data.limit}")
-        unknown = sorted(set(self.methods) - set(METHODS))
-        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"methods must be distinct names from {', '.join(METHODS)}, got {self.methods}")
         if "mmse" in self.methods and not self.mmse_checkpoint:
             raise ConfigError("method 'mmse' needs mmse_checkpoint (a run folder of stage=mmse)")
         if set(self.methods) & set(POSTERIOR_METHODS) and not self.checkpoints:
             raise ConfigError("methods ours / ours_p / ours_a need at least one entry in checkpoints")
-        if not self.qualities or any(not 1 <= q <= 100 for q in self.qualities):
-            raise ConfigError(f"qualities must be a non-empty list of 1..100, got {self.qualities}")
-        if not self.subsamplings or set(self.subsamplings) - set(WRITABLE_MODES):
-            raise ConfigError(f"subsamplings must be a non-empty selection of {WRITABLE_MODES}, got {self.subsamplings}")
-        if not 1 <= self.repeats < SEED_STRIDE or not 2 <= self.samples < SEED_STRIDE:
-            raise ConfigError(f"need 1 <= repeats and 2 <= samples, both < {SEED_STRIDE}")
-        if self.device not in ("auto", "cpu", "cuda") or self.dtype not in ("auto", *PRECISIONS):
-            raise ConfigError("device must be auto, cpu or cuda; dtype auto, fp32, bf16 or fp16")
-        if self.features.batch_size < 1:
-            raise ConfigError("features.batch_size must be >= 1")
+
+
+# A square crop at least as large as LPIPS alex measures (31 pixels) and no larger than one that
+# fits memory with its samples (a typo's 100000 would ask for 30 GB per image).
+CROP_SIZES = (32, 4096)
+
+
+def _crop_rule(value: str) -> bool:
+    return value in ("full", "mod16") or (value.isdigit() and CROP_SIZES[0] <= int(value) <= CROP_SIZES[1])
+
+
+# Each key's own range, checked over the whole merged config like training's (config.violations):
+# one line per violation naming the key, its value, where it came from and what is allowed.
+EVAL_RULES = {
+    "data.crop": (_crop_rule, f"full, mod16 or an integer in [{CROP_SIZES[0]}, {CROP_SIZES[1]}]"),
+    "data.limit": integer_in(1),
+    "qualities": ((lambda v: len(v) > 0 and len(set(v)) == len(v) and all(1 <= q <= 100 for q in v)),
+                  "a non-empty list of distinct integers in [1, 100]"),  # each a setting: twice would be measured twice
+    "subsamplings": ((lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(WRITABLE_MODES)),
+                     "a non-empty list of distinct names from " + ", ".join(WRITABLE_MODES)),
+    "methods": ((lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(METHODS)),
+                "a non-empty list of distinct names from " + ", ".join(METHODS)),
+    "repeats": integer_in(1, SEED_STRIDE - 1),
+    "samples": integer_in(2, SEED_STRIDE - 1),  # a spread needs two
+    "seed": integer_in(0, 2**32 - 1),
+    "features.lpips_net": one_of(("alex", "vgg")),
+    "features.batch_size": integer_in(1, 1024),
+    "device": one_of(("auto", "cpu", "cuda")),
+    "dtype": one_of(("auto", *PRECISIONS)),
+}
+RULES[EvalConfig] = EVAL_RULES
 
 
 def load_eval_config(path: str | Path | None = None, overrides: list[str] = ()) -> EvalConfig:
@@ -284,6 +299,11 @@ class Runner:
 
     def __init__(self, cfg: EvalConfig):
         self.cfg = cfg
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device=cuda: CUDA is not available here (use device=cpu or auto)")
+        with Folder(output_folder("out_dir", cfg.out_dir)) as out:  # a planted link stops the job before it starts
+            for name in (*RESULT_FILES, explorer.PAGE, explorer.CROPS):
+                out.refuse_link(name)
         self.state = PartialState(cpu=cfg.device == "cpu")
         # Accelerate names a CPU process's device "cpu:N", which safetensors refuses
         self.device = torch.device("cpu") if self.state.device.type == "cpu" else self.state.device
@@ -494,7 +514,10 @@ class Runner:
         for setting in self.settings():
             table += self.evaluate_setting(setting, reference)
         skipped = dict(sorted({k: v for part in gather_object([self.skipped]) for k, v in part.items()}.items()))
-        images = sum(str(path) not in skipped for path in TestSet(self.cfg.data, self.settings()[0]).files)
+        files = TestSet(self.cfg.data, self.settings()[0]).files
+        images = sum(str(path) not in skipped for path in files)
+        if images == 0:  # an empty table is no result
+            raise ImageError(f"none of the {len(files)} test images could be measured; the first: {skipped[str(files[0])]}")
         results = {"header": self.header(images), "rows": table, "skipped": skipped}
         if self.state.is_main_process:
             write_results(results, Path(self.cfg.out_dir))

@@ -17,6 +17,7 @@ POSTERIOR_METHODS = ("ours", "ours_p", "ours_a")
 METRICS = ("consistency_rmse", "coefficient_agreement", "psnr_rgb", "psnr_y", "lpips", "pixel_std", "pairwise_lpips",
            "calibration", "calibration_rank", "psnr_gap")
 COLUMNS = ("checkpoint", "quality", "subsampling", "method", "images", "fid", "fid_std", "fid_repeats", *METRICS)
+RESULT_FILES = ("results.json", "results.csv", "results.md")  # what an evaluation writes in its out_dir
 COUNTS = ("differing_coefficients", "total_coefficients")  # summed over images, not averaged
 
 
@@ -131,14 +132,15 @@ def markdown(results: dict) -> str:
 def write_results(results: dict, out_dir) -> None:
     """results.json, results.csv and results.md in out_dir, each written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(out_dir / "results.json", json.dumps(results, indent=2).encode())
+    json_name, csv_name, markdown_name = RESULT_FILES
+    write_atomically(out_dir / json_name, json.dumps(results, indent=2).encode())
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=COLUMNS)
     writer.writeheader()
     for row in results["rows"]:
         writer.writerow({**row, "fid_repeats": " ".join(f"{v:.6g}" for v in row["fid_repeats"])})
-    write_atomically(out_dir / "results.csv", table.getvalue().encode())
-    write_atomically(out_dir / "results.md", markdown(results).encode())
+    write_atomically(out_dir / csv_name, table.getvalue().encode())
+    write_atomically(out_dir / markdown_name, markdown(results).encode())
 
 
 # The columns of a sweep's table and CSV (sweep.py writes them, explorer.py shows them).

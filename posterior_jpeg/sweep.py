@@ -32,16 +32,17 @@ from typing import Any
 
 from accelerate import PartialState
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from . import checkpoints, explorer
-from .atomic import file_digest, write_atomically
-from .config import ConfigError, TrainConfig, load_config, load_structured, run_with_config, show_config
+from .atomic import Folder, file_digest, write_atomically
+from .config import (ConfigError, TrainConfig, build_structured, load_config, load_structured, output_folder,
+                     run_with_config, show_config)
 from .evaluate import DEFAULT_METHODS, EvalConfig, evaluate
 from .report import POSTERIOR_METHODS, SWEEP_COLUMNS, format_cell
 from .losses import Schedule
 from .training import train
 
+RUNS, POINTS, BASELINES = "runs", "points", "baselines"  # out_dir's folders: trained points, evaluations
 NAME = re.compile(r"^(?!\.)[A-Za-z0-9_.=+-]+$")  # a plain folder name: not ".", "..", hidden
 
 
@@ -75,14 +76,8 @@ def sweep_points(cfg: SweepConfig) -> list[SweepPoint]:
 
 def eval_config(cfg: SweepConfig, checkpoint_paths: list[str], methods: list[str], out_dir: Path) -> EvalConfig:
     """The sweep's eval section for one evaluation: these checkpoints and methods, this out_dir."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.create(cfg.eval),
-                                 {"checkpoints": checkpoint_paths, "methods": methods, "out_dir": str(out_dir)})
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"eval section: {error}".splitlines()[0]) from None
-    except ValueError as error:  # EvalConfig's own checks
-        raise ConfigError(f"eval section: {error}") from None
+    return build_structured(EvalConfig, [OmegaConf.create(cfg.eval), OmegaConf.create(
+        {"checkpoints": checkpoint_paths, "methods": methods, "out_dir": str(out_dir)})], "eval section")
 
 
 def train_config(cfg: SweepConfig, point: SweepPoint) -> TrainConfig:
@@ -90,7 +85,7 @@ def train_config(cfg: SweepConfig, point: SweepPoint) -> TrainConfig:
     lambda_overrides = [] if schedule is None else [
         f"loss.consistency.kind={schedule.kind}", f"loss.consistency.start={schedule.start}",
         f"loss.consistency.end={schedule.end}"]
-    run_dir = Path(cfg.out_dir) / "runs" / point.name
+    run_dir = Path(cfg.out_dir) / RUNS / point.name
     return load_config(cfg.train_config, [*cfg.train_overrides, *point.overrides, *lambda_overrides, f"out_dir={run_dir}"])
 
 
@@ -171,13 +166,27 @@ def _describe(point: SweepPoint, cfg: SweepConfig) -> str:
     return f"{schedule.kind} {schedule.start:g} -> {schedule.end:g}"
 
 
+def _make_folders(cfg: SweepConfig) -> Path:
+    """The sweep's out_dir with the sub-folders that its runs and evaluations write into, made before
+    anything is trained: a link planted at any of them is refused (SymlinkError) instead of leading
+    a run out of out_dir (out_dir itself may be a link)."""
+    out_dir = output_folder("out_dir", cfg.out_dir)
+    with Folder(out_dir) as out, out.child(RUNS) as runs, out.child(POINTS) as points:
+        out.child(BASELINES).close()
+        for point in sweep_points(cfg):
+            points.child(point.name).close()
+            if point.checkpoint is None:
+                runs.child(point.name).close()
+    return out_dir
+
+
 def run_sweep(cfg: SweepConfig) -> dict:
     """Train what is missing, evaluate what is missing, then write the table and the plots."""
-    out_dir = Path(cfg.out_dir)
+    out_dir = _make_folders(cfg)
     rows = []
     baselines = _baseline_methods(cfg)
     if baselines:  # their rows are labelled by method
-        for row in _evaluate_once(eval_config(cfg, [], baselines, out_dir / "baselines"))["rows"]:
+        for row in _evaluate_once(eval_config(cfg, [], baselines, out_dir / BASELINES))["rows"]:
             rows.append({"point": row["method"], "lambda_c": "-", **row})
     for point in sweep_points(cfg):
         if point.checkpoint is not None:
@@ -187,7 +196,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
             if not _finished(Path(train_cfg.out_dir), train_cfg.steps):
                 train(train_cfg)
             checkpoint = train_cfg.out_dir
-        evaluated = _evaluate_once(eval_config(cfg, [checkpoint], _posterior_methods(cfg), out_dir / "points" / point.name))
+        evaluated = _evaluate_once(eval_config(cfg, [checkpoint], _posterior_methods(cfg), out_dir / POINTS / point.name))
         for row in evaluated["rows"]:
             rows.append({"point": point.name, "lambda_c": _describe(point, cfg), **row})
     header = evaluated["header"]
@@ -260,8 +269,10 @@ def plot(rows: list[dict], out_dir: Path, random_weights: bool) -> list[Path]:
         axes.legend(fontsize=8)
         figure.tight_layout()
         path = out_dir / f"fid_vs_consistency_q{quality}_{subsampling.replace(':', '')}.png"
-        figure.savefig(path)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
         plt.close(figure)
+        write_atomically(path, buffer.getvalue())
         paths.append(path)
     return paths
 

@@ -17,7 +17,6 @@ finish its step, agree on that step, write one checkpoint and raise `TrainingSto
 
 import copy
 import json
-import os
 import resource
 import shutil
 import signal
@@ -31,16 +30,17 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import ProjectConfiguration, set_seed
-from PIL import Image
 from tqdm.auto import tqdm
 
 from . import checkpoints, losses
-from .config import TrainConfig, to_yaml
+from .atomic import Folder
+from .config import TrainConfig, output_folder, to_yaml
 from .calibrate import fit_spread, training_photos
 from .data import QualitySampler, make_loader, open_images, synthetic_image
 from .pixels import to_unit_float
 from .precision import ACCELERATE_NAMES, Precision, choose_precision, torch_dtype
 from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingStopped
+from .export import encode_png
 from .models.critic import build_critic
 from .models.features import VGGFeatures
 from .metrics.psnr import luma
@@ -70,7 +70,7 @@ def _accelerator(cfg: TrainConfig, precision: Precision, run_dir: Path) -> Accel
         mixed_precision=ACCELERATE_NAMES[precision.name],
         gradient_accumulation_steps=cfg.grad_accumulation,
         log_with=trackers or None,  # an empty list would warn that no tracker is installed
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / LOGS_FOLDER)),
     )
 
 
@@ -87,6 +87,11 @@ def _log_image(accelerator: Accelerator, name: str, image: np.ndarray, step: int
 
 
 FIT_PHOTOS = 12  # training photos the spread gains are fitted on
+# What a run writes in its folder besides checkpoints/, each opened without following a link
+CONFIG_FILE = "config.yaml"  # the config that ran
+METRICS_FILE = "metrics.jsonl"  # one record per log line
+VAL_FOLDER = "val"  # validation grids
+LOGS_FOLDER = "logs"  # the trackers' logs (TensorBoard: a folder per project inside)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
@@ -373,14 +378,12 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.run_dir = Path(cfg.out_dir)
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f"out_dir={cfg.out_dir}: cannot make the run folder there "
-                              f"({error.strerror or error})") from None
-        if not os.access(self.run_dir, os.W_OK | os.X_OK):
-            raise ConfigError(f"out_dir={cfg.out_dir}: the run folder is not writable")
+        self.run_dir = output_folder("out_dir", cfg.out_dir)
+        with Folder(self.run_dir) as run:  # a link planted where the run will write stops it before anything is built
+            for name in (CONFIG_FILE, METRICS_FILE):
+                run.refuse_link(name)
+            for name in (checkpoints.CHECKPOINTS, VAL_FOLDER, *([LOGS_FOLDER] if cfg.log_with != "none" else [])):
+                run.child(name).close()
         self.precision = _precision(cfg)
         self.accelerator = _accelerator(cfg, self.precision, self.run_dir)
         self.accelerator.print(f"train: {self.accelerator.device}, precision {self.precision.describe()}")
@@ -480,12 +483,14 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Write the checkpoint to a staging folder, then move it into place (never half-written)."""
         accelerator = self.accelerator
-        staging = self.run_dir / "checkpoints" / f".staging_{checkpoints.checkpoint_name(self.step)}"
+        staging = self.run_dir / checkpoints.CHECKPOINTS / f".staging_{checkpoints.checkpoint_name(self.step)}"
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            if staging.exists():
-                shutil.rmtree(staging)
-            staging.mkdir(parents=True)
+            with Folder(self.run_dir) as run, run.child(checkpoints.CHECKPOINTS) as root:
+                root.refuse_link(staging.name)  # never emptied or written through a link
+                if root.lstat(staging.name) is not None:
+                    shutil.rmtree(staging)
+                root.child(staging.name).close()
         accelerator.wait_for_everyone()
         checkpoints.save_random_states(staging, accelerator.process_index)
         accelerator.wait_for_everyone()
@@ -516,7 +521,7 @@ class Trainer:
         losses_hit = sorted(name for name, value in latest.items() if not torch.isfinite(value).all())
         what = f"the loss {', '.join(losses_hit)}" if losses_hit else "a loss or a weight"
         raise TrainingDiverged(f"step {self.step}: {what} became NaN or infinite; stopped without writing another "
-                               f"checkpoint, so those in {self.run_dir / 'checkpoints'} are the last good ones "
+                               f"checkpoint, so those in {self.run_dir / checkpoints.CHECKPOINTS} are the last good ones "
                                "(lower optim.lr or the loss weights, then resume)")
 
     def stop_if_signalled(self, finite: torch.Tensor, latest: dict[str, torch.Tensor]) -> None:
@@ -555,12 +560,12 @@ class Trainer:
             samples = self.ema(y.expand(4, -1, -1, -1), tables.expand(4, -1, -1, -1),
                                seeded_noise([0, 1, 2, 3], self.accelerator.device)).clamp(0, 1)
             rows.append(posterior_row(y[0], samples))
-        path = self.run_dir / "val" / f"{checkpoints.checkpoint_name(self.step)}.png"
-        path.parent.mkdir(exist_ok=True)
+        name = f"{checkpoints.checkpoint_name(self.step)}.png"
         sheet = contact_sheet(rows)
-        Image.fromarray(sheet).save(path)
+        with Folder(self.run_dir) as run, run.child(VAL_FOLDER) as val:
+            val.write(name, encode_png(sheet, None))
         _log_image(self.accelerator, "validation", sheet, self.step)
-        return path
+        return self.run_dir / VAL_FOLDER / name
 
     # ----------------------------------------------------------------------------- loop
     def run(self) -> Path:
@@ -571,7 +576,8 @@ class Trainer:
     def _train(self) -> Path:
         cfg, accelerator = self.cfg, self.accelerator
         if accelerator.is_main_process:
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            with Folder(self.run_dir) as run:
+                run.write(CONFIG_FILE, to_yaml(cfg).encode())
         accelerator.init_trackers(TRACKER_PROJECT, config={"stage": cfg.stage, "steps": cfg.steps})
         world = accelerator.num_processes
         per_step = cfg.batch_size * cfg.grad_accumulation
@@ -587,7 +593,6 @@ class Trainer:
         batches = _start_workers(loader)
         progress = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.stage}",
                         disable=not (cfg.progress and accelerator.is_main_process))
-        metrics_path = self.run_dir / "metrics.jsonl"
         started, first_step = time.perf_counter(), self.step
         # each loss as of the last step that computed it: moment and R1 steps come every few steps, and
         # a log step's own result alone would never show them when its period is a multiple of theirs
@@ -611,8 +616,8 @@ class Trainer:
                     record = {"step": self.step, "seconds": seconds, "cpu_seconds": time.process_time(),
                               "images_per_second": (self.step - first_step) * per_step * world / seconds,
                               "peak_memory_mb": _peak_memory_mb(accelerator.device), **gathered}
-                    with metrics_path.open("a") as handle:
-                        handle.write(json.dumps(record) + "\n")
+                    with Folder(self.run_dir) as run:
+                        run.append_line(METRICS_FILE, json.dumps(record))
             if self.step % cfg.log_every == 0 or self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.stop_if_diverged(finite, latest)
             if accelerator.is_main_process and (self.step % cfg.val_every == 0 or self.step == cfg.steps):

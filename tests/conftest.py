@@ -58,6 +58,35 @@ def pillow_jpeg():
     return encode
 
 
+# Values no key of its type accepts: every numeric key's range starts at 0 or above, every list
+# needs at least one valid element, every string key is a choice (or a path, left out here).
+WRONG = {
+    int: ["-1", "nan", "inf", "1.5", "abc", "[1]", "{a: 1}", "-99999999999999999999"],
+    float: ["-1", "nan", "inf", "-inf", ".nan", "abc", "[1]", "{a: 1}", "-1e400"],
+    str: ["bogus", "[1]", "{a: 1}"],
+    list: ["[]", "abc", "[nan, nan]", "[2, 2]", "['4:1:1']", "{a: 1}"],
+}
+
+
+@pytest.fixture
+def wrong_overrides():
+    """Factory wrong_overrides(rules, defaults, count) -> `count` key=value overrides drawn at random
+    (fixed seed): a key of `rules` and a value of the wrong type, range or finiteness for the type
+    of its value in `defaults` (a config node that gives every checked key a value)."""
+    import random
+
+    from omegaconf import OmegaConf
+
+    def draw(rules: dict, defaults, count: int, seed: int = 0) -> list[str]:
+        kinds = {key: type(OmegaConf.to_container(value) if OmegaConf.is_list(value) else value)
+                 for key in rules for value in [OmegaConf.select(defaults, key)]}
+        rng = random.Random(seed)
+        keys = sorted(kinds)
+        return [f"{key}={rng.choice(WRONG[kinds[key]])}" for key in (rng.choice(keys) for _ in range(count))]
+
+    return draw
+
+
 @pytest.fixture
 def dead_pid():
     """Factory dead_pid() -> the pid of a process that has ended (and been reaped)."""

@@ -413,6 +413,22 @@ def test_corrupt_file_is_skipped_with_one_warning(image_folder):
             assert_items_equal(first[counter], second[counter])
 
 
+def test_a_huge_training_image_is_skipped_by_its_header_before_it_is_decoded(image_folder):
+    """Issue 24: a 13376 x 13376 PNG in a training folder cost 3.3 GB (decoded whole in every loading
+    process); its declared size alone now skips it, with one warning naming it."""
+    huge = image_folder / "huge.png"
+    Image.new("1", (13376, 13376)).save(huge)  # 22 MB while made, 40 kB on disk
+    dataset = JpegCropDataset([huge, image_folder / "a.png"], crop=CROP)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [dataset[counter] for counter in range(8)]
+    assert all(item["x"].shape == (3, CROP, CROP) for item in items)
+    assert [str(w.message) for w in caught if "huge.png" in str(w.message)] == [
+        f"{huge}: 13376x13376 pixels, more than the {data_module.MAX_TRAINING_PIXELS} a training image may have "
+        "(it would be decoded whole); downscale it; skipping this training image"]
+    assert dataset._cached_bytes < 2**20
+
+
 def test_all_corrupt_files_raise_data_error(tmp_path):
     files = []
     for name in ("a.png", "b.jpg"):

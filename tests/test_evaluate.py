@@ -21,7 +21,7 @@ from posterior_jpeg import sweep as sw
 from posterior_jpeg.commands import main as cli
 from posterior_jpeg.config import load_config
 from posterior_jpeg.data import synthetic_image
-from posterior_jpeg.errors import ConfigError, PosteriorJpegError
+from posterior_jpeg.errors import ConfigError, MissingWeightsError, PosteriorJpegError, SymlinkError
 from posterior_jpeg.metrics import (
     LPIPS,
     GaussianStats,
@@ -505,3 +505,114 @@ def test_a_sweep_point_name_is_a_plain_folder_name(name):
     """A point's runs and evaluations are folders named after it: '..' would write into the sweep's own."""
     with pytest.raises(ConfigError, match="not start with '.'"):
         sw.load_sweep_config(ROOT / "configs" / "sweep_consistency.yaml", [f"points=[{{name: '{name}', checkpoint: x}}]"])
+
+
+# ----------------------------------------------------------------------------------- config rules and out_dir
+EVAL_YAML = str(ROOT / "configs" / "eval.yaml")
+LINK_MESSAGE = "is a symbolic or hard link; this tool does not write through links (remove it, or choose another output folder)"
+
+
+@pytest.fixture
+def nothing_built(monkeypatch):
+    """An evaluation that gets as far as building its devices and networks fails the test."""
+    monkeypatch.setattr(ev, "PartialState", lambda **_: pytest.fail("the job started"))
+
+
+def test_random_wrong_eval_overrides_give_one_line_and_exit_2_before_anything_is_built(nothing_built, capsys,
+                                                                                        wrong_overrides):
+    """Property test, as for training: whatever checked key of an evaluation config and wrong value,
+    --print-config and a real job both answer with exactly one line naming the key, exit 2."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.merge(OmegaConf.structured(ev.EvalConfig), {"data": {"limit": 1}})  # optional: None
+    for override in wrong_overrides(ev.EVAL_RULES, defaults, 60):
+        key = override.split("=")[0]
+        for extra in (["--print-config"], []):
+            code = cli(["eval", "--config", EVAL_YAML, "data.ground_truth=unused", "methods=[jpeg]", override, *extra])
+            out, err = capsys.readouterr()
+            assert code == 2 and out == "" and len(err.splitlines()) == 1, (override, err)
+            assert err.startswith("posterior-jpeg eval: ") and key in err, (override, err)
+
+
+@pytest.mark.parametrize("override, line", [
+    ("data.crop=7", "command line: data.crop='7': must be full, mod16 or an integer in [32, 4096]"),
+    ("data.crop=100000", "command line: data.crop='100000': must be full, mod16 or an integer in [32, 4096]"),
+    ("seed=-1", "command line: seed=-1: must be an integer in [0, 4294967295]"),
+    ("out_dir=/proc/x", "out_dir=/proc/x: cannot make the folder there (No such file or directory)"),
+])
+def test_an_unusable_eval_config_is_one_line_naming_key_value_and_range(nothing_built, capsys, override, line):
+    """Issue 24: each of these ran (crop 7: every image skipped, exit 0; 100000: 30 GB per image; a
+    negative seed) or ended in a traceback (/proc/x)."""
+    assert cli(["eval", "--config", EVAL_YAML, "data.ground_truth=unused", "methods=[jpeg]", override]) == 2
+    assert capsys.readouterr().err == f"posterior-jpeg eval: {line}\n"
+
+
+def test_eval_on_cuda_without_cuda_is_one_line_before_anything_is_built(nothing_built, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli(["eval", "--config", EVAL_YAML, "data.ground_truth=unused", "methods=[jpeg]", "device=cuda"]) == 2
+    assert capsys.readouterr().err == ("posterior-jpeg eval: device=cuda: CUDA is not available here "
+                                       "(use device=cpu or auto)\n")
+
+
+def test_an_evaluation_that_measures_no_image_fails_with_one_line(tmp_path, capsys):
+    """Every test image skipped (here: under the 31 pixels LPIPS needs) is a failure, not an empty table."""
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    for i in range(2):
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(truth / f"t{i}.png")
+    command = ["eval", "--config", EVAL_YAML, f"data.ground_truth={truth}", "data.crop=full", "methods=[jpeg]",
+               "features.inception=random", "features.lpips=random", f"fid_cache={tmp_path / 'cache'}",
+               f"out_dir={tmp_path / 'out'}", "device=cpu", "progress=false"]
+    assert cli(command) == 1
+    assert capsys.readouterr().err == (f"posterior-jpeg eval: none of the 2 test images could be measured; the first: "
+                                       f"{truth / 't0.png'}: 20x20 is smaller than the 31x31 pixels LPIPS needs; "
+                                       "not measured\n")
+
+
+@pytest.mark.parametrize("name", ["results.json", "results.csv", "results.md", "index.html", "crops"])
+def test_a_link_planted_in_the_eval_out_dir_is_refused_before_anything_is_built(nothing_built, tmp_path, capsys,
+                                                                                 name):
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / name).symlink_to(victim)
+    command = ["eval", "--config", EVAL_YAML, "data.ground_truth=unused", "methods=[jpeg]", f"out_dir={tmp_path / 'out'}"]
+    assert cli(command) == 2
+    assert capsys.readouterr().err == f"posterior-jpeg eval: {tmp_path / 'out' / name}: {LINK_MESSAGE}\n"
+    assert victim.read_text() == "mine"
+
+
+def test_the_sweep_checks_its_eval_section_by_the_same_rules(capsys):
+    command = ["sweep", "--config", str(ROOT / "configs" / "sweep_consistency.yaml"), "eval.data.ground_truth=unused",
+               "eval.data.crop=7", "points=[]", "lambda_values=[1]"]
+    assert cli(command) == 2
+    assert capsys.readouterr().err == ("posterior-jpeg sweep: eval section: data.crop='7': must be full, mod16 or an "
+                                       "integer in [32, 4096]\n")
+
+
+@pytest.mark.parametrize("name", ["runs", "points", "baselines", "points/given", "runs/lambda_C=1"])
+def test_a_link_planted_in_the_sweep_out_dir_is_refused_before_anything_is_trained(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(sw, "train", lambda cfg: pytest.fail("a point was trained"))
+    monkeypatch.setattr(sw, "evaluate", lambda cfg, print_table=True: pytest.fail("a point was evaluated"))
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    out = tmp_path / "sweep"
+    (out / name).parent.mkdir(parents=True)
+    (out / name).symlink_to(victim)
+    cfg = sw.load_sweep_config(ROOT / "configs" / "sweep_consistency.yaml", [
+        f"out_dir={out}", f"train_config={ROOT / 'configs' / 'tiny.yaml'}", "lambda_values=[1]",
+        "points=[{name: given, checkpoint: somewhere}]", "eval.data.ground_truth=unused"])
+    with pytest.raises(SymlinkError, match=f"{out / name}: is a symbolic"):
+        sw.run_sweep(cfg)
+    assert list(victim.iterdir()) == []
+
+
+def test_a_sweep_plot_is_not_written_through_a_link(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    (tmp_path / "fid_vs_consistency_q5_420.png").symlink_to(victim)
+    row = {"point": "a", "method": "Ours", "quality": 5, "subsampling": "4:2:0", "fid": 10.0, "fid_std": 1.0,
+           "consistency_rmse": 0.5}
+    with pytest.raises(SymlinkError):
+        sw.plot([row], tmp_path, random_weights=False)
+    assert victim.read_text() == "mine"

@@ -910,3 +910,14 @@ def test_levels_are_recorded_and_a_file_not_8_bit_exact_is_reported(checkpoint, 
             violations = pj.metrics.float_consistency(held, jf).violating_coefficients
             assert violations == record["float_violations"] == 0
             assert record["written_consistency"] == "float"
+
+
+def test_device_cuda_without_cuda_is_one_line_before_any_model_or_folder(monkeypatch, tmp_path, capsys):
+    """Issue 24, item 9: --device cuda on a machine without CUDA answers with one line, exit 2, before
+    the model is read and before OUT is made (after torch loads: only torch knows whether CUDA works)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(Sampler, "from_checkpoint", lambda *_, **__: pytest.fail("the model was read"))
+    (tmp_path / "x.jpg").write_bytes(b"not read")
+    assert main([str(tmp_path / "x.jpg"), "-o", str(tmp_path / "out"), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == "sample: --device cuda: CUDA is not available here (use --device cpu)\n"
+    assert not (tmp_path / "out").exists()

@@ -70,42 +70,20 @@ def test_training_data_is_named_explicitly(tmp_path):
             load_config(TINY, [bad])
 
 
-# Values no key of its type accepts: every numeric key's range starts at 0 or above, every list
-# needs at least one valid element, every string key is a choice (or a path, left out here).
-WRONG = {
-    int: ["-1", "nan", "inf", "1.5", "abc", "[1]", "{a: 1}", "-99999999999999999999"],
-    float: ["-1", "nan", "inf", "-inf", ".nan", "abc", "[1]", "{a: 1}", "-1e400"],
-    str: ["bogus", "[1]", "{a: 1}"],
-    list: ["[]", "abc", "[nan, nan]", "[2, 2]", "['4:1:1']", "{a: 1}"],
-}
-
-
-def _wrong_overrides(count: int, seed: int = 0) -> list[str]:
-    """`count` overrides drawn at random (fixed seed): a checked key of TrainConfig and a value of the
-    wrong type, range or finiteness for it."""
-    import random
-
+def test_random_wrong_overrides_give_one_line_and_exit_2_before_anything_is_built(monkeypatch, capsys,
+                                                                                   wrong_overrides):
+    """Property test: whatever key and wrong value, --print-config and a real run both answer with
+    exactly one line naming the key (no traceback), exit 2, and the run builds nothing."""
     from omegaconf import OmegaConf
 
+    from posterior_jpeg import training
+    from posterior_jpeg.commands.train import main as train_main
     from posterior_jpeg.config import TRAIN_RULES, TrainConfig
     from posterior_jpeg.models.spread import SpreadConfig
 
-    defaults = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"spread": SpreadConfig()})  # optional: None
-    kinds = {key: type(OmegaConf.to_container(value) if OmegaConf.is_list(value) else value)
-             for key in TRAIN_RULES for value in [OmegaConf.select(defaults, key)]}
-    rng = random.Random(seed)
-    keys = sorted(kinds)
-    return [f"{key}={rng.choice(WRONG[kinds[key]])}" for key in (rng.choice(keys) for _ in range(count))]
-
-
-def test_random_wrong_overrides_give_one_line_and_exit_2_before_anything_is_built(monkeypatch, capsys):
-    """Property test: whatever key and wrong value, --print-config and a real run both answer with
-    exactly one line naming the key (no traceback), exit 2, and the run builds nothing."""
-    from posterior_jpeg import training
-    from posterior_jpeg.commands.train import main as train_main
-
     monkeypatch.setattr(training, "train", lambda cfg: pytest.fail(f"a run started with {cfg}"))
-    for override in _wrong_overrides(80):
+    defaults = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"spread": SpreadConfig()})  # optional: None
+    for override in wrong_overrides(TRAIN_RULES, defaults, 80):
         key = override.split("=")[0]
         for extra in (["--print-config"], []):
             assert train_main(["--config", str(TINY), "out_dir=unused", override, *extra]) == 2, override
@@ -168,8 +146,32 @@ def test_an_out_dir_that_cannot_be_a_folder_is_one_line(tmp_path, capsys):
     for out_dir in (tmp_path / "file", tmp_path / "file" / "sub"):
         assert train_main(["--config", str(TINY), f"out_dir={out_dir}", "device=cpu"]) == 2
         (line,) = capsys.readouterr().err.splitlines()
-        assert line.startswith(f"train.py: out_dir={out_dir}: cannot make the run folder there")
+        assert line.startswith(f"train.py: out_dir={out_dir}: cannot make the folder there")
     assert (tmp_path / "file").read_text() == "mine"
+
+
+LINK_MESSAGE = "is a symbolic or hard link; this tool does not write through links (remove it, or choose another output folder)"
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl", "val", "logs", "checkpoints",
+                                  "checkpoints/.staging_step_00000002", "val/step_00000002.png"])
+def test_a_link_planted_in_the_run_folder_is_refused_and_what_it_leads_to_untouched(tmp_path, name, capsys):
+    """The names a run writes are refused as links (those of the folder itself before anything is
+    built, a checkpoint's staging folder and a grid when the run gets there); out_dir may be a link."""
+    from posterior_jpeg.commands.train import main as train_main
+
+    victim_file, victim_folder = tmp_path / "victim_file", tmp_path / "victim_folder"
+    victim_file.write_text("mine")
+    victim_folder.mkdir()
+    real = tmp_path / "real"
+    (real / name).parent.mkdir(parents=True, exist_ok=True)
+    (real / name).symlink_to(victim_file if name.endswith((".yaml", ".jsonl", ".png")) else victim_folder)
+    (tmp_path / "run").symlink_to(real)  # the user's own link: followed
+    command = ["--config", str(TINY), f"out_dir={tmp_path / 'run'}", "progress=false", "device=cpu", "steps=2",
+               "checkpoint_every=2", "val_every=2", "log_every=1"]
+    assert train_main(command) == 2
+    assert capsys.readouterr().err.splitlines() == [f"train.py: {tmp_path / 'run' / name}: {LINK_MESSAGE}"]
+    assert victim_file.read_text() == "mine" and list(victim_folder.iterdir()) == []
 
 
 def test_unknown_keys_and_bad_values_are_errors(tmp_path):
