@@ -26,7 +26,7 @@ from .metrics import Agreement, eight_bit_consistency, float_consistency
 from .options import SampleOptions
 from .precision import Precision, choose_precision
 from .sampler import Sampler, resolve_device
-from .pixels import round_to_8_bits, to_hwc_uint8, to_uint8, to_unit_float
+from .pixels import to_hwc_uint8, to_uint8, to_unit_float
 from .visualize import contact_sheet, heat_map
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
