@@ -6,7 +6,6 @@ reference in the same run.
 """
 
 import argparse
-import io
 import sys
 
 import kornia
@@ -15,16 +14,11 @@ import torch
 from PIL import Image
 
 import posterior_jpeg as pj
+from posterior_jpeg.data import libjpeg_decode, pillow_jpeg
 from posterior_jpeg.jpeg import codec, tables
 from posterior_jpeg.pixels import to_chw_float
 
 from common import SHARED_DATA, emit
-
-
-def compress(rgb: np.ndarray, quality: int, mode: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, subsampling=mode)
-    return buffer.getvalue()
 
 
 def main() -> None:
@@ -39,7 +33,7 @@ def main() -> None:
         for quality in (5, 10, 25, 50, 75, 95):
             same = total = 0
             for rgb in photos:
-                jf = pj.read_jpeg(compress(rgb, quality, mode))
+                jf = pj.read_jpeg(pillow_jpeg(rgb, quality, mode))
                 ours = codec.encode(to_chw_float(rgb)[None], torch.from_numpy(jf.qtables).float(), mode)
                 for a, b in zip(ours, jf.coefficient_tensors()):
                     same += int((a.long() == b).sum())
@@ -49,8 +43,8 @@ def main() -> None:
         errors = []
         for rgb in photos:
             rgb = np.ascontiguousarray(rgb[: rgb.shape[0] // 16 * 16, : rgb.shape[1] // 16 * 16])  # kornia: x16
-            data = compress(rgb, quality, "4:2:0")
-            libjpeg = to_chw_float(np.array(Image.open(io.BytesIO(data)).convert("RGB")))[None] * 255
+            data = pillow_jpeg(rgb, quality, "4:2:0")
+            libjpeg = to_chw_float(libjpeg_decode(data))[None] * 255
             x = to_chw_float(rgb)[None]
             ours = codec.roundtrip(x, torch.from_numpy(tables.ijg_tables(quality)).float(), "4:2:0")[1] * 255
             theirs = kornia.enhance.jpeg_codec_differentiable(x, torch.tensor([float(quality)])) * 255

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 import posterior_jpeg as pj
 from posterior_jpeg.metrics import naturalness_distance, psnr, texture_ratio
 from posterior_jpeg.metrics.psnr import luma
+from posterior_jpeg.data import pillow_jpeg
 from posterior_jpeg.pixels import round_to_8_bits, to_chw_float, to_hwc_uint8
 
 from common import SHARED_DATA, emit
-from val_yardsticks import centre_crop, compress
+from val_yardsticks import centre_crop
 
 TILE = 8
 
@@ -50,7 +51,7 @@ def main() -> None:
     photos = []  # (original, M, two samples), unprojected
     for path in files:
         original = to_chw_float(centre_crop(path))
-        jpeg = pj.read_jpeg(compress(to_hwc_uint8(original), args.quality))
+        jpeg = pj.read_jpeg(pillow_jpeg(to_hwc_uint8(original), args.quality, "4:2:0"))
         photos.append((original, sampler.mmse(jpeg, project=False), sampler.sample(jpeg, n=2, seed=0, project=False)))
         print(f"detail_gain: {path.name}", file=sys.stderr, flush=True)
 

@@ -18,17 +18,12 @@ import torch
 from PIL import Image
 
 import posterior_jpeg as pj
+from posterior_jpeg.data import pillow_jpeg
 from posterior_jpeg.jpeg import codec, projection, tables
 from posterior_jpeg.jpeg.color import rgb_to_ycbcr
 from posterior_jpeg.pixels import to_chw_float
 
 from common import best_time, emit, photo
-
-
-def jpeg_bytes(rgb: np.ndarray, quality: int = 50, subsampling: str = "4:2:0") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, subsampling=subsampling)
-    return buffer.getvalue()
 
 
 def bench_read_decode(data: bytes, megapixels: float, device: str) -> None:
@@ -128,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     height = int(round((args.megapixels * 1e6 * 3 / 4) ** 0.5))
     width = int(round(height * 4 / 3))
-    data = jpeg_bytes(photo(height, width))
+    data = pillow_jpeg(photo(height, width), 50, "4:2:0")
     megapixels = height * width / 1e6
     bench_read_decode(data, megapixels, args.device)
     bench_codec(args.device, args.codec_batch, args.codec_size)

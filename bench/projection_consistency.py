@@ -21,7 +21,6 @@ same process: the projection must not become the bottleneck of sampling. With th
 """
 
 import argparse
-import io
 import sys
 import time
 
@@ -30,6 +29,7 @@ import torch
 from PIL import Image
 
 import posterior_jpeg as pj
+from posterior_jpeg.data import pillow_jpeg
 from posterior_jpeg.metrics import coefficient_agreement, consistency_rmse
 
 from common import SHARED_DATA, cpu_model, emit, perturbed, photo
@@ -72,9 +72,7 @@ def exact(files: list, qualities: list[int], modes: list[str]) -> None:
             figures = {}
             start = time.perf_counter()
             for seed, rgb in enumerate(crops):
-                buffer = io.BytesIO()
-                Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, subsampling=mode)
-                jf = pj.read_jpeg(buffer.getvalue())
+                jf = pj.read_jpeg(pillow_jpeg(rgb, quality, mode))
                 for kind, candidate in exact_candidates(rgb, jf, seed).items():
                     before = coefficient_agreement(candidate, jf).coefficients
                     after = coefficient_agreement(pj.project(candidate, jf), jf).coefficients
@@ -101,9 +99,7 @@ def megapixel() -> None:
     rgb = photo(1000, 1000)
     sampler = pj.Sampler.from_checkpoint(None)
     for quality in (30, 75):
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, subsampling="4:2:0")
-        jf = pj.read_jpeg(buffer.getvalue())
+        jf = pj.read_jpeg(pillow_jpeg(rgb, quality, "4:2:0"))
         start = time.perf_counter()
         sampler.sample(jf, n=1, seed=0, project=False)
         generator_seconds = time.perf_counter() - start
@@ -150,9 +146,7 @@ def main() -> None:
             rmse = []
             start = time.perf_counter()
             for index, rgb in enumerate(photos):
-                buffer = io.BytesIO()
-                Image.fromarray(rgb).save(buffer, "JPEG", quality=quality, subsampling=mode)
-                data = buffer.getvalue()
+                data = pillow_jpeg(rgb, quality, mode)
                 jf = pj.read_jpeg(data)
                 batch = candidates(jf, seed=index)
                 projected = pj.project(batch, jf)

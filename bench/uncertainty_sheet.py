@@ -9,18 +9,17 @@ of decode | posterior mean M | one sample | |x - M| | std map of the samples, bo
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 import posterior_jpeg as pj
-from posterior_jpeg.evaluate import libjpeg_decode
+from posterior_jpeg.data import libjpeg_decode, pillow_jpeg
 from posterior_jpeg.metrics.calibration import calibration
 from posterior_jpeg.pixels import round_to_8_bits, to_chw_float, to_hwc_uint8
 from posterior_jpeg.visualize import contact_sheet, heat_map, std_map
 
 from common import SHARED_DATA, emit
-from val_yardsticks import centre_crop, compress
+from val_yardsticks import centre_crop
 
 
 def main() -> None:
@@ -38,14 +37,14 @@ def main() -> None:
     paths = [args.data / name for name in args.photos] if args.photos else sorted(args.data.glob("*"))[:3]
     for path in paths:
         original = to_chw_float(centre_crop(path, args.max_side))
-        data = compress(to_hwc_uint8(original), args.quality)
+        data = pillow_jpeg(to_hwc_uint8(original), args.quality, "4:2:0")
         jpeg = pj.read_jpeg(data)
         mean = sampler.mean_of(jpeg)
         samples = round_to_8_bits(torch.stack([s.image for s in sampler.samples(jpeg, range(args.samples), mean=mean)]))
         mean = mean.cpu()
         emit(photo=path.name, quality=args.quality, **calibration(samples, mean, original).as_dict())
         error = heat_map((original - mean).abs())
-        rows.append([libjpeg_decode(data), mean.clamp(0, 1), samples[0], error, std_map(samples)])
+        rows.append([to_chw_float(libjpeg_decode(data)), mean.clamp(0, 1), samples[0], error, std_map(samples)])
     Image.fromarray(contact_sheet(rows)).save(args.out)
     print(f"uncertainty_sheet: {args.out} (rows: decode | M | sample | |x - M| | std of {args.samples} samples)")
 

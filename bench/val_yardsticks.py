@@ -38,7 +38,6 @@ beside ours.
 """
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
@@ -48,7 +47,7 @@ import torch
 from PIL import Image
 
 import posterior_jpeg as pj
-from posterior_jpeg.evaluate import libjpeg_decode
+from posterior_jpeg.data import libjpeg_decode, pillow_jpeg
 from posterior_jpeg.pixels import round_to_8_bits, to_chw_float, to_hwc_uint8
 from posterior_jpeg.metrics import (
     blockiness,
@@ -84,12 +83,6 @@ def centre_crop(path: Path, side: int = MAX_SIDE) -> np.ndarray:
     crop_w, crop_h = min(width, side), min(height, side)
     left, top = (width - crop_w) // 2, (height - crop_h) // 2
     return np.array(image.crop((left, top, left + crop_w, top + crop_h)))
-
-
-def compress(pixels: np.ndarray, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
-    return buffer.getvalue()
 
 
 def reference_free(image: torch.Tensor) -> dict:
@@ -160,9 +153,9 @@ def main() -> None:
         figures: dict[str, list[dict]] = {"ground truth": [reference_free(original) for original in originals]}
         outputs: dict[str, list[torch.Tensor]] = {}
         for original, gray in zip(originals, grays):
-            data = compress(to_hwc_uint8(original), quality)
+            data = pillow_jpeg(to_hwc_uint8(original), quality, "4:2:0")
             jpeg = pj.read_jpeg(data)
-            decoded = {"libjpeg": libjpeg_decode(data)}
+            decoded = {"libjpeg": to_chw_float(libjpeg_decode(data))}
             spread, mean, calibrated = None, None, {}
             if sampler is not None and sampler.mean_network is not None:
                 mean = sampler.mean_of(jpeg)

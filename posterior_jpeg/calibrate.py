@@ -12,13 +12,10 @@ variance (`models/spread.py`) at which the log of projected samples' cell energy
 varies as much as the original's. Validation photos are never used.
 """
 
-import io
-
 import numpy as np
 import torch
-from PIL import Image
 
-from .data import read_image
+from .data import pillow_jpeg, read_image
 from .jpeg.file import read_jpeg
 from .metrics.psnr import luma
 from .models.generator import AnchoredGenerator
@@ -54,9 +51,7 @@ def fit_spread(generator: AnchoredGenerator, photos: list[np.ndarray], device="c
     for quality in FIT_QUALITIES:
         cases[quality] = []
         for photo in photos:
-            buffer = io.BytesIO()
-            Image.fromarray(centre_crop(photo)).save(buffer, format="JPEG", quality=quality, subsampling="4:2:0")
-            jpeg = read_jpeg(buffer.getvalue())
+            jpeg = read_jpeg(pillow_jpeg(centre_crop(photo), quality, "4:2:0"))
             mean = sampler.mean_of(jpeg)
             cases[quality].append((jpeg, mean, to_chw_float(centre_crop(photo)).to(mean.device) - mean))
     coarseness = {q: table_coarseness(cases[q][0][0].qtable_tensor(), 1).item() for q in FIT_QUALITIES}

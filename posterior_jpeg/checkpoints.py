@@ -68,13 +68,21 @@ class ModelFile:
             raise ConfigError("spread needs an anchored model (a mean_generator section)")
 
 
+def assemble(generator: GeneratorConfig, mean: Generator | None = None, antithetic: bool = False,
+             spread: SpreadConfig | None = None) -> Generator | AnchoredGenerator:
+    """A freshly initialised G from its parts, for a model file and a training run alike: the network
+    alone, or S (and V) over the posterior mean M given. V is built before S: a training run's seed
+    draws their initial weights in that order."""
+    if mean is None:
+        return build_generator(generator)
+    spread_net = None if spread is None else SpreadNet(spread)
+    return AnchoredGenerator(mean, build_generator(generator), antithetic, spread_net)
+
+
 def build_model(model: ModelFile) -> Generator | AnchoredGenerator:
     """A freshly initialised G as a model file describes it: one network, or S over a frozen M."""
-    generator = build_generator(model.generator)
-    if model.mean_generator is None:
-        return generator
-    spread = None if model.spread is None else SpreadNet(model.spread)
-    return AnchoredGenerator(build_generator(model.mean_generator), generator, model.antithetic, spread)
+    mean = None if model.mean_generator is None else build_generator(model.mean_generator)
+    return assemble(model.generator, mean, model.antithetic, model.spread)
 
 
 def model_file(generator: Generator | AnchoredGenerator) -> ModelFile:

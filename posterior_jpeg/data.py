@@ -238,16 +238,16 @@ class JpegCropDataset(torch.utils.data.Dataset):
             window = window[::-1]
         window = np.ascontiguousarray(window)
         if twice:
-            first = _decode(_compress(window, self.qualities.sample(rng), self._draw_mode(rng)))
+            first = libjpeg_decode(pillow_jpeg(window, self.qualities.sample(rng), self._draw_mode(rng)))
             top, left = rng.integers(MAX_SHIFT + 1, size=2)
             x = window[top : top + self.crop, left : left + self.crop]
             source = first[top : top + self.crop, left : left + self.crop]
         else:
             x = source = window
-        data = _compress(source, quality, mode)
+        data = pillow_jpeg(source, quality, mode)
         item = {
             "x": _to_chw_uint8(x),
-            "y": _to_chw_uint8(_decode(data)),
+            "y": _to_chw_uint8(libjpeg_decode(data)),
             "qtables": jpeg_tables(quality),
             "quality": quality,
             "mode": mode,
@@ -315,15 +315,19 @@ def jpeg_tables(quality: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([luma, chroma, chroma]).astype(np.float32))
 
 
-def _compress(image: np.ndarray, quality: int, mode: str) -> bytes:
+def pillow_jpeg(pixels: np.ndarray, quality: int, subsampling: str) -> bytes:
+    """The JPEG file libjpeg writes (through Pillow) of uint8 [H, W, 3] pixels: how training pairs,
+    evaluation settings and calibration all make their files, so that they match."""
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality, subsampling=mode)
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality, subsampling=subsampling)
     return buffer.getvalue()
 
 
-def _decode(data: bytes) -> np.ndarray:
+def libjpeg_decode(data: bytes) -> np.ndarray:
+    """uint8 [H, W, 3]: libjpeg's own decode of a JPEG file (through Pillow), in stored orientation:
+    the plain decode that training learns from and evaluation compares with."""
     with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
 
 
 def _to_chw_uint8(image: np.ndarray) -> torch.Tensor:

@@ -36,7 +36,6 @@ if __name__ == "__main__":  # `python -m posterior_jpeg.evaluate` is `posterior-
     sys.exit(main(["eval", *sys.argv[1:]]))
 
 
-import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,7 @@ from .atomic import Folder
 from .checkpoints import resolve
 from .config import (RULES, ConfigError, integer_in, load_structured, one_of, output_folder, run_with_config,
                      show_config)
-from .data import WRITABLE_MODES, ImageError, list_images, read_rgb
+from .data import WRITABLE_MODES, ImageError, libjpeg_decode, list_images, pillow_jpeg, read_rgb
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import project
@@ -192,12 +191,6 @@ def load_image(path: Path, crop: str) -> np.ndarray:
     return np.array(image)
 
 
-def libjpeg_decode(data: bytes) -> torch.Tensor:
-    """[3, H, W] in [0, 1]: libjpeg's own decode of the file (through Pillow), in stored orientation."""
-    with Image.open(io.BytesIO(data)) as image:
-        return to_chw_float(np.array(image.convert("RGB")))
-
-
 @dataclass(frozen=True)
 class Setting:
     """A JPEG setting: (quality, subsampling) applied to ground truth, or (None, None): files as stored."""
@@ -242,14 +235,11 @@ class TestSet:
     def item(self, index: int) -> Item:
         path = self.files[index]
         if self.setting.quality is None:  # read from the path, so that its warnings name the file
-            item = Item(index, None, read_jpeg(path), libjpeg_decode(path.read_bytes())[None])
+            item = Item(index, None, read_jpeg(path), to_chw_float(libjpeg_decode(path.read_bytes()))[None])
         else:
             pixels = load_image(path, self.crop)
-            buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, format="JPEG", quality=self.setting.quality,
-                                         subsampling=self.setting.subsampling)
-            data = buffer.getvalue()
-            item = Item(index, to_chw_float(pixels)[None], read_jpeg(data), libjpeg_decode(data)[None])
+            data = pillow_jpeg(pixels, self.setting.quality, self.setting.subsampling)
+            item = Item(index, to_chw_float(pixels)[None], read_jpeg(data), to_chw_float(libjpeg_decode(data))[None])
         height, width = item.jpeg.size
         if min(height, width) < self.min_side:
             raise ImageError(f"{path}: {width}x{height} is smaller than the {self.min_side}x{self.min_side} "

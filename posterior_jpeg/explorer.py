@@ -18,6 +18,7 @@ from urllib.parse import quote
 from PIL import Image, ImageOps
 
 from .atomic import Folder, write_atomically
+from .manifest import read_manifest
 from .pixels import to_hwc_uint8
 
 PAGE = "index.html"
@@ -90,23 +91,6 @@ def _well_formed(record) -> bool:
                for key, kind in _FIELD_TYPES.items())
 
 
-def read_manifest(folder: Path) -> list[dict]:
-    """The records of folder/manifest.jsonl; a line that is not a well-formed record (cut by a full
-    disk, edited by hand) is skipped."""
-    path = folder / "manifest.jsonl"
-    records = []
-    if not path.is_file():
-        return records
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if _well_formed(record):
-            records.append(record)
-    return records
-
-
 def _input_decode(source: Path, out: Folder, name: str) -> bool:
     """Write libjpeg's decode of `source` (through Pillow), upright as the samples are and with its
     ICC profile, as `name` in `out` unless it exists; False when the input cannot be read any more."""
@@ -132,7 +116,7 @@ def sample_page_data(out: Folder, thumbs: Folder) -> dict:
     outputs whose latest record is of that input and that exist in `out` (samples sorted by seed;
     the mean, posterior-mean (mmse) and std views), and its input decode (thumbnails made in `thumbs`)."""
     folder = out.path
-    records = read_manifest(folder)
+    records = [record for record in read_manifest(out)[0] if _well_formed(record)]
     latest = {Path(r["output"]).name: r for r in records}
     by_input: dict[tuple, dict[str, dict]] = {(r["input"], r.get("input_sha256")): {} for r in records}
     for name, record in latest.items():

@@ -146,8 +146,3 @@ def encode(image: torch.Tensor, settings: ExportSettings, metadata: Metadata) ->
     pixels = to_hwc_uint8(image)
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, **options)
     return buffer.getvalue()
-
-
-def write_image(image: torch.Tensor, path: Path, settings: ExportSettings, metadata: Metadata) -> None:
-    """Write [3, H, W] in [0, 1] to `path` in `settings.format`, atomically (see write_atomically)."""
-    write_atomically(path, encode(image, settings, metadata))

@@ -22,15 +22,15 @@ from .atomic import Folder, FolderLock, file_digest
 from .errors import FolderBusyError, LibjpegWarning, PosteriorJpegError, SymlinkError, printable
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import projection, round_to_16_bits
+from .manifest import MANIFEST, read_manifest
 from .metrics import Agreement, eight_bit_consistency, float_consistency
 from .options import SampleOptions
 from .precision import Precision, choose_precision
 from .sampler import Sampler, resolve_device
-from .pixels import round_to_8_bits, to_hwc_uint8, to_uint8, to_unit_float
+from .pixels import to_hwc_uint8, to_uint8, to_unit_float
 from .visualize import contact_sheet, heat_map
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
-MANIFEST = "manifest.jsonl"
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 
 def expand_inputs(inputs: list[str], recursive: bool) -> tuple[list[Path], list[str]]:
@@ -204,22 +204,6 @@ class Job:
             self.recorded[output.name] = record
 
         self.folder.write(output.name, data, before_rename=append)
-
-
-def read_manifest(folder: Folder) -> tuple[dict, int]:
-    """The last record of each output named in a manifest, by file name, and the bytes of a torn
-    last line cut off (see `read_lines`). Lines that are not records (glued together by an older
-    version on a full disk) are ignored: their outputs count as unrecorded."""
-    lines, torn = folder.read_lines(MANIFEST)
-    recorded = {}
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("output"), str):
-            recorded[Path(record["output"]).name] = record
-    return recorded, torn
 
 
 @contextlib.contextmanager
@@ -441,7 +425,7 @@ def _prepare(args: SampleOptions, stack: contextlib.ExitStack) -> Job:
         folder = stack.enter_context(Folder(out, create=True))
         stack.enter_context(FolderLock(folder))
         removed = folder.remove_stale_temporaries()
-        recorded, torn = read_manifest(folder)
+        records, torn = read_manifest(folder)
     except (FolderBusyError, SymlinkError) as error:
         raise CannotStart(str(error)) from None
     except OSError as error:
@@ -469,7 +453,8 @@ def _prepare(args: SampleOptions, stack: contextlib.ExitStack) -> Job:
     if not args.quiet:
         print(f"sample: {device}, precision {precision.describe()}", file=sys.stderr)
     return Job(sampler, precision, args, out, folder, file_digest(weights),
-               dataclasses.asdict(checkpoints.model_file(sampler.generator)), recorded, settings)
+               dataclasses.asdict(checkpoints.model_file(sampler.generator)),
+               {Path(record["output"]).name: record for record in records}, settings)
 
 
 def _identity(found: os.stat_result | None) -> tuple[int, int] | None:

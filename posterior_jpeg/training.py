@@ -44,8 +44,8 @@ from .export import encode_png
 from .models.critic import build_critic
 from .models.features import VGGFeatures
 from .metrics.psnr import luma
-from .models.generator import AnchoredGenerator, GeneratorConfig, build_generator, seeded_noise
-from .models.spread import FITTED, SpreadConfig, SpreadNet, band_deviance
+from .models.generator import AnchoredGenerator, GeneratorConfig, seeded_noise
+from .models.spread import FITTED, SpreadConfig, band_deviance
 from .visualize import contact_sheet, posterior_row
 
 
@@ -392,6 +392,7 @@ class Trainer:
         if self.accelerator.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels once
         set_seed(cfg.seed)
+        mean = None
         if cfg.anchor:
             mean, _ = checkpoints.load_generator(cfg.anchor)
             if isinstance(mean, AnchoredGenerator):  # a finished model: its M
@@ -399,11 +400,8 @@ class Trainer:
             if mean.config.noise:
                 raise checkpoints.CheckpointError(
                     f"{cfg.anchor}: an anchor must be a noise-free MMSE model (generator.noise: false)")
-            spread = None if cfg.spread is None else SpreadNet(SpreadConfig(**vars(cfg.spread)))
-            self.generator = AnchoredGenerator(mean, build_generator(GeneratorConfig(**vars(cfg.generator))),
-                                               cfg.antithetic, spread)
-        else:
-            self.generator = build_generator(GeneratorConfig(**vars(cfg.generator)))
+        self.generator = checkpoints.assemble(GeneratorConfig(**vars(cfg.generator)), mean, cfg.antithetic,
+                                              None if cfg.spread is None else SpreadConfig(**vars(cfg.spread)))
         if cfg.init_from:
             weights, model = checkpoints.resolve(cfg.init_from)
             if cfg.anchor and model.mean_generator is not None:  # warm-start S, over this run's anchor

@@ -21,14 +21,13 @@ from posterior_jpeg import sweep as sw
 from posterior_jpeg.commands import main as cli
 from posterior_jpeg.config import load_config
 from posterior_jpeg.data import synthetic_image
-from posterior_jpeg.errors import ConfigError, MissingWeightsError, PosteriorJpegError, SymlinkError
+from posterior_jpeg.errors import ConfigError, PosteriorJpegError, SymlinkError
 from posterior_jpeg.metrics import (
     LPIPS,
     GaussianStats,
     InceptionFeatures,
     coefficient_agreement,
     frechet_distance,
-    mean_pairwise_lpips,
 )
 from posterior_jpeg.metrics.diversity import mean_pairwise_distance
 from posterior_jpeg.metrics.fid import StatisticsError
@@ -340,7 +339,7 @@ def test_lpips_features_once_give_the_package_distances():
     assert torch.allclose(lpips(images[:2], images[2:]), direct, rtol=1e-5, atol=1e-7)
     pairs = [lpips.model(images[i : i + 1], images[j : j + 1], normalize=True).item()
              for i, j in itertools.combinations(range(4), 2)]
-    assert mean_pairwise_lpips(images, lpips) == pytest.approx(np.mean(pairs), rel=1e-5)
+    assert mean_pairwise_distance(lpips.features(images), lpips) == pytest.approx(np.mean(pairs), rel=1e-5)
     assert mean_pairwise_distance(lpips.features(images[:2]), lpips) == pytest.approx(pairs[0], rel=1e-5)
 
 

@@ -12,7 +12,7 @@ from .consistency import (
     eight_bit_consistency,
     float_consistency,
 )
-from .diversity import mean_pairwise_lpips, per_pixel_std
+from .diversity import per_pixel_std
 from .fid import GaussianStats, InceptionFeatures, frechet_distance
 from .naturalness import naturalness_distance, nss_features
 from .perceptual import LPIPS
@@ -38,7 +38,6 @@ __all__ = [
     "is_gray",
     "laplacian_energy",
     "luma",
-    "mean_pairwise_lpips",
     "naturalness_distance",
     "nss_features",
     "per_pixel_std",

@@ -13,14 +13,9 @@ def per_pixel_std(samples: torch.Tensor) -> float:
     return luma(samples.double()).std(dim=0).mean().item()
 
 
-def mean_pairwise_lpips(samples: torch.Tensor, distance) -> float:
-    """Mean LPIPS over all K (K - 1) / 2 pairs of samples [K, 3, H, W]; distance: an `LPIPS` metric."""
-    return mean_pairwise_distance(distance.features(samples), distance)
-
-
 def mean_pairwise_distance(features: list[torch.Tensor], distance) -> float:
-    """`mean_pairwise_lpips` from the LPIPS features of the K samples (`LPIPS.features`), each
-    computed once rather than once per pair it is in."""
+    """Mean LPIPS over all K (K - 1) / 2 pairs of K samples, from their LPIPS features
+    (`LPIPS.features`; distance: that `LPIPS` metric), each computed once rather than once per pair."""
     count = features[0].shape[0]
     if count < 2:
         raise ValueError(f"pairwise LPIPS needs at least 2 samples, got {count}")
