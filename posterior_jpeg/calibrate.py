@@ -66,28 +66,28 @@ def _fit_dispersion(spread, sampler: Sampler, cases: dict, coarseness: dict) -> 
     config = spread.config
     sigma = {}
     for quality, files in cases.items():
-        truth = torch.cat([_log_cell_ratio(residual, _log_variance(spread, jpeg, mean))
-                           for jpeg, mean, residual in files], 1).var(1).cpu().numpy()
+        with torch.no_grad():  # V's log variances: the same for every dispersion tried
+            predicted = [spread(mean[None], jpeg.qtable_tensor().to(mean.device)).double() for jpeg, mean, _ in files]
+        truth = torch.cat([_log_cell_ratio(residual, log_variance)
+                           for (_, _, residual), log_variance in zip(files, predicted)], 1).var(1).cpu().numpy()
         start = np.clip(np.array(config.dispersion_intercept) + np.array(config.dispersion_slope) * coarseness[quality], 0, None) ** 2
-        drawn = _sample_scatter(spread, sampler, files, start)
+        drawn = _sample_scatter(spread.config, sampler, files, predicted, start)
         trial = start + np.clip(truth - drawn, 0, None)
-        slope = np.clip((_sample_scatter(spread, sampler, files, trial) - drawn) / np.maximum(trial - start, 1e-6),
+        slope = np.clip((_sample_scatter(spread.config, sampler, files, predicted, trial) - drawn)
+                        / np.maximum(trial - start, 1e-6),
                         MIN_SCATTER_SLOPE, 1.0)
         sigma[quality] = np.sqrt(np.clip(start + (truth - drawn) / slope, 0, MAX_DISPERSION**2))
     _fit_line(config, "dispersion", sigma, coarseness)
     return {q: sigma[q].round(4).tolist() for q in FIT_QUALITIES}
 
 
-def _log_variance(spread, jpeg, mean: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return spread(mean[None], jpeg.qtable_tensor().to(mean.device)).double()
-
-
-def _sample_scatter(spread, sampler: Sampler, files: list, variance: np.ndarray) -> np.ndarray:
-    """[3] variance over cells of the log of projected samples' cell energy over V's, at dispersion^2 = variance."""
-    _set_line(spread.config, "dispersion", np.sqrt(variance))
-    ratios = [_log_cell_ratio(sample.image.to(mean.device) - mean, _log_variance(spread, jpeg, mean))
-              for jpeg, mean, _ in files for sample in sampler.samples(jpeg, range(FIT_SAMPLES), mean=mean)]
+def _sample_scatter(config, sampler: Sampler, files: list, predicted: list, variance: np.ndarray) -> np.ndarray:
+    """[3] variance over cells of the log of projected samples' cell energy over V's (`predicted`, per
+    file), at dispersion^2 = variance."""
+    _set_line(config, "dispersion", np.sqrt(variance))
+    ratios = [_log_cell_ratio(sample.image.to(mean.device) - mean, log_variance)
+              for (jpeg, mean, _), log_variance in zip(files, predicted)
+              for sample in sampler.samples(jpeg, range(FIT_SAMPLES), mean=mean)]
     return torch.cat(ratios, 1).var(1).cpu().numpy()
 
 
