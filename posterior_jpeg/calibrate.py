@@ -2,9 +2,9 @@
 energy of the truth, scattered over the cells as the truth's is.
 
 V predicts the variance of M's residual by band, but the projection then clips whatever part of a
-sample leaves the file's quantization intervals (measured on val at quality 10: the samples kept
-0.5 of V's energy; 0.3 at quality 90). So a sample is drawn wider, by a gain per band that depends on
-how coarse the tables are (`SpreadConfig.gain_*`). The gains are fitted on training photos at
+sample leaves the file's quantization intervals, and a projected sample keeps only part of V's
+energy. So a sample is drawn wider, by a gain per band that depends on how coarse the tables are
+(`SpreadConfig.gain_*`). The gains are fitted on training photos at
 several qualities, a few rounds of: draw projected samples, compare each band's energy around M with
 the original's, correct the gain by the root of the ratio; then a straight line in the table
 coarseness through the per-quality gains. Before them, per quality, the dispersion of each cell's

@@ -4,7 +4,7 @@ multiplies natively.
 
 Why a capability check and not "bf16 everywhere": on a CPU with bf16 matrix instructions (Intel AMX,
 AVX512-BF16 on Xeon Cooper Lake / Sapphire Rapids and AMD Zen 4 and later, Arm's BF16 extension)
-oneDNN runs bf16 convolutions 2-7x faster than fp32; on a CPU without them it emulates bf16 and is
+oneDNN runs bf16 convolutions several times faster than fp32; on a CPU without them it emulates bf16 and is
 slower than fp32. Reduced precision goes with channels_last: oneDNN's bf16 kernels and tensor cores
 want NHWC, and fp32 on a CPU gains little from it."""
 

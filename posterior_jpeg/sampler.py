@@ -10,12 +10,12 @@ receptive field (near the seams, where the blending ramps hide it).
 Bit for bit, too: convolution kernels pick their blocking by the batch's shape (oneDNN on AVX-512
 CPUs, cuDNN), so a sample computed in a batch of 2 can differ in its last bits from the same sample
 in a batch of 1, and one 8-bit rounding apart is another file; at a fixed batch shape, the place in
-the batch can matter too (measured on an AMD EPYC with AVX-512: a batch of 3, fp32, 2 threads). So
+the batch can matter too (a batch of 3 on an AVX-512 CPU). So
 every network call holds one sample: S gets the sample and its antithetic mirror as one batch of 2,
 M the file's `mean_flips` flips as one batch, always in the same places. A seed's sample is then the
 same bits whatever n, the other seeds of the run and where a run was resumed, on a given machine,
-precision and tile size. On a CPU one image fills the cores (batching samples bought under 10%,
-measured); a GPU would want several small images per call, which this gives up for exactness.
+precision and tile size. On a CPU one image fills the cores; a GPU would want several small images
+per call, which this gives up for exactness.
 
 Grayscale in, grayscale out: for a grayscale file each sample is G's output reduced to its luma
 (libjpeg's RGB -> Y), one channel through the projection and into the PNG. A colour file whose
@@ -296,7 +296,7 @@ class Sampler:
         """M(y, q) [3, H, W] on the model's device, averaged over `mean_flips` flips of the image
         (none; left-right; and up-down), run as one batch. On the image padded to 16 pixels a flip
         keeps the file's block grid and tables, so each flipped run is as good an estimate as the
-        first; their mean is better (+0.05 / +0.07 dB at quality 10 for 2 / 4 flips, 256-px val crops)
+        first; their mean is better (README, "Measured": what the flips buy at each quality)
         and cancels the period-2 part of what M's 1/4-resolution head adds by pixel position."""
         if self.mean_network is None:
             raise PosteriorJpegError(

@@ -1,6 +1,6 @@
 """The posterior's spread around M: how far M is from the original, where, and at which scale.
 
-Measured on the bundled model, the samples were M plus one fine grain of the same size everywhere:
+Without V, the samples of an anchored model are M plus one fine grain of the same size everywhere:
 too much in flat areas, a fraction of M's error in texture, nothing at coarse scales. The spread
 network V(M, q) predicts, per 8x8 cell, the variance of each scale band of the luma residual x - M
 (trained by a Poisson deviance, so its variances are calibrated: `band_deviance`). A sample's luma
