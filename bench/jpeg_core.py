@@ -21,6 +21,7 @@ import posterior_jpeg as pj
 from posterior_jpeg.data import pillow_jpeg
 from posterior_jpeg.jpeg import codec, projection, tables
 from posterior_jpeg.jpeg.color import rgb_to_ycbcr
+from posterior_jpeg.jpeg.projection.intervals import cut_tiles, file_tensors
 from posterior_jpeg.pixels import to_chw_float
 
 from common import best_time, emit, photo
@@ -82,7 +83,7 @@ def bench_projection(data: bytes, megapixels: float, device: str) -> None:
     jf = pj.read_jpeg(data, max_pixels=None)
     y = jf.decode(device=device)
     candidate = (y + 0.02 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(device)).clamp(0, 1)
-    region, tiles, intervals = projection._tiles(candidate[None] * 255, jf, *projection._file_tensors(jf, device))[0]
+    region, tiles, intervals = cut_tiles(candidate[None] * 255, jf, *file_tensors(jf, device))[0]
     bounds = intervals.bounds(0.5, torch.float32)
     ycc = rgb_to_ycbcr(tiles)
     tile_mp = tiles.shape[0] * tiles.shape[-1] * tiles.shape[-2] / 1e6

@@ -172,8 +172,8 @@ def test_codec_constants_are_built_once_per_dtype_and_device():
     image = torch.rand(1, 3, 16, 16)
     assert color.ycc_offset(image) is color.ycc_offset(image.clone())
     assert color.ycc_to_rgb_matrix() is color.ycc_to_rgb_matrix(torch.float32, "cpu")
-    first = subsampling._round_bias(8, 16, (2, 2), image)
-    assert first.data_ptr() == subsampling._round_bias(3, 16, (2, 2), image).data_ptr()
+    first = subsampling.round_bias(8, 16, (2, 2), image)
+    assert first.data_ptr() == subsampling.round_bias(3, 16, (2, 2), image).data_ptr()
     assert first[0, 0, :4].tolist() == [1.0, 2.0, 1.0, 2.0]
 
 

@@ -1,5 +1,6 @@
 """project(): every saved 8-bit output re-compresses (by libjpeg) to the file's own coefficients."""
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import torch
 from PIL import Image, ImageFilter
 
 import posterior_jpeg as pj
-from posterior_jpeg.jpeg import tables
+from posterior_jpeg.jpeg import subsampling, tables
 from posterior_jpeg.jpeg.color import rgb_to_ycbcr, round_ycbcr_like_libjpeg, ycbcr_to_rgb
-from posterior_jpeg.jpeg.projection import _libjpeg_ycc, _rgb_for, _with_luma, projection, round_to_16_bits
+from posterior_jpeg.jpeg.projection import Settings, projection, round_to_16_bits
+from posterior_jpeg.jpeg.projection.exact import libjpeg_ycc
+from posterior_jpeg.jpeg.projection.samples import rgb_for, with_luma
 from posterior_jpeg.metrics import coefficient_agreement, consistency_rmse, float_consistency
 
 
@@ -123,7 +126,7 @@ def test_every_in_gamut_ycbcr_triple_has_an_8_bit_pixel():
     triples = torch.randint(0, 256, (200_000, 3), generator=torch.Generator().manual_seed(0)).float()
     rgb = ycbcr_to_rgb(triples.T[None, :, :, None].double())[0, :, :, 0].T
     inside = triples[((rgb >= 0) & (rgb <= 255)).all(1)]
-    found_rgb, found = _rgb_for(inside)
+    found_rgb, found = rgb_for(inside)
     assert found.all()
     converted = round_ycbcr_like_libjpeg(rgb_to_ycbcr(found_rgb.T[None, :, :, None]))[0, :, :, 0].T
     assert torch.equal(converted, inside)
@@ -137,8 +140,8 @@ def test_a_luma_move_reaches_any_luma_and_keeps_the_colour_where_the_cube_lets_i
     rgb[:, :, :4] = torch.tensor([255.0, 255.0, 243.0]).view(1, 3, 1, 1)  # on a face: luma 254 has no room up
     luma = torch.randint(0, 256, (4, 16, 16), generator=generator).double()
     luma[:, :4] = 255.0
-    out = _with_luma(rgb, luma)
-    ycc, before = _libjpeg_ycc(out), _libjpeg_ycc(rgb)
+    out = with_luma(rgb, luma)
+    ycc, before = libjpeg_ycc(out), libjpeg_ycc(rgb)
     assert torch.equal(ycc[:, 0], luma)
     assert torch.equal(out[:, :, :4], torch.full_like(out[:, :, :4], 255.0))
     shifted = rgb + (luma - before[:, 0]).unsqueeze(1)
@@ -208,6 +211,37 @@ def test_wrong_shape_is_refused(natural_rgb, pillow_jpeg):
         pj.project(torch.zeros(1, 3, 24, 16), jf)
 
 
+def test_settings_are_keywords_of_one_frozen_record(natural_rgb, pillow_jpeg):
+    """`projection`'s keywords are the fields of `Settings`: each one reaches the solver, a misspelt
+    one is refused, and no stage can change the record that the others read."""
+    jf = pj.read_jpeg(pillow_jpeg(natural_rgb(24, 40, seed=3), quality=50))
+    y = jf.decode()
+    candidate = (y + 0.05 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    with pytest.raises(TypeError, match="passes"):
+        projection(candidate, jf, passes=10)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().margin = 1.0
+    default = projection(candidate, jf)
+    assert torch.equal(projection(candidate, jf, **dataclasses.asdict(Settings())).floats, default.floats)
+    assert not torch.equal(projection(candidate, jf, margin=0.5).floats, default.floats)
+
+
+@pytest.mark.parametrize("mode", ["4:4:4", "4:2:2", "4:2:0", "4:4:0"])
+def test_downsampled_size_and_round_bias_match_downsample(mode):
+    """The projection predicts libjpeg's samples from `downsampled_size` and `round_bias` (its tiles'
+    padding, its moves of cell sums): both must say what `downsample` does, odd sizes included."""
+    for height, width in [(1, 1), (7, 9), (16, 16), (17, 33), (61, 97)]:
+        for c in range(3):
+            factors = subsampling.component_factors(mode, c)
+            plane = torch.randint(0, 256, (1, height, width)).float()
+            size = subsampling.downsampled_size(height, width, factors)
+            assert tuple(subsampling.downsample(plane, factors, libjpeg_rounding=True).shape[1:]) == size
+            fv, fh = factors
+            cells = subsampling.pad_replicate(plane, size[0] * fv, size[1] * fh).reshape(1, size[0], fv, size[1], fh).sum((2, 4))
+            exact = torch.floor((cells + subsampling.round_bias(*size, factors, plane)) / (fv * fh))
+            assert torch.equal(exact, subsampling.downsample(plane, factors, libjpeg_rounding=True))
+
+
 def test_metrics_see_inconsistency(natural_rgb, pillow_jpeg):
     rgb = natural_rgb(32, 32, seed=6)
     data = pillow_jpeg(rgb, quality=50)
@@ -241,11 +275,11 @@ def test_each_candidate_is_projected_as_if_alone(natural_rgb, pillow_jpeg, quali
 
 def test_the_float_alternation_checks_convergence_every_few_passes_not_every_pass(natural_rgb, pillow_jpeg, monkeypatch):
     """Each convergence check reads a result on the host (a GPU synchronisation); the alternation
-    runs them every _CHECK_EVERY passes. Counted with a dispatch mode: the ops that wait for the
+    runs them every CHECK_EVERY passes. Counted with a dispatch mode: the ops that wait for the
     device (nonzero, item) against the passes run."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from posterior_jpeg.jpeg import projection as module
+    from posterior_jpeg.jpeg.projection import float_solver, intervals, settings
 
     waits = {torch.ops.aten.nonzero.default, torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default}
 
@@ -256,17 +290,16 @@ def test_the_float_alternation_checks_convergence_every_few_passes_not_every_pas
             CountWaits.count += func in waits
             return func(*args, **(kwargs or {}))
 
-    monkeypatch.setattr(module, "_CUBE_TOLERANCE", -1.0)  # no tile ever counts as done: every pass runs
-    monkeypatch.setattr(module, "_STALL", float("inf"))
+    monkeypatch.setattr(float_solver, "CUBE_TOLERANCE", -1.0)  # no tile ever counts as done: every pass runs
+    monkeypatch.setattr(float_solver, "_STALL", float("inf"))
     jf = pj.read_jpeg(pillow_jpeg(natural_rgb(64, 96, 11), quality=90))
-    _, tiles, intervals = module._tiles(jf.decode()[None] * 255, jf, *module._file_tensors(jf, "cpu"))[0]
+    _, tiles, tile_intervals = intervals.cut_tiles(jf.decode()[None] * 255, jf, *intervals.file_tensors(jf, "cpu"))[0]
     passes = []
-    original = module.interval_projection
-    monkeypatch.setattr(module, "interval_projection", lambda *a: passes.append(1) or original(*a))
-    settings = dict(margin=2.0, float_passes=64, relaxation=1.5)
+    original = float_solver.interval_projection
+    monkeypatch.setattr(float_solver, "interval_projection", lambda *a: passes.append(1) or original(*a))
     with CountWaits():
-        module._float_solve(rgb_to_ycbcr(tiles), intervals, settings, descent=False)
-    checks = -(-len(passes) // module._CHECK_EVERY) + 1  # and the last pass
+        float_solver.float_solve(rgb_to_ycbcr(tiles), tile_intervals, Settings(float_passes=64), descent=False)
+    checks = -(-len(passes) // settings.CHECK_EVERY) + 1  # and the last pass
     assert len(passes) == 64 and 0 < CountWaits.count <= 2 * checks + 1 < len(passes)
 
 

@@ -49,7 +49,7 @@ def pad_replicate(plane: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=256)
 def _bias_row(out_w: int, factors: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """One row of `_round_bias`, built once per (width, factors, dtype, device): the projection's
+    """One row of `round_bias`, built once per (width, factors, dtype, device): the projection's
     exact checks ask for it every pass, on the device of the tiles."""
     count = factors[0] * factors[1]
     if factors == (2, 2):
@@ -61,9 +61,19 @@ def _bias_row(out_w: int, factors: tuple[int, int], dtype: torch.dtype, device: 
     return torch.tensor((pattern * ((out_w + 1) // 2))[:out_w], dtype=dtype, device=device)
 
 
-def _round_bias(out_h: int, out_w: int, factors: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-    """libjpeg's rounding offsets: h2v2 adds 1,2,1,2.. per column, h2v1 adds 0,1,0,1.., others k/2."""
+def round_bias(out_h: int, out_w: int, factors: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """libjpeg's rounding offsets [1, out_h, out_w] of `downsample`: h2v2 adds 1,2,1,2.. per column,
+    h2v1 adds 0,1,0,1.., others k/2 (0 where not subsampled). Public for the projection's lattice
+    search, which predicts how a change of the pixels moves a sample."""
     return _bias_row(out_w, factors, like.dtype, like.device).view(1, 1, out_w).expand(1, out_h, out_w)
+
+
+def downsampled_size(height: int, width: int, factors: tuple[int, int]) -> tuple[int, int]:
+    """The size of `downsample`'s output for [N, height, width]: libjpeg's sample rows, and its
+    sample columns extended to whole blocks (the input itself where not subsampled)."""
+    if factors == (1, 1):
+        return height, width
+    return math.ceil(height / factors[0]), BLOCK * math.ceil(math.ceil(width / factors[1]) / BLOCK)
 
 
 def downsample(plane: torch.Tensor, factors: tuple[int, int], libjpeg_rounding: bool) -> torch.Tensor:
@@ -77,15 +87,14 @@ def downsample(plane: torch.Tensor, factors: tuple[int, int], libjpeg_rounding: 
     if factors == (1, 1):
         return plane
     n, h, w = plane.shape
-    out_h = math.ceil(h / factors[0])
-    out_w = BLOCK * math.ceil(math.ceil(w / factors[1]) / BLOCK)
+    out_h, out_w = downsampled_size(h, w, factors)
     padded = pad_replicate(plane, out_h * factors[0], out_w * factors[1])
     cells = padded.reshape(n, out_h, factors[0], out_w, factors[1])
     mean = cells.mean(dim=(2, 4))
     if not libjpeg_rounding:
         return mean
     count = factors[0] * factors[1]
-    exact = torch.floor((cells.sum(dim=(2, 4)) + _round_bias(out_h, out_w, factors, plane)) / count)
+    exact = torch.floor((cells.sum(dim=(2, 4)) + round_bias(out_h, out_w, factors, plane)) / count)
     return mean + (exact - mean).detach()
 
 
