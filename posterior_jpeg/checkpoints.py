@@ -3,7 +3,8 @@
 A run folder holds one folder per checkpoint, named by its step (checkpoints/step_00001000/, ...),
 and a `latest` file that names the newest one. A checkpoint holds:
 - generator_ema.safetensors: the EMA of G, the weights used for inference;
-- model.yaml: what inference needs to rebuild G (a format version and the generator section);
+- model.yaml: what inference needs to rebuild G (a format version and each network's section, which
+  names its architecture in `arch:`, see models/registry.py);
 - config.yaml: the whole training config, as provenance (inference does not read it);
 - generator.safetensors, critic.safetensors, optimizer_*.safetensors, random_states_<rank>.safetensors
   and trainer.json: the training state, for exact resume.
@@ -15,6 +16,8 @@ the `generator` section of their config.yaml (and `mean_generator`, where an anc
 time wrote it), alone, is the model config; every other key of it is
 ignored, so renaming or removing a training key breaks no model. Their training state (Accelerate's,
 pickled) is never loaded: such a run continues as a new run with init_from.
+Migration 1 -> 2: format 1 named no architectures; each of its sections is the one its kind had then
+(residual, band_spread), which is what a section without `arch` means (`registry.network_field`).
 """
 
 import json
@@ -22,20 +25,22 @@ import os
 import random
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import write_atomically
 from .config import ConfigError, TrainConfig, build_structured, read_yaml, to_yaml
 from .errors import CheckpointError
-from .models.generator import AnchoredGenerator, Generator, GeneratorConfig, build_generator
-from .models.spread import SpreadConfig, SpreadNet
+from .models.generator import AnchoredGenerator, GeneratorConfig
+from .models.registry import build, network_field
+from .models.spread import SpreadConfig
 
 EMA = "generator_ema"
 WEIGHTS = f"{EMA}.safetensors"
@@ -44,7 +49,8 @@ CONFIG = "config.yaml"
 TRAINER = "trainer.json"
 LATEST = "latest"
 CHECKPOINTS = "checkpoints"  # the run folder's folder of checkpoints
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # what this version writes; it reads MODEL_FORMATS
+MODEL_FORMATS = (1, 2)
 MODEL_HEADER = "# posterior-jpeg model file: the architecture of G for the weights beside it\n"
 _LISTED = 4  # keys named in a mismatch message before "and N more"
 
@@ -53,13 +59,18 @@ _LISTED = 4  # keys named in a mismatch message before "and N more"
 class ModelFile:
     """model.yaml: the format version and the architecture of G: `generator` alone, or, for an
     anchored G = S(z, M(y, q), q), S in `generator` and M in `mean_generator`; antithetic: the
-    anchored G is M + (S(z) - S(-z)) / 2 (see AnchoredGenerator)."""
+    anchored G is M + (S(z) - S(-z)) / 2 (see AnchoredGenerator). Each network's section names its
+    architecture in `arch` (models/registry.py)."""
 
     format_version: int = MODEL_FORMAT
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    mean_generator: GeneratorConfig | None = None
+    generator: Any = network_field("generator", GeneratorConfig)
+    mean_generator: Any = network_field("generator", GeneratorConfig, optional=True)
     antithetic: bool = False
-    spread: SpreadConfig | None = None  # the spread network V that sets the samples' variance (models/spread.py)
+    spread: Any = network_field("spread", SpreadConfig, optional=True)  # the spread network V that sets the samples' variance (models/spread.py)
+
+    def networks(self) -> list:
+        """The config of each network the model holds."""
+        return [c for c in (self.generator, self.mean_generator, self.spread) if c is not None]
 
     def __post_init__(self):
         if self.antithetic and self.mean_generator is None:
@@ -68,24 +79,24 @@ class ModelFile:
             raise ConfigError("spread needs an anchored model (a mean_generator section)")
 
 
-def assemble(generator: GeneratorConfig, mean: Generator | None = None, antithetic: bool = False,
-             spread: SpreadConfig | None = None) -> Generator | AnchoredGenerator:
-    """A freshly initialised G from its parts, for a model file and a training run alike: the network
-    alone, or S (and V) over the posterior mean M given. V is built before S: a training run's seed
-    draws their initial weights in that order."""
+def assemble(generator, mean: torch.nn.Module | None = None, antithetic: bool = False,
+             spread=None) -> torch.nn.Module:
+    """A freshly initialised G from its parts' configs, for a model file and a training run alike:
+    the network alone, or S (and V) over the posterior mean M given. V is built before S: a training
+    run's seed draws their initial weights in that order."""
     if mean is None:
-        return build_generator(generator)
-    spread_net = None if spread is None else SpreadNet(spread)
-    return AnchoredGenerator(mean, build_generator(generator), antithetic, spread_net)
+        return build(generator)
+    spread_net = None if spread is None else build(spread)
+    return AnchoredGenerator(mean, build(generator), antithetic, spread_net)
 
 
-def build_model(model: ModelFile) -> Generator | AnchoredGenerator:
+def build_model(model: ModelFile) -> torch.nn.Module:
     """A freshly initialised G as a model file describes it: one network, or S over a frozen M."""
-    mean = None if model.mean_generator is None else build_generator(model.mean_generator)
+    mean = None if model.mean_generator is None else build(model.mean_generator)
     return assemble(model.generator, mean, model.antithetic, model.spread)
 
 
-def model_file(generator: Generator | AnchoredGenerator) -> ModelFile:
+def model_file(generator: torch.nn.Module) -> ModelFile:
     if isinstance(generator, AnchoredGenerator):
         return ModelFile(generator=generator.detail.config, mean_generator=generator.mean.config,
                          antithetic=generator.antithetic,
@@ -237,7 +248,7 @@ def load_weights(module: torch.nn.Module, path: Path, what: str, prefix: str = "
 
 
 # ----------------------------------------------------------------------------- inference
-def save_inference_files(folder: Path, generator: Generator, config: TrainConfig) -> None:
+def save_inference_files(folder: Path, generator: torch.nn.Module, config: TrainConfig) -> None:
     """The EMA weights, model.yaml (what inference reads) and config.yaml (provenance)."""
     save_tensors(folder / WEIGHTS, generator.state_dict())
     (folder / MODEL).write_text(MODEL_HEADER + to_yaml(model_file(generator)))
@@ -258,20 +269,19 @@ def model_config(folder: Path) -> ModelFile:
         if model.is_file():
             node = read_yaml(model)
             version = node.get("format_version")
-            if version != MODEL_FORMAT:
-                raise CheckpointError(f"{model}: format_version {version!r} is not {MODEL_FORMAT} "
-                                      "(written by another version of posterior-jpeg?)")
+            if version not in MODEL_FORMATS:
+                raise CheckpointError(f"{model}: format_version {version!r} is not one of "
+                                      f"{', '.join(map(str, MODEL_FORMATS))} (written by another version of posterior-jpeg?)")
             _section(node, "generator", model)
+            node.format_version = MODEL_FORMAT  # migration 1 -> 2: see the module's note
             return build_structured(ModelFile, [node], model)
         if config.is_file():  # migration 0 -> 1: the generator (and mean_generator) sections of the training config
             node = read_yaml(config)
-            generator = build_structured(GeneratorConfig, [_section(node, "generator", config)], f"{config}: generator")
-            mean = None
-            if node.get("mean_generator") is not None:
-                mean = build_structured(GeneratorConfig, [_section(node, "mean_generator", config)],
-                                        f"{config}: mean_generator")
-            antithetic = mean is not None and bool(node.get("antithetic", False))  # only an anchored G mirrors S
-            return ModelFile(generator=generator, mean_generator=mean, antithetic=antithetic)
+            mean = node.get("mean_generator")
+            sections = {"generator": _section(node, "generator", config),
+                        "mean_generator": None if mean is None else _section(node, "mean_generator", config),
+                        "antithetic": mean is not None and bool(node.get("antithetic", False))}  # only an anchored G mirrors S
+            return build_structured(ModelFile, [OmegaConf.create(sections)], config)
     except ConfigError as error:
         raise CheckpointError(str(error)) from None
     raise CheckpointError(f"{folder}: neither {MODEL} nor {CONFIG} beside {WEIGHTS}")
@@ -291,7 +301,7 @@ def resolve(path: str | Path) -> tuple[Path, ModelFile]:
     return weights, model_config(weights.parent)
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator | AnchoredGenerator, ModelFile]:
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelFile]:
     """Build G from a checkpoint's model file and load its EMA weights (safetensors only).
 
     The config is checked against the weights file before G is built for real (on the meta device,
@@ -299,8 +309,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     weights, model = resolve(path)
     tensors, _ = read_tensors(weights, device)
     what = f"the generator {MODEL if (weights.parent / MODEL).is_file() else CONFIG} describes"
-    blocks = (model.generator.blocks + (model.mean_generator.blocks if model.mean_generator else 0)
-              + (model.spread.blocks if model.spread else 0))
+    blocks = sum(getattr(network, "blocks", 0) for network in model.networks())  # where a config counts its blocks
     if blocks > len(tensors):  # every block has weights; building 10**9 empty blocks would hang
         raise CheckpointError(f"{weights}: weights do not fit {what}: {len(tensors)} tensors cannot hold {blocks} blocks")
     try:

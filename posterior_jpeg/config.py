@@ -15,6 +15,7 @@ import textwrap
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
@@ -27,6 +28,7 @@ from .losses import SCHEDULE_KINDS, Schedule
 from .precision import PRECISIONS
 from .pretrained import WeightsConfig
 from .shards import pattern_error
+from .models import registry
 from .models.critic import FINAL_SIZE, CriticConfig
 from .models.generator import TRUNKS, GeneratorConfig
 from .models.spread import FITTED, SpreadConfig
@@ -118,9 +120,9 @@ class TrainConfig:
     anchor: str | None = None  # MMSE checkpoint M (or an anchored model, for its M): G becomes S(z, M(y, q), q) and only S trains
     antithetic: bool = False  # anchored only: G = M + (S(z) - S(-z)) / 2, whose mean over z is M exactly
     progress: bool = True  # progress bar on the console
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)  # architecture of G
-    spread: SpreadConfig | None = None  # anchored only: the spread network V, trained alone by stage spread, over S from init_from
-    critic: CriticConfig = field(default_factory=CriticConfig)  # architecture of the critic
+    generator: Any = registry.network_field("generator", GeneratorConfig)  # architecture of G: `arch` names it (default residual), the other keys are its arguments
+    spread: Any = registry.network_field("spread", SpreadConfig, optional=True)  # anchored only: the spread network V (arch default band_spread), trained alone by stage spread, over S from init_from
+    critic: Any = registry.network_field("critic", CriticConfig)  # architecture of the critic (arch default resnet)
     loss: LossConfig = field(default_factory=LossConfig)  # weights of the objective, each a schedule over the run
     data: DataConfig = field(default_factory=DataConfig)  # training crops
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizers
@@ -266,12 +268,43 @@ def violations(schema, merged: DictConfig, sources: list[tuple[DictConfig, str]]
             continue
         origin = next((name for node, name in reversed(sources)
                        if OmegaConf.select(node, key, default=MISSING) is not MISSING), "default")
-        line = None if origin in ("default", "command line") else _line_of(origin, key)
-        if line is not None:
-            origin = f"{origin}:{line}"
         shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
-        found.append(f"{origin}: {key}={shown!r}: must be {allowed}")
+        found.append(f"{_with_line(origin, key)}: {key}={shown!r}: must be {allowed}")
     return found
+
+
+def _with_line(origin: str, key: str) -> str:
+    """A source's name, with the line of `key` where the source is a YAML file that writes it."""
+    line = None if origin in ("default", "command line") else _line_of(origin, key)
+    return origin if line is None else f"{origin}:{line}"
+
+
+def _choose_architectures(schema, merged: DictConfig, sources: list[tuple[DictConfig, str]]) -> None:
+    """Give each network section of `schema` (`registry.network_field`) the dataclass of the
+    architecture that the last source to name one names in `arch`, or its default where a source
+    fills a section that is null, so that the sources' keys are checked against that dataclass as
+    they merge. An architecture not registered for the section's kind is a one-line ConfigError."""
+    for spec in dataclasses.fields(schema):
+        kind = spec.metadata.get("network")
+        if kind is None:
+            continue
+        sections = [(node.get(spec.name), name) for node, name in sources]
+        sections = [(section, name) for section, name in sections if isinstance(section, DictConfig)]
+        named = [(section.arch, name) for section, name in sections if section.get("arch") is not None]
+        current = OmegaConf.get_type(merged, spec.name)
+        if named:
+            arch, origin = named[-1]
+            wanted = registry.config_type(kind, arch)
+            if wanted is None:
+                key = f"{spec.name}.arch"
+                raise ConfigError(f"{_with_line(origin, key)}: {key}={arch!r}: must be one of "
+                                  f"{', '.join(registry.names(kind))}")
+        elif sections and current is type(None):
+            wanted = spec.metadata["default"]
+        else:
+            continue
+        if current is not wanted:
+            merged[spec.name] = OmegaConf.structured(wanted)
 
 
 def read_yaml(path: str | Path) -> DictConfig:
@@ -345,6 +378,7 @@ def _merge(schema, sources: list[tuple[DictConfig, str]]) -> DictConfig:
     """Defaults of the dataclass `schema` <- each source's node in turn, unchecked; an unknown key or
     a wrong type is a one-line ConfigError naming the source (file or command line) that brought it."""
     merged = OmegaConf.structured(schema)
+    _choose_architectures(schema, merged, sources)
     for node, name in sources:
         refuse_retired_keys(schema, [node], name)
         for key in _mappings_for_lists(merged, node):  # OmegaConf's TypeError names no key

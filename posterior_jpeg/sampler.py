@@ -2,8 +2,8 @@
 
 Big images run through G in overlapping tiles (memory follows the tile, not the image) that are
 blended with linear ramps and projected onto the file as a whole afterwards. The noise z is keyed
-to positions: the map drawn before a given layer at a given trunk cell depends only on the
-sample's seed, the layer and the cell's place in the whole image. So a seed gives the same sample
+to positions (`models.noise.PositionalNoise`): the map drawn before a given layer at a given cell of
+the noise grid depends only on the sample's seed, the layer and the cell's place in the whole image. So a seed gives the same sample
 whatever the batch size, and tiled and untiled runs differ only where a tile's edge cuts G's
 receptive field (near the seams, where the blending ramps hide it).
 
@@ -31,6 +31,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from . import checkpoints
 from .jpeg.color import rgb_to_gray, rgb_to_ycbcr, ycbcr_to_rgb
@@ -38,81 +39,19 @@ from .jpeg.file import JpegFile
 from .jpeg.subsampling import GRAY
 from .jpeg.projection import project as project_onto, projection
 from .errors import PosteriorJpegError
-from .models.generator import UNSHUFFLE, AnchoredGenerator, Generator
+from .models.generator import AnchoredGenerator
+from .models.noise import GRID, PositionalNoise
 from .pixels import round_to_8_bits
 from .precision import choose_precision, torch_dtype
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, PAD_MULTIPLE
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "default"
 
-_MASK32 = 0xFFFFFFFF
-
-
 def resolve_device(name: str) -> torch.device:
     """"auto" (CUDA when available, else the CPU), "cpu" or "cuda"."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _mul32(values: torch.Tensor, constant: int) -> torch.Tensor:
-    """values * constant mod 2**32 on int64 tensors of 32-bit values, in 16-bit halves so that no
-    intermediate overflows int64 (signed overflow is not something to rely on)."""
-    low = values * (constant & 0xFFFF)
-    high = ((values * (constant >> 16)) & 0xFFFF) << 16
-    return (low + high) & _MASK32
-
-
-def _mix32(values: torch.Tensor) -> torch.Tensor:
-    """The 32-bit finaliser of MurmurHash3: every input bit flips about half of the output bits."""
-    values = values & _MASK32
-    values = values ^ (values >> 16)
-    values = _mul32(values, 0x85EBCA6B)
-    values = values ^ (values >> 13)
-    values = _mul32(values, 0xC2B2AE35)
-    return values ^ (values >> 16)
-
-
-def _seed_keys(seeds: list[int]) -> torch.Tensor:
-    """One 32-bit key per seed, from both halves of the seed taken modulo 2**64."""
-    words = torch.tensor([[(s % 2**64) & _MASK32, (s % 2**64) >> 32] for s in seeds], dtype=torch.int64)
-    return _mix32(_mix32(words[:, 1]) ^ words[:, 0])
-
-
-def normal_from_bits(bits: torch.Tensor) -> torch.Tensor:
-    """32-bit hashes -> N(0, 1) through the inverse normal CDF of a uniform in (0, 1) made from the
-    top 23 bits: k + 0.5 stays exact in float32 below 2**23, so the uniform never rounds to 0 or 1
-    (which would give an infinite value)."""
-    uniform = ((bits >> 9).float() + 0.5) / 2.0**23
-    return torch.special.ndtri(uniform)
-
-
-class PositionalNoise:
-    """A noise source for G (like NoiseSource): N(0, 1) maps keyed by (seed, map, cell).
-
-    The trunk asks for its maps in a fixed order; the k-th request of sample i at trunk cell (r, c)
-    of a tile whose corner sits at trunk cell (top, left) of the image gets the value
-    hash(seed_i, k, top + r, left + c), made normal through the inverse normal CDF. The corner is
-    kept as tensors so that torch.compile does not specialise on it (one graph for every tile)."""
-
-    def __init__(self, seeds: list[int], top: int = 0, left: int = 0, device=None):
-        self.keys = _seed_keys(seeds).to(device)
-        self.top = torch.tensor(top, device=device)
-        self.left = torch.tensor(left, device=device)
-        self.calls = 0
-
-    def like(self, features: torch.Tensor) -> torch.Tensor:
-        n, _, height, width = features.shape
-        if n != len(self.keys):
-            raise ValueError(f"noise for {len(self.keys)} samples requested for a batch of {n}")
-        device = features.device
-        layer = _mix32(self.keys ^ _mix32(torch.full_like(self.keys, self.calls)))
-        self.calls += 1
-        rows = torch.arange(height, device=device) + self.top
-        cols = torch.arange(width, device=device) + self.left
-        row_keys = _mix32(layer[:, None] ^ _mix32(rows)[None, :])
-        bits = _mix32(row_keys[:, :, None] ^ cols[None, None, :])
-        return normal_from_bits(bits).unsqueeze(1).to(features.dtype)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -192,7 +131,7 @@ class Sampler:
 
     def __init__(
         self,
-        generator: Generator | AnchoredGenerator,
+        generator: nn.Module,
         source: str,
         device="cpu",
         dtype=torch.float32,
@@ -345,7 +284,7 @@ class Sampler:
              left: int) -> torch.Tensor:
         """network on one tile [N, 3, h, w] whose corner is pixel (top, left) of the image, with that
         place's noise; float32 on the model's device."""
-        noise = None if seeds is None else PositionalNoise(seeds, top // UNSHUFFLE, left // UNSHUFFLE, self.device)
+        noise = None if seeds is None else PositionalNoise(seeds, top // GRID, left // GRID, self.device)
         count = len(images)
         images = images.contiguous(memory_format=self.memory_format)
         reduced = self.dtype != torch.float32  # autocast only then: fp32 runs on any device, even "meta"
@@ -354,9 +293,10 @@ class Sampler:
         return out.float()
 
     def compile(self) -> "Sampler":
-        """torch.compile the trunks, the bulk of the work. The first run at each tile shape compiles,
-        which takes a while."""
+        """torch.compile each network as its class chooses (`nn.Module.compile`; the residual
+        generator compiles its trunk, the bulk of the work). The first run at each tile shape
+        compiles, which takes a while."""
         networks = [self.generator.mean, self.generator.detail] if self.anchored else [self.generator]
         for network in networks:
-            network.trunk.forward = torch.compile(network.trunk.forward)
+            network.compile()
         return self

@@ -16,6 +16,7 @@ finish its step, agree on that step, write one checkpoint and raise `TrainingSto
 """
 
 import copy
+import dataclasses
 import json
 import resource
 import shutil
@@ -41,11 +42,12 @@ from .pixels import to_unit_float
 from .precision import ACCELERATE_NAMES, Precision, choose_precision, torch_dtype
 from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingStopped
 from .export import encode_png
-from .models.critic import build_critic
 from .models.features import VGGFeatures
 from .metrics.psnr import luma
-from .models.generator import AnchoredGenerator, GeneratorConfig, seeded_noise
-from .models.spread import FITTED, SpreadConfig, band_deviance
+from .models.generator import AnchoredGenerator
+from .models.noise import seeded_noise
+from .models.registry import build
+from .models.spread import FITTED, band_deviance
 from .visualize import contact_sheet, posterior_row
 
 
@@ -266,7 +268,7 @@ class PosteriorStage:
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator, generator: torch.nn.Module):
         self.cfg = cfg
-        self.critic = build_critic(cfg.critic)
+        self.critic = build(cfg.critic)
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=cfg.optim.critic_lr(0, cfg.steps),
                                       betas=tuple(cfg.optim.betas))
         self.xbar = generator.mean if cfg.anchor else None
@@ -400,8 +402,8 @@ class Trainer:
             if mean.config.noise:
                 raise checkpoints.CheckpointError(
                     f"{cfg.anchor}: an anchor must be a noise-free MMSE model (generator.noise: false)")
-        self.generator = checkpoints.assemble(GeneratorConfig(**vars(cfg.generator)), mean, cfg.antithetic,
-                                              None if cfg.spread is None else SpreadConfig(**vars(cfg.spread)))
+        self.generator = checkpoints.assemble(dataclasses.replace(cfg.generator), mean, cfg.antithetic,
+                                              None if cfg.spread is None else dataclasses.replace(cfg.spread))
         if cfg.init_from:
             weights, model = checkpoints.resolve(cfg.init_from)
             if cfg.anchor and model.mean_generator is not None:  # warm-start S, over this run's anchor

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from posterior_jpeg.metrics.calibration import calibration, ideal_psnr_gap, spearman
-from posterior_jpeg.models.generator import AnchoredGenerator, GeneratorConfig, NoiseSource, build_generator
+from posterior_jpeg.models.generator import AnchoredGenerator, GeneratorConfig, build_generator
+from posterior_jpeg.models.noise import NoiseSource
 from posterior_jpeg.metrics.psnr import luma
 from posterior_jpeg.models.spread import (SpreadConfig, SpreadNet, band_deviance, cell_energy, even_normal, split_bands,
                                           table_coarseness, white_noise_band_std)

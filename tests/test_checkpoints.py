@@ -111,8 +111,10 @@ BROKEN = {
     "model_a_yaml_list": _model("- 1\n- 2\n"),
     "model_binary": _rewrite(checkpoints.MODEL, lambda _: bytes(range(256))),
     "model_empty": _model(""),
-    "model_no_generator": _model("format_version: 1\n"),
-    "model_newer_format": _rewrite(checkpoints.MODEL, lambda data: data.replace(b"format_version: 1", b"format_version: 9")),
+    "model_no_generator": _model(f"format_version: {checkpoints.MODEL_FORMAT}\n"),
+    "model_newer_format": _rewrite(checkpoints.MODEL, lambda data: data.replace(
+        f"format_version: {checkpoints.MODEL_FORMAT}".encode(), b"format_version: 9")),
+    "model_unknown_arch": _generator_line("arch: residual", "arch: transformer"),
     "model_wrong_key": _generator_line("growth:", "growht:"),
     "model_wrong_type": _generator_line("features: 16", "features: many"),
     "model_unknown_trunk": _generator_line("trunk: rrdb", "trunk: transformer"),

@@ -173,6 +173,23 @@ def test_presets_and_config_validation():
         GeneratorConfig(full_res_features=-1)
 
 
+def test_every_network_is_built_by_its_registered_name():
+    """The residual generator, the spread network and the critic, each from the config that names it;
+    the residual generator compiles its trunk alone (the sampler's `compile`)."""
+    from posterior_jpeg.models import registry
+    from posterior_jpeg.models.spread import SpreadConfig, SpreadNet
+
+    assert registry.names("generator") == ["residual"] and registry.names("critic") == ["resnet"]
+    assert registry.names("spread") == ["band_spread"]
+    for config, network in ((TINY["plain"], Generator), (SpreadConfig(features=8, blocks=1), SpreadNet),
+                            (CriticConfig(features=8, max_features=16, size=32), Critic)):
+        assert type(registry.build(config)) is network and registry.config_type(registry.ARCHITECTURES[
+            config.arch].kind, config.arch) is type(config)
+    generator = build_generator(TINY["plain"])
+    generator.compile(backend="eager")
+    assert generator.trunk._compiled_call_impl is not None and generator._compiled_call_impl is None
+
+
 def test_full_resolution_head_starts_near_the_identity(images):
     y = images(40, 56, count=2)
     """The residual of a fresh G is small with either head: training starts from y."""

@@ -26,7 +26,8 @@ from posterior_jpeg.jpeg.color import rgb_to_ycbcr
 from posterior_jpeg.models.generator import AnchoredGenerator, GeneratorConfig, build_generator
 from posterior_jpeg.commands.sample import main
 from posterior_jpeg.sample_job import apply_orientation, expand_inputs, undo_orientation
-from posterior_jpeg.sampler import PositionalNoise, Sampler, normal_from_bits, tile_spans
+from posterior_jpeg.models.noise import PositionalNoise, normal_from_bits
+from posterior_jpeg.sampler import Sampler, tile_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 RECEPTIVE_RADIUS = 80  # pixels: the tiny G's 18 convs at 1/4 resolution reach 72, plus unshuffle alignment
@@ -101,8 +102,8 @@ def test_cli_writes_samples_mean_std_grid_and_a_manifest(checkpoint, write_jpeg,
     assert record["input_sha256"] == hashlib.sha256(jpeg.read_bytes()).hexdigest()
     weights = checkpoint / checkpoints.WEIGHTS
     assert record["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert record["model"] == {"format_version": 1, "mean_generator": None, "generator": {
-        "trunk": "rrdb", "features": 16, "blocks": 1, "growth": 8, "table_embedding": 8, "full_res_features": 0,
+    assert record["model"] == {"format_version": 2, "mean_generator": None, "generator": {
+        "arch": "residual", "trunk": "rrdb", "features": 16, "blocks": 1, "growth": 8, "table_embedding": 8, "full_res_features": 0,
         "noise": True}, "antithetic": False, "spread": None}
     assert record["projected"] is True and record["seconds"] > 0
     assert record["coefficient_agreement"] >= 0.9999 and record["block_agreement"] >= 0.99

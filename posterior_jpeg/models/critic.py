@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import register
+
 FINAL_SIZE = 4
 BRANCH_SCALE = 0.1
 
@@ -29,6 +31,7 @@ BRANCH_SCALE = 0.1
 class CriticConfig:
     """Architecture of the critic (the paper's at the defaults, with size 128)."""
 
+    arch: str = "resnet"  # the architecture (models/registry.py): Mescheder et al.'s ResNet critic
     features: int = 64  # width of the first stage, doubled per downsampling
     max_features: int = 512  # widest stage
     size: int = 128  # crop side it is built for: 4 times a power of two
@@ -43,11 +46,6 @@ class CriticConfig:
             raise ValueError(f"critic widths must satisfy 1 <= features <= max_features, got {self}")
         if self.detail_gain < 0:
             raise ValueError(f"critic detail_gain must be >= 0, got {self.detail_gain}")
-
-
-def build_critic(config: CriticConfig) -> "Critic":
-    """A freshly initialised critic."""
-    return Critic(config)
 
 
 def detail_layer(x: torch.Tensor, gain: float) -> torch.Tensor:
@@ -71,6 +69,7 @@ class PreActBlock(nn.Module):
         return self.shortcut(x) + BRANCH_SCALE * branch
 
 
+@register("resnet", "critic", CriticConfig)
 class Critic(nn.Module):
     """forward(x [N, 3, H, W], y=None) -> logits [N]. y is required iff the config is conditional."""
 

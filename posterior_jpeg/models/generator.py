@@ -6,7 +6,7 @@ out, pixel-shuffle x4 (optionally one more 3x3 conv at full resolution), and the
 estimate, so G starts near it and only has to learn the missing detail; the consistency penalty is
 small from the first step instead of having to pull a random image onto y.
 
-Trunks, chosen by `GeneratorConfig.trunk`:
+Registered as architecture "residual" (models/registry.py). Trunks, chosen by `GeneratorConfig.trunk`:
 - "rrdb": ESRGAN's residual-in-residual dense blocks (residual scaling 0.2), with the paper's noise:
   one fresh N(0, 1) channel, times a learnable scalar (initially 1), concatenated before every conv.
 - "plain": residual blocks of two wide 3x3 convs with one fresh N(0, 1) map per block added to the
@@ -26,19 +26,20 @@ from torch import nn
 
 from ..metrics.psnr import luma
 from ..tiling import PAD_MULTIPLE
+from .noise import GRID, MirroredNoise, NoiseRng, NoiseSource, cell_noise, full_resolution_noise, noise_source
+from .registry import build, register
 
-UNSHUFFLE = 4
+UNSHUFFLE = GRID  # the trunk runs on the noise grid: position-keyed noise keys each trunk cell
 RESIDUAL_SCALE = 0.2
 PLAIN_NOISE_INIT = 0.1  # added noise starts at a tenth of unit features: seeds differ, features dominate
 TRUNKS = ("rrdb", "plain")
-
-NoiseRng = torch.Generator | list[torch.Generator] | None  # torch RNGs of the noise z (see NoiseSource)
 
 
 @dataclass
 class GeneratorConfig:
     """Architecture of G; one dataclass so configs, checkpoints and tests build the same code.
 
+    arch: "residual", this architecture's name in the registry.
     trunk: "rrdb" (the paper's) or "plain" (fast wide residual blocks).
     features: trunk width. blocks: number of RRDB or residual blocks.
     growth: dense-block growth channels (rrdb only).
@@ -52,6 +53,7 @@ class GeneratorConfig:
     noise: False builds a deterministic network (no noise inputs, no noise scales): the posterior-mean
     estimate M(y, q), trained with MSE, for which noise is only a nuisance to unlearn."""
 
+    arch: str = "residual"  # the architecture (models/registry.py): pixel-unshuffle, trunk, pixel-shuffle, added to y
     trunk: str = "rrdb"  # "rrdb" (the paper's) or "plain" (fast wide residual blocks)
     features: int = 64  # trunk width
     blocks: int = 23  # number of RRDB or residual blocks
@@ -79,46 +81,14 @@ PRESETS = {
 }
 
 
-def build_generator(config: GeneratorConfig | str) -> "Generator":
-    """A freshly initialised G from a config or the name of one of PRESETS."""
+def build_generator(config) -> nn.Module:
+    """A freshly initialised generator from its config (any registered architecture) or the name of
+    one of PRESETS."""
     if isinstance(config, str):
         if config not in PRESETS:
             raise ValueError(f"unknown generator preset {config!r}; expected one of {', '.join(PRESETS)}")
         config = PRESETS[config]
-    return Generator(config)
-
-
-def seeded_noise(seeds: list[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """One seeded torch RNG per sample, for `Generator.forward(..., noise=...)`."""
-    return [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
-
-
-class NoiseSource:
-    """Fresh N(0, 1) maps [N, 1, h, w] for a batch, in the order the network asks for them.
-
-    - list of N torch RNGs: sample i's maps come from RNG i alone, so a sample depends only on its
-      own seed, never on the rest of the batch. Maps are drawn on each RNG's device and moved to
-      the features' device: CPU RNGs give the same noise on every device.
-    - one torch RNG: the whole batch's maps from it (reproducible for the same batch).
-    - None: torch's global RNG on the features' device (the fast path for training).
-    Maps are drawn in float32 and cast, so mixed precision does not change the noise."""
-
-    def __init__(self, batch: int, rng: NoiseRng):
-        if isinstance(rng, (list, tuple)) and len(rng) != batch:
-            raise ValueError(f"got {len(rng)} noise RNGs for a batch of {batch}")
-        self.batch = batch
-        self.rng = rng
-
-    def like(self, features: torch.Tensor) -> torch.Tensor:
-        """One noise map per sample with the spatial size, dtype and device of `features`."""
-        size = features.shape[-2:]
-        if self.rng is None:
-            noise = torch.randn((self.batch, 1, *size), device=features.device)
-        elif isinstance(self.rng, torch.Generator):
-            noise = torch.randn((self.batch, 1, *size), generator=self.rng, device=self.rng.device)
-        else:
-            noise = torch.cat([torch.randn((1, 1, *size), generator=g, device=g.device) for g in self.rng])
-        return noise.to(device=features.device, dtype=features.dtype)
+    return build(config)
 
 
 def _init_scaled(conv: nn.Conv2d, scale: float) -> None:
@@ -238,6 +208,7 @@ def normalise_tables(qtables: torch.Tensor, batch: int) -> torch.Tensor:
     return (tables.log() / math.log(255.0)).flatten(1).expand(batch, -1)
 
 
+@register("residual", "generator", GeneratorConfig)
 class Generator(nn.Module):
     """G(z, y, q). forward(y [N, 3, H, W] in [0, 1], qtables, noise) -> [N, 3, H, W].
 
@@ -295,17 +266,22 @@ class Generator(nn.Module):
         padded = F.pad(y, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else y
         features = self.conv_in(F.pixel_unshuffle(2.0 * padded - 1.0, UNSHUFFLE))
         film = self.modulations(qtables, n, features)
-        source = noise if hasattr(noise, "like") else NoiseSource(n, noise)
-        features = self.trunk(features, source, film)
+        features = self.trunk(features, noise_source(noise, n), film)
         residual = F.pixel_shuffle(self.conv_out(F.leaky_relu(features, 0.2)), UNSHUFFLE)
         if self.config.full_res_features:
             residual = self.conv_full_res(F.leaky_relu(residual, 0.2))
         return (padded + residual)[:, :, :height, :width]
 
+    def compile(self, *args, **kwargs) -> None:
+        """torch.compile the trunk alone (nn.Module.compile compiles the whole call): it is the bulk
+        of the work, and padding, table embedding and the noise source's wrapping stay eager."""
+        self.trunk.compile(*args, **kwargs)
+
 
 class AnchoredGenerator(nn.Module):
-    """G(z, y, q) = S(z, M(y, q), q): a frozen posterior-mean estimate M (a noise-free Generator
-    trained with MSE) and a detail network S, itself a residual Generator, applied to M's output.
+    """G(z, y, q) = S(z, M(y, q), q): a frozen posterior-mean estimate M (a noise-free generator
+    trained with MSE) and a detail network S, itself a generator, applied to M's output (each of
+    any registered generator architecture).
 
     Why: on a CPU budget a single GAN-trained G lost PSNR against the plain decode, while M alone is
     cheap to train and gains over it; S then starts at M (its residual starts near 0) and only has to
@@ -317,7 +293,7 @@ class AnchoredGenerator(nn.Module):
     whatever z is (a fixed pattern such as a 4-pixel hatch from the 1/4-resolution head) cancels.
     Costs two passes of S per sample."""
 
-    def __init__(self, mean: Generator, detail: Generator, antithetic: bool = False, spread: nn.Module | None = None):
+    def __init__(self, mean: nn.Module, detail: nn.Module, antithetic: bool = False, spread: nn.Module | None = None):
         super().__init__()
         if mean.config.noise:
             raise ValueError("the posterior-mean network M must be noise-free (generator.noise: false)")
@@ -350,54 +326,20 @@ class AnchoredGenerator(nn.Module):
         antithetic passes S(z) and S(-z) run as one batch of 2N (one call, one shape). With a spread
         network, the luma of S's detail is rebuilt band by band at V's variances (`compose_luma`)."""
         n = mean.shape[0]
-        source = noise if hasattr(noise, "like") else NoiseSource(n, noise)
+        source = noise_source(noise, n)
         tables = torch.as_tensor(qtables)
         tables = tables.reshape(-1, *tables.shape[-3:]).expand(n, -1, -1, -1)  # [T, 8, 8] or [1 or N, T, 8, 8]
         if not self.antithetic and self.spread is None:
             return self.detail(mean, tables, source)
         if self.antithetic:
-            pair = self.detail(torch.cat([mean, mean]), torch.cat([tables, tables]), _Mirrored(source, n))
+            pair = self.detail(torch.cat([mean, mean]), torch.cat([tables, tables]), MirroredNoise(source, n))
             detail = 0.5 * (pair[:n] - pair[n:])
         else:
             detail = self.detail(mean, tables, source) - mean
         if self.spread is None:
             return mean + detail
         detail_luma = luma(detail)
-        white = _full_resolution_noise(source, mean, fields=2)
-        mixing = _cell_noise(source, mean, fields=3) if self.spread.config.mixes else None
+        white = full_resolution_noise(source, mean, fields=2)
+        mixing = cell_noise(source, mean, fields=3) if self.spread.config.mixes else None
         rebuilt = self.spread.rebuild_luma(mean, tables, white, detail_luma, mixing)
         return mean + detail + (rebuilt - detail_luma).to(detail)  # equal R, G, B: the chroma stays S's
-
-
-def _full_resolution_noise(source, like: torch.Tensor, fields: int) -> torch.Tensor:
-    """[N, fields, H, W] white noise at every pixel of `like` [N, C, H, W], drawn from the noise
-    source as UNSHUFFLE**2 maps at the trunk's 1/4 resolution per field and pixel-shuffled: a
-    position-keyed source (the sampler's) keys each pixel by its place in the whole image."""
-    n, _, height, width = like.shape
-    cells = like.new_empty(n, 1, -(-height // UNSHUFFLE), -(-width // UNSHUFFLE))
-    maps = [torch.cat([source.like(cells) for _ in range(UNSHUFFLE**2)], dim=1) for _ in range(fields)]
-    return torch.cat([F.pixel_shuffle(m, UNSHUFFLE) for m in maps], dim=1)[:, :, :height, :width].float()
-
-
-def _cell_noise(source, like: torch.Tensor, fields: int) -> torch.Tensor:
-    """[N, fields, ceil(H / 8), ceil(W / 8)] white noise, one value per 8x8 cell: maps drawn at the
-    trunk's 1/4 resolution (so a position-keyed source keys them as it keys the rest) and every
-    second row and column kept."""
-    n, _, height, width = like.shape
-    cells = like.new_empty(n, 1, -(-height // UNSHUFFLE), -(-width // UNSHUFFLE))
-    return torch.cat([source.like(cells)[:, :, ::2, ::2] for _ in range(fields)], dim=1).float()
-
-
-class _Mirrored:
-    """Noise for a batch of 2N that is N samples and their mirror images: each map is z for the first
-    half and -z for the second, z drawn from `source` for N samples."""
-
-    def __init__(self, source, n: int):
-        self.source = source
-        self.n = n
-
-    def like(self, features: torch.Tensor) -> torch.Tensor:
-        if features.shape[0] != 2 * self.n:
-            raise ValueError(f"mirrored noise for 2 x {self.n} samples requested for a batch of {features.shape[0]}")
-        noise = self.source.like(features[: self.n])
-        return torch.cat([noise, -noise])

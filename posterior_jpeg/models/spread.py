@@ -30,6 +30,7 @@ from torch import nn
 
 from ..metrics.psnr import luma
 from .generator import PlainTrunk, normalise_tables
+from .registry import register
 
 CELL = 8  # V predicts one variance per band per 8x8 cell: JPEG's block, the calibration's tile
 BAND_SIGMAS = (1.5, 0.75)  # blurs that split low | mid | high
@@ -45,6 +46,7 @@ CUE_CENTRE, CUE_SCALE = -9.0, 3.0  # log energies of 1e-7 .. 1e-2 scaled to abou
 class SpreadConfig:
     """Architecture of V: a plain trunk at 1/8 resolution, FiLM-free (one table-driven shift and scale)."""
 
+    arch: str = "band_spread"  # the architecture (models/registry.py): V's log variances per band and 8x8 cell
     features: int = 32  # trunk width
     blocks: int = 4  # residual blocks
     table_embedding: int = 32  # width of the quantization-table embedding
@@ -112,6 +114,7 @@ def white_noise_band_std() -> torch.Tensor:
     return split_bands(impulse).pow(2).flatten(2).sum(-1).sqrt()[0].float()
 
 
+@register("band_spread", "spread", SpreadConfig)
 class SpreadNet(nn.Module):
     """V(M, q) -> [N, 3, ceil(H / 8), ceil(W / 8)] log variance of the low, mid and high band of the
     luma residual x - M, per 8x8 cell. M: [N, 3, H, W] in [0, 1]; qtables as `normalise_tables`.
