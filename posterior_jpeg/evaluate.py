@@ -1,8 +1,8 @@
 """Evaluation jobs: FID, consistency, PSNR, LPIPS and diversity of JPEG decoders (the paper's Table 1).
 
-    python -m posterior_jpeg.evaluate --config configs/eval.yaml [key=value ...]
+    python -m posterior_jpeg eval --config configs/eval.yaml [key=value ...]
     posterior-jpeg eval --config configs/eval.yaml [key=value ...]
-    torchrun --nproc_per_node 8 -m posterior_jpeg.evaluate --config ...     (or accelerate launch)
+    torchrun --nproc_per_node 8 -m posterior_jpeg eval --config ...     (or accelerate launch)
 
 Per setting (each quality x subsampling applied to clean test images, or a folder of real JPEG files
 as stored) the methods are: the libjpeg decode ("jpeg"), an MMSE model ("mmse"), and per checkpoint
@@ -30,10 +30,9 @@ differently composed Inception batches).
 
 import sys
 
-if __name__ == "__main__":  # `python -m posterior_jpeg.evaluate` is `posterior-jpeg eval`: parsed before torch loads
-    from posterior_jpeg.commands import main  # the one upward import, for this spelling of the command
-
-    sys.exit(main(["eval", *sys.argv[1:]]))
+if __name__ == "__main__":  # the job is not a command: no upward import of posterior_jpeg.commands
+    print("python -m posterior_jpeg.evaluate is now python -m posterior_jpeg eval (or posterior-jpeg eval)", file=sys.stderr)
+    sys.exit(2)
 
 
 from collections import defaultdict

@@ -1,7 +1,7 @@
 """Perception-consistency sweeps (the paper's Figure 2): FID against consistency RMSE over lambda_C.
 
     posterior-jpeg sweep --config configs/sweep_consistency.yaml [key=value ...]
-    python -m posterior_jpeg.sweep --config configs/sweep_consistency.yaml [key=value ...]
+    python -m posterior_jpeg sweep --config configs/sweep_consistency.yaml [key=value ...]
 
 Each point is a lambda_C schedule, trained as a run of `train_config` (with overrides), or an
 existing checkpoint. Every point is evaluated with the `eval` section (its posterior methods); the
@@ -14,10 +14,9 @@ settings and model weights is not evaluated again. Delete a point's run folder t
 
 import sys
 
-if __name__ == "__main__":  # `python -m posterior_jpeg.sweep` is `posterior-jpeg sweep`: parsed before torch loads
-    from posterior_jpeg.commands import main  # the one upward import, for this spelling of the command
-
-    sys.exit(main(["sweep", *sys.argv[1:]]))
+if __name__ == "__main__":  # the job is not a command: no upward import of posterior_jpeg.commands
+    print("python -m posterior_jpeg.sweep is now python -m posterior_jpeg sweep (or posterior-jpeg sweep)", file=sys.stderr)
+    sys.exit(2)
 
 
 import csv

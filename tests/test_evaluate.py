@@ -248,7 +248,7 @@ def test_two_processes_give_the_same_results_as_one(single_process, workspace):
     out_dir = workspace["root"] / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "posterior_jpeg.evaluate",
+               "--master_port", str(_free_port()), "-m", "posterior_jpeg", "eval",
                "--config", str(ROOT / "configs" / "eval.yaml"), *_eval_overrides(workspace, out_dir)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
