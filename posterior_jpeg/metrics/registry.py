@@ -63,6 +63,7 @@ class Subject:
         return self.computed[compute]
 
 
+# What several metrics share (each computed once per subject through `Subject.once`)
 def consistency(s: Subject) -> EightBitConsistency:
     """Agreement and consistency RMSE of every output, from one libjpeg re-encode."""
     return eight_bit_consistency(s.outputs, s.file)
@@ -75,6 +76,23 @@ def lpips_features(s: Subject) -> list[torch.Tensor]:
 
 def calibrated(s: Subject) -> Calibration:
     return calibration(s.samples, s.mean, s.original[0])
+
+
+def lpips_to_original(s: Subject) -> list[float]:
+    """LPIPS of each output to the original (whose features the caller may have computed once for all rows)."""
+    truth = s.original_features if s.original_features is not None else s.lpips.features(s.original)
+    count = s.repeats
+    outputs = [f[:count] for f in s.once(lpips_features)]
+    return s.lpips.distance(outputs, [t.expand(count, -1, -1, -1) for t in truth]).tolist()
+
+
+def chroma(s: Subject) -> torch.Tensor:
+    return chroma_psnr(s.outputs, s.original)
+
+
+def peaks(s: Subject) -> torch.Tensor:
+    """[n, periods] the largest orientation's periodic peak of each output."""
+    return periodic_peaks(s.outputs).amax(dim=2)
 
 
 def mean_over_images(per_image: list[list[float]]) -> float:
@@ -130,13 +148,6 @@ def table_metrics() -> list[Metric]:
     return [metric for metric in METRICS.values() if metric.table]
 
 
-def _lpips_to_original(s: Subject) -> list[float]:
-    truth = s.original_features if s.original_features is not None else s.lpips.features(s.original)
-    count = s.repeats
-    outputs = [f[:count] for f in s.once(lpips_features)]
-    return s.lpips.distance(outputs, [t.expand(count, -1, -1, -1) for t in truth]).tolist()
-
-
 FILE, ORIGINAL, SAMPLES = frozenset({"file"}), frozenset({"original"}), frozenset({"samples"})
 CALIBRATED = frozenset({"samples", "mean", "original"})
 
@@ -148,7 +159,7 @@ register(Metric("coefficient_agreement", "coef. agreement",  # 6 decimals: 0.999
                 FILE, "higher", format=".6f", summary=pooled_share, sweep=True))
 register(Metric("psnr_rgb", "PSNR", lambda s: psnr(s.outputs, s.original).tolist(), ORIGINAL, "higher", sweep=True))
 register(Metric("psnr_y", "PSNR-Y", lambda s: psnr_y(s.outputs, s.original).tolist(), ORIGINAL, "higher"))
-register(Metric("lpips", "LPIPS", _lpips_to_original, frozenset({"original", "lpips"}), "lower"))
+register(Metric("lpips", "LPIPS", lpips_to_original, frozenset({"original", "lpips"}), "lower"))
 register(Metric("pixel_std", "per-pixel STD", lambda s: [per_pixel_std(s.samples)], SAMPLES, sweep=True))
 register(Metric("pairwise_lpips", "pairwise LPIPS",
                 lambda s: [mean_pairwise_distance([f[: s.diversity] for f in s.once(lpips_features)], s.lpips)],
@@ -158,14 +169,6 @@ register(Metric("calibration_rank", "calibration rank", lambda s: [s.once(calibr
                 "higher"))
 register(Metric("psnr_gap", "PSNR gap", lambda s: [s.once(calibrated).psnr_gap], CALIBRATED))
 
-def chroma(s: Subject) -> torch.Tensor:
-    return chroma_psnr(s.outputs, s.original)
-
-
-def peaks(s: Subject) -> torch.Tensor:
-    """[n, periods] the largest orientation's periodic peak of each output."""
-    return periodic_peaks(s.outputs).amax(dim=2)
-
 
 # Yardsticks that need no downloaded weights (bench/val_yardsticks.py), one value per output
 register(Metric("blockiness", "blockiness", lambda s: [blockiness(image[None]) for image in s.outputs], table=False))
@@ -173,13 +176,12 @@ register(Metric("hf", "texture ratio", lambda s: texture_ratio(s.outputs, s.orig
                 ORIGINAL, table=False))
 register(Metric("hf_in", "texture ratio in blocks", lambda s: texture_ratio(s.outputs, s.original).tolist(),
                 ORIGINAL, table=False))
-register(Metric("chroma_cb", "PSNR Cb", lambda s: s.once(chroma)[:, 0].tolist(),
-                frozenset({"colour"}), "higher", table=False))
-register(Metric("chroma_cr", "PSNR Cr", lambda s: s.once(chroma)[:, 1].tolist(),
-                frozenset({"colour"}), "higher", table=False))
+register(Metric("chroma_cb", "PSNR Cb", lambda s: s.once(chroma)[:, 0].tolist(), frozenset({"colour"}), "higher",
+                table=False))
+register(Metric("chroma_cr", "PSNR Cr", lambda s: s.once(chroma)[:, 1].tolist(), frozenset({"colour"}), "higher",
+                table=False))
 register(Metric("rgb_luma_gap", "PSNR-Y - PSNR", lambda s: rgb_luma_gap(s.outputs, s.original).tolist(),
                 frozenset({"gray"}), table=False))
-for _index, _period in enumerate(PERIODS):
-    register(Metric(f"peak{_period}", f"peak at period {_period}",
-                    lambda s, i=_index: s.once(peaks)[:, i].tolist(), better="lower",
-                    table=False))
+for _index, _period in enumerate(PERIODS):  # peak2, peak4, peak8
+    register(Metric(f"peak{_period}", f"peak at period {_period}", lambda s, i=_index: s.once(peaks)[:, i].tolist(),
+                    better="lower", table=False))
