@@ -19,8 +19,7 @@ COMMANDS = {
     "sample.py --help": ["sample.py", "--help"],
     "posterior-jpeg --help": ["-m", "posterior_jpeg", "--help"],
     "posterior-jpeg eval --help": ["-m", "posterior_jpeg", "eval", "--help"],
-    "python -m posterior_jpeg.evaluate --help": ["-m", "posterior_jpeg.evaluate", "--help"],
-    "python -m posterior_jpeg.sweep --help": ["-m", "posterior_jpeg.sweep", "--help"],
+    "posterior-jpeg sweep --help": ["-m", "posterior_jpeg", "sweep", "--help"],
     "train.py --print-config": ["train.py", "--print-config"],
 }
 

@@ -41,7 +41,7 @@ from posterior_jpeg.metrics.fid import RANDOM, InceptionFeatures
 from posterior_jpeg.pretrained import locate
 from posterior_jpeg.models.generator import PRESETS, build_generator
 from posterior_jpeg.pixels import to_chw_float
-from posterior_jpeg.report import METRICS
+from posterior_jpeg.metrics.registry import table_metrics
 
 from common import SHARED_DATA, best_time, emit, photo
 
@@ -88,7 +88,8 @@ def largest_difference(ours: list[dict], reference: list[dict]) -> float:
         raise SystemExit("bench: the two jobs give different rows")
     pairs = []
     for a, b in zip(ours, reference):
-        pairs += [(a[name], b[name]) for name in (*METRICS, "fid", "images") if a[name] is not None or b[name] is not None]
+        names = (*(metric.name for metric in table_metrics()), "fid", "images")
+        pairs += [(a[name], b[name]) for name in names if a[name] is not None or b[name] is not None]
         pairs += list(zip(a["fid_repeats"], b["fid_repeats"], strict=True))
     if any(x is None or y is None for x, y in pairs):
         raise SystemExit("bench: a figure measured by one job only")

@@ -14,15 +14,20 @@ seeds 0..K-1, projected again, as `sample.py --mean` writes it), the model being
 is the original itself (only the figures that need no reference). Every output is rounded to 8
 bits (what a user saves) before it is measured.
 
-One JSON line per (quality, decoder), means over the photos of per-photo figures:
+One JSON line per (quality, decoder), means over the photos of per-photo figures. Every metric
+declared in posterior_jpeg/metrics/registry.py that a single output, its file and its original suffice
+for is measured, under its registered name except psnr_rgb (here "psnr") and coefficient_agreement
+("agreement", here the mean of each photo's share):
   psnr, psnr_y        dB against the original (RGB; luma)
   agreement           share of the file's coefficients a libjpeg re-encode of the output reproduces
+  consistency_rmse    gray levels between the decodes of that re-encode and of the file
   blockiness          1 = no block grid
   hf, hf_in           texture ratio: luma Laplacian energy over the original's, everywhere / inside 8x8 blocks
   chroma_cb, chroma_cr  PSNR of Cb and Cr, over the colour photos only
   rgb_luma_gap        PSNR-Y - PSNR, over the grayscale photos only (0 = no colour added)
   peak2, peak4, peak8 spectral peak over the local median at that period (largest orientation);
                       *_max: the largest over the photos
+and beside them, from the model's samples:
   naturalness         Frechet distance of MSCN patch statistics to the originals' (one figure per set)
   std                 per-pixel std of the K samples, gray levels (model rows)
   rms_to_mmse         RMS difference from the model's M, gray levels (sample and mean rows; "do no harm")
@@ -49,21 +54,9 @@ from PIL import Image
 import posterior_jpeg as pj
 from posterior_jpeg.data import libjpeg_decode, pillow_jpeg
 from posterior_jpeg.pixels import round_to_8_bits, to_chw_float, to_hwc_uint8
-from posterior_jpeg.metrics import (
-    blockiness,
-    chroma_psnr,
-    coefficient_agreement,
-    is_gray,
-    naturalness_distance,
-    per_pixel_std,
-    periodic_peaks,
-    psnr,
-    psnr_y,
-    rgb_luma_gap,
-    texture_ratio,
-)
+from posterior_jpeg.metrics import is_gray, naturalness_distance, per_pixel_std
 from posterior_jpeg.metrics.calibration import calibration
-from posterior_jpeg.metrics.periodic import PERIODS
+from posterior_jpeg.metrics.registry import METRICS, Subject
 
 from common import SHARED_DATA, emit
 
@@ -73,6 +66,7 @@ PEERS = SHARED_DATA.parent / "peers" / "val.json"
 PEER_METHODS = {"libjpeg": "libjpeg", "ground truth": "ground truth"}
 PEER_MODEL_METHODS = {"sample": "ours sample", "mean4": "ours mean4"}
 PEER_FIGURES = ("psnr", "psnr_y", "agreement", "blockiness", "hf", "hf_in", "std")
+KEYS = {"psnr_rgb": "psnr", "coefficient_agreement": "agreement"}  # the names the peers' val.json uses
 
 
 def centre_crop(path: Path, side: int = MAX_SIDE) -> np.ndarray:
@@ -85,27 +79,12 @@ def centre_crop(path: Path, side: int = MAX_SIDE) -> np.ndarray:
     return np.array(image.crop((left, top, left + crop_w, top + crop_h)))
 
 
-def reference_free(image: torch.Tensor) -> dict:
-    """Figures of one image [3, H, W] that need no original."""
-    peaks = periodic_peaks(image)[0].amax(dim=1)
-    return {"blockiness": blockiness(image[None]), **{f"peak{p}": peaks[i].item() for i, p in enumerate(PERIODS)}}
-
-
-def measure(output: torch.Tensor, original: torch.Tensor, jpeg: pj.JpegFile, gray: bool) -> dict:
-    """Every per-photo figure of one 8-bit output [3, H, W] against its original."""
-    figures = {
-        "psnr": psnr(output[None], original[None]).item(),
-        "psnr_y": psnr_y(output[None], original[None]).item(),
-        "agreement": coefficient_agreement(output, jpeg).coefficients,
-        "hf": texture_ratio(output, original, inside_blocks=False).item(),
-        "hf_in": texture_ratio(output, original).item(),
-        **reference_free(output),
-    }
-    if gray:
-        figures["rgb_luma_gap"] = rgb_luma_gap(output, original).item()
-    else:
-        figures["chroma_cb"], figures["chroma_cr"] = chroma_psnr(output, original)[0].tolist()
-    return figures
+def measure(output: torch.Tensor, jpeg: pj.JpegFile | None = None, original: torch.Tensor | None = None) -> dict:
+    """Every registered metric that one 8-bit output [3, H, W] has what it needs for (its file and
+    original, where given; no samples, no M, no LPIPS), each summed up over this one photo."""
+    subject = Subject(output[None], file=jpeg, original=None if original is None else original[None])
+    return {KEYS.get(metric.name, metric.name): metric.summary([metric.measure(subject)])
+            for metric in METRICS.values() if metric.applies(subject)}
 
 
 def summarize(per_photo: list[dict]) -> dict:
@@ -150,9 +129,9 @@ def main() -> None:
           f"model {'none' if sampler is None else sampler.source}, mean_flips {args.mean_flips}", file=sys.stderr)
 
     for quality in args.qualities:
-        figures: dict[str, list[dict]] = {"ground truth": [reference_free(original) for original in originals]}
+        figures: dict[str, list[dict]] = {"ground truth": [measure(original) for original in originals]}
         outputs: dict[str, list[torch.Tensor]] = {}
-        for original, gray in zip(originals, grays):
+        for original in originals:
             data = pillow_jpeg(to_hwc_uint8(original), quality, "4:2:0")
             jpeg = pj.read_jpeg(data)
             decoded = {"libjpeg": to_chw_float(libjpeg_decode(data))}
@@ -170,7 +149,7 @@ def main() -> None:
                     decoded[f"mean{args.samples}"] = pj.project(samples.mean(dim=0), jpeg)  # as sample.py --mean
                     spread = per_pixel_std(samples) * 255
             for method, output in decoded.items():
-                row = measure(output, original, jpeg, gray)
+                row = measure(output, jpeg, original)
                 if spread is not None and method not in ("libjpeg", "mmse"):
                     row["std"] = spread
                 if method == "sample":

@@ -1,8 +1,8 @@
 """Evaluation jobs: FID, consistency, PSNR, LPIPS and diversity of JPEG decoders (the paper's Table 1).
 
-    python -m posterior_jpeg.evaluate --config configs/eval.yaml [key=value ...]
+    python -m posterior_jpeg eval --config configs/eval.yaml [key=value ...]
     posterior-jpeg eval --config configs/eval.yaml [key=value ...]
-    torchrun --nproc_per_node 8 -m posterior_jpeg.evaluate --config ...     (or accelerate launch)
+    torchrun --nproc_per_node 8 -m posterior_jpeg eval --config ...     (or accelerate launch)
 
 Per setting (each quality x subsampling applied to clean test images, or a folder of real JPEG files
 as stored) the methods are: the libjpeg decode ("jpeg"), an MMSE model ("mmse"), and per checkpoint
@@ -30,10 +30,9 @@ differently composed Inception batches).
 
 import sys
 
-if __name__ == "__main__":  # `python -m posterior_jpeg.evaluate` is `posterior-jpeg eval`: parsed before torch loads
-    from posterior_jpeg.commands import main  # the one upward import, for this spelling of the command
-
-    sys.exit(main(["eval", *sys.argv[1:]]))
+if __name__ == "__main__":  # the job is not a command: no upward import of posterior_jpeg.commands
+    print("python -m posterior_jpeg.evaluate is now python -m posterior_jpeg eval (or posterior-jpeg eval)", file=sys.stderr)
+    sys.exit(2)
 
 
 from collections import defaultdict
@@ -57,18 +56,8 @@ from .data import WRITABLE_MODES, ImageError, libjpeg_decode, list_images, pillo
 from .errors import PosteriorJpegError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import project
-from .metrics.calibration import calibration
-from .metrics import (
-    LPIPS,
-    GaussianStats,
-    InceptionFeatures,
-    eight_bit_consistency,
-    frechet_distance,
-    per_pixel_std,
-    psnr,
-    psnr_y,
-)
-from .metrics.diversity import mean_pairwise_distance
+from .metrics import LPIPS, GaussianStats, InceptionFeatures, frechet_distance
+from .metrics.registry import Subject, table_metrics
 from .metrics.fid import FEATURE_DIM, RANDOM, StatisticsError, statistics_key
 from .pixels import round_to_8_bits, to_chw_float
 from .precision import PRECISIONS, choose_precision
@@ -407,32 +396,14 @@ class Runner:
         return result
 
     def _measure(self, key: Key, outputs: Outputs, item: Item, truth: list[torch.Tensor] | None, tally: Tally) -> None:
-        """Per-image figures of one row's outputs: consistency and agreement from one re-encode each,
-        PSNR and LPIPS of every repeat's output against the ground truth (whose LPIPS features are
-        `truth`), diversity; each output's LPIPS features are computed once for all of these."""
-        shown, index = outputs.images[: outputs.repeats], item.index
-        eight_bit = eight_bit_consistency(shown, item.jpeg)
-        for agreement, rmse in zip(eight_bit.agreements, eight_bit.rmse):
-            tally.add(key, "consistency_rmse", index, rmse)
-            tally.add(key, "differing_coefficients", index, agreement.differing_coefficients)
-            tally.add(key, "total_coefficients", index, agreement.total_coefficients)
-        measured = max(outputs.diversity, outputs.repeats if truth is not None else 0)
-        features = self.lpips.features(outputs.images[:measured]) if measured else None
-        if truth is not None:
-            for metric, values in (("psnr_rgb", psnr(shown, item.ground_truth)), ("psnr_y", psnr_y(shown, item.ground_truth)),
-                                   ("lpips", self.lpips.distance([f[: outputs.repeats] for f in features],
-                                                                 [t.expand(outputs.repeats, -1, -1, -1) for t in truth]))):
-                for value in values:
-                    tally.add(key, metric, index, value)
-        if outputs.diversity:
-            tally.add(key, "pixel_std", index, per_pixel_std(outputs.images[: outputs.diversity]))
-            tally.add(key, "pairwise_lpips", index,
-                      mean_pairwise_distance([f[: outputs.diversity] for f in features], self.lpips))
-        if outputs.diversity > 1 and outputs.mean is not None and truth is not None:
-            figures = calibration(outputs.images[: outputs.diversity], outputs.mean, item.ground_truth[0])
-            tally.add(key, "calibration", index, figures.overall)
-            tally.add(key, "calibration_rank", index, figures.rank_correlation)
-            tally.add(key, "psnr_gap", index, figures.psnr_gap)
+        """Every table metric (metrics.registry) that one row's outputs have what it needs for, per
+        output; `truth`: the ground truth's LPIPS features, computed once for every row."""
+        subject = Subject(outputs.images, outputs.repeats, outputs.diversity, item.jpeg, item.ground_truth,
+                          outputs.mean, self.lpips, truth)
+        for metric in table_metrics():
+            if metric.applies(subject):
+                for value in metric.measure(subject):
+                    tally.add(key, metric.name, item.index, value)
 
     # ------------------------------------------------------------------ settings and rows
     def settings(self) -> list[Setting]:

@@ -292,21 +292,11 @@ def evaluation_crops(evaluation, folder: Path) -> list[dict]:
     return rows
 
 
-def _results_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    from .report import METRICS, format_cell
-
-    columns = ["checkpoint", "QF", "subsampling", "method", "images", "FID", *METRICS]
-    rows = []
-    for row in results["rows"]:
-        fid = format_cell(row["fid"]) + (f" ± {format_cell(row['fid_std'])}" if row["fid_std"] is not None else "")
-        rows.append([row["checkpoint"] or "-", format_cell(row["quality"]), row["subsampling"] or "stored",
-                     row["method"], format_cell(row["images"]), fid, *(format_cell(row[m], m) for m in METRICS)])
-    return columns, rows
-
-
 def write_evaluation_page(evaluation, results: dict) -> Path:
     """Write out_dir/index.html for an evaluation: its settings, the results table and per-image
     crops of every method (made here, see evaluation_crops); returns the page's path."""
+    from .report import results_table
+
     folder = Path(evaluation.cfg.out_dir)
     crops = evaluation_crops(evaluation, folder)
     header = results["header"]
@@ -317,7 +307,7 @@ def write_evaluation_page(evaluation, results: dict) -> Path:
     parts.append(_header_list(header, [k for k in header if k != "random_feature_weights"]))
     if results.get("skipped"):
         parts.append(_table(["skipped file", "reason"], [[k, v] for k, v in results["skipped"].items()]))
-    parts += ["<h2>Results</h2>", _table(*_results_rows(results)),
+    parts += ["<h2>Results</h2>", _table(*results_table(results["rows"])),
               '<p class="dim">Also as results.csv, results.json and results.md beside this page.</p>',
               "<h2>Per-image crops</h2>",
               '<p class="dim">Wheel or double-click zooms, a drag moves: every crop of a row follows.</p>']
@@ -332,7 +322,7 @@ def write_sweep_page(result: dict, folder: str | Path) -> Path:
     """Write folder/index.html for a perception-consistency sweep (run_sweep's result, its out_dir):
     its table, plots, links to each evaluation's page, and per image one row of crops across the
     baselines and every point (read from each evaluation's crops.json)."""
-    from .report import SWEEP_COLUMNS, format_cell
+    from .report import format_cell, sweep_columns
 
     folder = Path(folder)
     point_folders = {"baselines": folder / "baselines"}
@@ -346,7 +336,8 @@ def write_sweep_page(result: dict, folder: str | Path) -> Path:
     parts.append('<h2>FID against consistency</h2><div class="plots">')
     parts += [f'<img src="{_url(Path(p).relative_to(folder).as_posix())}" alt="sweep plot">' for p in result["plots"]]
     parts.append("</div><h2>Table</h2>")
-    parts.append(_table(list(SWEEP_COLUMNS), [[format_cell(r[c], c) for c in SWEEP_COLUMNS] for r in result["rows"]]))
+    columns = sweep_columns()
+    parts.append(_table(list(columns), [[format_cell(r.get(c), c) for c in columns] for r in result["rows"]]))
     links = []
     combined: dict[tuple[str, str], dict] = {}
     for name, evaluated in point_folders.items():

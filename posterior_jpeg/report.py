@@ -1,5 +1,7 @@
 """The report of an evaluation job: typed per-image measurements in, table rows, markdown, CSV and
-JSON out. Nothing here samples or measures; `evaluate.Runner` does, and hands its records here."""
+JSON out. Nothing here samples or measures; `evaluate.Runner` does, and hands its records here. The
+metric columns, their labels, formats and summaries come from the metrics' declarations
+(metrics.registry), read when a table is made, so a metric registered later has its column too."""
 
 import csv
 import io
@@ -10,15 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .atomic import write_atomically
+from .metrics.registry import METRICS, table_metrics
 
 METHODS = ("jpeg", "mmse", "ours", "ours_p", "ours_a")
 LABELS = {"jpeg": "JPEG (libjpeg)", "mmse": "MMSE", "ours": "Ours", "ours_p": "Ours-P", "ours_a": "Ours-A"}
 POSTERIOR_METHODS = ("ours", "ours_p", "ours_a")
-METRICS = ("consistency_rmse", "coefficient_agreement", "psnr_rgb", "psnr_y", "lpips", "pixel_std", "pairwise_lpips",
-           "calibration", "calibration_rank", "psnr_gap")
-COLUMNS = ("checkpoint", "quality", "subsampling", "method", "images", "fid", "fid_std", "fid_repeats", *METRICS)
+SETTING_COLUMNS = ("checkpoint", "quality", "subsampling", "method", "images")  # of every row, before the figures
+FID_COLUMNS = ("fid", "fid_std", "fid_repeats")  # FID over the repeats: mean, sample std, each repeat's
 RESULT_FILES = ("results.json", "results.csv", "results.md")  # what an evaluation writes in its out_dir
-COUNTS = ("differing_coefficients", "total_coefficients")  # summed over images, not averaged
+# The sweep's table: the point, the row's setting, FID and the metrics declared with sweep=True
+SWEEP_SETTING_COLUMNS = ("point", "lambda_c", "method", "quality", "subsampling", "images", "fid", "fid_std")
 
 
 @dataclass(frozen=True, order=True)
@@ -36,12 +39,13 @@ class Key:
 
 @dataclass(frozen=True, order=True)
 class Measurement:
-    """One figure of one test image for one row (several per image where FID repeats each give one)."""
+    """One figure of one test image for one row (several per image where FID repeats each give one);
+    a number, or the pair its metric's summary takes (coefficient agreement: differing, total)."""
 
     key: Key
     metric: str
     index: int
-    value: float
+    value: float | tuple[int, int]
 
 
 class Tally:
@@ -50,8 +54,8 @@ class Tally:
     def __init__(self):
         self.records: list[Measurement] = []
 
-    def add(self, key: Key, metric: str, index: int, value: float) -> None:
-        self.records.append(Measurement(key, metric, index, float(value)))
+    def add(self, key: Key, metric: str, index: int, value: float | tuple[int, int]) -> None:
+        self.records.append(Measurement(key, metric, index, value if isinstance(value, tuple) else float(value)))
 
 
 def repeat_summary(values: list[float]) -> tuple[float | None, float | None]:
@@ -62,22 +66,16 @@ def repeat_summary(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def summarize(records: list[Measurement]) -> dict[Key, dict[str, float]]:
-    """Gathered records -> per row: each metric's mean over images of the per-image mean over
-    repeats; coefficient agreement from the summed coefficient counts; and the image count."""
-    grouped: dict[tuple[Key, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    """Gathered records -> per row: each metric's summary over the images (its declaration's, mostly
+    the mean over images of the per-image mean over repeats) and the count of images measured."""
+    grouped: dict[tuple[Key, str], dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for record in sorted(records):
         grouped[record.key, record.metric][record.index].append(record.value)
     summary: dict[Key, dict[str, float]] = defaultdict(dict)
     for (key, metric), per_image in grouped.items():
-        if metric in COUNTS:
-            summary[key][metric] = float(sum(sum(v) for v in per_image.values()))
-        else:
-            summary[key][metric] = float(np.mean([np.mean(v) for _, v in sorted(per_image.items())]))
-        if metric == "consistency_rmse":
-            summary[key]["images"] = len(per_image)
-    for values in summary.values():
-        if values.get("total_coefficients"):
-            values["coefficient_agreement"] = 1.0 - values.pop("differing_coefficients") / values.pop("total_coefficients")
+        summary[key][metric] = METRICS[metric].summary([values for _, values in sorted(per_image.items())])
+    for key in summary:
+        summary[key]["images"] = len({record.index for record in records if record.key == key})
     return summary
 
 
@@ -93,19 +91,36 @@ def rows(keys: list[Key], summary: dict[Key, dict[str, float]], fids: dict[Key, 
         table.append({
             "checkpoint": key.checkpoint, "quality": quality, "subsampling": subsampling, "method": key.name,
             "images": values["images"], "fid": fid, "fid_std": fid_std, "fid_repeats": fids.get(key, []),
-            **{name: values.get(name) for name in METRICS},
+            **{metric.name: values.get(metric.name) for metric in table_metrics()},
         })
     return table
 
 
 def format_cell(value, name: str = "") -> str:
-    """4 significant digits, so real FIDs (~5) and random-weight ones (~0.05) both stay readable;
-    coefficient agreement with 6 decimals, where 0.99997 must not read as 1."""
+    """A metric's value in its declared format, any other float with 4 significant digits (FID)."""
     if value is None:
         return "-"
     if not isinstance(value, float):
         return str(value)
-    return f"{value:.6f}" if name == "coefficient_agreement" else f"{value:.4g}"
+    return format(value, METRICS[name].format if name in METRICS else ".4g")
+
+
+def sweep_columns() -> tuple[str, ...]:
+    """The columns of a sweep's table and CSV (sweep.py writes them, explorer.py shows them)."""
+    return (*SWEEP_SETTING_COLUMNS, *(metric.name for metric in table_metrics() if metric.sweep))
+
+
+def results_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The results table's headings and cells, as results.md and the results page show them."""
+    metrics = table_metrics()
+    headings = ["checkpoint", "QF", "subsampling", "method", "images", "FID ↓", *(m.heading for m in metrics)]
+    cells = []
+    for row in rows:
+        fid = format_cell(row["fid"]) + (f" ± {format_cell(row['fid_std'])}" if row["fid_std"] is not None else "")
+        cells.append([row["checkpoint"] or "-", format_cell(row["quality"]), row["subsampling"] or "stored",
+                      row["method"], format_cell(row["images"]), fid,
+                      *(format_cell(row.get(m.name), m.name) for m in metrics)])
+    return headings, cells
 
 
 def markdown(results: dict) -> str:
@@ -118,14 +133,9 @@ def markdown(results: dict) -> str:
               for name, value in header.items() if name != "random_feature_weights"]
     if results["skipped"]:
         lines.append(f"- skipped files: {json.dumps(results['skipped'])}")
-    lines += ["", "| checkpoint | QF | subsampling | method | images | FID | consistency RMSE | coef. agreement "
-              "| PSNR | PSNR-Y | LPIPS | per-pixel STD | pairwise LPIPS | calibration | calibration rank | PSNR gap |",
-              "|" + " --- |" * 16]
-    for row in results["rows"]:
-        fid = format_cell(row["fid"]) + (f" ± {format_cell(row['fid_std'])}" if row["fid_std"] is not None else "")
-        cells = [row["checkpoint"] or "-", format_cell(row["quality"]), row["subsampling"] or "stored", row["method"],
-                 format_cell(row["images"]), fid, *(format_cell(row[name], name) for name in METRICS)]
-        lines.append("| " + " | ".join(cells) + " |")
+    headings, cells = results_table(results["rows"])
+    lines += ["", "| " + " | ".join(headings) + " |", "|" + " --- |" * len(headings)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
 
 
@@ -135,14 +145,10 @@ def write_results(results: dict, out_dir) -> None:
     json_name, csv_name, markdown_name = RESULT_FILES
     write_atomically(out_dir / json_name, json.dumps(results, indent=2).encode())
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer = csv.DictWriter(table, fieldnames=[*SETTING_COLUMNS, *FID_COLUMNS, *(m.name for m in table_metrics())])
     writer.writeheader()
     for row in results["rows"]:
         writer.writerow({**row, "fid_repeats": " ".join(f"{v:.6g}" for v in row["fid_repeats"])})
     write_atomically(out_dir / csv_name, table.getvalue().encode())
     write_atomically(out_dir / markdown_name, markdown(results).encode())
 
-
-# The columns of a sweep's table and CSV (sweep.py writes them, explorer.py shows them).
-SWEEP_COLUMNS = ("point", "lambda_c", "method", "quality", "subsampling", "images", "fid", "fid_std",
-                 "consistency_rmse", "coefficient_agreement", "psnr_rgb", "pixel_std")

@@ -1,7 +1,7 @@
 """Perception-consistency sweeps (the paper's Figure 2): FID against consistency RMSE over lambda_C.
 
     posterior-jpeg sweep --config configs/sweep_consistency.yaml [key=value ...]
-    python -m posterior_jpeg.sweep --config configs/sweep_consistency.yaml [key=value ...]
+    python -m posterior_jpeg sweep --config configs/sweep_consistency.yaml [key=value ...]
 
 Each point is a lambda_C schedule, trained as a run of `train_config` (with overrides), or an
 existing checkpoint. Every point is evaluated with the `eval` section (its posterior methods); the
@@ -14,10 +14,9 @@ settings and model weights is not evaluated again. Delete a point's run folder t
 
 import sys
 
-if __name__ == "__main__":  # `python -m posterior_jpeg.sweep` is `posterior-jpeg sweep`: parsed before torch loads
-    from posterior_jpeg.commands import main  # the one upward import, for this spelling of the command
-
-    sys.exit(main(["sweep", *sys.argv[1:]]))
+if __name__ == "__main__":  # the job is not a command: no upward import of posterior_jpeg.commands
+    print("python -m posterior_jpeg.sweep is now python -m posterior_jpeg sweep (or posterior-jpeg sweep)", file=sys.stderr)
+    sys.exit(2)
 
 
 import csv
@@ -38,7 +37,7 @@ from .atomic import Folder, file_digest, write_atomically
 from .config import (ConfigError, TrainConfig, build_structured, load_config, load_structured, output_folder,
                      run_with_config, show_config)
 from .evaluate import DEFAULT_METHODS, EvalConfig, evaluate
-from .report import POSTERIOR_METHODS, SWEEP_COLUMNS, format_cell
+from .report import POSTERIOR_METHODS, format_cell, sweep_columns
 from .losses import Schedule
 from .training import train
 
@@ -219,15 +218,16 @@ def sweep_markdown(result: dict) -> str:
         lines += ["**Random feature weights: FID values are NOT comparable to any published number.**", ""]
     lines += [f"- {k}: {header[k]}" for k in ("test_images", "settings", "fid_features", "fid_reference", "fid_repeats", "seeds")]
     lines += [f"- plot: {p}" for p in result["plots"]]
-    lines += ["", "| " + " | ".join(SWEEP_COLUMNS) + " |", "|" + " --- |" * len(SWEEP_COLUMNS)]
+    columns = sweep_columns()
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for row in result["rows"]:
-        lines.append("| " + " | ".join(format_cell(row[c], c) for c in SWEEP_COLUMNS) + " |")
+        lines.append("| " + " | ".join(format_cell(row.get(c), c) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_table(result: dict, out_dir: Path) -> None:
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(table, fieldnames=sweep_columns(), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(result["rows"])
     write_atomically(out_dir / "sweep.csv", table.getvalue().encode())

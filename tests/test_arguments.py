@@ -24,8 +24,7 @@ def _console_script(target: str) -> list[str]:
 
 
 HELP_COMMANDS = [
-    ["train.py"], ["sample.py"], ["-m", "posterior_jpeg"], ["-m", "posterior_jpeg.evaluate"],
-    ["-m", "posterior_jpeg.sweep"],
+    ["train.py"], ["sample.py"], ["-m", "posterior_jpeg"],
     *(["-m", "posterior_jpeg", command] for command in ("info", "project", "eval", "sweep", "sample", "weights", "pack")),
     ["-m", "posterior_jpeg", "weights", "fetch"],
     *(_console_script(target) for target in PYPROJECT["project"]["scripts"].values()),
@@ -106,7 +105,7 @@ def test_print_config_lists_every_key_with_its_meaning_and_reads_back(tmp_path):
     assert load_config(saved) == load_config("configs/tiny.yaml", ["steps=7", "loss.consistency.end=3.5"])
 
 
-@pytest.mark.parametrize("command", [["-m", "posterior_jpeg.evaluate"], ["-m", "posterior_jpeg.sweep"]], ids=" ".join)
+@pytest.mark.parametrize("command", [["-m", "posterior_jpeg", "eval"], ["-m", "posterior_jpeg", "sweep"]], ids=" ".join)
 def test_print_config_lists_an_incomplete_config(command):
     """The keys are there to be read before a config is complete (no checkpoints, no test images)."""
     printed = _printed([*command, "--print-config"])
@@ -126,47 +125,55 @@ def test_help_says_how_to_see_the_keys(command):
     assert "--print-config" in _printed([*command, "--help"]).stdout
 
 
-def _imports(path: Path) -> list[tuple[str, bool, bool]]:
-    """(module imported, whether under `if __name__ == "__main__"`, whether inside a function) of a
-    package file, relative imports resolved to posterior_jpeg.*."""
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(module imported, whether inside a function) of a package file, relative imports resolved to
+    posterior_jpeg.*."""
     import ast
 
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
     found = []
 
-    def visit(node, guarded, deferred):
+    def visit(node, deferred):
         for child in ast.iter_child_nodes(node):
-            under = guarded or (isinstance(child, ast.If) and "__main__" in ast.unparse(child.test))
             inside = deferred or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
             if isinstance(child, ast.ImportFrom):
                 base = package.rsplit(".", child.level - 1)[0] if child.level else ""
                 module = ".".join(filter(None, [base, child.module or ""]))
-                found.extend((module if child.module else f"{module}.{alias.name}", under, inside)
+                found.extend((module if child.module else f"{module}.{alias.name}", inside)
                              for alias in child.names)
             elif isinstance(child, ast.Import):
-                found.extend((alias.name, under, inside) for alias in child.names)
-            visit(child, under, inside)
+                found.extend((alias.name, inside) for alias in child.names)
+            visit(child, inside)
 
-    visit(ast.parse(path.read_text()), False, False)
+    visit(ast.parse(path.read_text()), False)
     return found
 
 
 def test_jobs_and_the_library_never_import_the_commands():
-    """Commands stand above jobs, jobs above the library: no module outside `commands` imports it,
-    except the `__main__` guards that keep `python -m posterior_jpeg.evaluate` / `.sweep` working;
-    and the commands import nothing heavy at module level (their jobs load after parsing)."""
+    """Commands stand above jobs, jobs above the library: no module outside `commands` imports it
+    (not even under `if __name__ == "__main__"`); and the commands import nothing heavy at module level (their jobs load after parsing)."""
     package = ROOT / "posterior_jpeg"
     for path in package.rglob("*.py"):
         if "commands" in path.relative_to(package).parts or path.name == "__main__.py":
             continue
-        upward = [name for name, guarded, _ in _imports(path) if name.startswith("posterior_jpeg.commands") and not guarded]
+        upward = [name for name, _ in _imports(path) if name.startswith("posterior_jpeg.commands")]
         assert not upward, f"{path.relative_to(ROOT)} imports {upward}"
     for path in (package / "commands").glob("*.py"):
-        heavy = {name.split(".")[0] for name, _, deferred in _imports(path) if not deferred} & set(HEAVY)
-        jobs = [name for name, _, deferred in _imports(path) if not deferred and name.startswith("posterior_jpeg")
+        heavy = {name.split(".")[0] for name, deferred in _imports(path) if not deferred} & set(HEAVY)
+        jobs = [name for name, deferred in _imports(path) if not deferred and name.startswith("posterior_jpeg")
                 and name.split(".")[1] not in ("commands", "options", "precision", "tiling")]
         assert not jobs, f"{path.relative_to(ROOT)} imports {jobs} before parsing"
         assert not heavy, f"{path.relative_to(ROOT)} imports {heavy} at parse time"
+
+
+@pytest.mark.parametrize("job, command", [("evaluate", "eval"), ("sweep", "sweep")])
+def test_a_job_run_as_a_module_names_the_command_in_one_line(job, command):
+    """`python -m posterior_jpeg.evaluate` (the old spelling) says what to type instead, before torch loads."""
+    result, modules = _imported(["-m", f"posterior_jpeg.{job}", "--help"])
+    assert result.returncode == 2 and not modules & set(HEAVY)
+    said = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert said == [f"python -m posterior_jpeg.{job} is now python -m posterior_jpeg {command} "
+                    f"(or posterior-jpeg {command})"]
 
 
 def test_the_package_runs_every_command_as_a_module():

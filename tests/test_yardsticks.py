@@ -205,3 +205,29 @@ def test_naturalness_ranks_each_distortion_by_strength_on_synthetic_images(natur
 def test_naturalness_needs_two_patches():
     with pytest.raises(ValueError, match="at least 2 patches"):
         naturalness_distance(torch.rand(1, 3, 64, 100), torch.rand(2, 3, 64, 64))
+
+
+# bench/val_yardsticks.py: a front end of the declared metrics
+def test_the_yardsticks_measure_the_declared_metrics_under_the_peers_names(natural_rgb, pillow_jpeg, monkeypatch):
+    """Each figure equals its function's; the original alone gives only what needs no reference; the
+    colour and gray figures go to photos of that kind only."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    from val_yardsticks import measure
+
+    from posterior_jpeg.data import libjpeg_decode
+    from posterior_jpeg.jpeg.file import read_jpeg
+    from posterior_jpeg.metrics import blockiness, coefficient_agreement
+
+    array = natural_rgb(64, 64)
+    data = pillow_jpeg(array, quality=30, subsampling="4:2:0")
+    original, output = _tensor(array), _tensor(libjpeg_decode(data))
+    figures = measure(output, read_jpeg(data), original)
+    assert figures["psnr"] == psnr(output[None], original[None]).item()
+    assert figures["agreement"] == coefficient_agreement(output, read_jpeg(data)).coefficients == 1.0
+    assert figures["hf_in"] == texture_ratio(output, original).item()
+    assert figures["peak4"] == periodic_peaks(output)[0, 1].max().item()
+    assert "chroma_cb" in figures and "rgb_luma_gap" not in figures and "psnr_rgb" not in figures
+    assert set(measure(original)) == {"blockiness", "peak2", "peak4", "peak8"}
+    assert measure(original)["blockiness"] == blockiness(original[None])
+    gray = original.mean(0, keepdim=True).expand(3, -1, -1)
+    assert "rgb_luma_gap" in measure(gray, read_jpeg(data), gray) and "chroma_cb" not in measure(gray, None, gray)

@@ -2,6 +2,7 @@
 --print-config and key=value overrides."""
 
 import argparse
+import importlib
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
@@ -20,3 +21,17 @@ def configure_config_command(parser: argparse.ArgumentParser, description: str, 
     add_config_arguments(parser, example)
     parser.set_defaults(run=run)
     return parser
+
+
+def job_command(name: str, description: str, example: str, job: str):
+    """The `configure` of a command whose job module (posterior_jpeg.<job>) has `run_command(config,
+    overrides, program, print_config)`: the job, and torch with it, is imported after parsing."""
+
+    def run(args: argparse.Namespace) -> int:
+        module = importlib.import_module(f"posterior_jpeg.{job}")
+        return module.run_command(args.config, args.overrides, f"posterior-jpeg {name}", args.print_config)
+
+    def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        return configure_config_command(parser, description, example, run)
+
+    return configure
