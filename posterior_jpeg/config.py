@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .data import CROP_MULTIPLE, SHARD_WINDOW, SYNTHETIC, WRITABLE_MODES, QualitySampler
 from .errors import CheckpointError, ConfigError, PosteriorJpegError, SymlinkError, TrainingStopped
-from .losses import SCHEDULE_KINDS, Schedule
+from .losses import SCHEDULE_KINDS, Schedule, variants
 from .precision import PRECISIONS
 from .pretrained import WeightsConfig
 from .shards import pattern_error
@@ -63,8 +63,9 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the posterior stage's objective, each a schedule over the run (meanings: the
-    comments, shown by --print-config)."""
+    """Weights of the posterior stage's objective, each a schedule over the run, and what chooses
+    between its terms (meanings: the comments, shown by --print-config). Each term, what it takes
+    and which key weighs it: losses.TERMS; a weight here is checked as a schedule by its type alone."""
 
     adversarial: Schedule = field(default_factory=lambda: Schedule("constant", 1e-3, 1e-3))  # weight of the critic's (non-saturating) loss for G
     r1: Schedule = field(default_factory=lambda: Schedule("constant", 1.0, 1.0))  # R1 gradient penalty weight (gamma) on real images
@@ -72,7 +73,7 @@ class LossConfig:
     consistency: Schedule = field(default_factory=lambda: Schedule("cosine", 0.1, 10.0))  # lambda_C: weight of the consistency loss with the file
     consistency_kind: str = "pixel"  # "pixel" (paper eq. 4) or "dct" (dead zone: 0 inside the quantization intervals)
     first_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.1, 0.1))  # weight of the first-moment penalty (mean of samples near the target)
-    second_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))  # weight of the second-moment penalty (needs an MMSE model or an anchor)
+    second_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))  # weight of the second-moment penalty (eq7 needs an MMSE model or an anchor; std does not)
     second_moment_kind: str = "eq7"  # "eq7" (the paper) or "std" (maximise per-pixel std, the authors' variant)
     moments_every: int = 8  # every this many steps, the moment penalties run
     moment_images: int = 8  # inputs per moment step (at most batch_size)
@@ -208,11 +209,10 @@ TRAIN_RULES = {
     "critic.size": ((lambda v: v in {FINAL_SIZE * 2**k for k in range(11)}),
                     f"{FINAL_SIZE} times a power of two, at most {FINAL_SIZE * 2**10}"),
     "critic.detail_gain": real_in(0),
-    **{rule: check for name in ("adversarial", "r1", "consistency", "first_moment", "second_moment", "perceptual")
-       for rule, check in _schedule(f"loss.{name}").items()},
+    **{rule: check for weight in dataclasses.fields(LossConfig) if weight.type is Schedule
+       for rule, check in _schedule(f"loss.{weight.name}").items()},
+    **{f"loss.{key}": one_of(values) for key, values in variants().items()},
     "loss.r1_every": integer_in(1),
-    "loss.consistency_kind": one_of(("pixel", "dct")),
-    "loss.second_moment_kind": one_of(("eq7", "std")),
     "loss.moments_every": integer_in(1),
     "loss.moment_images": integer_in(1),
     "loss.moment_samples": integer_in(2),  # a spread needs two draws

@@ -6,6 +6,9 @@ consistency penalty through the differentiable codec, the first and second momen
 optionally the VGG perceptual loss, each weighted by its schedule. stage "spread": over a finished
 M and S, the spread network V learns the variance of M's residual by band (models/spread.py).
 
+The loss terms are data (losses.TERMS: name, function, weight, period, inputs); a stage here makes
+the inputs its due terms take, by name, and steps down their weighted sum (`_descend`).
+
 Exact resume: data items are a function of (seed, sample counter), the learning rates and loss
 weights a function of the step, and checkpoints hold the models, the EMA, the optimizers and every
 process's RNG states (safetensors and JSON: nothing is unpickled); so a run stopped at step s and
@@ -23,11 +26,11 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import ProjectConfiguration, set_seed
@@ -47,7 +50,7 @@ from .metrics.psnr import luma
 from .models.generator import AnchoredGenerator
 from .models.noise import seeded_noise
 from .models.registry import build
-from .models.spread import FITTED, band_deviance
+from .models.spread import FITTED
 from .visualize import contact_sheet, posterior_row
 
 
@@ -145,19 +148,6 @@ def _to_device(batch: dict, device) -> dict:
     return moved
 
 
-def _consistency(cfg: TrainConfig, fake: torch.Tensor, batch: dict) -> torch.Tensor:
-    """The consistency penalty, once per subsampling mode in the batch, weighted by group size."""
-    total = fake.new_zeros(())
-    for mode, index in batch["groups"].items():
-        tables = batch["qtables"][index]
-        if cfg.loss.consistency_kind == "pixel":
-            term = losses.consistency_pixel(fake[index].float(), batch["y"][index], tables, mode)
-        else:
-            term = losses.consistency_dct(fake[index].float(), batch["coefficients"][mode], tables, mode)
-        total = total + term * index.numel() / fake.shape[0]
-    return total
-
-
 def _ema_beta(cfg: TrainConfig, world: int) -> float:
     """The EMA's decay per optimizer step from its half-life in images (edm's convention): the same
     half-life averages over the same number of images whatever the batch size or process count."""
@@ -201,8 +191,85 @@ def _start_workers(loader: torch.utils.data.DataLoader):
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+# The objectives each stage minimises (losses.Term.objective), each the sum of its terms in losses.TERMS
+OBJECTIVES = {"mmse": ("mmse",), "posterior": ("critic", "generator"), "spread": ("spread",)}
+
+
+class Inputs:
+    """What a step offers its loss terms, by name (`losses.Term.needs`): each made on first use by its
+    maker, a function of this object (so that one input can build on another), then kept for the step.
+    A step thus computes only what its due terms take."""
+
+    def __init__(self, makers: dict[str, Callable[["Inputs"], object]]):
+        self.makers = makers
+        self.made: dict[str, object] = {}
+
+    def __getitem__(self, name: str):
+        if name not in self.made:
+            self.made[name] = self.makers[name](self)
+        return self.made[name]
+
+
+def _weight(cfg: TrainConfig, term: losses.Term, step: int) -> float:
+    """The term's weight at `step`, from its schedule in cfg.loss (1 for a term without one)."""
+    return 1.0 if term.weight is None else getattr(cfg.loss, term.weight)(step, cfg.steps)
+
+
+def _wanted(cfg: TrainConfig, term: losses.Term, step: int) -> bool:
+    """Whether `term` is wanted at `step`: a positive weight, and the step a multiple of its period."""
+    return (term.every is None or step % getattr(cfg.loss, term.every) == 0) and _weight(cfg, term, step) > 0
+
+
+def _chosen(cfg: TrainConfig, objective: str) -> list[losses.Term]:
+    """The terms of `objective` in the variants the config chose, in the table's order."""
+    return [term for term in losses.TERMS if term.objective == objective
+            and (term.variant is None or getattr(cfg.loss, term.variant[0]) == term.variant[1])]
+
+
+def _due(cfg: TrainConfig, objective: str, step: int, missing: set[str] = frozenset()) -> list[losses.Term]:
+    """The terms of `objective` computed at `step`: the chosen ones that take none of the inputs
+    `missing` at this step, and are wanted or watched."""
+    return [term for term in _chosen(cfg, objective)
+            if not missing.intersection(term.needs) and (term.watched or _wanted(cfg, term, step))]
+
+
+def _may_need(cfg: TrainConfig, need: str) -> bool:
+    """Whether a term of this run's stage may take the input `need` at some step (its network or its
+    data are then prepared for it): a chosen term, watched or with a weight not zero throughout."""
+    def may_run(term: losses.Term) -> bool:
+        schedule = None if term.weight is None else getattr(cfg.loss, term.weight)
+        return term.watched or schedule is None or schedule.start + schedule.end > 0
+
+    return any(need in term.needs and may_run(term) for objective in OBJECTIVES[cfg.stage]
+               for term in _chosen(cfg, objective))
+
+
+def _descend(trainer: "Trainer", optimizer: torch.optim.Optimizer, terms: list[losses.Term],
+             inputs: Inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step down the sum of `terms`, each times its weight (and its period, if lazy);
+    returns that sum and each term's value, as logged."""
+    cfg, step = trainer.cfg, trainer.step
+    total, logged = None, {}
+    for term in terms:
+        weight = _weight(cfg, term, step)
+        arguments = [inputs[need] for need in term.needs]
+        value = term.function(*arguments, weight) if term.weighs_itself else term.function(*arguments)
+        part = value if term.weighs_itself or term.weight is None else weight * value
+        if term.lazy:
+            part = getattr(cfg.loss, term.every) * part
+        total = part if total is None else total + part
+        logged[term.name] = value.detach()
+    trainer.accelerator.backward(total)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, logged
+
+
 class MmseStage:
-    """Stage "mmse": G alone learns E[x | y] with an L2 loss; no other model or optimizer."""
+    """Stage "mmse": G alone learns E[x | y] (the terms of objective "mmse": an L2 loss); no other
+    model or optimizer."""
+
+    objective = "mmse"
 
     def prepare(self, accelerator: Accelerator) -> None:
         pass  # nothing of its own to place or wrap
@@ -216,22 +283,24 @@ class MmseStage:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {}
 
+    def inputs(self, trainer: "Trainer", batch: dict) -> dict[str, Callable[[Inputs], object]]:
+        with trainer.accelerator.autocast():
+            prediction = trainer.forward_g(batch["y"], batch["qtables"])
+        return {"output": lambda got: prediction.float(), "x": lambda got: batch["x"]}
+
     def step(self, trainer: "Trainer", batch: dict) -> dict[str, torch.Tensor]:
-        accelerator = trainer.accelerator
-        with accelerator.accumulate(trainer.generator):
-            with accelerator.autocast():
-                prediction = trainer.forward_g(batch["y"], batch["qtables"])
-            loss = F.mse_loss(prediction.float(), batch["x"])
-            accelerator.backward(loss)
-            trainer.opt_g.step()
-            trainer.opt_g.zero_grad(set_to_none=True)
-        return {"mse": loss.detach()}
+        with trainer.accelerator.accumulate(trainer.generator):
+            terms = _due(trainer.cfg, self.objective, trainer.step)
+            return _descend(trainer, trainer.opt_g, terms, Inputs(self.inputs(trainer, batch)))[1]
 
 
 class SpreadStage(MmseStage):
     """Stage "spread": V alone learns the variance of each band of M's luma residual x - M
-    (`spread.band_deviance`); M and S stay frozen, so does the sample's mean. At the last step the
-    dispersions and gains that make projected samples carry that variance are fitted (calibrate.py)."""
+    (objective "spread": `spread.band_deviance`); M and S stay frozen, so does the sample's mean. At
+    the last step the dispersions and gains that make projected samples carry that variance are
+    fitted (calibrate.py)."""
+
+    objective = "spread"
 
     def finish(self, trainer: "Trainer") -> None:
         cfg = trainer.cfg
@@ -248,23 +317,18 @@ class SpreadStage(MmseStage):
         trainer.accelerator.print(f"train: spread fitted on {len(photos)} training photos, by quality (low, mid, "
                                   f"high): dispersion {fitted['dispersion']}, log gain {fitted['log_gain']}")
 
-    def step(self, trainer: "Trainer", batch: dict) -> dict[str, torch.Tensor]:
-        accelerator = trainer.accelerator
-        with accelerator.accumulate(trainer.generator):
-            with accelerator.autocast():
-                log_spread, mean = trainer.generator(batch["y"], batch["qtables"], output="log_spread")
-            loss = band_deviance(log_spread.float(), luma(batch["x"] - mean.float()))
-            accelerator.backward(loss)
-            trainer.opt_g.step()
-            trainer.opt_g.zero_grad(set_to_none=True)
-        return {"deviance": loss.detach()}
+    def inputs(self, trainer: "Trainer", batch: dict) -> dict[str, Callable[[Inputs], object]]:
+        with trainer.accelerator.autocast():
+            log_spread, mean = trainer.generator(batch["y"], batch["qtables"], output="log_spread")
+        return {"log_spread": lambda got: log_spread.float(),
+                "residual_luma": lambda got: luma(batch["x"] - mean.float())}
 
 
 class PosteriorStage:
-    """Stage "posterior": G against the critic (non-saturating GAN with lazy R1), plus the consistency
-    penalty, the moment penalties and the VGG perceptual loss, each weighted by its schedule. `xbar`
-    (eq. 7's frozen posterior mean: the anchor's M, or mmse_model) and `vgg` exist only when a
-    nonzero weight needs them."""
+    """Stage "posterior": G against the critic (objectives "generator" and "critic": the non-saturating
+    GAN with lazy R1, the consistency penalty, the moment penalties and the VGG perceptual loss, each
+    weighted by its schedule). `xbar` (eq. 7's frozen posterior mean: the anchor's M, or mmse_model)
+    and `vgg` exist only when a term that may run needs them."""
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator, generator: torch.nn.Module):
         self.cfg = cfg
@@ -272,11 +336,11 @@ class PosteriorStage:
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=cfg.optim.critic_lr(0, cfg.steps),
                                       betas=tuple(cfg.optim.betas))
         self.xbar = generator.mean if cfg.anchor else None
-        if cfg.mmse_model and cfg.loss.second_moment.start + cfg.loss.second_moment.end > 0:
+        if cfg.mmse_model and _may_need(cfg, "xbar"):
             self.xbar, _ = checkpoints.load_generator(cfg.mmse_model, accelerator.device)
             self.xbar.requires_grad_(False)
         self.vgg = None
-        if cfg.loss.perceptual.start + cfg.loss.perceptual.end > 0:
+        if _may_need(cfg, "vgg"):
             self.vgg = VGGFeatures(cfg.loss.vgg_weights, cfg.weights.dir).to(accelerator.device)
 
     def prepare(self, accelerator: Accelerator) -> None:
@@ -291,87 +355,81 @@ class PosteriorStage:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"optimizer_critic": self.opt_d}
 
-    def _weights(self, step: int) -> dict[str, float]:
-        loss, total = self.cfg.loss, self.cfg.steps
-        return {name: getattr(loss, name)(step, total) for name in
-                ("adversarial", "r1", "consistency", "first_moment", "second_moment", "perceptual")}
-
     def step(self, trainer: "Trainer", batch: dict) -> dict[str, torch.Tensor]:
         _set_lr(self.opt_d, self.cfg.optim.critic_lr(trainer.step, self.cfg.steps))
-        weights = self._weights(trainer.step)
         with trainer.accelerator.accumulate(trainer.generator, self.critic):
-            result = self._critic_step(trainer, batch, weights)
-            result.update(self._generator_step(trainer, batch, weights))
+            result = self._critic_step(trainer, batch)
+            result.update(self._generator_step(trainer, batch))
         return result
 
-    def _critic_step(self, trainer: "Trainer", batch: dict, weights: dict) -> dict[str, torch.Tensor]:
-        cfg, accelerator = self.cfg, trainer.accelerator
+    def _critic_step(self, trainer: "Trainer", batch: dict) -> dict[str, torch.Tensor]:
+        accelerator = trainer.accelerator
         with torch.no_grad(), accelerator.autocast():
             fake = accelerator.unwrap_model(trainer.generator)(batch["y"], batch["qtables"])
-        apply_r1 = trainer.step % cfg.loss.r1_every == 0 and weights["r1"] > 0
-        real = batch["x"].detach().requires_grad_(apply_r1)
-        condition = batch["y"] if cfg.critic.conditional else None
+        terms = _due(self.cfg, "critic", trainer.step)
+        real = batch["x"].detach().requires_grad_(any("real" in term.needs for term in terms))  # R1: D's gradient in x
+        condition = batch["y"] if self.cfg.critic.conditional else None
         with accelerator.autocast():
             real_logits = self.critic(real, condition)
             fake_logits = self.critic(fake.float(), condition)
-        loss = losses.adversarial_d(real_logits.float(), fake_logits.float())
-        result = {"d_loss": loss.detach(), "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
-        if apply_r1:  # lazy R1: every r1_every steps, scaled up by r1_every
-            r1 = losses.r1_penalty(real, real_logits.float(), weights["r1"])
-            loss = loss + cfg.loss.r1_every * r1
-            result["r1"] = r1.detach()
-        accelerator.backward(loss)
-        self.opt_d.step()
-        self.opt_d.zero_grad(set_to_none=True)
-        return result
+        inputs = Inputs({"real": lambda got: real, "real_logits": lambda got: real_logits,
+                         "fake_logits": lambda got: fake_logits})
+        _, result = _descend(trainer, self.opt_d, terms, inputs)
+        return {**result, "d_real": real_logits.detach().mean(), "d_fake": fake_logits.detach().mean()}
 
-    def _generator_step(self, trainer: "Trainer", batch: dict, weights: dict) -> dict[str, torch.Tensor]:
-        cfg, loss_cfg, accelerator = self.cfg, self.cfg.loss, trainer.accelerator
-        n = batch["y"].shape[0]
-        moments = trainer.step % loss_cfg.moments_every == 0 and (
-            weights["first_moment"] > 0 or (self.xbar is not None and weights["second_moment"] > 0)
-        )
-        y, tables = batch["y"], batch["qtables"]
-        if moments:  # one G call for the batch and the K draws per moment image (DDP wants one forward)
-            p, k = loss_cfg.moment_images, loss_cfg.moment_samples
-            y = torch.cat([y, y[:p].repeat_interleave(k, dim=0)])
-            tables = torch.cat([tables, tables[:p].repeat_interleave(k, dim=0)])
-        with accelerator.autocast():
-            output = trainer.forward_g(y, tables)
-        output = output.float()
-        fake = output[:n]
-        critic = accelerator.unwrap_model(self.critic)
-        critic.requires_grad_(False)
-        with accelerator.autocast():
-            logits = critic(fake, batch["y"] if cfg.critic.conditional else None)
-        critic.requires_grad_(True)
-        adversarial = losses.adversarial_g(logits.float())
-        consistency = _consistency(cfg, fake, batch)
-        total = weights["adversarial"] * adversarial + weights["consistency"] * consistency
-        result = {"g_adv": adversarial.detach(), "consistency": consistency.detach()}
-        if moments:
-            samples = output[n:].reshape(p, k, *fake.shape[1:])
-            first = losses.first_moment(samples, batch["x"][:p])
-            total = total + weights["first_moment"] * first
-            result["first_moment"] = first.detach()
-            if self.xbar is not None and weights["second_moment"] > 0:
-                if loss_cfg.second_moment_kind == "eq7":
-                    with torch.no_grad():
-                        xbar = self.xbar(batch["y"][:p], batch["qtables"][:p]).float()
-                    second = losses.second_moment(samples, batch["x"][:p], xbar)
-                else:
-                    second = losses.std_maximisation(samples)
-                total = total + weights["second_moment"] * second
-                result["second_moment"] = second.detach()
-        if self.vgg is not None and weights["perceptual"] > 0:
-            perceptual = losses.perceptual(self.vgg, fake, batch["x"])
-            total = total + weights["perceptual"] * perceptual
-            result["perceptual"] = perceptual.detach()
-        accelerator.backward(total)
-        trainer.opt_g.step()
-        trainer.opt_g.zero_grad(set_to_none=True)
-        result["g_total"] = total.detach()
-        return result
+    def _generator_step(self, trainer: "Trainer", batch: dict) -> dict[str, torch.Tensor]:
+        cfg, step = self.cfg, trainer.step
+        missing = {name for name, absent in (("xbar", self.xbar is None), ("vgg", self.vgg is None),
+                                              ("coefficients", "coefficients" not in batch)) if absent}
+        # the moment draws: at the steps where a wanted term takes them
+        draws = any("samples" in term.needs and _wanted(cfg, term, step)
+                    for term in _due(cfg, "generator", step, missing))
+        terms = _due(cfg, "generator", step, missing if draws else missing | {"samples"})
+        total, result = _descend(trainer, trainer.opt_g, terms, Inputs(self._generator_inputs(trainer, batch, draws)))
+        return {**result, "g_total": total.detach()}
+
+    def _generator_inputs(self, trainer: "Trainer", batch: dict, draws: bool) -> dict[str, Callable[[Inputs], object]]:
+        """What G's terms may take: G's output over the batch and, where `draws`, K draws for each of
+        the first P inputs (one G call: DDP wants one forward), the critic's logits on G's output, the
+        batch's targets, eq. 7's xbar for the drawn inputs and the VGG network."""
+        cfg, accelerator = self.cfg, trainer.accelerator
+        n, p, k = batch["y"].shape[0], cfg.loss.moment_images, cfg.loss.moment_samples
+
+        def output(got: Inputs) -> torch.Tensor:
+            y, tables = batch["y"], batch["qtables"]
+            if draws:
+                y = torch.cat([y, y[:p].repeat_interleave(k, dim=0)])
+                tables = torch.cat([tables, tables[:p].repeat_interleave(k, dim=0)])
+            with accelerator.autocast():
+                drawn = trainer.forward_g(y, tables)
+            return drawn.float()
+
+        def fake_logits(got: Inputs) -> torch.Tensor:
+            critic = accelerator.unwrap_model(self.critic)
+            critic.requires_grad_(False)  # G's terms move G alone
+            with accelerator.autocast():
+                logits = critic(got["fake"], batch["y"] if cfg.critic.conditional else None)
+            critic.requires_grad_(True)
+            return logits
+
+        def xbar(got: Inputs) -> torch.Tensor:
+            with torch.no_grad():
+                return self.xbar(batch["y"][:p], batch["qtables"][:p]).float()
+
+        return {
+            "output": output,
+            "fake": lambda got: got["output"][:n],
+            "fake_logits": fake_logits,
+            "samples": lambda got: got["output"][n:].reshape(p, k, *got["fake"].shape[1:]),  # [P, K, 3, H, W]
+            "samples_x": lambda got: batch["x"][:p],
+            "xbar": xbar,
+            "x": lambda got: batch["x"],
+            "y_by_mode": lambda got: {mode: batch["y"][index] for mode, index in batch["groups"].items()},
+            "coefficients": lambda got: batch["coefficients"],
+            "qtables": lambda got: batch["qtables"],
+            "groups": lambda got: batch["groups"],
+            "vgg": lambda got: self.vgg,
+        }
 
 
 class Trainer:
@@ -587,7 +645,7 @@ class Trainer:
             tuple(cfg.data.modes), seed=cfg.seed, batch_size=cfg.batch_size,
             start_counter=self.step * per_step * world, rank=accelerator.process_index, world_size=world,
             workers=cfg.data.workers, flips=cfg.data.flips, double_share=cfg.data.double_share,
-            coefficients=cfg.loss.consistency_kind == "dct", cache_bytes=cfg.data.cache_mb * 2**20,
+            coefficients=_may_need(cfg, "coefficients"), cache_bytes=cfg.data.cache_mb * 2**20,
             pin_memory=accelerator.device.type == "cuda", shard_window=cfg.data.shard_window,
         )
         batches = _start_workers(loader)

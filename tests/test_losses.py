@@ -40,6 +40,17 @@ def test_adversarial_losses_push_the_right_way():
     assert (real.grad < 0).all() and (fake.grad > 0).all()
 
 
+def test_critic_losses_are_float32_whatever_the_precision_of_the_logits():
+    """The critic may run under bf16 autocast: its logits come as they are, the losses are fp32."""
+    logits = torch.tensor([0.3, -1.7, 2.2])
+    low = logits.bfloat16()
+    assert losses.adversarial_g(low).dtype == losses.adversarial_d(low, low).dtype == torch.float32
+    assert losses.adversarial_g(low).item() == losses.adversarial_g(low.float()).item()
+    images = torch.rand(3, 2, requires_grad=True)
+    penalty = losses.r1_penalty(images, (images.bfloat16() * 2).sum(1), gamma=1.0)
+    assert penalty.dtype == torch.float32 and penalty.item() == pytest.approx(0.5 * 4 * 2)
+
+
 def test_r1_of_a_linear_critic_is_gamma_half_squared_weight_norm():
     weight = torch.randn(3, 4, 5, requires_grad=True)
     images = torch.rand(2, 3, 4, 5, requires_grad=True)

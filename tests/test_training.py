@@ -1,5 +1,6 @@
 """Training: configs, a tiny run end to end, exact resume, and two-process DDP on CPU."""
 
+import dataclasses
 import functools
 import io
 import json
@@ -25,7 +26,7 @@ from posterior_jpeg import data as data_module
 from posterior_jpeg.config import ConfigError, load_config
 from posterior_jpeg.data import JpegCropDataset, QualitySampler, collate_jpeg_batch, make_loader
 from posterior_jpeg.jpeg import codec
-from posterior_jpeg.training import STOP_SIGNALS, TRACKER_PROJECT, MmseStage, Trainer, _consistency, _to_device, train
+from posterior_jpeg.training import STOP_SIGNALS, TRACKER_PROJECT, MmseStage, Trainer, _to_device, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -114,17 +115,19 @@ def test_every_violation_is_one_line_naming_its_source_value_and_range(tmp_path,
 
 def test_a_non_finite_loss_stops_training_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
                                                                                             capsys):
-    from posterior_jpeg import training
     from posterior_jpeg.commands.train import main as train_main
 
-    real, calls = training._consistency, []
+    calls = []
 
-    def nan_from_step_3(*args):
-        calls.append(None)
-        value = real(*args)
-        return value * float("nan") if len(calls) >= 3 else value
+    def nan_from_step_3(real):
+        def consistency(*args):
+            calls.append(None)
+            value = real(*args)
+            return value * float("nan") if len(calls) >= 3 else value
+        return consistency
 
-    monkeypatch.setattr(training, "_consistency", nan_from_step_3)
+    monkeypatch.setattr(losses, "TERMS", tuple(dataclasses.replace(term, function=nan_from_step_3(term.function))
+                                               if term.name == "consistency" else term for term in losses.TERMS))
     run = tmp_path / "run"
     command = ["--config", str(TINY), f"out_dir={run}", "progress=false", "device=cpu", "steps=4", "log_every=1",
                "checkpoint_every=2", "val_every=1000"]
@@ -277,10 +280,13 @@ def test_batches_reach_the_losses_as_floats_in_every_mode():
         encoded = codec.encode(batch["x"][index], batch["qtables"][index], mode)
         for ours, stored in zip(encoded, batch["coefficients"][mode], strict=True):
             assert stored.dtype == torch.float32 and torch.equal(ours, stored)
-    cfg = tiny("unused", "loss.consistency_kind=dct")
-    assert _consistency(cfg, batch["x"], batch).item() == 0
-    assert _consistency(cfg, (batch["x"] + 0.05).clamp(0, 1), batch).item() > 0
-    pixel = _consistency(tiny("unused"), batch["x"], batch).item()
+    (pixel_term,) = [t for t in losses.TERMS if t.name == "consistency" and t.variant[1] == "pixel"]
+    (dct_term,) = [t for t in losses.TERMS if t.name == "consistency" and t.variant[1] == "dct"]
+    assert dct_term.function(batch["x"], batch["coefficients"], batch["qtables"], batch["groups"]).item() == 0
+    perturbed = (batch["x"] + 0.05).clamp(0, 1)
+    assert dct_term.function(perturbed, batch["coefficients"], batch["qtables"], batch["groups"]).item() > 0
+    y_by_mode = {mode: batch["y"][index] for mode, index in batch["groups"].items()}
+    pixel = pixel_term.function(batch["x"], y_by_mode, batch["qtables"], batch["groups"]).item()
     assert 0 < pixel < losses.consistency_pixel(batch["y"], batch["x"], batch["qtables"], "4:4:4").item()
 
 
