@@ -43,7 +43,7 @@ def default_files() -> list[tuple[str, bytes]]:
     return files
 
 
-def phases(sampler: pj.Sampler, data: bytes, samples: int) -> dict:
+def phases(sampler: pj.PosteriorSampler, data: bytes, samples: int) -> dict:
     """Seconds of each phase of M + `samples` projected samples of one file."""
     times = {}
 
@@ -85,7 +85,7 @@ def main() -> None:
             samples = 1 if image.size[0] * image.size[1] > BIG else args.samples
         reference = None
         for label in ("fp32", auto.name) if auto.name != "fp32" else ("fp32",):
-            sampler = pj.Sampler.from_checkpoint(None, device="cpu", dtype=label)
+            sampler = pj.PosteriorSampler.from_checkpoint(None, device="cpu", dtype=label)
             phases(sampler, data, min(samples, 1))  # warm-up: oneDNN builds its kernels for these shapes
             runs = [phases(sampler, data, samples) for _ in range(args.repeats)]
             best = min(runs, key=lambda r: r["total"])

@@ -36,7 +36,7 @@ def main() -> None:
     buffer = io.BytesIO()
     Image.fromarray(photo(side * 3 // 4, side)).save(buffer, "JPEG", quality=args.quality)
     jpeg = pj.read_jpeg(buffer.getvalue())
-    samplers = {flips: pj.Sampler.from_checkpoint(None, device="cpu", mean_flips=flips) for flips in FLIPS}
+    samplers = {flips: pj.PosteriorSampler.from_checkpoint(None, device="cpu", posterior_mean_flips=flips) for flips in FLIPS}
     times = {flips: [] for flips in FLIPS}
     for _ in range(args.repeats):
         for flips, sampler in samplers.items():

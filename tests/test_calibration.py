@@ -199,17 +199,17 @@ def test_the_dispersion_fit_recovers_the_scatter_of_a_known_truth():
     """Truths drawn by the model itself with log std 0.8: a fit that starts at 0 lands near 0.8."""
     from posterior_jpeg import calibrate
     from posterior_jpeg.jpeg.file import read_jpeg
-    from posterior_jpeg.sampler import Sampler
+    from posterior_jpeg.sampler import PosteriorSampler
 
     truth_model, model = _spread_model(0.8), _spread_model(0.0)
-    sampler, truth_sampler = (Sampler(m, "test", "cpu", torch.float32) for m in (model, truth_model))
+    sampler, truth_sampler = (PosteriorSampler(m, "test", "cpu", torch.float32) for m in (model, truth_model))
     rng = torch.Generator().manual_seed(2)
     cases, coarseness = {}, {}
     for quality in calibrate.FIT_QUALITIES:
         buffer = io.BytesIO()
         Image.fromarray((torch.rand(96, 96, 3, generator=rng) * 255).byte().numpy()).save(buffer, format="JPEG", quality=quality)
         jpeg = read_jpeg(buffer.getvalue())
-        mean = sampler.mean_of(jpeg)
+        mean = sampler.posterior_mean_of(jpeg)
         truths = [s.image - mean for s in truth_sampler.samples(jpeg, range(100, 104), mean=mean)]
         cases[quality] = [(jpeg, mean, truth) for truth in truths]
         coarseness[quality] = table_coarseness(jpeg.qtable_tensor(), 1).item()
