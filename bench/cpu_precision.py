@@ -5,7 +5,7 @@ picks here, in one process: where the time of M + K projected samples of a photo
 
 Files: by default a 1224 x 816 photo saved by Pillow at quality 30 (the figure issue 21 names) and the
 9.3 MP camera file of ../shared/realfiles (tests__30-type_error.jpg), M + 1 sample for files above
-4 MP. Phases, as `sample.py --mmse -n K` runs them: decode (coefficients -> y), M (the posterior
+4 MP. Phases, as `sample.py --posterior-mean -n K` runs them: decode (coefficients -> y), M (the posterior
 mean, its flips in one batch; `mmse` and S's input), mmse_projection, S (per sample, its antithetic
 pair in one batch), projection (per sample), check (the 8-bit libjpeg re-encode that every output's
 manifest line measures). One JSON line per (file, precision), the fastest of --repeats, with

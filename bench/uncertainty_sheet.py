@@ -40,7 +40,7 @@ def main() -> None:
         data = pillow_jpeg(to_hwc_uint8(original), args.quality, "4:2:0")
         jpeg = pj.read_jpeg(data)
         mean = sampler.posterior_mean_of(jpeg)
-        samples = round_to_8_bits(torch.stack([s.image for s in sampler.samples(jpeg, range(args.samples), mean=mean)]))
+        samples = round_to_8_bits(torch.stack([s.image for s in sampler.samples(jpeg, range(args.samples), posterior_mean=mean)]))
         mean = mean.cpu()
         emit(photo=path.name, quality=args.quality, **calibration(samples, mean, original).as_dict())
         error = heat_map((original - mean).abs())

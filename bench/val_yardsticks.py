@@ -162,7 +162,7 @@ def main() -> None:
                 decoded["mmse"] = round_to_8_bits(sampler.posterior_mean_decode(jpeg, posterior_mean=mean))  # the posterior mean M, projected
             if sampler is not None:
                 samples = round_to_8_bits(torch.stack([s.image for s in sampler.samples(jpeg, range(args.samples),
-                                                                                         mean=mean)]))
+                                                                                         posterior_mean=mean)]))
                 decoded["sample"] = samples[0]
                 if mean is not None:
                     calibrated = calibration(samples, mean.cpu(), original).as_dict()

@@ -143,8 +143,8 @@ class TrainConfig:
         if self.antithetic and not self.posterior_mean:
             raise ConfigError("antithetic needs posterior_mean: it mirrors the detail network S around M")
         if self.posterior_mean and self.stage == "posterior_mean":
-            raise ConfigError("posterior_mean (a key) trains the detail network S (stage posterior) or the spread "
-                              "network V (stage spread) over M")
+            raise ConfigError("posterior_mean (M's run) is for stage posterior (S over M) or spread (V over M); "
+                              "stage posterior_mean trains M itself")
         if self.stage == "spread" and not (self.posterior_mean and self.spread and self.init_from):
             raise ConfigError("stage spread trains V over a finished model: it needs posterior_mean (M), init_from (S) "
                               "and a spread section")

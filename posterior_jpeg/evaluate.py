@@ -395,7 +395,7 @@ class Runner:
             # a grayscale file's samples have one channel: measured as RGB, like libjpeg's decode
             mean = sampler.posterior_mean_of(item.jpeg) if sampler.posterior_mean_network is not None else None
             seeds = range(seed, seed + max(cfg.repeats, cfg.samples))
-            raw = torch.stack([s.image for s in sampler.samples(item.jpeg, seeds, project=False, mean=mean)])
+            raw = torch.stack([s.image for s in sampler.samples(item.jpeg, seeds, project=False, posterior_mean=mean)])
             raw = raw.expand(-1, 3, -1, -1)
             mean = None if mean is None else mean.cpu()
             if "ours" in methods:

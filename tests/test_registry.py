@@ -85,10 +85,10 @@ def test_a_new_architecture_trains_as_m_and_as_s_and_samples_through_the_sampler
     """The toy network as the posterior mean M (stage posterior_mean) and as the detail network S over it
     (stage posterior, antithetic): both runs' model files name it, the sample command loads the
     finished run, and its samples and M's decode are consistent with the file."""
-    mean_run = tiny_run(toy_config(tmp_path, "toy_mean", "{arch: toy, width: 8, noise: false}"), tmp_path / "mean",
+    posterior_mean_run = tiny_run(toy_config(tmp_path, "toy_mean", "{arch: toy, width: 8, noise: false}"), tmp_path / "mean",
                         "stage=posterior_mean")
     run_dir = tiny_run(toy_config(tmp_path, "toy_detail", "{arch: toy, width: 4}", "antithetic: true"),
-                       tmp_path / "detail", f"posterior_mean={mean_run}")
+                       tmp_path / "detail", f"posterior_mean={posterior_mean_run}")
     model = checkpoints.model_config(checkpoints.latest_checkpoint(run_dir))
     assert model.generator == ToyConfig(width=4) and model.posterior_mean == ToyConfig(noise=False)
     assert "arch: toy" in (checkpoints.latest_checkpoint(run_dir) / checkpoints.MODEL).read_text()

@@ -781,19 +781,19 @@ def test_the_posterior_mean_over_flips_is_flip_equivariant_and_one_flip_is_m_alo
     """M averaged over the four flips of the (16-padded) image commutes with flipping the input; a
     single run of M does not (its 1/4-resolution head treats pixel positions differently)."""
     torch.manual_seed(0)
-    mean = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=2, table_embedding=8, noise=False))
+    m = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=2, table_embedding=8, noise=False))
     y = torch.rand(3, 48, 64)  # a multiple of 16: flipping keeps the block grid
     tables = torch.full((2, 8, 8), 20.0)
     errors = {}
     for flips in (1, 4):
-        sampler = PosteriorSampler(mean, "test", posterior_mean_flips=flips, tile=None)
+        sampler = PosteriorSampler(m, "test", posterior_mean_flips=flips, tile=None)
         errors[flips] = max((sampler.posterior_mean(y.flip(dims), tables) - sampler.posterior_mean(y, tables).flip(dims))
                             .abs().max().item() for dims in ((-1,), (-2,)))
     assert errors[4] < 1e-5 < 1e-3 < errors[1], errors
     with torch.no_grad():
-        assert torch.equal(PosteriorSampler(mean, "test", posterior_mean_flips=1, tile=None).posterior_mean(y, tables), mean(y[None], tables)[0])
+        assert torch.equal(PosteriorSampler(m, "test", posterior_mean_flips=1, tile=None).posterior_mean(y, tables), m(y[None], tables)[0])
     odd = torch.rand(3, 37, 50)  # other sizes: flipped on the padded image, cropped back
-    assert PosteriorSampler(mean, "test", tile=None).posterior_mean(odd, tables).shape == odd.shape
+    assert PosteriorSampler(m, "test", tile=None).posterior_mean(odd, tables).shape == odd.shape
 
 
 # ---------------------------------------------------------------------------------- libjpeg's warnings
@@ -837,11 +837,11 @@ def anchored(tmp_path_factory):
     """An untrained anchored model (M visibly changes y) saved as a checkpoint."""
     config = load_config(ROOT / "configs" / "tiny.yaml")
     torch.manual_seed(1)
-    mean = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=1, table_embedding=8, noise=False))
+    m = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=1, table_embedding=8, noise=False))
     with torch.no_grad():
-        mean.conv_out.weight.mul_(30)
+        m.conv_out.weight.mul_(30)
     folder = tmp_path_factory.mktemp("anchored")
-    checkpoints.save_inference_files(folder, AnchoredGenerator(mean, build_generator(config.generator)), config)
+    checkpoints.save_inference_files(folder, AnchoredGenerator(m, build_generator(config.generator)), config)
     return folder
 
 

@@ -530,17 +530,17 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
     from posterior_jpeg.models.generator import AnchoredGenerator, build_generator
     from posterior_jpeg.sampler import PosteriorSampler
 
-    mean_run = train(tiny(tmp_path / "mean", "stage=posterior_mean", "steps=4", "generator.noise=false",
+    posterior_mean_run = train(tiny(tmp_path / "mean", "stage=posterior_mean", "steps=4", "generator.noise=false",
                           "generator.trunk=plain", "checkpoint_every=4", "val_every=4"))
     with pytest.raises(ConfigError, match="posterior_mean and moment_posterior_mean are both set"):
-        tiny(tmp_path / "both", f"posterior_mean={mean_run}", f"moment_posterior_mean={mean_run}")
+        tiny(tmp_path / "both", f"posterior_mean={posterior_mean_run}", f"moment_posterior_mean={posterior_mean_run}")
     with pytest.raises(ConfigError, match="antithetic needs posterior_mean"):
         tiny(tmp_path / "lone", "antithetic=true")
-    run_dir = train(tiny(tmp_path / "anchored", f"posterior_mean={mean_run}", "steps=4", "checkpoint_every=4", "antithetic=true",
+    run_dir = train(tiny(tmp_path / "anchored", f"posterior_mean={posterior_mean_run}", "steps=4", "checkpoint_every=4", "antithetic=true",
                          "val_every=4", "loss.second_moment.start=1", "loss.second_moment.end=1", "loss.moments_every=2"))
-    mean_weights = load_file(str(checkpoints.latest_checkpoint(mean_run) / checkpoints.WEIGHTS))
+    posterior_mean_weights = load_file(str(checkpoints.latest_checkpoint(posterior_mean_run) / checkpoints.WEIGHTS))
     anchored_weights = load_file(str(checkpoints.latest_checkpoint(run_dir) / checkpoints.WEIGHTS))
-    for key, value in mean_weights.items():  # M is frozen inside G
+    for key, value in posterior_mean_weights.items():  # M is frozen inside G
         assert torch.equal(anchored_weights[f"mean.{key}"], value)
     assert any(k.startswith("detail.") for k in anchored_weights)
     # moment steps are the even-numbered ones (0, 2), the log step 4 runs step 3: eq. 7 is still logged
@@ -556,10 +556,10 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
     assert pj.metrics.coefficient_agreement(sampler.posterior_mean_decode(jf)[None], jf).coefficients == 1.0
     samples = sampler.sample(jf, n=2, seed=0, project=False)
     assert not torch.equal(samples[0], samples[1])
-    other_mean = train(tiny(tmp_path / "mean2", "stage=posterior_mean", "steps=4", "generator.noise=false", "seed=1",
+    other_posterior_mean = train(tiny(tmp_path / "mean2", "stage=posterior_mean", "steps=4", "generator.noise=false", "seed=1",
                             "generator.trunk=plain", "checkpoint_every=4", "val_every=4"))
-    warm = Trainer(tiny(tmp_path / "warm", f"posterior_mean={other_mean}", f"init_from={run_dir}"))
-    other_weights = load_file(str(checkpoints.latest_checkpoint(other_mean) / checkpoints.WEIGHTS))
+    warm = Trainer(tiny(tmp_path / "warm", f"posterior_mean={other_posterior_mean}", f"init_from={run_dir}"))
+    other_weights = load_file(str(checkpoints.latest_checkpoint(other_posterior_mean) / checkpoints.WEIGHTS))
     for key, value in warm.ema.state_dict().items():  # S continues, over the new anchor
         source = other_weights[key[len("mean."):]] if key.startswith("mean.") else anchored_weights[key]
         assert torch.equal(value, source), key
@@ -665,13 +665,13 @@ def test_spread_stage_trains_only_v_over_a_finished_model(tmp_path):
     import posterior_jpeg as pj
     from posterior_jpeg.sampler import PosteriorSampler
 
-    mean_run = train(tiny(tmp_path / "mean", "stage=posterior_mean", "steps=2", "generator.noise=false",
+    posterior_mean_run = train(tiny(tmp_path / "mean", "stage=posterior_mean", "steps=2", "generator.noise=false",
                           "generator.trunk=plain", "checkpoint_every=2", "val_every=2"))
-    model_run = train(tiny(tmp_path / "model", f"posterior_mean={mean_run}", "steps=2", "checkpoint_every=2",
+    model_run = train(tiny(tmp_path / "model", f"posterior_mean={posterior_mean_run}", "steps=2", "checkpoint_every=2",
                            "antithetic=true", "val_every=2"))
     spread = ("spread.features=8", "spread.blocks=1", "spread.table_embedding=8")
     with pytest.raises(ConfigError, match="stage spread"):
-        tiny(tmp_path / "lone", "stage=spread", f"posterior_mean={mean_run}", *spread)
+        tiny(tmp_path / "lone", "stage=spread", f"posterior_mean={posterior_mean_run}", *spread)
     run_dir = train(tiny(tmp_path / "spread", "stage=spread", f"posterior_mean={model_run}", f"init_from={model_run}",
                          "antithetic=true", "steps=6", "log_every=2", "checkpoint_every=6", "val_every=6", *spread))
     before = load_file(str(checkpoints.latest_checkpoint(model_run) / checkpoints.WEIGHTS))
