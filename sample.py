@@ -1,6 +1,6 @@
 """Decode JPEG files into posterior samples, their mean and an uncertainty map.
 
-    python sample.py INPUT... -n 8 -o OUT --checkpoint RUN_DIR [--mean] [--std] [--grid]
+    python sample.py INPUT... -n 8 -o OUT --checkpoint RUN_DIR [--sample-mean] [--std] [--grid]
 
 See `python sample.py --help` (the same command is `posterior-jpeg sample`).
 """

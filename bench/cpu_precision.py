@@ -5,7 +5,7 @@ picks here, in one process: where the time of M + K projected samples of a photo
 
 Files: by default a 1224 x 816 photo saved by Pillow at quality 30 (the figure issue 21 names) and the
 9.3 MP camera file of ../shared/realfiles (tests__30-type_error.jpg), M + 1 sample for files above
-4 MP. Phases, as `sample.py --mmse -n K` runs them: decode (coefficients -> y), M (the posterior
+4 MP. Phases, as `sample.py --posterior-mean -n K` runs them: decode (coefficients -> y), M (the posterior
 mean, its flips in one batch; `mmse` and S's input), mmse_projection, S (per sample, its antithetic
 pair in one batch), projection (per sample), check (the 8-bit libjpeg re-encode that every output's
 manifest line measures). One JSON line per (file, precision), the fastest of --repeats, with
@@ -43,7 +43,7 @@ def default_files() -> list[tuple[str, bytes]]:
     return files
 
 
-def phases(sampler: pj.Sampler, data: bytes, samples: int) -> dict:
+def phases(sampler: pj.PosteriorSampler, data: bytes, samples: int) -> dict:
     """Seconds of each phase of M + `samples` projected samples of one file."""
     times = {}
 
@@ -85,7 +85,7 @@ def main() -> None:
             samples = 1 if image.size[0] * image.size[1] > BIG else args.samples
         reference = None
         for label in ("fp32", auto.name) if auto.name != "fp32" else ("fp32",):
-            sampler = pj.Sampler.from_checkpoint(None, device="cpu", dtype=label)
+            sampler = pj.PosteriorSampler.from_checkpoint(None, device="cpu", dtype=label)
             phases(sampler, data, min(samples, 1))  # warm-up: oneDNN builds its kernels for these shapes
             runs = [phases(sampler, data, samples) for _ in range(args.repeats)]
             best = min(runs, key=lambda r: r["total"])

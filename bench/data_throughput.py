@@ -34,9 +34,9 @@ def child(checkout: Path, data: str, workers: int, warmup: int, batches: int) ->
     for name in [m for m in sys.modules if m.split(".")[0] == "posterior_jpeg"]:
         del sys.modules[name]
     import torch
-    from posterior_jpeg.data import QualitySampler, list_images, make_loader
+    from posterior_jpeg.data import QualityDistribution, list_images, make_loader
 
-    loader = make_loader(list_images(data), CROP, QualitySampler("skewed", 5, 95, 2.0), MODES, seed=0,
+    loader = make_loader(list_images(data), CROP, QualityDistribution("skewed", 5, 95, 2.0), MODES, seed=0,
                          batch_size=BATCH, workers=workers)
     iterator = iter(loader)
     for _ in range(warmup):

@@ -44,15 +44,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos")
     args = parser.parse_args()
 
-    sampler = pj.Sampler.from_checkpoint(args.checkpoint)
-    if sampler.mean_network is None:
+    sampler = pj.PosteriorSampler.from_checkpoint(args.checkpoint)
+    if sampler.posterior_mean_network is None:
         sys.exit("detail_gain: the model has no posterior-mean network M")
     files = sorted(p for p in args.data.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[: args.limit]
     photos = []  # (original, M, two samples), unprojected
     for path in files:
         original = to_chw_float(centre_crop(path))
         jpeg = pj.read_jpeg(pillow_jpeg(to_hwc_uint8(original), args.quality, "4:2:0"))
-        photos.append((original, sampler.mmse(jpeg, project=False), sampler.sample(jpeg, n=2, seed=0, project=False)))
+        photos.append((original, sampler.posterior_mean_decode(jpeg, project=False), sampler.sample(jpeg, n=2, seed=0, project=False)))
         print(f"detail_gain: {path.name}", file=sys.stderr, flush=True)
 
     errors = torch.cat([tile_means((luma(o[None]) - luma(m[None])).mul(255).pow(2)) for o, m, _ in photos])

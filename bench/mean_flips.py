@@ -1,4 +1,4 @@
-"""What `--mean-flips` costs: the bundled model decoding a photo into N projected samples, with M run
+"""What `--posterior-mean-flips` costs: the bundled model decoding a photo into N projected samples, with M run
 once, on 2 flips or on 4 (the default), timed in the same process and set against mean_flips 1.
 
     python bench/mean_flips.py [--megapixels 1.0] [--samples 4] [--repeats 3] [--quality 30]
@@ -36,7 +36,8 @@ def main() -> None:
     buffer = io.BytesIO()
     Image.fromarray(photo(side * 3 // 4, side)).save(buffer, "JPEG", quality=args.quality)
     jpeg = pj.read_jpeg(buffer.getvalue())
-    samplers = {flips: pj.Sampler.from_checkpoint(None, device="cpu", mean_flips=flips) for flips in FLIPS}
+    samplers = {flips: pj.PosteriorSampler.from_checkpoint(None, device="cpu", posterior_mean_flips=flips)
+                for flips in FLIPS}
     times = {flips: [] for flips in FLIPS}
     for _ in range(args.repeats):
         for flips, sampler in samplers.items():

@@ -97,7 +97,7 @@ def exact(files: list, qualities: list[int], modes: list[str]) -> None:
 def megapixel() -> None:
     """--megapixel: see the module docstring."""
     rgb = photo(1000, 1000)
-    sampler = pj.Sampler.from_checkpoint(None)
+    sampler = pj.PosteriorSampler.from_checkpoint(None)
     for quality in (30, 75):
         jf = pj.read_jpeg(pillow_jpeg(rgb, quality, "4:2:0"))
         start = time.perf_counter()

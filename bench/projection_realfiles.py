@@ -4,7 +4,7 @@
                                          [--threads T] [--set key=value ...] [FILE ...]
 
 For every file under ../shared/realfiles that read_jpeg accepts (or the FILEs given), smallest
-first: draw one sample with the bundled default model (`Sampler.from_checkpoint(None)`, timed: the
+first: draw one sample with the bundled default model (`PosteriorSampler.from_checkpoint(None)`, timed: the
 reference cost), make the candidates asked for (the model sample; the decode with Gaussian noise of
 `--sigma`, blurred, sharpened), project each (timed) and measure:
 - agreement before / after: share of stored coefficients that a real libjpeg re-encode of the
@@ -86,7 +86,7 @@ def main() -> None:
     if not paths:
         sys.exit(f"no JPEG files under {REAL_FILES}")
     files = accepted_files(paths)[: args.limit]
-    sampler = pj.Sampler.from_checkpoint(None)
+    sampler = pj.PosteriorSampler.from_checkpoint(None)
     records = []
     for jf in files:
         start = time.perf_counter()

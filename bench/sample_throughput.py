@@ -7,7 +7,7 @@ each against the same generator in plain fp32 eager mode measured in the same ru
 Generators (untrained weights: speed does not depend on training): tiny (tests), demo (plain trunk
 96 x 12, configs/demo.yaml; larger than the shipped default's 64 x 8), paper (RRDB 64 x 23). Modes: CPU: fp32 eager (reference),
 channels_last, bf16 autocast; CUDA: fp32 eager (reference), bf16, bf16 + channels_last +
-torch.compile. The figure is Sampler.generate (G with its positional noise, tiled as the sampler
+torch.compile. The figure is PosteriorSampler.generate (G with its positional noise, tiled as the sampler
 tiles) on a square image of --size pixels (the paper-size model on CPU gets a small one).
 
 Every configuration runs in a fresh subprocess so that its peak memory is its own: on CPU the
@@ -36,7 +36,7 @@ import posterior_jpeg as pj
 from posterior_jpeg.jpeg.tables import ijg_tables
 from posterior_jpeg.models.generator import build_generator
 from posterior_jpeg.pixels import to_chw_float
-from posterior_jpeg.sampler import Sampler
+from posterior_jpeg.sampler import PosteriorSampler
 
 from common import best_time, emit, photo
 
@@ -49,10 +49,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
 
 
-def _sampler(model: str, mode: str, device: str) -> Sampler:
+def _sampler(model: str, mode: str, device: str) -> PosteriorSampler:
     torch.manual_seed(0)
     dtype = torch.bfloat16 if mode.startswith("bf16") else torch.float32  # bf16 runs channels_last (the sampler's rule)
-    sampler = Sampler(build_generator(model), model, device, dtype)
+    sampler = PosteriorSampler(build_generator(model), model, device, dtype)
     if "channels_last" in mode:
         sampler.generator.to(memory_format=torch.channels_last)
     if "compile" in mode:
@@ -61,7 +61,7 @@ def _sampler(model: str, mode: str, device: str) -> Sampler:
 
 
 def measure_generate(model: str, mode: str, device: str, size: int, samples: int, repeats: int) -> dict:
-    """In this (fresh) process: seconds of Sampler.generate for `samples` seeds, and peak memory."""
+    """In this (fresh) process: seconds of PosteriorSampler.generate for `samples` seeds, and peak memory."""
     sampler = _sampler(model, mode, device)
     y = to_chw_float(photo(size, size)).to(device)
     tables = torch.from_numpy(ijg_tables(20)).float().to(device)

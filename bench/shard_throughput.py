@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, cpu_model, emit  # noqa: E402
 from data_throughput import BATCH, CROP, MODES  # noqa: E402
 
-from posterior_jpeg.data import QualitySampler, list_images, make_loader, open_images  # noqa: E402
+from posterior_jpeg.data import QualityDistribution, list_images, make_loader, open_images  # noqa: E402
 from posterior_jpeg.packing import pack  # noqa: E402
 
 
 def crops_per_second(images, workers: int, cache_bytes: int, warmup: int, batches: int) -> float:
-    loader = make_loader(images, CROP, QualitySampler("skewed", 5, 95, 2.0), MODES, seed=0, batch_size=BATCH,
+    loader = make_loader(images, CROP, QualityDistribution("skewed", 5, 95, 2.0), MODES, seed=0, batch_size=BATCH,
                          workers=workers, cache_bytes=cache_bytes)
     iterator = iter(loader)
     for _ in range(warmup):

@@ -16,8 +16,8 @@ A setting is a variant (config overrides, "" = the recipe as configured) times a
 data pipeline's before/after (README, "Training"), the S network of cpu_default alone, which both
 checkouts can build:
 
-    python bench/train_throughput.py --before DIR --before-overrides "mmse_model=null loss.second_moment_kind=std" \
-        --variant "anchor=null mmse_model=null loss.second_moment_kind=std"
+    python bench/train_throughput.py --before DIR --before-overrides "moment_posterior_mean=null loss.second_moment_kind=std" \
+        --variant "posterior_mean=null moment_posterior_mean=null loss.second_moment_kind=std"
 Settings are measured round-robin, `repeats` times each, so that load from other jobs on the
 machine spreads over all of them; each line reports the median, the range and the ratio of
 medians to the first setting (the --before one when given).
@@ -41,8 +41,8 @@ from common import SHARED_DATA, emit  # noqa: E402
 
 # Per recipe: its config file and the overrides that make it the run it documents.
 RECIPES = {
-    # stage 2 of the bundled model; the bundled weights stand in for its MMSE model (same network)
-    "cpu_default": ["configs/cpu_default.yaml", "mmse_model=posterior_jpeg/weights/default"],
+    # stage 2 of the bundled model; the bundled weights stand in for its posterior mean M (same network)
+    "cpu_default": ["configs/cpu_default.yaml", "moment_posterior_mean=posterior_jpeg/weights/default"],
     "tiny": ["configs/tiny.yaml"],
     "demo": ["configs/demo.yaml"],
     "paper": ["configs/ffhq128_qf5.yaml"],

@@ -32,15 +32,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED_DATA / "val")
     parser.add_argument("--out", type=Path, default=Path("uncertainty.png"))
     args = parser.parse_args()
-    sampler = pj.Sampler.from_checkpoint(args.checkpoint)
+    sampler = pj.PosteriorSampler.from_checkpoint(args.checkpoint)
     rows = []
     paths = [args.data / name for name in args.photos] if args.photos else sorted(args.data.glob("*"))[:3]
     for path in paths:
         original = to_chw_float(centre_crop(path, args.max_side))
         data = pillow_jpeg(to_hwc_uint8(original), args.quality, "4:2:0")
         jpeg = pj.read_jpeg(data)
-        mean = sampler.mean_of(jpeg)
-        samples = round_to_8_bits(torch.stack([s.image for s in sampler.samples(jpeg, range(args.samples), mean=mean)]))
+        mean = sampler.posterior_mean_of(jpeg)
+        samples = round_to_8_bits(torch.stack([s.image for s in sampler.samples(jpeg, range(args.samples), posterior_mean=mean)]))
         mean = mean.cpu()
         emit(photo=path.name, quality=args.quality, **calibration(samples, mean, original).as_dict())
         error = heat_map((original - mean).abs())

@@ -119,8 +119,8 @@ def main() -> None:
     files = sorted(p for p in args.data.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[: args.limit]
     if not files:
         sys.exit(f"val_yardsticks: no photos in {args.data} (pass --data DIR)")
-    sampler = None if args.no_model else pj.Sampler.from_checkpoint(args.checkpoint, dtype=args.dtype,
-                                                                            mean_flips=args.mean_flips)
+    sampler = None if args.no_model else pj.PosteriorSampler.from_checkpoint(args.checkpoint, dtype=args.dtype,
+                                                                            posterior_mean_flips=args.mean_flips)
     peers = json.loads(args.peers.read_text())["summary"] if args.peers.is_file() else []
     peer_methods = dict(PEER_METHODS, **(PEER_MODEL_METHODS if args.checkpoint is None else {}))
     originals = [to_chw_float(centre_crop(path, args.max_side)) for path in files]
@@ -136,12 +136,12 @@ def main() -> None:
             jpeg = pj.read_jpeg(data)
             decoded = {"libjpeg": to_chw_float(libjpeg_decode(data))}
             spread, mean, calibrated = None, None, {}
-            if sampler is not None and sampler.mean_network is not None:
-                mean = sampler.mean_of(jpeg)
-                decoded["mmse"] = round_to_8_bits(sampler.mmse(jpeg, mean=mean))  # the posterior mean M, projected
+            if sampler is not None and sampler.posterior_mean_network is not None:
+                mean = sampler.posterior_mean_of(jpeg)
+                decoded["mmse"] = round_to_8_bits(sampler.posterior_mean_decode(jpeg, posterior_mean=mean))  # the posterior mean M, projected
             if sampler is not None:
                 samples = round_to_8_bits(torch.stack([s.image for s in sampler.samples(jpeg, range(args.samples),
-                                                                                         mean=mean)]))
+                                                                                         posterior_mean=mean)]))
                 decoded["sample"] = samples[0]
                 if mean is not None:
                     calibrated = calibration(samples, mean.cpu(), original).as_dict()

@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "out"
-        code = sample([str(HERE / "chelsea_q10.jpg"), "-n", "4", "-o", str(out), "--mean", "--std", "--html", "--quiet"])
+        code = sample([str(HERE / "chelsea_q10.jpg"), "-n", "4", "-o", str(out), "--sample-mean", "--std", "--html", "--quiet"])
         if code:
             raise SystemExit(f"sampling failed with exit status {code}")
         options = webdriver.ChromeOptions()

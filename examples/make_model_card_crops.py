@@ -18,7 +18,7 @@ from PIL import Image
 import posterior_jpeg as pj
 from posterior_jpeg.jpeg.color import rgb_to_gray
 from posterior_jpeg.pixels import round_to_8_bits, to_chw_float
-from posterior_jpeg.sampler import Sampler
+from posterior_jpeg.sampler import PosteriorSampler
 from posterior_jpeg.visualize import contact_sheet, std_map
 
 HERE = Path(__file__).parent
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=HERE / "val_crops_q10.png")
     args = parser.parse_args()
-    sampler = Sampler.from_checkpoint(args.checkpoint)
+    sampler = PosteriorSampler.from_checkpoint(args.checkpoint)
     rows = []
     for path in sorted(args.data.glob("*.png"))[: args.photos]:
         with Image.open(path) as opened:
@@ -56,7 +56,7 @@ def main() -> None:
         original = to_chw_float(np.array(image))
         samples = sampler.sample(jpeg, n=3, seed=0)
         top, left = most_textured_window(original)
-        views = [original, round_to_8_bits(jpeg.decode()), sampler.mmse(jpeg), *samples, std_map(samples)]
+        views = [original, round_to_8_bits(jpeg.decode()), sampler.posterior_mean_decode(jpeg), *samples, std_map(samples)]
         rows.append([F.interpolate(v[None, :, top : top + WINDOW, left : left + WINDOW].expand(-1, 3, -1, -1),
                                    scale_factor=ZOOM, mode="nearest")[0] for v in views])
     Image.fromarray(contact_sheet(rows)).save(args.out)

@@ -17,7 +17,7 @@ from PIL import Image
 from posterior_jpeg import read_jpeg
 from posterior_jpeg.metrics import blockiness, coefficient_agreement, per_pixel_std
 from posterior_jpeg.pixels import round_to_8_bits
-from posterior_jpeg.sampler import Sampler
+from posterior_jpeg.sampler import PosteriorSampler
 from posterior_jpeg.visualize import contact_sheet, posterior_row
 
 HERE = Path(__file__).parent
@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "chelsea_q10_sheet.png")
     args = parser.parse_args()
     jpeg = read_jpeg(HERE / "chelsea_q10.jpg")
-    sampler = Sampler.from_checkpoint(args.checkpoint)
+    sampler = PosteriorSampler.from_checkpoint(args.checkpoint)
     samples = sampler.sample(jpeg, n=3, seed=0)
-    mean_decode = sampler.mmse(jpeg)
+    mean_decode = sampler.posterior_mean_decode(jpeg)
     y = round_to_8_bits(jpeg.decode())
     top, left, height, width = CROP
 

@@ -4,11 +4,13 @@ The names below load on first use, so that importing the package (as every comma
 parses its arguments) does not load torch."""
 
 import importlib
+import warnings
 
 from .errors import ImageTooLargeError, InvalidJpegError, PosteriorJpegError, UnsupportedJpegError
 
 _LAZY = {"JpegFile": ".jpeg.file", "read_jpeg": ".jpeg.file", "project": ".jpeg.projection",
-         "Sampler": ".sampler", "metrics": ".metrics"}
+         "PosteriorSampler": ".sampler", "metrics": ".metrics"}
+_RENAMED = {"Sampler": "PosteriorSampler"}  # old name -> new: still importable, with a DeprecationWarning
 
 __all__ = [
     "ImageTooLargeError",
@@ -16,15 +18,18 @@ __all__ = [
     "JpegFile",
     "PosteriorJpegError",
     "UnsupportedJpegError",
+    "PosteriorSampler",
     "metrics",
     "project",
     "read_jpeg",
-    "Sampler",
 ]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
+    if name in _RENAMED:
+        warnings.warn(f"posterior_jpeg.{name} is now posterior_jpeg.{_RENAMED[name]}", DeprecationWarning, stacklevel=2)
+        name = _RENAMED[name]
     if name not in _LAZY:
         raise AttributeError(f"module 'posterior_jpeg' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name], __name__)

@@ -21,7 +21,7 @@ from .metrics.psnr import luma
 from .models.generator import AnchoredGenerator
 from .models.spread import cell_energy, split_bands, table_coarseness
 from .pixels import to_chw_float
-from .sampler import Sampler
+from .sampler import PosteriorSampler
 
 FIT_QUALITIES = (10, 20, 30, 50, 75, 90)
 FIT_SIDE = 256  # centre crops
@@ -46,20 +46,20 @@ def fit_spread(generator: AnchoredGenerator, photos: list[np.ndarray], device="c
                dtype=torch.float32) -> dict[str, dict[int, list[float]]]:
     """Set generator.spread.config's dispersions, then its gains, from uint8 [H, W, 3] photos (4:2:0,
     FIT_QUALITIES); returns each quality's fitted values (low, mid, high), for the record."""
-    sampler = Sampler(generator, "calibration", device, dtype)
+    sampler = PosteriorSampler(generator, "calibration", device, dtype)
     cases = {}
     for quality in FIT_QUALITIES:
         cases[quality] = []
         for photo in photos:
             jpeg = read_jpeg(pillow_jpeg(centre_crop(photo), quality, "4:2:0"))
-            mean = sampler.mean_of(jpeg)
-            cases[quality].append((jpeg, mean, to_chw_float(centre_crop(photo)).to(mean.device) - mean))
+            m = sampler.posterior_mean_of(jpeg)
+            cases[quality].append((jpeg, m, to_chw_float(centre_crop(photo)).to(m.device) - m))
     coarseness = {q: table_coarseness(cases[q][0][0].qtable_tensor(), 1).item() for q in FIT_QUALITIES}
     return {"dispersion": _fit_dispersion(generator.spread, sampler, cases, coarseness),
             "log_gain": _fit_gain(generator.spread.config, sampler, cases, coarseness)}
 
 
-def _fit_dispersion(spread, sampler: Sampler, cases: dict, coarseness: dict) -> dict[int, list[float]]:
+def _fit_dispersion(spread, sampler: PosteriorSampler, cases: dict, coarseness: dict) -> dict[int, list[float]]:
     """Per quality, the log std s whose samples scatter as the truth around V. A sample's scatter grows
     with s^2 more slowly than s^2 (each pixel's variance blends four cells, the bands blur across
     cells), so the slope is measured: one step as if it were 1, then a secant step to the truth's."""
@@ -67,7 +67,7 @@ def _fit_dispersion(spread, sampler: Sampler, cases: dict, coarseness: dict) -> 
     sigma = {}
     for quality, files in cases.items():
         with torch.no_grad():  # V's log variances: the same for every dispersion tried
-            predicted = [spread(mean[None], jpeg.qtable_tensor().to(mean.device)).double() for jpeg, mean, _ in files]
+            predicted = [spread(m[None], jpeg.qtable_tensor().to(m.device)).double() for jpeg, m, _ in files]
         truth = torch.cat([_log_cell_ratio(residual, log_variance)
                            for (_, _, residual), log_variance in zip(files, predicted)], 1).var(1).cpu().numpy()
         start = np.clip(np.array(config.dispersion_intercept) + np.array(config.dispersion_slope) * coarseness[quality], 0, None) ** 2
@@ -81,13 +81,13 @@ def _fit_dispersion(spread, sampler: Sampler, cases: dict, coarseness: dict) -> 
     return {q: sigma[q].round(4).tolist() for q in FIT_QUALITIES}
 
 
-def _sample_scatter(config, sampler: Sampler, files: list, predicted: list, variance: np.ndarray) -> np.ndarray:
+def _sample_scatter(config, sampler: PosteriorSampler, files: list, predicted: list, variance: np.ndarray) -> np.ndarray:
     """[3] variance over cells of the log of projected samples' cell energy over V's (`predicted`, per
     file), at dispersion^2 = variance."""
     _set_line(config, "dispersion", np.sqrt(variance))
-    ratios = [_log_cell_ratio(sample.image.to(mean.device) - mean, log_variance)
-              for (jpeg, mean, _), log_variance in zip(files, predicted)
-              for sample in sampler.samples(jpeg, range(FIT_SAMPLES), mean=mean)]
+    ratios = [_log_cell_ratio(sample.image.to(m.device) - m, log_variance)
+              for (jpeg, m, _), log_variance in zip(files, predicted)
+              for sample in sampler.samples(jpeg, range(FIT_SAMPLES), posterior_mean=m)]
     return torch.cat(ratios, 1).var(1).cpu().numpy()
 
 
@@ -97,13 +97,13 @@ def _log_cell_ratio(residual: torch.Tensor, log_variance: torch.Tensor) -> torch
     return (torch.log(energy + ENERGY_FLOOR) - log_variance).flatten(2)[0]
 
 
-def _fit_gain(config, sampler: Sampler, cases: dict, coarseness: dict) -> dict[int, list[float]]:
+def _fit_gain(config, sampler: PosteriorSampler, cases: dict, coarseness: dict) -> dict[int, list[float]]:
     log_gain = {q: np.array(config.gain_intercept) + np.array(config.gain_slope) * coarseness[q] for q in FIT_QUALITIES}
     for _ in range(FIT_ROUNDS):
         for quality, files in cases.items():
             _set_line(config, "gain", log_gain[quality])
-            drawn = sum(_band_energy(sample.image.to(mean.device) - mean) / FIT_SAMPLES
-                        for jpeg, mean, _ in files for sample in sampler.samples(jpeg, range(FIT_SAMPLES), mean=mean))
+            drawn = sum(_band_energy(sample.image.to(m.device) - m) / FIT_SAMPLES
+                        for jpeg, m, _ in files for sample in sampler.samples(jpeg, range(FIT_SAMPLES), posterior_mean=m))
             truth = sum(_band_energy(residual) for _, _, residual in files)
             log_gain[quality] = log_gain[quality] + 0.5 * np.log((truth / drawn).cpu().numpy())
     _fit_line(config, "gain", log_gain, coarseness)

@@ -13,11 +13,12 @@ run folder from someone else cannot run code.
 
 Checkpoints written before model.yaml existed (config.yaml only) are read through migration 0 -> 1:
 the `generator` section of their config.yaml (and `mean_generator`, where an anchored run of that
-time wrote it), alone, is the model config; every other key of it is
+time wrote M's), alone, is the model config; every other key of it is
 ignored, so renaming or removing a training key breaks no model. Their training state (Accelerate's,
 pickled) is never loaded: such a run continues as a new run with init_from.
 Migration 1 -> 2: format 1 named no architectures; each of its sections is the one its kind had then
 (residual, band_spread), which is what a section without `arch` means (`registry.network_field`).
+Migration 2 -> 3: the posterior mean M's section, `mean_generator` before, is `posterior_mean`.
 """
 
 import json
@@ -49,8 +50,8 @@ CONFIG = "config.yaml"
 TRAINER = "trainer.json"
 LATEST = "latest"
 CHECKPOINTS = "checkpoints"  # the run folder's folder of checkpoints
-MODEL_FORMAT = 2  # what this version writes; it reads MODEL_FORMATS
-MODEL_FORMATS = (1, 2)
+MODEL_FORMAT = 3  # what this version writes; it reads MODEL_FORMATS
+MODEL_FORMATS = (1, 2, 3)
 MODEL_HEADER = "# posterior-jpeg model file: the architecture of G for the weights beside it\n"
 _LISTED = 4  # keys named in a mismatch message before "and N more"
 
@@ -58,47 +59,47 @@ _LISTED = 4  # keys named in a mismatch message before "and N more"
 @dataclass
 class ModelFile:
     """model.yaml: the format version and the architecture of G: `generator` alone, or, for an
-    anchored G = S(z, M(y, q), q), S in `generator` and M in `mean_generator`; antithetic: the
+    anchored G = S(z, M(y, q), q), S in `generator` and M in `posterior_mean`; antithetic: the
     anchored G is M + (S(z) - S(-z)) / 2 (see AnchoredGenerator). Each network's section names its
     architecture in `arch` (models/registry.py)."""
 
     format_version: int = MODEL_FORMAT
     generator: Any = network_field("generator", GeneratorConfig)
-    mean_generator: Any = network_field("generator", GeneratorConfig, optional=True)
+    posterior_mean: Any = network_field("generator", GeneratorConfig, optional=True)
     antithetic: bool = False
     spread: Any = network_field("spread", SpreadConfig, optional=True)  # the spread network V that sets the samples' variance (models/spread.py)
 
     def networks(self) -> list:
         """The config of each network the model holds."""
-        return [c for c in (self.generator, self.mean_generator, self.spread) if c is not None]
+        return [c for c in (self.generator, self.posterior_mean, self.spread) if c is not None]
 
     def __post_init__(self):
-        if self.antithetic and self.mean_generator is None:
-            raise ConfigError("antithetic needs an anchored model (a mean_generator section)")
-        if self.spread is not None and self.mean_generator is None:
-            raise ConfigError("spread needs an anchored model (a mean_generator section)")
+        if self.antithetic and self.posterior_mean is None:
+            raise ConfigError("antithetic needs an anchored model (a posterior_mean section)")
+        if self.spread is not None and self.posterior_mean is None:
+            raise ConfigError("spread needs an anchored model (a posterior_mean section)")
 
 
-def assemble(generator, mean: torch.nn.Module | None = None, antithetic: bool = False,
+def assemble(generator, posterior_mean: torch.nn.Module | None = None, antithetic: bool = False,
              spread=None) -> torch.nn.Module:
     """A freshly initialised G from its parts' configs, for a model file and a training run alike:
     the network alone, or S (and V) over the posterior mean M given. V is built before S: a training
     run's seed draws their initial weights in that order."""
-    if mean is None:
+    if posterior_mean is None:
         return build(generator)
     spread_net = None if spread is None else build(spread)
-    return AnchoredGenerator(mean, build(generator), antithetic, spread_net)
+    return AnchoredGenerator(posterior_mean, build(generator), antithetic, spread_net)
 
 
 def build_model(model: ModelFile) -> torch.nn.Module:
     """A freshly initialised G as a model file describes it: one network, or S over a frozen M."""
-    mean = None if model.mean_generator is None else build(model.mean_generator)
-    return assemble(model.generator, mean, model.antithetic, model.spread)
+    posterior_mean = None if model.posterior_mean is None else build(model.posterior_mean)
+    return assemble(model.generator, posterior_mean, model.antithetic, model.spread)
 
 
 def model_file(generator: torch.nn.Module) -> ModelFile:
     if isinstance(generator, AnchoredGenerator):
-        return ModelFile(generator=generator.detail.config, mean_generator=generator.mean.config,
+        return ModelFile(generator=generator.detail.config, posterior_mean=generator.mean.config,
                          antithetic=generator.antithetic,
                          spread=None if generator.spread is None else generator.spread.config)
     return ModelFile(generator=generator.config)
@@ -273,13 +274,15 @@ def model_config(folder: Path) -> ModelFile:
                 raise CheckpointError(f"{model}: format_version {version!r} is not one of "
                                       f"{', '.join(map(str, MODEL_FORMATS))} (written by another version of posterior-jpeg?)")
             _section(node, "generator", model)
-            node.format_version = MODEL_FORMAT  # migration 1 -> 2: see the module's note
+            if version < 3 and "mean_generator" in node:  # migration 2 -> 3
+                node.posterior_mean = node.pop("mean_generator")
+            node.format_version = MODEL_FORMAT  # migrations 1 -> 2 -> 3: see the module's note
             return build_structured(ModelFile, [node], model)
         if config.is_file():  # migration 0 -> 1: the generator (and mean_generator) sections of the training config
             node = read_yaml(config)
             mean = node.get("mean_generator")
             sections = {"generator": _section(node, "generator", config),
-                        "mean_generator": None if mean is None else _section(node, "mean_generator", config),
+                        "posterior_mean": None if mean is None else _section(node, "mean_generator", config),
                         "antithetic": mean is not None and bool(node.get("antithetic", False))}  # only an anchored G mirrors S
             return build_structured(ModelFile, [OmegaConf.create(sections)], config)
     except ConfigError as error:

@@ -22,8 +22,8 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .data import CROP_MULTIPLE, SHARD_WINDOW, SYNTHETIC, WRITABLE_MODES, QualitySampler
-from .errors import CheckpointError, ConfigError, PosteriorJpegError, SymlinkError, TrainingStopped
+from .data import CROP_MULTIPLE, SHARD_WINDOW, SYNTHETIC, WRITABLE_MODES, QualityDistribution
+from .errors import CheckpointError, ConfigError, PosteriorJpegError, SymlinkError, TrainingStopped, warn_renamed
 from .losses import SCHEDULE_KINDS, Schedule, variants
 from .precision import PRECISIONS
 from .pretrained import WeightsConfig
@@ -33,7 +33,7 @@ from .models.critic import FINAL_SIZE, CriticConfig
 from .models.generator import TRUNKS, GeneratorConfig
 from .models.spread import FITTED, SpreadConfig
 
-STAGES = ("mmse", "posterior", "spread")
+STAGES = ("posterior_mean", "posterior", "spread")
 TRACKERS = (*LOGGER_TYPE_TO_CLASS, "none")  # Accelerate's experiment trackers, or none
 
 
@@ -44,7 +44,7 @@ class DataConfig:
     train: str = MISSING  # required: an image folder (searched recursively), shards of `posterior-jpeg pack` (their folder, or DIR/PREFIX-{000000..000012}.tar), or "synthetic" (generated images)
     val: str | None = None  # images of the validation sheets (a folder or shards, as train); null: the training images
     crop: int = 128  # crop side in pixels, a multiple of 16
-    quality: QualitySampler = field(default_factory=QualitySampler)  # JPEG quality distribution of the crops
+    quality: QualityDistribution = field(default_factory=QualityDistribution)  # JPEG quality distribution of the crops
     modes: list[str] = field(default_factory=lambda: ["4:2:0"])  # subsampling per crop, drawn from these
     double_share: float = 0.0  # share of crops saved twice: a first save, a 0-7 pixel shift, the final save
     flips: bool = True  # random horizontal and vertical flips
@@ -73,7 +73,7 @@ class LossConfig:
     consistency: Schedule = field(default_factory=lambda: Schedule("cosine", 0.1, 10.0))  # lambda_C: weight of the consistency loss with the file
     consistency_kind: str = "pixel"  # "pixel" (paper eq. 4) or "dct" (dead zone: 0 inside the quantization intervals)
     first_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.1, 0.1))  # weight of the first-moment penalty (mean of samples near the target)
-    second_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))  # weight of the second-moment penalty (eq7 needs an MMSE model or an anchor; std does not)
+    second_moment: Schedule = field(default_factory=lambda: Schedule("constant", 0.0, 0.0))  # weight of the second-moment penalty (eq7 needs moment_posterior_mean or posterior_mean; std does not)
     second_moment_kind: str = "eq7"  # "eq7" (the paper) or "std" (maximise per-pixel std, the authors' variant)
     moments_every: int = 8  # every this many steps, the moment penalties run
     moment_images: int = 8  # inputs per moment step (at most batch_size)
@@ -93,11 +93,11 @@ class OptimConfig:
 class TrainConfig:
     """One training run; each key's meaning is the comment on its line (`train.py --print-config`).
 
-    anchor: an mmse-stage run with generator.noise false; M stays frozen, the `generator` section
-    describes S, and M serves as eq. 7's xbar; init_from an anchored checkpoint then warm-starts S
-    alone over this anchor."""
+    posterior_mean: a run of stage posterior_mean (generator.noise false), the posterior mean M; M
+    stays frozen, the `generator` section describes S, and M serves as eq. 7's xbar; init_from an
+    anchored checkpoint then warm-starts S alone over this M."""
 
-    stage: str = "posterior"  # "mmse" (L2 regression: the MMSE estimator), "posterior" (GAN with all penalties) or "spread" (the spread network V alone, by Poisson deviance)
+    stage: str = "posterior"  # "posterior_mean" (L2 regression: the posterior mean M), "posterior" (GAN with all penalties) or "spread" (the spread network V alone, by Poisson deviance)
     out_dir: str = "runs/default"  # run folder: checkpoints, validation grids, metrics.jsonl, TensorBoard logs
     steps: int = 1000  # optimizer steps of the whole run
     batch_size: int = 32  # crops per micro-batch and process (a step: batch_size x grad_accumulation x processes)
@@ -116,9 +116,9 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (and at the last step)
     keep_checkpoints: int = 3  # checkpoints kept in out_dir; older ones are deleted (0: keep all)
     resume: str | None = "auto"  # "auto": continue the run in out_dir if it has a checkpoint; a path: that checkpoint; null: start fresh
-    init_from: str | None = None  # weights to start G from (e.g. the MMSE run)
-    mmse_model: str | None = None  # frozen MMSE estimator xbar for the second moment
-    anchor: str | None = None  # MMSE checkpoint M (or an anchored model, for its M): G becomes S(z, M(y, q), q) and only S trains
+    init_from: str | None = None  # weights to start G from (e.g. the posterior-mean run)
+    moment_posterior_mean: str | None = None  # a posterior-mean run M, frozen, whose output is the second moment's xbar (eq. 7) for a G not built over M; named for that penalty, since posterior_mean builds G over M
+    posterior_mean: str | None = None  # a posterior-mean run M (or an anchored model, for its M): G becomes S(z, M(y, q), q) and only S trains
     antithetic: bool = False  # anchored only: G = M + (S(z) - S(-z)) / 2, whose mean over z is M exactly
     progress: bool = True  # progress bar on the console
     generator: Any = registry.network_field("generator", GeneratorConfig)  # architecture of G: `arch` names it (default residual), the other keys are its arguments
@@ -134,20 +134,23 @@ class TrainConfig:
             renamed = " (written 'no' before: now 'fp32')" if self.mixed_precision in ("no", "False") else ""
             raise ConfigError(f"mixed_precision must be auto or one of {', '.join(PRECISIONS)}, "
                               f"got {self.mixed_precision!r}{renamed}")
-        if self.anchor and self.mmse_model:
-            raise ConfigError("anchor and mmse_model are both set: an anchored G uses its anchor as eq. 7's xbar")
+        if self.posterior_mean and self.moment_posterior_mean:
+            raise ConfigError("posterior_mean and moment_posterior_mean are both set: an anchored G uses its "
+                              "posterior mean as eq. 7's xbar")
         if (self.mixed_precision == "fp16" and self.stage == "posterior"
                 and self.loss.r1.start + self.loss.r1.end > 0):
             raise ConfigError("mixed_precision fp16 with R1 (loss.r1): the gradient penalty's gradients are not "
                               "loss-scaled and would underflow in fp16; use bf16 (no scaler needed) or fp32")
-        if self.antithetic and not self.anchor:
-            raise ConfigError("antithetic needs an anchor: it mirrors the detail network S around M")
-        if self.anchor and self.stage == "mmse":
-            raise ConfigError("anchor trains the detail network S (stage posterior) or the spread network V (stage spread)")
-        if self.stage == "spread" and not (self.anchor and self.spread and self.init_from):
-            raise ConfigError("stage spread trains V over a finished model: it needs anchor (M), init_from (S) and a spread section")
-        if self.spread is not None and not self.anchor:
-            raise ConfigError("spread needs an anchor: V predicts the spread around M")
+        if self.antithetic and not self.posterior_mean:
+            raise ConfigError("antithetic needs posterior_mean: it mirrors the detail network S around M")
+        if self.posterior_mean and self.stage == "posterior_mean":
+            raise ConfigError("posterior_mean (M's run) is for stage posterior (S over M) or spread (V over M); "
+                              "stage posterior_mean trains M itself")
+        if self.stage == "spread" and not (self.posterior_mean and self.spread and self.init_from):
+            raise ConfigError("stage spread trains V over a finished model: it needs posterior_mean (M), init_from (S) "
+                              "and a spread section")
+        if self.spread is not None and not self.posterior_mean:
+            raise ConfigError("spread needs posterior_mean: V predicts the spread around M")
         if self.loss.moment_images > self.batch_size:
             raise ConfigError(f"loss.moment_images ({self.loss.moment_images}) exceeds batch_size ({self.batch_size})")
 
@@ -366,6 +369,28 @@ RETIRED_KEYS = {
 }
 
 
+# Keys and values written otherwise before, per schema: still read, each with a RenamedWarning that
+# names the new spelling.
+RENAMED_KEYS = {TrainConfig: {"anchor": "posterior_mean", "mmse_model": "moment_posterior_mean"}}
+RENAMED_VALUES = {TrainConfig: {"stage": {"mmse": "posterior_mean"}}}
+
+
+def rename_old_spellings(schema, node: DictConfig, source) -> None:
+    """Write the old spellings of `schema`'s top-level keys and values in `node` (RENAMED_KEYS,
+    RENAMED_VALUES) the new way, warning once for each; a ConfigError where `node` has both."""
+    for old, new in RENAMED_KEYS.get(schema, {}).items():
+        if old in node:
+            if new in node:
+                raise ConfigError(f"{source}: {old} and {new} are both set; {old} is the old spelling of {new}")
+            warn_renamed(source, old, new)
+            node[new] = node.pop(old)
+    for key, values in RENAMED_VALUES.get(schema, {}).items():
+        value = node.get(key)
+        if isinstance(value, str) and value in values:
+            warn_renamed(source, f"{key}: {value}", f"{key}: {values[value]}")
+            node[key] = values[value]
+
+
 def refuse_retired_keys(schema, nodes: list, source) -> None:
     """ConfigError for a top-level key of `nodes` that `schema` no longer has (RETIRED_KEYS)."""
     for node in nodes:
@@ -381,6 +406,7 @@ def _merge(schema, sources: list[tuple[DictConfig, str]]) -> DictConfig:
     _choose_architectures(schema, merged, sources)
     for node, name in sources:
         refuse_retired_keys(schema, [node], name)
+        rename_old_spellings(schema, node, name)
         for key in _mappings_for_lists(merged, node):  # OmegaConf's TypeError names no key
             raise ConfigError(f"{name}: {key}: expected a list, got a mapping")
         try:

@@ -65,7 +65,7 @@ def open_images(spec: str) -> list[pathlib.Path] | Shards | None:
 
 
 @dataclass(frozen=True)
-class QualitySampler:
+class QualityDistribution:
     """The JPEG quality distribution of training.
 
     "skewed": q = round(low + (high - low) * u**power), u ~ U[0, 1]: the paper's [5, 50] range with
@@ -85,7 +85,7 @@ class QualitySampler:
         if not self.power > 0:
             raise ValueError(f"quality skew power must be positive, got {self.power}")
 
-    def sample(self, rng: np.random.Generator) -> int:
+    def draw(self, rng: np.random.Generator) -> int:
         if self.kind == "uniform":
             return int(rng.integers(self.low, self.high + 1))
         return round(self.low + (self.high - self.low) * rng.random() ** self.power)
@@ -181,7 +181,7 @@ class JpegCropDataset(torch.utils.data.Dataset):
         self,
         images: list[pathlib.Path] | Shards | None,
         crop: int = 128,
-        qualities: QualitySampler = QualitySampler(),
+        qualities: QualityDistribution = QualityDistribution(),
         modes: tuple[str, ...] = ("4:2:0",),
         seed: int = 0,
         flips: bool = True,
@@ -222,7 +222,7 @@ class JpegCropDataset(torch.utils.data.Dataset):
         if counter < 0:
             raise IndexError(f"sample counters start at 0, got {counter}")
         rng = np.random.default_rng([self.seed, counter])
-        quality = self.qualities.sample(rng)
+        quality = self.qualities.draw(rng)
         mode = self._draw_mode(rng)
         flip_h, flip_v = rng.random(2) < 0.5 if self.flips else (False, False)
         # drawn only when enabled, so that double_share = 0 keeps the draws (and items) of before
@@ -238,7 +238,7 @@ class JpegCropDataset(torch.utils.data.Dataset):
             window = window[::-1]
         window = np.ascontiguousarray(window)
         if twice:
-            first = libjpeg_decode(pillow_jpeg(window, self.qualities.sample(rng), self._draw_mode(rng)))
+            first = libjpeg_decode(pillow_jpeg(window, self.qualities.draw(rng), self._draw_mode(rng)))
             top, left = rng.integers(MAX_SHIFT + 1, size=2)
             x = window[top : top + self.crop, left : left + self.crop]
             source = first[top : top + self.crop, left : left + self.crop]
@@ -334,7 +334,7 @@ def _to_chw_uint8(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-class CounterSampler(torch.utils.data.Sampler):
+class RankCounters(torch.utils.data.Sampler):
     """Yields counters start + rank, start + rank + world_size, ... (infinite when length is None).
 
     With batch size b per rank, step k of all ranks together covers the counters that one process
@@ -359,7 +359,7 @@ class CounterSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         if self.length is None:
-            raise TypeError("an infinite CounterSampler has no length")
+            raise TypeError("infinite RankCounters have no length")
         return self.length
 
 
@@ -387,7 +387,7 @@ def collate_jpeg_batch(items: list[dict]) -> dict:
 def make_loader(
     images: list[pathlib.Path] | Shards | None,
     crop: int,
-    qualities: QualitySampler,
+    qualities: QualityDistribution,
     modes: tuple[str, ...],
     seed: int,
     batch_size: int,
@@ -412,7 +412,7 @@ def make_loader(
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=CounterSampler(start_counter, rank=rank, world_size=world_size, length=length),
+        sampler=RankCounters(start_counter, rank=rank, world_size=world_size, length=length),
         num_workers=workers,
         collate_fn=collate_jpeg_batch,
         pin_memory=pin_memory,

@@ -1,6 +1,7 @@
 """One exception hierarchy, so batch jobs can catch ours and let real bugs through."""
 
 import errno
+import warnings
 
 
 def printable(text) -> str:
@@ -28,6 +29,16 @@ class ImageTooLargeError(InvalidJpegError):
 
 class CheckpointError(PosteriorJpegError, ValueError):
     """A checkpoint or run folder that holds nothing usable: missing, unreadable or not fitting files."""
+
+
+class RenamedWarning(FutureWarning):
+    """An old spelling that still works (a config key or value, a model file key): the message names
+    the new one. A FutureWarning, which Python shows to every user, since users typed it."""
+
+
+def warn_renamed(where, old: str, new: str) -> None:
+    """RenamedWarning: at `where` (a file, the command line), `old` is now written `new`."""
+    warnings.warn(f"{where}: {old} is now {new} (the old spelling still works)", RenamedWarning, stacklevel=3)
 
 
 class LibjpegWarning(UserWarning):

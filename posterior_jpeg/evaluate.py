@@ -11,7 +11,7 @@ posterior samples unprojected ("ours"), projected onto the file ("ours_p") and t
 samples and measures in one pass per setting; `report` turns its records into rows and files.
 
 Samples are drawn once: test image i gets max(repeats, samples) samples, sample r with seed
-seed + i * SEED_STRIDE + r (a seed gives the same sample whatever the batch, see `Sampler`). FID
+seed + i * SEED_STRIDE + r (a seed gives the same sample whatever the batch, see `PosteriorSampler`). FID
 repeat r takes sample r, so each repeat has one fresh sample per image; Ours-A and the diversity
 metrics take the K samples 0..K-1; the MMSE model (same architecture, noise inputs included) is run
 once with seed + i * SEED_STRIDE. Nothing depends on how images are split across processes.
@@ -63,7 +63,7 @@ from .pixels import round_to_8_bits, to_chw_float
 from .precision import PRECISIONS, choose_precision
 from .pretrained import WeightsConfig
 from .report import METHODS, POSTERIOR_METHODS, RESULT_FILES, Key, Tally, markdown, rows, summarize, write_results
-from .sampler import Sampler
+from .sampler import PosteriorSampler
 
 DEFAULT_METHODS = ("jpeg", "ours", "ours_p", "ours_a")
 SEED_STRIDE = 100_000
@@ -297,9 +297,9 @@ class Runner:
         self.precision = choose_precision(cfg.dtype, self.device.type)
         if self.state.is_main_process and cfg.progress:
             print(f"eval: {self.device}, precision {self.precision.describe()}", file=sys.stderr)
-        self.samplers = {label: Sampler.from_checkpoint(path, device=str(self.device), dtype=self.precision.name)
+        self.samplers = {label: PosteriorSampler.from_checkpoint(path, device=str(self.device), dtype=self.precision.name)
                          for label, path in self.checkpoints.items()}
-        self.mmse = (Sampler.from_checkpoint(cfg.mmse_checkpoint, device=str(self.device), dtype=self.precision.name)
+        self.mmse = (PosteriorSampler.from_checkpoint(cfg.mmse_checkpoint, device=str(self.device), dtype=self.precision.name)
                      if "mmse" in cfg.methods else None)
         self.skipped: dict[str, str] = {}
         # per setting label: (image index, file name, [(row key, or None for the ground truth, centre crop)])
@@ -382,9 +382,9 @@ class Runner:
             result[Key("", "mmse")] = Outputs(round_to_8_bits(mmse))
         for label, sampler in self.samplers.items():
             # a grayscale file's samples have one channel: measured as RGB, like libjpeg's decode
-            mean = sampler.mean_of(item.jpeg) if sampler.mean_network is not None else None
+            mean = sampler.posterior_mean_of(item.jpeg) if sampler.posterior_mean_network is not None else None
             seeds = range(seed, seed + max(cfg.repeats, cfg.samples))
-            raw = torch.stack([s.image for s in sampler.samples(item.jpeg, seeds, project=False, mean=mean)])
+            raw = torch.stack([s.image for s in sampler.samples(item.jpeg, seeds, project=False, posterior_mean=mean)])
             raw = raw.expand(-1, 3, -1, -1)
             mean = None if mean is None else mean.cpu()
             if "ours" in methods:

@@ -114,7 +114,7 @@ def sample_page_data(out: Folder, thumbs: Folder) -> dict:
     """What the explorer shows, from the manifest: per input file, keyed by its path and content
     (sha256) so that one OUT can hold runs of different folders, in order of first appearance: the
     outputs whose latest record is of that input and that exist in `out` (samples sorted by seed;
-    the mean, posterior-mean (mmse) and std views), and its input decode (thumbnails made in `thumbs`)."""
+    the sample-mean, posterior-mean (mmse) and std views), and its input decode (thumbnails made in `thumbs`)."""
     folder = out.path
     records = [record for record in read_manifest(out)[0] if _well_formed(record)]
     latest = {Path(r["output"]).name: r for r in records}

@@ -155,7 +155,7 @@ class Term:
     the step, its variant is the one the config chose and the stage has its inputs at hand."""
 
     name: str  # the metric it is logged as (metrics.jsonl, the trackers)
-    objective: str  # what it adds to: "mmse" (stage mmse), "spread" (stage spread), "critic" or "generator" (stage posterior)
+    objective: str  # what it adds to: "posterior_mean" (stage posterior_mean), "spread" (stage spread), "critic" or "generator" (stage posterior)
     function: Callable[..., torch.Tensor]  # called with the inputs `needs` names, in that order
     needs: tuple[str, ...]  # the stage's inputs it takes (training.py: each stage's `inputs`)
     weight: str | None = None  # the LossConfig schedule that weighs it; None: weight 1 throughout
@@ -167,13 +167,13 @@ class Term:
 
 
 # Each stage's terms, in the order they are summed. The inputs, as training.py's stages make them:
-# "mmse": output (M(y)), x. "spread": log_spread (V's log variances), residual_luma (luma of x - M).
+# "posterior_mean": output (M(y)), x. "spread": log_spread (V's log variances), residual_luma (luma of x - M).
 # "critic": real (x, differentiable where R1 runs), real_logits, fake_logits. "generator": fake (G's
 # output), fake_logits (the frozen critic on it), x, y_by_mode, coefficients, qtables and groups (the
 # batch by subsampling mode), samples (K draws for each of P inputs, drawn on the steps a wanted term
 # takes them), samples_x (their originals), xbar (eq. 7's posterior mean for them), vgg.
 TERMS = (
-    Term("mse", "mmse", F.mse_loss, ("output", "x")),
+    Term("mse", "posterior_mean", F.mse_loss, ("output", "x")),
     Term("deviance", "spread", band_deviance, ("log_spread", "residual_luma")),
     Term("d_loss", "critic", adversarial_d, ("real_logits", "fake_logits")),
     Term("r1", "critic", r1_penalty, ("real", "real_logits"), "r1", "r1_every", lazy=True, weighs_itself=True),

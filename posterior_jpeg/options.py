@@ -8,7 +8,7 @@ FORMATS = ("png", "png16", "webp", "jpeg")  # what the sample job writes (export
 DEFAULT_QUALITY = 90  # of lossy exports
 SEED_LIMIT = 2**64  # seeds are 64-bit: SEED + N - 1 must stay below
 MAX_GRID_SAMPLES = 64  # samples one contact sheet (--grid) holds, all of them in memory at once
-MAX_SUMMARY_SAMPLES = 100_000  # samples a --mean or --std record lists by seed
+MAX_SUMMARY_SAMPLES = 100_000  # samples a --sample-mean or --std record lists by seed
 
 
 @dataclass(frozen=True)
@@ -21,14 +21,14 @@ class SampleOptions:
     seed: int
     checkpoint: str | None
     no_project: bool
-    mean: bool
-    mmse: bool
+    sample_mean: bool
+    posterior_mean: bool
     std: bool
     grid: bool
     device: str
     dtype: str
     tile: int
-    mean_flips: int
+    posterior_mean_flips: int
     recursive: bool
     overwrite: bool
     quiet: bool

@@ -134,11 +134,11 @@ def random_state(module: nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
     Tests and demos feed it through the loading code instead of real weights. He initialisation
     keeps activations at a usable scale through a deep ReLU net (PyTorch's default init shrinks
     Inception's pool3 features to ~1e-8), and the fixed seed gives every process the same network."""
-    generator = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in module.modules():
             if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                layer.weight.normal_(0.0, math.sqrt(2.0 / layer.weight[0].numel()), generator=generator)
+                layer.weight.normal_(0.0, math.sqrt(2.0 / layer.weight[0].numel()), generator=rng)
                 if layer.bias is not None:
                     layer.bias.zero_()
     return module.state_dict()

@@ -1,5 +1,5 @@
 """The sampling job behind `python sample.py` and `posterior-jpeg sample` (whose parser is
-`commands.sample`): JPEG files in, posterior samples, their mean and an uncertainty map out as PNGs,
+`commands.sample`): JPEG files in, posterior samples, their sample mean and an uncertainty map out as PNGs,
 with a manifest of what was made and how."""
 
 import contextlib
@@ -26,7 +26,7 @@ from .manifest import MANIFEST, read_manifest
 from .metrics import Agreement, eight_bit_consistency, float_consistency
 from .options import SampleOptions
 from .precision import Precision, choose_precision
-from .sampler import Sampler, resolve_device
+from .sampler import PosteriorSampler, resolve_device
 from .pixels import to_hwc_uint8, to_uint8, to_unit_float
 from .visualize import contact_sheet, heat_map
 
@@ -128,7 +128,7 @@ class CannotStart(Exception):
 class Job:
     """What every file of a run shares."""
 
-    sampler: Sampler
+    sampler: PosteriorSampler
     precision: Precision  # as decided once for the run, printed and recorded with every output
     args: SampleOptions
     out: Path
@@ -157,17 +157,17 @@ class Job:
         return {"kind": "sample", "seed": seed, **self._recipe(input_sha256)}
 
     def summary_plan(self, stem: str, input_sha256: str) -> dict[Path, dict]:
-        """The outputs of an input other than its samples (mmse, mean, std, grid, as asked), with
-        their recipes (see `sample_recipe`)."""
+        """The outputs of an input other than its samples (posterior mean, sample mean, std, grid, as
+        asked), with their recipes (see `sample_recipe`)."""
         args = self.args
         suffix = self.export.suffix
         plan = {}
-        if args.mmse:
+        if args.posterior_mean:
             plan[self.out / f"{stem}_mmse{suffix}"] = {"kind": "mmse", **self._recipe(input_sha256)}
-        if not (args.mean or args.std or args.grid):
+        if not (args.sample_mean or args.std or args.grid):
             return plan
         seeds = list(range(args.seed, args.seed + args.samples))  # at most MAX_SUMMARY_SAMPLES (the parser)
-        if args.mean:
+        if args.sample_mean:
             plan[self.out / f"{stem}_mean{suffix}"] = {"kind": "mean", "seeds": seeds, **self._recipe(input_sha256)}
         for kind in ("std", "grid"):
             if getattr(args, kind):
@@ -267,7 +267,7 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
         return 0
     common = {"input": str(path), "input_sha256": input_sha256, "checkpoint": job.sampler.source,
               "checkpoint_sha256": job.checkpoint_sha256, "model": job.model, "projected": not args.no_project,
-              "orientation_applied": jf.orientation, "tile": job.sampler.tile, "mean_flips": job.sampler.mean_flips, "device": str(job.sampler.device)}
+              "orientation_applied": jf.orientation, "tile": job.sampler.tile, "mean_flips": job.sampler.posterior_mean_flips, "device": str(job.sampler.device)}
     kinds_todo = [summaries[output]["kind"] for output in summaries_todo]
     wanted_summaries = [kind for kind in ("mean", "std", "grid") if kind in kinds_todo]
     kept_set = set(kept_seeds)
@@ -299,16 +299,16 @@ def sample_file(job: Job, path: Path, advance=lambda count=1: None, warn=lambda 
         job.write(output, export.encode(apply_orientation(written, jf.orientation), job.export, metadata), line, began)
         return pixels
 
-    mmse_output = job.out / f"{path.stem}_mmse{job.export.suffix}"
-    file_mean = None  # M(y, q), the dearest pass: run once for the mmse output and the samples
-    if mmse_output in summaries_todo:
+    posterior_mean_output = job.out / f"{path.stem}_mmse{job.export.suffix}"
+    posterior_mean = None  # M(y, q), the dearest pass: run once for its output and the samples
+    if posterior_mean_output in summaries_todo:
         began = perf_counter()
-        file_mean = job.sampler.mean_of(jf)
-        decode = job.sampler.mmse(jf, project=False, mean=file_mean)
+        posterior_mean = job.sampler.posterior_mean_of(jf)
+        decode = job.sampler.posterior_mean_decode(jf, project=False, posterior_mean=posterior_mean)
         result = None if args.no_project else projection(decode, jf)
-        write_decoded(mmse_output, summaries[mmse_output], decode if result is None else result.images, began,
-                      None if result is None else result.floats)
-    for sample in job.sampler.samples(jf, wanted, project=not args.no_project, mean=file_mean):
+        write_decoded(posterior_mean_output, summaries[posterior_mean_output],
+                      decode if result is None else result.images, began, None if result is None else result.floats)
+    for sample in job.sampler.samples(jf, wanted, project=not args.no_project, posterior_mean=posterior_mean):
         pixels = write_decoded(job.sample_output(path.stem, sample.seed), job.sample_recipe(sample.seed, input_sha256),
                                sample.image, perf_counter() - sample.seconds, sample.floats)
         if wanted_summaries:
@@ -384,12 +384,12 @@ class Moments:
 
 def _write_summaries(job: Job, path: Path, jf: JpegFile, moments: Moments, sheet: list, kinds: list[str],
                      common: dict, metadata: export.Metadata) -> list:
-    """The mean, std map and contact sheet of an input's samples (their `moments`, and for the
+    """The sample mean, std map and contact sheet of an input's samples (their `moments`, and for the
     sheet the samples themselves, uint8 [C, H, W] each), as asked. Returns [(output, Agreement)]
-    for a projected mean that is not 8-bit exact."""
+    for a projected sample mean that is not 8-bit exact."""
     began = perf_counter()
     result = None if job.args.no_project else projection(moments.mean(), jf)
-    mean = moments.mean() if result is None else result.images
+    sample_mean = moments.mean() if result is None else result.images
     spread = heat_map(moments.std())
     seeds = list(range(job.args.seed, job.args.seed + job.args.samples))
     inexact = []
@@ -399,14 +399,14 @@ def _write_summaries(job: Job, path: Path, jf: JpegFile, moments: Moments, sheet
         line = {**common, "kind": kind, "output": str(output), "seeds": seeds,
                 "icc_profile_embedded": icc is not None, "warnings": list(jf.warnings)}
         if kind == "mean":
-            levels, agreement = _levels(to_uint8(mean), None if result is None else result.floats, jf, job.export)
+            levels, agreement = _levels(to_uint8(sample_mean), None if result is None else result.floats, jf, job.export)
             if result is not None and agreement.coefficients < 1.0:
                 inexact.append((output, agreement))
             line.update(format=job.export.format, quality=job.export.quality, metadata=job.export.metadata, **levels)
-            written = result.floats if result is not None and job.export.format == "png16" else mean
+            written = result.floats if result is not None and job.export.format == "png16" else sample_mean
             data = export.encode(apply_orientation(written, jf.orientation), job.export, metadata)
         elif kind == "grid":
-            row = [jf.decode(), *map(to_unit_float, sheet), mean, spread]
+            row = [jf.decode(), *map(to_unit_float, sheet), sample_mean, spread]
             data = export.encode_png(contact_sheet([[apply_orientation(image.expand(3, -1, -1), jf.orientation)
                                               for image in row]]), icc)
         else:
@@ -443,13 +443,13 @@ def _prepare(args: SampleOptions, stack: contextlib.ExitStack) -> Job:
     try:
         device = resolve_device(args.device)
         precision = choose_precision(args.dtype, device.type)
-        sampler = Sampler.from_checkpoint(args.checkpoint, str(device), precision.name, tile=args.tile,
-                                          mean_flips=args.mean_flips)
+        sampler = PosteriorSampler.from_checkpoint(args.checkpoint, str(device), precision.name, tile=args.tile,
+                                                   posterior_mean_flips=args.posterior_mean_flips)
         weights, _ = checkpoints.resolve(sampler.source)
     except PosteriorJpegError as error:
         raise CannotStart(str(error)) from None
-    if args.mmse and sampler.mean_network is None:
-        raise CannotStart(f"--mmse: {sampler.source} has no posterior-mean network M")
+    if args.posterior_mean and sampler.posterior_mean_network is None:
+        raise CannotStart(f"--posterior-mean: {sampler.source} has no posterior-mean network M")
     if not args.quiet:
         print(f"sample: {device}, precision {precision.describe()}", file=sys.stderr)
     return Job(sampler, precision, args, out, folder, file_digest(weights),

@@ -1,4 +1,4 @@
-"""Sampler: several posterior reconstructions of a JPEG file, each exactly consistent with it.
+"""PosteriorSampler: several posterior reconstructions of a JPEG file, each exactly consistent with it.
 
 Big images run through G in overlapping tiles (memory follows the tile, not the image) that are
 blended with linear ramps and projected onto the file as a whole afterwards. The noise z is keyed
@@ -12,7 +12,7 @@ CPUs, cuDNN), so a sample computed in a batch of 2 can differ in its last bits f
 in a batch of 1, and one 8-bit rounding apart is another file; at a fixed batch shape, the place in
 the batch can matter too (a batch of 3 on an AVX-512 CPU). So
 every network call holds one sample: S gets the sample and its antithetic mirror as one batch of 2,
-M the file's `mean_flips` flips as one batch, always in the same places. A seed's sample is then the
+M the file's `posterior_mean_flips` flips as one batch, always in the same places. A seed's sample is then the
 same bits whatever n, the other seeds of the run and where a run was resumed, on a given machine,
 precision and tile size. On a CPU one image fills the cores; a GPU would want several small images
 per call, which this gives up for exactness.
@@ -86,8 +86,8 @@ def _ramp(start: int, end: int, length: int, overlap: int, device=None) -> torch
     return weights
 
 
-_FLIPS = [(), (-1,), (-2,), (-2, -1)]  # posterior_mean's flips, in the order mean_flips takes them
-DEFAULT_MEAN_FLIPS = 4
+_FLIPS = [(), (-1,), (-2,), (-2, -1)]  # posterior_mean's flips, in the order posterior_mean_flips takes them
+DEFAULT_POSTERIOR_MEAN_FLIPS = 4
 
 
 def _flip(image: torch.Tensor, dims: tuple) -> torch.Tensor:
@@ -119,14 +119,14 @@ class Sample:
     floats: torch.Tensor | None = None  # projected samples: the float result before 8-bit rounding
 
 
-class Sampler:
-    """Draws samples G(z_seed, y, q) for a JpegFile and projects them onto it.
+class PosteriorSampler:
+    """Draws posterior samples G(z_seed, y, q) for a JpegFile and projects them onto it.
 
     tile: run G on tiles of at most
     tile x tile pixels (a multiple of 16), None or 0 for the whole image at once; overlap: pixels
     shared by neighbouring tiles (a multiple of 16, at most tile / 2). dtype: autocast precision of
     the networks (reduced precision runs channels_last); projection and consistency stay in fp32 and
-    fp64. An anchored G = S(z, M(y, q), q) runs M once per file (on mean_flips flips: see
+    fp64. An anchored G = S(z, M(y, q), q) runs M once per file (on posterior_mean_flips flips: see
     `posterior_mean`) and S once per sample."""
 
     def __init__(
@@ -137,10 +137,10 @@ class Sampler:
         dtype=torch.float32,
         tile: int | None = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
-        mean_flips: int = DEFAULT_MEAN_FLIPS,
+        posterior_mean_flips: int = DEFAULT_POSTERIOR_MEAN_FLIPS,
     ):
-        if mean_flips not in (1, 2, 4):
-            raise ValueError(f"mean_flips must be 1, 2 or 4, got {mean_flips}")
+        if posterior_mean_flips not in (1, 2, 4):
+            raise ValueError(f"posterior_mean_flips must be 1, 2 or 4, got {posterior_mean_flips}")
         if overlap < 0 or overlap % PAD_MULTIPLE:
             raise ValueError(f"tile overlap must be a non-negative multiple of {PAD_MULTIPLE}, got {overlap}")
         if tile and (tile % PAD_MULTIPLE or tile < max(2 * overlap, PAD_MULTIPLE)):
@@ -152,12 +152,13 @@ class Sampler:
         self.memory_format = torch.contiguous_format if dtype == torch.float32 else torch.channels_last
         self.generator = generator.to(device=device, memory_format=self.memory_format).eval()
         self.anchored = isinstance(generator, AnchoredGenerator)
-        self.mean_network = generator.mean if self.anchored else (None if generator.config.noise else generator)
+        self.posterior_mean_network = (generator.mean if self.anchored
+                                       else None if generator.config.noise else generator)
         self.sample_network = generator.add_detail if self.anchored else generator
         self.source = source
         self.tile = tile or None
         self.overlap = overlap
-        self.mean_flips = mean_flips
+        self.posterior_mean_flips = posterior_mean_flips
         self.on_tile = None  # progress hook for images of several tiles: on_tile(network, done, total)
 
     @classmethod
@@ -168,8 +169,8 @@ class Sampler:
         dtype: str = "auto",
         tile: int | None = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
-        mean_flips: int = DEFAULT_MEAN_FLIPS,
-    ) -> "Sampler":
+        posterior_mean_flips: int = DEFAULT_POSTERIOR_MEAN_FLIPS,
+    ) -> "PosteriorSampler":
         """path: a run folder (its latest checkpoint), a checkpoint folder, a weights file, or None for
         the model bundled with the package. dtype: "auto" (see `precision.choose_precision`) or a name
         in PRECISIONS."""
@@ -183,7 +184,7 @@ class Sampler:
         chosen = resolve_device(device)
         generator, _ = checkpoints.load_generator(path, chosen)
         precision = torch_dtype(choose_precision(dtype, chosen.type).name)
-        return cls(generator, str(path), chosen, precision, tile, overlap, mean_flips)
+        return cls(generator, str(path), chosen, precision, tile, overlap, posterior_mean_flips)
 
     def sample(self, jpeg: JpegFile, n: int = 8, seed: int = 0, project: bool = True) -> torch.Tensor:
         """[n, C, H, W] in [0, 1] on the CPU (C = 1 for a grayscale file, else 3): sample i uses
@@ -193,17 +194,17 @@ class Sampler:
         return torch.stack([s.image for s in self.samples(jpeg, range(seed, seed + n), project)])
 
     @torch.no_grad()
-    def samples(self, jpeg: JpegFile, seeds, project: bool = True, mean: torch.Tensor | None = None
+    def samples(self, jpeg: JpegFile, seeds, project: bool = True, posterior_mean: torch.Tensor | None = None
                 ) -> Iterator[Sample]:
         """The samples of the given seeds (any ints, in order), each as soon as it is ready: a caller
         can write each out without holding them all, and a resumed run draws only the seeds it lacks.
-        mean: the file's `mean_of`, when the caller has it already (an anchored model's S starts
-        from it: M is the dearest pass, never run twice for one file)."""
+        posterior_mean: the file's `posterior_mean_of`, when the caller has it already (an anchored
+        model's S starts from it: M is the dearest pass, never run twice for one file)."""
         decoded = round_to_8_bits(jpeg.decode(device=self.device))
         tables = jpeg.qtable_tensor(self.device)
         y = decoded
         if self.anchored:  # S's input: M(y, q), once per file
-            y = self.posterior_mean(decoded, tables) if mean is None else mean
+            y = self.posterior_mean(decoded, tables) if posterior_mean is None else posterior_mean
         for seed in seeds:
             began = perf_counter()
             image = _file_colour(self.generate(y, tables, seed), jpeg, decoded)
@@ -215,41 +216,43 @@ class Sampler:
             yield Sample(seed, image, perf_counter() - began, floats)
 
     @torch.no_grad()
-    def mean_of(self, jpeg: JpegFile) -> torch.Tensor:
-        """M(y, q) of a file, [3, H, W] on the model's device, unclamped: what `mmse` shows and an
-        anchored model's S starts from."""
+    def posterior_mean_of(self, jpeg: JpegFile) -> torch.Tensor:
+        """M(y, q) of a file, [3, H, W] on the model's device, unclamped: what `posterior_mean_decode`
+        shows and an anchored model's S starts from."""
         return self.posterior_mean(round_to_8_bits(jpeg.decode(device=self.device)), jpeg.qtable_tensor(self.device))
 
     @torch.no_grad()
-    def mmse(self, jpeg: JpegFile, project: bool = True, mean: torch.Tensor | None = None) -> torch.Tensor:
+    def posterior_mean_decode(self, jpeg: JpegFile, project: bool = True,
+                              posterior_mean: torch.Tensor | None = None) -> torch.Tensor:
         """The posterior-mean decode M(y, q), [C, H, W] in [0, 1] on the CPU, projected by default:
-        the best-PSNR output, from an anchored model's M or a noise-free (MMSE) model. mean: the
-        file's `mean_of`, when the caller has it already."""
+        the best-PSNR output, from an anchored model's M or a noise-free model M alone.
+        posterior_mean: the file's `posterior_mean_of`, when the caller has it already."""
         decoded = round_to_8_bits(jpeg.decode(device=self.device))
-        mean = self.posterior_mean(decoded, jpeg.qtable_tensor(self.device)) if mean is None else mean
-        image = _file_colour(mean[None].clamp(0, 1), jpeg, decoded)
+        if posterior_mean is None:
+            posterior_mean = self.posterior_mean(decoded, jpeg.qtable_tensor(self.device))
+        image = _file_colour(posterior_mean[None].clamp(0, 1), jpeg, decoded)
         return (project_onto(image, jpeg)[0] if project else image[0]).cpu()
 
     @torch.no_grad()
     def posterior_mean(self, y: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-        """M(y, q) [3, H, W] on the model's device, averaged over `mean_flips` flips of the image
+        """M(y, q) [3, H, W] on the model's device, averaged over `posterior_mean_flips` flips of the image
         (none; left-right; and up-down), run as one batch. On the image padded to 16 pixels a flip
         keeps the file's block grid and tables, so each flipped run is as good an estimate as the
         first; their mean is better (README, "Measured": what the flips buy at each quality)
         and cancels the period-2 part of what M's 1/4-resolution head adds by pixel position."""
-        if self.mean_network is None:
+        if self.posterior_mean_network is None:
             raise PosteriorJpegError(
                 f"{self.source}: this model has no posterior-mean network (train one with configs/cpu_mean.yaml)"
             )
         height, width = y.shape[-2:]
         padded = F.pad(y[None], (0, -width % PAD_MULTIPLE, 0, -height % PAD_MULTIPLE), mode="replicate")[0]
-        flips = _FLIPS[: self.mean_flips]
-        outputs = self._tiled(self.mean_network, torch.stack([_flip(padded, dims) for dims in flips]), tables, None,
+        flips = _FLIPS[: self.posterior_mean_flips]
+        outputs = self._tiled(self.posterior_mean_network, torch.stack([_flip(padded, dims) for dims in flips]), tables, None,
                               "M")
         total = torch.zeros_like(padded)
         for output, dims in zip(outputs, flips):
             total += _flip(output, dims)
-        return total[:, :height, :width] / self.mean_flips
+        return total[:, :height, :width] / self.posterior_mean_flips
 
     @torch.no_grad()
     def generate(self, y: torch.Tensor, tables: torch.Tensor, seed: int) -> torch.Tensor:
@@ -292,7 +295,7 @@ class Sampler:
             out = network(images, tables.expand(count, -1, -1, -1), noise)
         return out.float()
 
-    def compile(self) -> "Sampler":
+    def compile(self) -> "PosteriorSampler":
         """torch.compile each network as its class chooses (`nn.Module.compile`; the residual
         generator compiles its trunk, the bulk of the work). The first run at each tile shape
         compiles, which takes a while."""

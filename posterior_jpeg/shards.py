@@ -187,7 +187,7 @@ class EpochOrder:
 
     Epoch e = counter // N (N images) visits every image once: the shards in an order drawn from
     (seed, e), taken `window` at a time, the images of each window in an order drawn from (seed, e,
-    window). Counters go to ranks (CounterSampler) and batches to DataLoader workers, so in every
+    window). Counters go to ranks (RankCounters) and batches to DataLoader workers, so in every
     epoch each image goes to exactly one rank and worker, and a run resumed at a checkpoint's
     counter reads what the uninterrupted run would have. While a window is read, every process reads
     within those `window` shards: the larger it is, the more images mix in a batch."""

@@ -1,6 +1,6 @@
 """The training loop: Accelerate for devices, DDP and mixed precision; three stages.
 
-stage "mmse": G learns E[x | y] with an L2 loss (the second moment's xbar, and the regression
+stage "posterior_mean": G learns E[x | y] with an L2 loss (the second moment's xbar, and the regression
 baseline). stage "posterior": G and the critic play the non-saturating GAN with R1, plus the
 consistency penalty through the differentiable codec, the first and second moment penalties and
 optionally the VGG perceptual loss, each weighted by its schedule. stage "spread": over a finished
@@ -40,7 +40,7 @@ from . import checkpoints, losses
 from .atomic import Folder
 from .config import TrainConfig, output_folder, to_yaml
 from .calibrate import fit_spread, training_photos
-from .data import QualitySampler, make_loader, open_images, synthetic_image
+from .data import QualityDistribution, make_loader, open_images, synthetic_image
 from .pixels import to_unit_float
 from .precision import ACCELERATE_NAMES, Precision, choose_precision, torch_dtype
 from .errors import CheckpointError, ConfigError, TrainingDiverged, TrainingStopped
@@ -192,7 +192,7 @@ def _start_workers(loader: torch.utils.data.DataLoader):
 
 
 # The objectives each stage minimises (losses.Term.objective), each the sum of its terms in losses.TERMS
-OBJECTIVES = {"mmse": ("mmse",), "posterior": ("critic", "generator"), "spread": ("spread",)}
+OBJECTIVES = {"posterior_mean": ("posterior_mean",), "posterior": ("critic", "generator"), "spread": ("spread",)}
 
 
 class Inputs:
@@ -265,11 +265,11 @@ def _descend(trainer: "Trainer", optimizer: torch.optim.Optimizer, terms: list[l
     return total, logged
 
 
-class MmseStage:
-    """Stage "mmse": G alone learns E[x | y] (the terms of objective "mmse": an L2 loss); no other
+class PosteriorMeanStage:
+    """Stage "posterior_mean": G alone learns E[x | y] (the terms of objective "posterior_mean": an L2 loss); no other
     model or optimizer."""
 
-    objective = "mmse"
+    objective = "posterior_mean"
 
     def prepare(self, accelerator: Accelerator) -> None:
         pass  # nothing of its own to place or wrap
@@ -294,7 +294,7 @@ class MmseStage:
             return _descend(trainer, trainer.opt_g, terms, Inputs(self.inputs(trainer, batch)))[1]
 
 
-class SpreadStage(MmseStage):
+class SpreadStage(PosteriorMeanStage):
     """Stage "spread": V alone learns the variance of each band of M's luma residual x - M
     (objective "spread": `spread.band_deviance`); M and S stay frozen, so does the sample's mean. At
     the last step the dispersions and gains that make projected samples carry that variance are
@@ -327,7 +327,7 @@ class SpreadStage(MmseStage):
 class PosteriorStage:
     """Stage "posterior": G against the critic (objectives "generator" and "critic": the non-saturating
     GAN with lazy R1, the consistency penalty, the moment penalties and the VGG perceptual loss, each
-    weighted by its schedule). `xbar` (eq. 7's frozen posterior mean: the anchor's M, or mmse_model)
+    weighted by its schedule). `xbar` (eq. 7's frozen posterior mean: posterior_mean's M, or moment_posterior_mean)
     and `vgg` exist only when a term that may run needs them."""
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator, generator: torch.nn.Module):
@@ -335,9 +335,9 @@ class PosteriorStage:
         self.critic = build(cfg.critic)
         self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=cfg.optim.critic_lr(0, cfg.steps),
                                       betas=tuple(cfg.optim.betas))
-        self.xbar = generator.mean if cfg.anchor else None
-        if cfg.mmse_model and _may_need(cfg, "xbar"):
-            self.xbar, _ = checkpoints.load_generator(cfg.mmse_model, accelerator.device)
+        self.xbar = generator.mean if cfg.posterior_mean else None
+        if cfg.moment_posterior_mean and _may_need(cfg, "xbar"):
+            self.xbar, _ = checkpoints.load_generator(cfg.moment_posterior_mean, accelerator.device)
             self.xbar.requires_grad_(False)
         self.vgg = None
         if _may_need(cfg, "vgg"):
@@ -434,7 +434,7 @@ class PosteriorStage:
 
 class Trainer:
     """Owns what both stages share (G, its EMA and optimizer, the accelerator, checkpoints and the
-    loop) and the stage (`MmseStage` or `PosteriorStage`) that owns the rest; `run()` trains to cfg.steps."""
+    loop) and the stage (`PosteriorMeanStage` or `PosteriorStage`) that owns the rest; `run()` trains to cfg.steps."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -453,18 +453,18 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels once
         set_seed(cfg.seed)
         mean = None
-        if cfg.anchor:
-            mean, _ = checkpoints.load_generator(cfg.anchor)
+        if cfg.posterior_mean:
+            mean, _ = checkpoints.load_generator(cfg.posterior_mean)
             if isinstance(mean, AnchoredGenerator):  # a finished model: its M
                 mean = mean.mean
             if mean.config.noise:
                 raise checkpoints.CheckpointError(
-                    f"{cfg.anchor}: an anchor must be a noise-free MMSE model (generator.noise: false)")
+                    f"{cfg.posterior_mean}: posterior_mean must be a noise-free model (generator.noise: false)")
         self.generator = checkpoints.assemble(dataclasses.replace(cfg.generator), mean, cfg.antithetic,
                                               None if cfg.spread is None else dataclasses.replace(cfg.spread))
         if cfg.init_from:
             weights, model = checkpoints.resolve(cfg.init_from)
-            if cfg.anchor and model.mean_generator is not None:  # warm-start S, over this run's anchor
+            if cfg.posterior_mean and model.posterior_mean is not None:  # warm-start S, over this run's M
                 checkpoints.load_weights(self.generator.detail, weights, "this run's S (init_from)", prefix="detail.")
                 if cfg.spread is not None and model.spread is not None:
                     checkpoints.load_weights(self.generator.spread, weights, "this run's V (init_from)", prefix="spread.")
@@ -479,10 +479,10 @@ class Trainer:
             self.generator.detail.requires_grad_(False)  # V learns over a finished S
         elif cfg.spread is not None:
             self.generator.spread.requires_grad_(False)  # S learns under a finished V (its gains fit that V)
-        trained = [p for p in self.generator.parameters() if p.requires_grad]  # an anchor's M stays frozen
+        trained = [p for p in self.generator.parameters() if p.requires_grad]  # the posterior mean M stays frozen
         self.opt_g = torch.optim.Adam(trained, lr=cfg.optim.lr(0, cfg.steps), betas=tuple(cfg.optim.betas))
         self.stage = {"posterior": lambda: PosteriorStage(cfg, self.accelerator, self.generator),
-                      "spread": SpreadStage, "mmse": MmseStage}[cfg.stage]()
+                      "spread": SpreadStage, "posterior_mean": PosteriorMeanStage}[cfg.stage]()
         if self.precision.channels_last:
             self.generator = self.generator.to(memory_format=torch.channels_last)
         self.generator, self.opt_g = self.accelerator.prepare(self.generator, self.opt_g)
@@ -608,7 +608,7 @@ class Trainer:
         cfg = self.cfg
         images = open_images(cfg.data.val) if cfg.data.val else self.train_images
         loader = make_loader(
-            images, cfg.data.crop, QualitySampler("uniform", cfg.val_quality, cfg.val_quality), ("4:2:0",),
+            images, cfg.data.crop, QualityDistribution("uniform", cfg.val_quality, cfg.val_quality), ("4:2:0",),
             seed=cfg.seed + 1, batch_size=cfg.val_images, length=cfg.val_images,
         )
         batch = _to_device(next(iter(loader)), self.accelerator.device)

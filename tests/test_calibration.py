@@ -17,10 +17,10 @@ from posterior_jpeg.models.spread import (SpreadConfig, SpreadNet, band_deviance
 SIZE = 256
 
 
-def _coloured(generator: torch.Generator, count: int, coarse: float) -> torch.Tensor:
+def _coloured(rng: torch.Generator, count: int, coarse: float) -> torch.Tensor:
     """[count, 1, SIZE, SIZE] unit-variance noise with `coarse` of its energy at periods over ~16 px."""
-    white = torch.randn(count, 1, SIZE, SIZE, generator=generator, dtype=torch.float64)
-    smooth = torch.randn(count, 1, SIZE // 16, SIZE // 16, generator=generator, dtype=torch.float64)
+    white = torch.randn(count, 1, SIZE, SIZE, generator=rng, dtype=torch.float64)
+    smooth = torch.randn(count, 1, SIZE // 16, SIZE // 16, generator=rng, dtype=torch.float64)
     smooth = torch.nn.functional.interpolate(smooth, scale_factor=16, mode="bicubic", align_corners=False)
     smooth = smooth / smooth.std()
     return math.sqrt(coarse) * smooth + math.sqrt(1 - coarse) * white
@@ -29,14 +29,14 @@ def _coloured(generator: torch.Generator, count: int, coarse: float) -> torch.Te
 @pytest.fixture(scope="module")
 def posterior():
     """A known Gaussian posterior around M: std by 8x8 tile over a 30x range, coarse and fine energy."""
-    generator = torch.Generator().manual_seed(0)
-    mean = 0.3 + 0.4 * torch.rand(3, SIZE, SIZE, generator=generator, dtype=torch.float64)
+    rng = torch.Generator().manual_seed(0)
+    mean = 0.3 + 0.4 * torch.rand(3, SIZE, SIZE, generator=rng, dtype=torch.float64)
     tiles = torch.exp(torch.empty(1, 1, SIZE // 8, SIZE // 8, dtype=torch.float64).uniform_(
-        math.log(0.002), math.log(0.06), generator=generator))
+        math.log(0.002), math.log(0.06), generator=rng))
     std = torch.nn.functional.interpolate(tiles, scale_factor=8, mode="nearest")[0]
 
     def draw(count: int, scale=1.0, coarse=0.4) -> torch.Tensor:
-        return mean + scale * _coloured(generator, count, coarse)[:, 0:1].expand(-1, 3, -1, -1)
+        return mean + scale * _coloured(rng, count, coarse)[:, 0:1].expand(-1, 3, -1, -1)
 
     return mean, std, draw
 
@@ -199,18 +199,18 @@ def test_the_dispersion_fit_recovers_the_scatter_of_a_known_truth():
     """Truths drawn by the model itself with log std 0.8: a fit that starts at 0 lands near 0.8."""
     from posterior_jpeg import calibrate
     from posterior_jpeg.jpeg.file import read_jpeg
-    from posterior_jpeg.sampler import Sampler
+    from posterior_jpeg.sampler import PosteriorSampler
 
     truth_model, model = _spread_model(0.8), _spread_model(0.0)
-    sampler, truth_sampler = (Sampler(m, "test", "cpu", torch.float32) for m in (model, truth_model))
+    sampler, truth_sampler = (PosteriorSampler(m, "test", "cpu", torch.float32) for m in (model, truth_model))
     rng = torch.Generator().manual_seed(2)
     cases, coarseness = {}, {}
     for quality in calibrate.FIT_QUALITIES:
         buffer = io.BytesIO()
         Image.fromarray((torch.rand(96, 96, 3, generator=rng) * 255).byte().numpy()).save(buffer, format="JPEG", quality=quality)
         jpeg = read_jpeg(buffer.getvalue())
-        mean = sampler.mean_of(jpeg)
-        truths = [s.image - mean for s in truth_sampler.samples(jpeg, range(100, 104), mean=mean)]
+        mean = sampler.posterior_mean_of(jpeg)
+        truths = [s.image - mean for s in truth_sampler.samples(jpeg, range(100, 104), posterior_mean=mean)]
         cases[quality] = [(jpeg, mean, truth) for truth in truths]
         coarseness[quality] = table_coarseness(jpeg.qtable_tensor(), 1).item()
     fitted = calibrate._fit_dispersion(model.spread, sampler, cases, coarseness)

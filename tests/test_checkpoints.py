@@ -214,7 +214,7 @@ def test_a_model_survives_a_change_of_the_training_config(good, tmp_path):
     with pytest.raises(ConfigError):
         load_config(config)  # the training config itself no longer loads
     generator, model = checkpoints.load_generator(folder)
-    assert model.generator == load_config(ROOT / "configs" / "tiny.yaml").generator and model.mean_generator is None
+    assert model.generator == load_config(ROOT / "configs" / "tiny.yaml").generator and model.posterior_mean is None
     reference = checkpoints.read_tensors(good / checkpoints.WEIGHTS)[0]
     assert all(torch.equal(v, reference[k]) for k, v in generator.state_dict().items())
 
@@ -228,17 +228,37 @@ def test_an_old_checkpoint_is_migrated_from_the_generator_section_of_its_config(
     config = folder / checkpoints.CONFIG
     config.write_text(config.read_text().replace("ema_half_life_images:", "ema_renamed_again:").replace("  r1_every: 4\n", ""))
     _, model = checkpoints.load_generator(folder)
-    assert model.generator == load_config(ROOT / "configs" / "tiny.yaml").generator and model.mean_generator is None
+    assert model.generator == load_config(ROOT / "configs" / "tiny.yaml").generator and model.posterior_mean is None
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_a_model_file_naming_m_mean_generator_loads_up_to_format_2(tmp_path, version):
+    """Formats 1 and 2 named the posterior mean M's section `mean_generator`: such a file gives the
+    same model as the bundled one (format 3, `posterior_mean`); a format 3 file written so is refused."""
+    folder = tmp_path / "old"
+    shutil.copytree(DEFAULT_MODEL, folder)
+    text = (folder / checkpoints.MODEL).read_text()
+    old = text.replace(f"format_version: {checkpoints.MODEL_FORMAT}", f"format_version: {version}")
+    (folder / checkpoints.MODEL).write_text(old.replace("\nposterior_mean:", "\nmean_generator:"))
+    if version == 3:
+        with pytest.raises(checkpoints.CheckpointError, match="mean_generator"):
+            checkpoints.model_config(folder)
+        return
+    model = checkpoints.model_config(folder)
+    assert model == checkpoints.model_config(DEFAULT_MODEL) and model.posterior_mean is not None
+    generator, _ = checkpoints.load_generator(folder)
+    reference = checkpoints.read_tensors(DEFAULT_MODEL / checkpoints.WEIGHTS)[0]
+    assert all(torch.equal(v, reference[k]) for k, v in generator.state_dict().items())
 
 
 def test_the_bundled_model_file_matches_its_training_config(tmp_path):
     """posterior_jpeg/weights/default has model.yaml (read) and config.yaml (provenance): the two
-    describe the same S (config.yaml names M's run as `anchor`; M's architecture is in model.yaml), and
+    describe the same S (config.yaml names M's run, as `anchor` then; M's architecture is in model.yaml), and
     model.yaml is what save_inference_files writes for the model it describes."""
     shutil.copy(DEFAULT_MODEL / checkpoints.CONFIG, tmp_path / checkpoints.CONFIG)
     model = checkpoints.model_config(DEFAULT_MODEL)
     assert model.generator == checkpoints.model_config(tmp_path).generator
-    assert model.mean_generator is not None and not model.mean_generator.noise
+    assert model.posterior_mean is not None and not model.posterior_mean.noise
     generator, _ = checkpoints.load_generator(DEFAULT_MODEL)
     assert (DEFAULT_MODEL / checkpoints.MODEL).read_text() == (
         checkpoints.MODEL_HEADER + to_yaml(checkpoints.model_file(generator)))

@@ -14,10 +14,10 @@ from posterior_jpeg import data as data_module
 from posterior_jpeg import read_jpeg
 from posterior_jpeg.data import (
     MAX_SHIFT,
-    CounterSampler,
+    RankCounters,
     DataError,
     JpegCropDataset,
-    QualitySampler,
+    QualityDistribution,
     collate_jpeg_batch,
     jpeg_tables,
     list_images,
@@ -108,20 +108,20 @@ def test_list_images_errors_name_the_folder(tmp_path):
 
 
 def test_skewed_qualities_favour_low_and_stay_in_range():
-    sampler = QualitySampler("skewed", low=5, high=50, power=2.0)
+    qualities = QualityDistribution("skewed", low=5, high=50, power=2.0)
     rng = np.random.default_rng(0)
-    q = np.array([sampler.sample(rng) for _ in range(5000)])
+    q = np.array([qualities.draw(rng) for _ in range(5000)])
     assert q.min() == 5 and q.max() == 50
     assert q.mean() < (5 + 50) / 2 - 5
     # median of low + (high - low) * u**2 is low + (high - low) / 4 = 16.25
     assert 14 <= np.median(q) <= 19
-    assert all(isinstance(sampler.sample(rng), int) for _ in range(3))
+    assert all(isinstance(qualities.draw(rng), int) for _ in range(3))
 
 
 def test_uniform_qualities_cover_the_range():
-    sampler = QualitySampler("uniform", low=10, high=30)
+    qualities = QualityDistribution("uniform", low=10, high=30)
     rng = np.random.default_rng(1)
-    q = [sampler.sample(rng) for _ in range(3000)]
+    q = [qualities.draw(rng) for _ in range(3000)]
     assert set(q) == set(range(10, 31))
     assert abs(np.mean(q) - 20) < 0.5
 
@@ -129,9 +129,9 @@ def test_uniform_qualities_cover_the_range():
 @pytest.mark.parametrize(
     "kwargs", [dict(low=0), dict(high=101), dict(low=40, high=30), dict(kind="gaussian"), dict(power=0.0)]
 )
-def test_quality_sampler_rejects_bad_settings(kwargs):
+def test_quality_distribution_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
-        QualitySampler(**kwargs)
+        QualityDistribution(**kwargs)
 
 
 # --- items ---------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def test_y_coefficients_and_tables_are_those_of_libjpeg(image_folder):
     """Re-encoding x with the item's quality and mode reproduces y, coefficients and tables exactly;
     the tables (known from the quality, not read back) equal the file's and Pillow's."""
     dataset = JpegCropDataset(list_images(image_folder), crop=CROP, modes=ALL_MODES, seed=0,
-                              qualities=QualitySampler("uniform", 1, 100), coefficients=True)
+                              qualities=QualityDistribution("uniform", 1, 100), coefficients=True)
     seen = set()
     for counter in range(40):
         item = dataset[counter]
@@ -323,7 +323,7 @@ def test_a_crop_saved_twice_is_the_second_save_of_a_shifted_first_save(tmp_path,
     coefficients are those of that second file."""
     source = natural_rgb(48, 48, 3)
     Image.fromarray(source).save(tmp_path / "only.png")
-    qualities = QualitySampler("uniform", 20, 23)
+    qualities = QualityDistribution("uniform", 20, 23)
     dataset = JpegCropDataset([tmp_path / "only.png"], crop=CROP, qualities=qualities, modes=ALL_MODES, seed=1,
                               flips=False, double_share=1.0, coefficients=True)
     window = CROP + MAX_SHIFT
@@ -398,7 +398,7 @@ def test_corrupt_file_is_skipped_with_one_warning(image_folder):
     bad.write_bytes(b"this is not an image at all")
     files = list_images(image_folder)
     assert bad in files
-    loader = make_loader(files, CROP, QualitySampler(), ALL_MODES, seed=0, batch_size=4, length=24)
+    loader = make_loader(files, CROP, QualityDistribution(), ALL_MODES, seed=0, batch_size=4, length=24)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         batches = list(loader)
@@ -439,30 +439,30 @@ def test_all_corrupt_files_raise_data_error(tmp_path):
         with pytest.raises(DataError, match="none of the 2"):
             JpegCropDataset(files, crop=CROP)[0]
         with pytest.raises(DataError):
-            next(iter(make_loader(files, CROP, QualitySampler(), ("4:2:0",), seed=0, batch_size=2)))
+            next(iter(make_loader(files, CROP, QualityDistribution(), ("4:2:0",), seed=0, batch_size=2)))
 
 
 # --- counters, batches, loaders ------------------------------------------------------------------
 
 
 def test_counter_sampler_sequences():
-    assert list(itertools.islice(CounterSampler(10), 4)) == [10, 11, 12, 13]
-    assert list(CounterSampler(3, rank=1, world_size=4, length=3)) == [4, 8, 12]
-    assert len(CounterSampler(0, length=5)) == 5
+    assert list(itertools.islice(RankCounters(10), 4)) == [10, 11, 12, 13]
+    assert list(RankCounters(3, rank=1, world_size=4, length=3)) == [4, 8, 12]
+    assert len(RankCounters(0, length=5)) == 5
     with pytest.raises(TypeError):
-        len(CounterSampler(0))
+        len(RankCounters(0))
     for bad in (dict(start=-1), dict(start=0, rank=2, world_size=2), dict(start=0, length=-1)):
         with pytest.raises(ValueError):
-            CounterSampler(**bad)
+            RankCounters(**bad)
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_interleave_to_the_single_process_sequence(world_size):
     start, steps, batch = 6, 4, 2
     ranks = [
-        list(CounterSampler(start, rank=r, world_size=world_size, length=steps * batch)) for r in range(world_size)
+        list(RankCounters(start, rank=r, world_size=world_size, length=steps * batch)) for r in range(world_size)
     ]
-    single = list(CounterSampler(start, length=steps * batch * world_size))
+    single = list(RankCounters(start, length=steps * batch * world_size))
     assert [c for group in zip(*ranks) for c in group] == single
     for step in range(steps):  # per step, all ranks together see one process's bigger batch
         together = sorted(c for r in ranks for c in r[step * batch : (step + 1) * batch])
@@ -496,7 +496,7 @@ def test_collate_groups_a_mixed_mode_batch():
 
 @pytest.mark.parametrize("options", [{}, dict(double_share=0.5, coefficients=True)], ids=["plain", "twice+dct"])
 def test_loader_resumes_exactly_and_shards_by_rank(options):
-    args = (None, CROP, QualitySampler(), ALL_MODES, 0)
+    args = (None, CROP, QualityDistribution(), ALL_MODES, 0)
     full = list(make_loader(*args, batch_size=4, length=12, **options))
     resumed = list(make_loader(*args, batch_size=4, start_counter=8, length=4, **options))
     assert_batches_equal(resumed[0], full[2])
@@ -505,7 +505,7 @@ def test_loader_resumes_exactly_and_shards_by_rank(options):
 
 
 def test_worker_processes_give_the_same_batches(image_folder):
-    args = (list_images(image_folder), CROP, QualitySampler(), ALL_MODES, 4)
+    args = (list_images(image_folder), CROP, QualityDistribution(), ALL_MODES, 4)
     in_process = list(make_loader(*args, batch_size=3, length=9, workers=0, double_share=0.5))
     loader = make_loader(*args, batch_size=3, length=9, workers=2, double_share=0.5)
     assert loader.persistent_workers and not loader.pin_memory

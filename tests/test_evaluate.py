@@ -36,7 +36,7 @@ from posterior_jpeg.pixels import round_to_8_bits, to_hwc_uint8
 from posterior_jpeg.pretrained import random_state
 from posterior_jpeg.metrics.registry import table_metrics
 from posterior_jpeg.report import Key, Tally, repeat_summary, summarize
-from posterior_jpeg.sampler import Sampler
+from posterior_jpeg.sampler import PosteriorSampler
 from posterior_jpeg.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +208,7 @@ def test_evaluate_end_to_end(single_process, workspace, inception):
 
     # repeat 1 recomputed by hand: one sample per image with seed i * SEED_STRIDE + 1, against the cached reference
     (cached,) = workspace["cache"].glob("*.npz")
-    sampler = Sampler.from_checkpoint(workspace["run"], device="cpu", dtype="auto")
+    sampler = PosteriorSampler.from_checkpoint(workspace["run"], device="cpu", dtype="auto")
     test_set = ev.TestSet(ev.load_eval_config(None, _eval_overrides(workspace, "x")).data, ev.Setting(10, "4:2:0"))
     features = []
     for i in range(len(test_set)):
@@ -230,7 +230,7 @@ def test_one_draw_gives_each_repeat_the_sample_of_its_seed(workspace):
     ours, projected, mean = (outputs[Key(label, m)] for m in ("ours", "ours_p", "ours_a"))
     assert (ours.repeats, ours.diversity, len(ours.images)) == (3, 2, 3) and len(projected.images) == 3
     assert (mean.repeats, mean.diversity, len(mean.images)) == (1, 0, 1)
-    sampler = Sampler.from_checkpoint(workspace["run"], device="cpu", dtype="fp32")
+    sampler = PosteriorSampler.from_checkpoint(workspace["run"], device="cpu", dtype="fp32")
     alone = torch.cat([sampler.sample(item.jpeg, n=1, seed=ev.SEED_STRIDE + r, project=False) for r in range(3)])
     assert torch.equal(round_to_8_bits(alone), ours.images)
     assert torch.equal(round_to_8_bits(alone[:2].mean(0, keepdim=True)), mean.images)
@@ -452,7 +452,7 @@ def test_evaluation_crops_are_the_measured_outputs(single_process, workspace):
         assert np.array_equal(crops[method], (image[0] * 255).round().byte().permute(1, 2, 0).numpy())
     projected = torch.from_numpy(crops["Ours-P"]).permute(2, 0, 1).float() / 255
     assert coefficient_agreement(projected, item.jpeg).coefficients == 1.0
-    sampler = Sampler.from_checkpoint(workspace["run"], device="cpu", dtype="auto")
+    sampler = PosteriorSampler.from_checkpoint(workspace["run"], device="cpu", dtype="auto")
     first = to_hwc_uint8(sampler.sample(item.jpeg, n=1, seed=ev.SEED_STRIDE, project=False)[0])
     assert np.array_equal(crops["Ours"], first)  # sample 0 of image 1, the same bits
 

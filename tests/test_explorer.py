@@ -51,7 +51,7 @@ def sampled(inputs, tmp_path_factory):
     """`sample.py ... --html` with the bundled model: 3 samples, mean and std per file."""
     out = tmp_path_factory.mktemp("explored")
     files = [str(inputs / name) for name in ("photo.jpg", "gray.jpg", "a b#1.jpg")]
-    assert main([*files, "-n", "3", "-o", str(out), "--mean", "--std", "--html", "--device", "cpu", "--quiet"]) == 0
+    assert main([*files, "-n", "3", "-o", str(out), "--sample-mean", "--std", "--html", "--device", "cpu", "--quiet"]) == 0
     return out
 
 
@@ -118,7 +118,7 @@ def test_one_out_holds_runs_of_two_folders_each_file_with_its_own_outputs(inputs
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "x.jpg").write_bytes(pillow_jpeg(natural_rgb(24, 32, seed), quality=30))
     out = tmp_path / "out"
-    common = ["-n", "1", "-o", str(out), "--mean", "--html", "--device", "cpu", "--quiet"]
+    common = ["-n", "1", "-o", str(out), "--sample-mean", "--html", "--device", "cpu", "--quiet"]
     assert main([str(tmp_path / "a" / "x.jpg"), "--seed", "0", *common]) == 0
     (mean_a,) = [p.name for p in out.glob("x_mean.png")]
     assert main([str(tmp_path / "b" / "x.jpg"), "--seed", "5", *common]) == 1  # x_mean.png is a's: refused
@@ -247,7 +247,7 @@ def png_bit_depth(path: Path) -> int:
     ("png", None, ".png", "PNG"), ("png16", None, ".png", "PNG"), ("webp", 80, ".webp", "WEBP"),
     ("jpeg", 80, ".jpg", "JPEG")])
 def test_each_format_keeps_size_and_metadata(inputs, tmp_path, fmt, quality, suffix, pil_format):
-    options = ["--format", fmt, *(["--quality", str(quality)] if quality else []), "--mean"]
+    options = ["--format", fmt, *(["--quality", str(quality)] if quality else []), "--sample-mean"]
     record = export_run(inputs, tmp_path, *options)
     written = Path(record["output"])
     assert written.name == f"photo_s0{suffix}" and (tmp_path / f"photo_mean{suffix}").is_file()
@@ -268,7 +268,7 @@ def test_each_format_keeps_size_and_metadata(inputs, tmp_path, fmt, quality, suf
 
 def test_metadata_strip_leaves_neither_exif_nor_icc(inputs, tmp_path):
     for fmt in ("png", "png16", "webp", "jpeg"):
-        record = export_run(inputs, tmp_path / fmt, "--format", fmt, "--metadata", "strip", "--mean", "--grid")
+        record = export_run(inputs, tmp_path / fmt, "--format", fmt, "--metadata", "strip", "--sample-mean", "--grid")
         written = Path(record["output"])
         for path in (written, written.with_stem("photo_mean"), written.with_name("photo_grid.png")):
             with Image.open(path) as image:

@@ -48,7 +48,7 @@ def test_the_table_decides_which_terms_each_step_computes():
     assert names(training._due(cfg, "generator", 4, absent)) == ["g_adv", "consistency", "first_moment"]
     assert names(training._due(cfg, "critic", 1)) == ["d_loss"]
     assert names(training._due(cfg, "critic", 4)) == ["d_loss", "r1"]
-    assert names(training._due(cfg, "mmse", 1)) == ["mse"]
+    assert names(training._due(cfg, "posterior_mean", 1)) == ["mse"]
     # a term with weight 0 is not computed; a watched one is, to be logged
     off = tiny("loss.r1={kind: constant, start: 0, end: 0}", "loss.adversarial={kind: constant, start: 0, end: 0}")
     assert names(training._due(off, "critic", 4)) == ["d_loss"]

@@ -11,7 +11,7 @@ import torch
 from posterior_jpeg import errors
 from posterior_jpeg.commands.sample import build_parser as build_sample_parser
 from posterior_jpeg.config import ConfigError, DataConfig, load_config
-from posterior_jpeg.data import QualitySampler
+from posterior_jpeg.data import QualityDistribution
 from posterior_jpeg.pretrained import read_state_file
 from posterior_jpeg.pixels import round_to_8_bits, to_chw_float, to_hwc_uint8, to_uint8
 from posterior_jpeg.precision import PRECISIONS, torch_dtype
@@ -63,10 +63,10 @@ def test_every_error_class_lives_in_errors_py():
 
 
 def test_the_quality_config_is_the_quality_sampler():
-    assert DataConfig.__dataclass_fields__["quality"].type is QualitySampler
+    assert DataConfig.__dataclass_fields__["quality"].type is QualityDistribution
     cfg = load_config("configs/tiny.yaml", ["data.quality.kind=uniform", "data.quality.low=20", "data.quality.high=20"])
-    assert isinstance(cfg.data.quality, QualitySampler)
-    assert cfg.data.quality.sample(np.random.default_rng(0)) == 20
+    assert isinstance(cfg.data.quality, QualityDistribution)
+    assert cfg.data.quality.draw(np.random.default_rng(0)) == 20
     with pytest.raises(ConfigError, match="data.quality.low=0: must be an integer in \\[1, 100\\]"):
         load_config("configs/tiny.yaml", ["data.quality.low=0"])
 

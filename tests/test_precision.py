@@ -11,7 +11,7 @@ from jpeg_fuzz import REALFILES
 from posterior_jpeg import precision
 from posterior_jpeg.models.generator import AnchoredGenerator, GeneratorConfig, build_generator
 from posterior_jpeg.precision import Precision, choose_precision
-from posterior_jpeg.sampler import Sampler
+from posterior_jpeg.sampler import PosteriorSampler
 
 ORIENTED = [REALFILES / "cameras" / name for name in ("orientation__landscape_2.jpg", "orientation__portrait_6.jpg")]
 needs_realfiles = pytest.mark.skipif(not all(p.is_file() for p in ORIENTED), reason=f"no real files in {REALFILES}")
@@ -67,13 +67,13 @@ def test_channels_last_and_bf16_give_the_nchw_fp32_result_within_tolerance(natur
                                              full_res_features=4))
     generator = AnchoredGenerator(mean, detail, antithetic=True)
     jf = pj.read_jpeg(pillow_jpeg(natural_rgb(96, 128), quality=30))
-    fp32 = Sampler(generator, "test", dtype=torch.float32, tile=64, overlap=16)
+    fp32 = PosteriorSampler(generator, "test", dtype=torch.float32, tile=64, overlap=16)
     assert next(fp32.generator.parameters()).is_contiguous()
     out32 = fp32.sample(jf, n=2, seed=3, project=False)
-    fp32_cl = Sampler(generator, "test", dtype=torch.float32, tile=64, overlap=16)
+    fp32_cl = PosteriorSampler(generator, "test", dtype=torch.float32, tile=64, overlap=16)
     fp32_cl.generator.to(memory_format=torch.channels_last)
     assert (fp32_cl.sample(jf, n=2, seed=3, project=False) - out32).abs().max() < 1e-5  # layout alone: fp32 rounding
-    bf16 = Sampler(generator, "test", dtype=torch.bfloat16, tile=64, overlap=16)
+    bf16 = PosteriorSampler(generator, "test", dtype=torch.bfloat16, tile=64, overlap=16)
     conv = bf16.generator.detail.conv_in.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     out16 = bf16.sample(jf, n=2, seed=3, project=False)
@@ -93,7 +93,7 @@ def test_a_seeds_sample_is_the_same_bits_whatever_the_run(path, dtype):
     if dtype == "bf16" and precision.cpu_bf16_units() is None:
         pytest.skip("emulated bf16 on this CPU: minutes for what takes seconds where it is native")
     jf = pj.read_jpeg(path)
-    sampler = Sampler.from_checkpoint(None, device="cpu", dtype=dtype, mean_flips=1)
+    sampler = PosteriorSampler.from_checkpoint(None, device="cpu", dtype=dtype, posterior_mean_flips=1)
     whole = sampler.sample(jf, n=8, seed=0, project=False)
     for n in (1, 2, 3):
         assert torch.equal(sampler.sample(jf, n=n, seed=0, project=False), whole[:n]), n

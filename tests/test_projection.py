@@ -319,7 +319,7 @@ def test_a_slowly_converging_tile_is_solved_not_given_up():
     image.crop((left, top, left + min(width, 512), top + min(height, 512))).save(
         buffer, "JPEG", quality=10, subsampling="4:2:0")
     jf = pj.read_jpeg(buffer.getvalue())
-    candidate = pj.Sampler.from_checkpoint(None).sample(jf, n=1, seed=0, project=False)
+    candidate = pj.PosteriorSampler.from_checkpoint(None).sample(jf, n=1, seed=0, project=False)
     result = projection(candidate, jf)
     assert int(result.given_up_coefficients) == 0
     assert coefficient_agreement(result.images, jf).differing_coefficients == 0

@@ -70,7 +70,7 @@ def band(jf) -> str:
 
 @pytest.fixture(scope="module")
 def sampler():
-    return pj.Sampler.from_checkpoint(None)
+    return pj.PosteriorSampler.from_checkpoint(None)
 
 
 def candidates(jf, sampler) -> dict:

@@ -23,7 +23,7 @@ from posterior_jpeg.models import registry
 from posterior_jpeg.models.generator import AnchoredGenerator, GeneratorConfig
 from posterior_jpeg.models.noise import full_resolution_noise, noise_source
 from posterior_jpeg.models.spread import SpreadConfig
-from posterior_jpeg.sampler import DEFAULT_MODEL, Sampler
+from posterior_jpeg.sampler import DEFAULT_MODEL, PosteriorSampler
 from posterior_jpeg.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,15 +82,15 @@ def tiny_run(config: Path, out_dir: Path, *overrides: str) -> Path:
 
 def test_a_new_architecture_trains_as_m_and_as_s_and_samples_through_the_sampler(toy, tmp_path, natural_rgb,
                                                                                   pillow_jpeg):
-    """The toy network as the posterior mean M (stage mmse) and as the detail network S over it
+    """The toy network as the posterior mean M (stage posterior_mean) and as the detail network S over it
     (stage posterior, antithetic): both runs' model files name it, the sample command loads the
     finished run, and its samples and M's decode are consistent with the file."""
-    mean_run = tiny_run(toy_config(tmp_path, "toy_mean", "{arch: toy, width: 8, noise: false}"), tmp_path / "mean",
-                        "stage=mmse")
+    posterior_mean_run = tiny_run(toy_config(tmp_path, "toy_mean", "{arch: toy, width: 8, noise: false}"), tmp_path / "mean",
+                        "stage=posterior_mean")
     run_dir = tiny_run(toy_config(tmp_path, "toy_detail", "{arch: toy, width: 4}", "antithetic: true"),
-                       tmp_path / "detail", f"anchor={mean_run}")
+                       tmp_path / "detail", f"posterior_mean={posterior_mean_run}")
     model = checkpoints.model_config(checkpoints.latest_checkpoint(run_dir))
-    assert model.generator == ToyConfig(width=4) and model.mean_generator == ToyConfig(noise=False)
+    assert model.generator == ToyConfig(width=4) and model.posterior_mean == ToyConfig(noise=False)
     assert "arch: toy" in (checkpoints.latest_checkpoint(run_dir) / checkpoints.MODEL).read_text()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in metrics] == [1, 2] and all(np.isfinite(r["g_total"]) for r in metrics)
@@ -105,11 +105,11 @@ def test_a_new_architecture_trains_as_m_and_as_s_and_samples_through_the_sampler
     assert all(s.shape == (3, 40, 56) for s in samples) and not torch.equal(samples[0], samples[1])
     assert all(pj.metrics.coefficient_agreement(s, jf).coefficients >= 0.9999 for s in samples)
 
-    sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32", tile=32, overlap=0)
+    sampler = PosteriorSampler.from_checkpoint(run_dir, device="cpu", dtype="fp32", tile=32, overlap=0)
     assert isinstance(sampler.generator, AnchoredGenerator) and isinstance(sampler.generator.mean, Toy)
-    assert pj.metrics.coefficient_agreement(sampler.mmse(jf)[None], jf).coefficients == 1.0
+    assert pj.metrics.coefficient_agreement(sampler.posterior_mean_decode(jf)[None], jf).coefficients == 1.0
     tiled = sampler.sample(jf, n=1, seed=3, project=False)  # position-keyed noise through the toy's own maps
-    whole = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32", tile=None).sample(jf, n=1, seed=3,
+    whole = PosteriorSampler.from_checkpoint(run_dir, device="cpu", dtype="fp32", tile=None).sample(jf, n=1, seed=3,
                                                                                           project=False)
     assert tiled.shape == whole.shape == (1, 3, 40, 56)
     assert (tiled - whole).abs()[..., 20:28, 36:52].max() < 1e-5  # away from the seams (a tile at 16, 32), the same
@@ -126,7 +126,7 @@ def test_an_architecture_that_is_not_registered_is_one_line_listing_those_that_a
         load_config(toy_config(tmp_path, "narrow", "{arch: toy, width: 0}"))
     with pytest.raises(ConfigError, match="features"):  # and only its own
         load_config(toy_config(tmp_path, "mixed", "{arch: toy, features: 16}"))
-    switched = load_config(TINY, ["generator.arch=residual", "spread.features=8", "anchor=somewhere"])
+    switched = load_config(TINY, ["generator.arch=residual", "spread.features=8", "posterior_mean=somewhere"])
     assert switched.spread == SpreadConfig(features=8)  # a section filled without `arch`: its default
 
 
@@ -159,7 +159,8 @@ def test_a_model_file_of_format_1_loads_as_the_architectures_of_its_time(tmp_pat
     shutil.copytree(DEFAULT_MODEL, folder)
     text = (folder / checkpoints.MODEL).read_text()
     old = re.sub(r"(?m)^  arch: .*\n", "", text).replace(f"format_version: {checkpoints.MODEL_FORMAT}", "format_version: 1")
-    assert "arch:" not in old and "format_version: 1\n" in old
+    old = old.replace("\nposterior_mean:", "\nmean_generator:")  # M's section, as named before format 3
+    assert "arch:" not in old and "format_version: 1\n" in old and "mean_generator:" in old
     (folder / checkpoints.MODEL).write_text(old)
     model = checkpoints.model_config(folder)
     assert model == checkpoints.model_config(DEFAULT_MODEL) and model.format_version == checkpoints.MODEL_FORMAT

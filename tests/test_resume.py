@@ -13,7 +13,7 @@ import torch
 from posterior_jpeg import checkpoints
 from posterior_jpeg.config import load_config
 from posterior_jpeg.errors import CheckpointError
-from posterior_jpeg.sampler import Sampler
+from posterior_jpeg.sampler import PosteriorSampler
 from posterior_jpeg.training import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_the_sampler_never_unpickles_either(name, copy, tmp_path):
     marker = tmp_path / "code_ran"
     plant(copy / "checkpoints" / STEP_4 / name, marker)
     with pytest.raises(CheckpointError, match=f"^{copy / 'checkpoints' / STEP_4 / name}: "):
-        Sampler.from_checkpoint(copy, device="cpu")
+        PosteriorSampler.from_checkpoint(copy, device="cpu")
     assert not marker.exists()
 
 

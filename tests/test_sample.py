@@ -1,4 +1,4 @@
-"""Sampling: the Sampler's tiling and noise, and the sample command end to end on small JPEGs."""
+"""Sampling: the PosteriorSampler's tiling and noise, and the sample command end to end on small JPEGs."""
 
 import dataclasses
 import errno
@@ -27,7 +27,7 @@ from posterior_jpeg.models.generator import AnchoredGenerator, GeneratorConfig, 
 from posterior_jpeg.commands.sample import main
 from posterior_jpeg.sample_job import apply_orientation, expand_inputs, undo_orientation
 from posterior_jpeg.models.noise import PositionalNoise, normal_from_bits
-from posterior_jpeg.sampler import Sampler, tile_spans
+from posterior_jpeg.sampler import PosteriorSampler, tile_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 RECEPTIVE_RADIUS = 80  # pixels: the tiny G's 18 convs at 1/4 resolution reach 72, plus unshuffle alignment
@@ -77,7 +77,7 @@ def leftovers(folder: Path) -> list[str]:
 def test_cli_writes_samples_mean_std_grid_and_a_manifest(checkpoint, write_jpeg, tmp_path, capsys):
     jpeg = write_jpeg("photo.jpg", 64, 96, quality=40)
     out = tmp_path / "out"
-    args = [str(jpeg), "-n", "3", "-o", str(out), "--checkpoint", str(checkpoint), "--mean", "--std", "--grid"]
+    args = [str(jpeg), "-n", "3", "-o", str(out), "--checkpoint", str(checkpoint), "--sample-mean", "--std", "--grid"]
     assert main([*args, "--quiet", "--device", "cpu"]) == 0
     assert capsys.readouterr() == ("", "")  # quiet: nothing but errors
     names = {"photo_s0.png", "photo_s1.png", "photo_s2.png", "photo_mean.png", "photo_std.png", "photo_grid.png"}
@@ -102,7 +102,7 @@ def test_cli_writes_samples_mean_std_grid_and_a_manifest(checkpoint, write_jpeg,
     assert record["input_sha256"] == hashlib.sha256(jpeg.read_bytes()).hexdigest()
     weights = checkpoint / checkpoints.WEIGHTS
     assert record["checkpoint_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert record["model"] == {"format_version": 2, "mean_generator": None, "generator": {
+    assert record["model"] == {"format_version": 3, "posterior_mean": None, "generator": {
         "arch": "residual", "trunk": "rrdb", "features": 16, "blocks": 1, "growth": 8, "table_embedding": 8, "full_res_features": 0,
         "noise": True}, "antithetic": False, "spread": None}
     assert record["projected"] is True and record["seconds"] > 0
@@ -184,7 +184,7 @@ def test_tiles_blending_and_noise_stay_on_the_model_device():
     raise (device mismatch): the sampler's work stays on the model's device until the one copy out."""
     for generator in (build_generator("tiny"), AnchoredGenerator(build_generator(
             GeneratorConfig(trunk="plain", features=8, blocks=1, noise=False)), build_generator("tiny"), True)):
-        sampler = Sampler(generator, "tiny", device="meta", tile=32, overlap=16)
+        sampler = PosteriorSampler(generator, "tiny", device="meta", tile=32, overlap=16)
         y, tables_ = torch.empty(3, 48, 64, device="meta"), torch.empty(3, 8, 8, device="meta")
         out = sampler.generate(y, tables_, 1)
         assert out.device.type == "meta" and out.shape == (1, 3, 48, 64)
@@ -198,10 +198,10 @@ def test_cuda_sampler_matches_the_cpu_and_its_samples_are_exact(checkpoint, natu
     projected samples re-encode to the file's coefficients."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     jf = pj.read_jpeg(pillow_jpeg(natural_rgb(200, 280, 5), quality=30))
-    cpu = Sampler.from_checkpoint(checkpoint, "cpu", "fp32", tile=128, overlap=32).sample(jf, 2, seed=1, project=False)
-    cuda = Sampler.from_checkpoint(checkpoint, "cuda", "fp32", tile=128, overlap=32)
+    cpu = PosteriorSampler.from_checkpoint(checkpoint, "cpu", "fp32", tile=128, overlap=32).sample(jf, 2, seed=1, project=False)
+    cuda = PosteriorSampler.from_checkpoint(checkpoint, "cuda", "fp32", tile=128, overlap=32)
     assert cuda.device.type == "cuda" and (cuda.sample(jf, 2, seed=1, project=False) - cpu).abs().max() <= 1e-4
-    bf16 = Sampler.from_checkpoint(checkpoint, "cuda", "auto", tile=128, overlap=32)
+    bf16 = PosteriorSampler.from_checkpoint(checkpoint, "cuda", "auto", tile=128, overlap=32)
     assert bf16.dtype == torch.bfloat16
     projected = bf16.sample(jf, 2, seed=1)
     assert projected.device.type == "cpu" and (projected - cpu).abs().mean() <= 4 / 255
@@ -210,8 +210,8 @@ def test_cuda_sampler_matches_the_cpu_and_its_samples_are_exact(checkpoint, natu
 
 def _tiling_error(checkpoint, jf, overlap):
     """(tiled - untiled) raw outputs, and the tile edges inside the image per axis."""
-    untiled = Sampler.from_checkpoint(checkpoint, "cpu", "fp32", tile=None)
-    tiled = Sampler.from_checkpoint(checkpoint, "cpu", "fp32", tile=192, overlap=overlap)
+    untiled = PosteriorSampler.from_checkpoint(checkpoint, "cpu", "fp32", tile=None)
+    tiled = PosteriorSampler.from_checkpoint(checkpoint, "cpu", "fp32", tile=192, overlap=overlap)
     difference = tiled.sample(jf, 2, seed=3, project=False) - untiled.sample(jf, 2, seed=3, project=False)
     edges = []
     for length in jf.size:
@@ -263,7 +263,7 @@ def test_orientation_is_applied_and_the_icc_profile_embedded(checkpoint, write_j
     assert agreement.coefficients >= 0.9999
     assert json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["orientation_applied"] == 6
     # one more sample and the mean: the kept sample is read back into stored orientation for the mean
-    more = ["-n", "2", "--mean", "--checkpoint", str(checkpoint), "--quiet"]
+    more = ["-n", "2", "--sample-mean", "--checkpoint", str(checkpoint), "--quiet"]
     assert main([str(jpeg), "-o", str(out), *more]) == 0 and main([str(jpeg), "-o", str(tmp_path / "fresh"), *more]) == 0
     assert (out / "turned_mean.png").read_bytes() == (tmp_path / "fresh" / "turned_mean.png").read_bytes()
 
@@ -422,13 +422,39 @@ def test_summaries_are_sums_kept_as_samples_come():
 
 @pytest.mark.parametrize("options, message", [
     (["--grid", "-n", "65"], "--grid: a contact sheet holds at most 64 samples, -n is 65"),
-    (["--mean", "-n", "100001"], "--mean and --std summarise at most 100000 samples, -n is 100001"),
+    (["--sample-mean", "-n", "100001"], "--sample-mean and --std summarise at most 100000 samples, -n is 100001"),
     (["--seed", str(2**64 - 1), "-n", "2"], f"--seed {2**64 - 1} -n 2: the last seed would pass 2^64 - 1"),
 ])
 def test_requests_that_cannot_fit_are_refused_before_anything_runs(options, message, tmp_path, capsys):
     assert main(["x.jpg", "-o", str(tmp_path / "out"), *options]) == 2
     assert capsys.readouterr().err == f"sample: error: {message}\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_old_option_spellings_still_work_with_one_warning_line_each(capsys):
+    """--mean, --mmse and --mean-flips (before "sample mean" and "posterior mean" had one word each)
+    set what --sample-mean, --posterior-mean and --posterior-mean-flips set, hidden from --help."""
+    from posterior_jpeg.commands.sample import build_parser, options
+
+    parser = build_parser()
+    new = options(parser.parse_args(["x.jpg", "-o", "out", "--sample-mean", "--posterior-mean",
+                                     "--posterior-mean-flips", "2"]))
+    assert capsys.readouterr().err == ""
+    old = options(parser.parse_args(["x.jpg", "-o", "out", "--mean", "--mmse", "--mean-flips", "2"]))
+    assert old == new and (old.sample_mean, old.posterior_mean, old.posterior_mean_flips) == (True, True, 2)
+    assert capsys.readouterr().err.splitlines() == [
+        f"sample.py: warning: {was} is now {now} (the old spelling still works)"
+        for was, now in (("--mean", "--sample-mean"), ("--mmse", "--posterior-mean"),
+                         ("--mean-flips", "--posterior-mean-flips"))]
+    assert "--mmse" not in parser.format_help() and "--posterior-mean-flips" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["x.jpg", "-o", "out", "--mean-flips", "3"])  # the choices of the new spelling
+
+
+def test_the_old_name_of_the_posterior_sampler_imports_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="posterior_jpeg.Sampler is now posterior_jpeg.PosteriorSampler"):
+        assert pj.Sampler is PosteriorSampler
+    assert "Sampler" not in pj.__all__ and pj.PosteriorSampler is PosteriorSampler
 
 
 def test_seeds_outside_64_bits_are_refused(capsys):
@@ -555,7 +581,7 @@ def test_bundled_default_model_gives_different_deblocked_consistent_samples():
     the decode's 8x8 grid, and exactly consistent with the file (the previous stopgap model had a
     per-pixel std of 0.0008 here)."""
     jpeg = pj.read_jpeg(ROOT / "examples" / "chelsea_q10.jpg")
-    samples = Sampler.from_checkpoint(None).sample(jpeg, n=2, seed=0)
+    samples = PosteriorSampler.from_checkpoint(None).sample(jpeg, n=2, seed=0)
     decode = (jpeg.decode() * 255).round()[None] / 255
     assert pj.metrics.per_pixel_std(samples) > 0.002
     assert pj.metrics.blockiness(samples) < 0.6 * pj.metrics.blockiness(decode)
@@ -583,7 +609,7 @@ def test_a_run_killed_mid_way_is_completed_by_the_same_command(checkpoint, write
     """SIGKILL a real run after its first outputs, plant the temporary a kill can leave, and run the
     same command again: exactly the missing outputs are made, equal to an uninterrupted run's."""
     inputs = [write_jpeg(f"in/p{i}.jpg", 64, 96, seed=i) for i in range(3)]
-    options = ["-n", "4", "--mean", "--checkpoint", str(checkpoint), "--quiet", "--device", "cpu"]
+    options = ["-n", "4", "--sample-mean", "--checkpoint", str(checkpoint), "--quiet", "--device", "cpu"]
     reference, out = tmp_path / "reference", tmp_path / "out"
     assert main([*map(str, inputs), "-o", str(reference), *options]) == 0
     expected = sorted(p.name for p in reference.glob("*.png"))
@@ -717,11 +743,11 @@ def test_grayscale_files_give_grayscale_samples_and_pngs(checkpoint, natural_rgb
     jpeg.write_bytes(pillow_jpeg(Image.fromarray(natural_rgb(64, 96, 3)).convert("L"), quality=30))
     jf = pj.read_jpeg(jpeg)
     assert jf.sampling == "gray"
-    sampler = Sampler.from_checkpoint(checkpoint, "cpu", "fp32")
+    sampler = PosteriorSampler.from_checkpoint(checkpoint, "cpu", "fp32")
     assert sampler.sample(jf, 2, seed=0).shape == sampler.sample(jf, 2, seed=0, project=False).shape == (2, 1, 64, 96)
     for flags in ([], ["--no-project"]):
         out = tmp_path / f"out{len(flags)}"
-        assert main([str(jpeg), "-n", "2", "-o", str(out), "--checkpoint", str(checkpoint), "--mean", "--std", "--grid",
+        assert main([str(jpeg), "-n", "2", "-o", str(out), "--checkpoint", str(checkpoint), "--sample-mean", "--std", "--grid",
                      "--quiet", *flags]) == 0
         modes = {p.name: Image.open(p).mode for p in out.glob("*.png")}
         assert modes == {"g_s0.png": "L", "g_s1.png": "L", "g_mean.png": "L", "g_std.png": "RGB", "g_grid.png": "RGB"}
@@ -740,7 +766,7 @@ def test_a_flat_chroma_file_keeps_the_decodes_chroma_in_every_output(checkpoint,
     jf = pj.read_jpeg(pillow_jpeg(image, quality=10))
     colour = pj.read_jpeg(pillow_jpeg(natural_rgb(64, 96, 5), quality=10))
     assert jf.flat_chroma and not colour.flat_chroma and jf.sampling == "4:2:0"
-    sampler = Sampler.from_checkpoint(checkpoint, "cpu", "fp32")
+    sampler = PosteriorSampler.from_checkpoint(checkpoint, "cpu", "fp32")
     expected = rgb_to_ycbcr(255 * jf.decode()[None])[:, 1:]
     for images in (sampler.sample(jf, 2, seed=0, project=False), sampler.sample(jf, 2, seed=0)):
         chroma = rgb_to_ycbcr(255 * images)[:, 1:]
@@ -755,19 +781,19 @@ def test_the_posterior_mean_over_flips_is_flip_equivariant_and_one_flip_is_m_alo
     """M averaged over the four flips of the (16-padded) image commutes with flipping the input; a
     single run of M does not (its 1/4-resolution head treats pixel positions differently)."""
     torch.manual_seed(0)
-    mean = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=2, table_embedding=8, noise=False))
+    m = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=2, table_embedding=8, noise=False))
     y = torch.rand(3, 48, 64)  # a multiple of 16: flipping keeps the block grid
     tables = torch.full((2, 8, 8), 20.0)
     errors = {}
     for flips in (1, 4):
-        sampler = Sampler(mean, "test", mean_flips=flips, tile=None)
+        sampler = PosteriorSampler(m, "test", posterior_mean_flips=flips, tile=None)
         errors[flips] = max((sampler.posterior_mean(y.flip(dims), tables) - sampler.posterior_mean(y, tables).flip(dims))
                             .abs().max().item() for dims in ((-1,), (-2,)))
     assert errors[4] < 1e-5 < 1e-3 < errors[1], errors
     with torch.no_grad():
-        assert torch.equal(Sampler(mean, "test", mean_flips=1, tile=None).posterior_mean(y, tables), mean(y[None], tables)[0])
+        assert torch.equal(PosteriorSampler(m, "test", posterior_mean_flips=1, tile=None).posterior_mean(y, tables), m(y[None], tables)[0])
     odd = torch.rand(3, 37, 50)  # other sizes: flipped on the padded image, cropped back
-    assert Sampler(mean, "test", tile=None).posterior_mean(odd, tables).shape == odd.shape
+    assert PosteriorSampler(m, "test", tile=None).posterior_mean(odd, tables).shape == odd.shape
 
 
 # ---------------------------------------------------------------------------------- libjpeg's warnings
@@ -780,7 +806,7 @@ def test_a_files_libjpeg_warnings_are_printed_once_with_its_name_and_recorded(ch
     real_read = sample_job.read_jpeg
     monkeypatch.setattr(sample_job, "read_jpeg", lambda path: dataclasses.replace(real_read(path), warnings=(CORRUPT,)))
     for quiet, out in ((False, tmp_path / "loud"), (True, tmp_path / "quiet")):
-        assert main([str(jpeg), "-n", "2", "-o", str(out), "--checkpoint", str(checkpoint), "--mean",
+        assert main([str(jpeg), "-n", "2", "-o", str(out), "--checkpoint", str(checkpoint), "--sample-mean",
                      *(["--quiet"] if quiet else [])]) == 0
         err = capsys.readouterr().err
         assert err.count(CORRUPT) == (0 if quiet else 1)
@@ -811,37 +837,37 @@ def anchored(tmp_path_factory):
     """An untrained anchored model (M visibly changes y) saved as a checkpoint."""
     config = load_config(ROOT / "configs" / "tiny.yaml")
     torch.manual_seed(1)
-    mean = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=1, table_embedding=8, noise=False))
+    m = build_generator(GeneratorConfig(trunk="plain", features=16, blocks=1, table_embedding=8, noise=False))
     with torch.no_grad():
-        mean.conv_out.weight.mul_(30)
+        m.conv_out.weight.mul_(30)
     folder = tmp_path_factory.mktemp("anchored")
-    checkpoints.save_inference_files(folder, AnchoredGenerator(mean, build_generator(config.generator)), config)
+    checkpoints.save_inference_files(folder, AnchoredGenerator(m, build_generator(config.generator)), config)
     return folder
 
 
-def test_mmse_writes_the_projected_posterior_mean_of_an_anchored_model(checkpoint, anchored, write_jpeg, tmp_path):
+def test_posterior_mean_writes_the_projected_posterior_mean_of_an_anchored_model(checkpoint, anchored, write_jpeg, tmp_path):
     jpeg = write_jpeg("photo.jpg")
     out = tmp_path / "out"
-    assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(anchored), "--mmse", "--quiet"]) == 0
+    assert main([str(jpeg), "-n", "1", "-o", str(out), "--checkpoint", str(anchored), "--posterior-mean", "--quiet"]) == 0
     jf = pj.read_jpeg(jpeg)
     written = read_png(out / "photo_mmse.png")
-    expected = Sampler.from_checkpoint(anchored, device="cpu", dtype="auto").mmse(jf)
+    expected = PosteriorSampler.from_checkpoint(anchored, device="cpu", dtype="auto").posterior_mean_decode(jf)
     assert torch.equal(written, (expected * 255).round() / 255)
     assert (written - jf.decode()).abs().mean() > 1e-3
     records = {r["kind"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
-    assert records["mmse"]["coefficient_agreement"] == 1.0 and records["mmse"]["model"]["mean_generator"]["noise"] is False
-    assert main([str(jpeg), "-n", "1", "-o", str(tmp_path / "o2"), "--checkpoint", str(checkpoint), "--mmse"]) == 2
+    assert records["mmse"]["coefficient_agreement"] == 1.0 and records["mmse"]["model"]["posterior_mean"]["noise"] is False
+    assert main([str(jpeg), "-n", "1", "-o", str(tmp_path / "o2"), "--checkpoint", str(checkpoint), "--posterior-mean"]) == 2
 
 
-def test_m_runs_once_per_file_for_the_mmse_output_and_the_samples(anchored, write_jpeg, tmp_path, monkeypatch):
-    """--mmse and samples share one pass of M (the dearest network), and the samples are those of a run
-    without --mmse, bit for bit."""
+def test_m_runs_once_per_file_for_the_posterior_mean_output_and_the_samples(anchored, write_jpeg, tmp_path, monkeypatch):
+    """--posterior-mean and samples share one pass of M (the dearest network), and the samples are those
+    of a run without --posterior-mean, bit for bit."""
     jpeg = write_jpeg("photo.jpg")
     calls = []
-    original = Sampler.posterior_mean
-    monkeypatch.setattr(Sampler, "posterior_mean", lambda self, *args: calls.append(1) or original(self, *args))
+    original = PosteriorSampler.posterior_mean
+    monkeypatch.setattr(PosteriorSampler, "posterior_mean", lambda self, *args: calls.append(1) or original(self, *args))
     options = ["-n", "2", "--checkpoint", str(anchored), "--quiet"]
-    assert main([str(jpeg), "-o", str(tmp_path / "both"), "--mmse", *options]) == 0 and len(calls) == 1
+    assert main([str(jpeg), "-o", str(tmp_path / "both"), "--posterior-mean", *options]) == 0 and len(calls) == 1
     assert main([str(jpeg), "-o", str(tmp_path / "samples"), *options]) == 0 and len(calls) == 2
     for name in ("photo_s0.png", "photo_s1.png"):
         assert (tmp_path / "both" / name).read_bytes() == (tmp_path / "samples" / name).read_bytes()
@@ -874,7 +900,7 @@ def test_levels_are_recorded_and_a_file_not_8_bit_exact_is_reported(checkpoint, 
     (Quality 100, all steps 1: no encoder but libjpeg's own rounding reaches every block.)"""
     exact = write_jpeg("in/exact.jpg", 64, 96, seed=1, quality=50)
     hard = write_jpeg("in/hard.jpg", 64, 96, seed=2, quality=100, subsampling="4:4:4")
-    options = ["-n", "2", "--mean", "--checkpoint", str(checkpoint), "--device", "cpu"]
+    options = ["-n", "2", "--sample-mean", "--checkpoint", str(checkpoint), "--device", "cpu"]
     out = tmp_path / "out"
     assert main([str(exact), str(hard), "-o", str(out), *options]) == 0
     records = {Path(r["output"]).name: r for r in manifest_records(out)}
@@ -917,7 +943,7 @@ def test_device_cuda_without_cuda_is_one_line_before_any_model_or_folder(monkeyp
     """Issue 24, item 9: --device cuda on a machine without CUDA answers with one line, exit 2, before
     the model is read and before OUT is made (after torch loads: only torch knows whether CUDA works)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(Sampler, "from_checkpoint", lambda *_, **__: pytest.fail("the model was read"))
+    monkeypatch.setattr(PosteriorSampler, "from_checkpoint", lambda *_, **__: pytest.fail("the model was read"))
     (tmp_path / "x.jpg").write_bytes(b"not read")
     assert main([str(tmp_path / "x.jpg"), "-o", str(tmp_path / "out"), "--device", "cuda"]) == 2
     assert capsys.readouterr().err == "sample: --device cuda: CUDA is not available here (use --device cpu)\n"

@@ -16,7 +16,7 @@ from jpeg_fuzz import REALFILES
 from posterior_jpeg import checkpoints
 from posterior_jpeg.commands import main
 from posterior_jpeg.config import ConfigError, load_config
-from posterior_jpeg.data import JpegCropDataset, QualitySampler, list_images, make_loader, open_images, read_image, read_rgb
+from posterior_jpeg.data import JpegCropDataset, QualityDistribution, list_images, make_loader, open_images, read_image, read_rgb
 from posterior_jpeg.errors import DataError
 from posterior_jpeg.packing import files_of_list, pack
 from posterior_jpeg.shards import EpochOrder, Shards, expand_pattern, open_shards, pattern_error
@@ -53,7 +53,7 @@ def images_of(batch: dict) -> list[int]:
 
 
 def load(shards, **options) -> list[dict]:
-    return list(make_loader(shards, CROP, QualitySampler(), ("4:2:0",), seed=3, **options))
+    return list(make_loader(shards, CROP, QualityDistribution(), ("4:2:0",), seed=3, **options))
 
 
 # --- packing and reading back --------------------------------------------------------------------
@@ -174,7 +174,7 @@ def test_training_on_shards_resumes_exactly(colours, tmp_path, monkeypatch):
 
     def config(name):
         return load_config(ROOT / "configs" / "tiny.yaml", [
-            f"out_dir={tmp_path / name}", "progress=false", "device=cpu", "stage=mmse", "steps=8",
+            f"out_dir={tmp_path / name}", "progress=false", "device=cpu", "stage=posterior_mean", "steps=8",
             "checkpoint_every=3", "val_every=1000", f"data.train={tmp_path / 'shards'}", "data.shard_window=2"])
 
     straight = train(config("straight"))

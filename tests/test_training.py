@@ -24,9 +24,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from posterior_jpeg import checkpoints, losses, training
 from posterior_jpeg import data as data_module
 from posterior_jpeg.config import ConfigError, load_config
-from posterior_jpeg.data import JpegCropDataset, QualitySampler, collate_jpeg_batch, make_loader
+from posterior_jpeg.data import JpegCropDataset, QualityDistribution, collate_jpeg_batch, make_loader
 from posterior_jpeg.jpeg import codec
-from posterior_jpeg.training import STOP_SIGNALS, TRACKER_PROJECT, MmseStage, Trainer, _to_device, train
+from posterior_jpeg.training import STOP_SIGNALS, TRACKER_PROJECT, PosteriorMeanStage, Trainer, _to_device, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -48,7 +48,7 @@ def test_every_shipped_training_config_loads(path):
     except ConfigError as error:  # the paper recipes name no folder: the user gives theirs
         assert "missing mandatory value: train" in str(error)
         cfg = load_config(path, ["data.train=photos"])
-    assert cfg.steps > 0 and cfg.stage in ("mmse", "posterior", "spread")
+    assert cfg.steps > 0 and cfg.stage in ("posterior_mean", "posterior", "spread")
 
 
 def test_the_multi_node_accelerate_config_is_one_accelerate_reads():
@@ -225,7 +225,7 @@ def test_tiny_run_gives_finite_losses_a_grid_and_a_loadable_checkpoint(tmp_path)
 
 def test_the_tracker_is_chosen_by_log_with(tmp_path, monkeypatch):
     """none: metrics.jsonl alone; a tracker whose package is missing is refused, not silently dropped."""
-    run_dir = train(tiny(tmp_path / "quiet", "stage=mmse", "steps=2", "log_every=1", "log_with=none"))
+    run_dir = train(tiny(tmp_path / "quiet", "stage=posterior_mean", "steps=2", "log_every=1", "log_with=none"))
     assert (run_dir / "metrics.jsonl").is_file() and not (run_dir / "logs").exists()
     monkeypatch.setattr(training, "get_available_trackers", lambda: [])
     with pytest.raises(ConfigError, match="log_with=wandb: its package is not installed here"):
@@ -236,13 +236,13 @@ def test_the_tracker_is_chosen_by_log_with(tmp_path, monkeypatch):
 
 def test_mmse_stage_runs(tmp_path):
     """The MMSE stage holds G alone: no critic, no critic optimizer, in the trainer or its checkpoints."""
-    run_dir = train(tiny(tmp_path / "mmse", "stage=mmse", "steps=4", "log_every=2"))
+    run_dir = train(tiny(tmp_path / "mmse", "stage=posterior_mean", "steps=4", "log_every=2"))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert set(records[0]) >= {"mse", "lr"} and records[-1]["mse"] > 0
     files = {p.name for p in checkpoints.latest_checkpoint(run_dir).iterdir()}
     assert "generator.safetensors" in files and not {"critic.safetensors", "optimizer_critic.safetensors"} & files
-    resumed = Trainer(tiny(tmp_path / "mmse", "stage=mmse", "steps=6"))
-    assert resumed.step == 4 and isinstance(resumed.stage, MmseStage)
+    resumed = Trainer(tiny(tmp_path / "mmse", "stage=posterior_mean", "steps=6"))
+    assert resumed.step == 4 and isinstance(resumed.stage, PosteriorMeanStage)
     assert set(resumed._models()) == {"generator"} and set(resumed._optimizers()) == {"optimizer_generator"}
 
 
@@ -269,7 +269,7 @@ def test_batches_reach_the_losses_as_floats_in_every_mode():
     (4:2:2 included) the codec re-encodes x to the file's coefficients exactly, so the clean crop
     has zero dead-zone consistency loss in a mixed-mode batch, and a perturbed one does not."""
     modes = ("4:4:4", "4:2:2", "4:2:0")
-    dataset = JpegCropDataset(None, crop=32, qualities=QualitySampler("skewed", 5, 95, 1.5), modes=modes, seed=3,
+    dataset = JpegCropDataset(None, crop=32, qualities=QualityDistribution("skewed", 5, 95, 1.5), modes=modes, seed=3,
                               coefficients=True)
     raw = collate_jpeg_batch([dataset[counter] for counter in range(12)])
     batch = _to_device(raw, "cpu")
@@ -293,7 +293,7 @@ def test_batches_reach_the_losses_as_floats_in_every_mode():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_pinned_batches_reach_the_gpu_as_floats():
-    loader = make_loader(None, 32, QualitySampler(), ("4:2:0", "4:2:2"), seed=0, batch_size=4, length=4,
+    loader = make_loader(None, 32, QualityDistribution(), ("4:2:0", "4:2:2"), seed=0, batch_size=4, length=4,
                          coefficients=True, pin_memory=True)
     batch = next(iter(loader))
     assert batch["x"].is_pinned() and batch["coefficients"]["4:2:0"][0].is_pinned()
@@ -534,43 +534,43 @@ def test_sigterm_to_a_slurm_job_stops_both_ranks_after_one_step_requeues_and_the
 def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean(tmp_path):
     import posterior_jpeg as pj
     from posterior_jpeg.models.generator import AnchoredGenerator, build_generator
-    from posterior_jpeg.sampler import Sampler
+    from posterior_jpeg.sampler import PosteriorSampler
 
-    mean_run = train(tiny(tmp_path / "mean", "stage=mmse", "steps=4", "generator.noise=false",
+    posterior_mean_run = train(tiny(tmp_path / "mean", "stage=posterior_mean", "steps=4", "generator.noise=false",
                           "generator.trunk=plain", "checkpoint_every=4", "val_every=4"))
-    with pytest.raises(ConfigError, match="anchor"):
-        tiny(tmp_path / "both", f"anchor={mean_run}", f"mmse_model={mean_run}")
-    with pytest.raises(ConfigError, match="antithetic needs an anchor"):
+    with pytest.raises(ConfigError, match="posterior_mean and moment_posterior_mean are both set"):
+        tiny(tmp_path / "both", f"posterior_mean={posterior_mean_run}", f"moment_posterior_mean={posterior_mean_run}")
+    with pytest.raises(ConfigError, match="antithetic needs posterior_mean"):
         tiny(tmp_path / "lone", "antithetic=true")
-    run_dir = train(tiny(tmp_path / "anchored", f"anchor={mean_run}", "steps=4", "checkpoint_every=4", "antithetic=true",
+    run_dir = train(tiny(tmp_path / "anchored", f"posterior_mean={posterior_mean_run}", "steps=4", "checkpoint_every=4", "antithetic=true",
                          "val_every=4", "loss.second_moment.start=1", "loss.second_moment.end=1", "loss.moments_every=2"))
-    mean_weights = load_file(str(checkpoints.latest_checkpoint(mean_run) / checkpoints.WEIGHTS))
+    posterior_mean_weights = load_file(str(checkpoints.latest_checkpoint(posterior_mean_run) / checkpoints.WEIGHTS))
     anchored_weights = load_file(str(checkpoints.latest_checkpoint(run_dir) / checkpoints.WEIGHTS))
-    for key, value in mean_weights.items():  # M is frozen inside G
+    for key, value in posterior_mean_weights.items():  # M is frozen inside G
         assert torch.equal(anchored_weights[f"mean.{key}"], value)
     assert any(k.startswith("detail.") for k in anchored_weights)
     # moment steps are the even-numbered ones (0, 2), the log step 4 runs step 3: eq. 7 is still logged
     assert "second_moment" in json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
 
-    sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32", mean_flips=1)  # M once, unflipped
+    sampler = PosteriorSampler.from_checkpoint(run_dir, device="cpu", dtype="fp32", posterior_mean_flips=1)  # M once, unflipped
     assert isinstance(sampler.generator, AnchoredGenerator) and sampler.generator.antithetic
     jf = pj.read_jpeg(ROOT / "examples" / "chelsea_q10.jpg")
     y = (jf.decode() * 255).round() / 255
-    mean = sampler.mmse(jf, project=False)
+    mean = sampler.posterior_mean_decode(jf, project=False)
     expected = sampler.generator.mean(y[None], jf.qtable_tensor())[0].clamp(0, 1)
     assert torch.allclose(mean, expected, atol=1e-5)
-    assert pj.metrics.coefficient_agreement(sampler.mmse(jf)[None], jf).coefficients == 1.0
+    assert pj.metrics.coefficient_agreement(sampler.posterior_mean_decode(jf)[None], jf).coefficients == 1.0
     samples = sampler.sample(jf, n=2, seed=0, project=False)
     assert not torch.equal(samples[0], samples[1])
-    other_mean = train(tiny(tmp_path / "mean2", "stage=mmse", "steps=4", "generator.noise=false", "seed=1",
+    other_posterior_mean = train(tiny(tmp_path / "mean2", "stage=posterior_mean", "steps=4", "generator.noise=false", "seed=1",
                             "generator.trunk=plain", "checkpoint_every=4", "val_every=4"))
-    warm = Trainer(tiny(tmp_path / "warm", f"anchor={other_mean}", f"init_from={run_dir}"))
-    other_weights = load_file(str(checkpoints.latest_checkpoint(other_mean) / checkpoints.WEIGHTS))
+    warm = Trainer(tiny(tmp_path / "warm", f"posterior_mean={other_posterior_mean}", f"init_from={run_dir}"))
+    other_weights = load_file(str(checkpoints.latest_checkpoint(other_posterior_mean) / checkpoints.WEIGHTS))
     for key, value in warm.ema.state_dict().items():  # S continues, over the new anchor
         source = other_weights[key[len("mean."):]] if key.startswith("mean.") else anchored_weights[key]
         assert torch.equal(value, source), key
     with pytest.raises(pj.PosteriorJpegError, match="posterior-mean"):
-        Sampler(build_generator("tiny"), "tiny").mmse(jf)  # a one-network G with noise has no M
+        PosteriorSampler(build_generator("tiny"), "tiny").posterior_mean_decode(jf)  # a one-network G with noise has no M
 
     folder = checkpoints.latest_checkpoint(run_dir)  # as anchored runs wrote it before model.yaml
     (folder / checkpoints.MODEL).unlink()
@@ -578,7 +578,7 @@ def test_anchored_run_trains_only_the_detail_network_and_samples_around_its_mean
     config.write_text(config.read_text() + "mean_generator: {trunk: plain, features: 16, blocks: 1, growth: 8, "
                       "table_embedding: 8, noise: false}\n")
     migrated, model = checkpoints.load_generator(folder)
-    assert isinstance(migrated, AnchoredGenerator) and not model.mean_generator.noise and migrated.antithetic
+    assert isinstance(migrated, AnchoredGenerator) and not model.posterior_mean.noise and migrated.antithetic
     assert all(torch.equal(v, anchored_weights[k]) for k, v in migrated.state_dict().items())
 
 
@@ -587,7 +587,7 @@ def test_settings_that_cannot_work_are_refused_at_config_time(tmp_path):
     with pytest.raises(ConfigError, match="fp16 with R1"):
         tiny(tmp_path, "mixed_precision=fp16")
     tiny(tmp_path, "mixed_precision=fp16", "loss.r1={kind: constant, start: 0.0, end: 0.0}")  # no R1: allowed
-    tiny(tmp_path, "mixed_precision=fp16", "stage=mmse")
+    tiny(tmp_path, "mixed_precision=fp16", "stage=posterior_mean")
     with pytest.raises(ConfigError, match="device='cuda:1': must be one of auto, cpu"):
         tiny(tmp_path, "device=cuda:1")
 
@@ -610,6 +610,27 @@ def test_ema_half_life_is_counted_in_images_and_the_old_key_says_what_to_write(t
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(tmp_path / "old.yaml"), "--print-config"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "ema_half_life_images" in result.stderr
+
+
+def test_old_spellings_of_renamed_keys_still_load_with_a_warning(tmp_path):
+    """`anchor`, `mmse_model` and `stage: mmse` (the posterior mean M's old names) load as
+    posterior_mean, moment_posterior_mean and stage posterior_mean, each with a RenamedWarning that
+    names the new spelling; old and new spelling of one key together are refused."""
+    from posterior_jpeg.errors import RenamedWarning
+
+    (tmp_path / "old.yaml").write_text("stage: mmse\nanchor: runs/m\ndata: {train: synthetic}\n")
+    with pytest.warns(RenamedWarning) as caught:
+        cfg = load_config(tmp_path / "old.yaml", ["stage=posterior", "antithetic=true"])
+    assert (cfg.stage, cfg.posterior_mean) == ("posterior", "runs/m")
+    assert sorted(str(w.message) for w in caught) == [
+        f"{tmp_path / 'old.yaml'}: anchor is now posterior_mean (the old spelling still works)",
+        f"{tmp_path / 'old.yaml'}: stage: mmse is now stage: posterior_mean (the old spelling still works)"]
+    with pytest.warns(RenamedWarning) as caught:
+        cfg = tiny(tmp_path, "stage=mmse", "mmse_model=runs/m")
+    assert len(caught) == 2 and "command line: mmse_model is now moment_posterior_mean" in str(caught[0].message)
+    assert (cfg.stage, cfg.moment_posterior_mean) == ("posterior_mean", "runs/m")
+    with pytest.raises(ConfigError, match="anchor and posterior_mean are both set"):
+        tiny(tmp_path, "anchor=runs/m", "posterior_mean=runs/m")
 
 
 def test_ema_follows_its_decay():
@@ -648,29 +669,29 @@ def test_auto_precision_follows_the_cpu_and_the_run_records_what_ran(units, tmp_
 
 def test_spread_stage_trains_only_v_over_a_finished_model(tmp_path):
     import posterior_jpeg as pj
-    from posterior_jpeg.sampler import Sampler
+    from posterior_jpeg.sampler import PosteriorSampler
 
-    mean_run = train(tiny(tmp_path / "mean", "stage=mmse", "steps=2", "generator.noise=false",
+    posterior_mean_run = train(tiny(tmp_path / "mean", "stage=posterior_mean", "steps=2", "generator.noise=false",
                           "generator.trunk=plain", "checkpoint_every=2", "val_every=2"))
-    model_run = train(tiny(tmp_path / "model", f"anchor={mean_run}", "steps=2", "checkpoint_every=2",
+    model_run = train(tiny(tmp_path / "model", f"posterior_mean={posterior_mean_run}", "steps=2", "checkpoint_every=2",
                            "antithetic=true", "val_every=2"))
     spread = ("spread.features=8", "spread.blocks=1", "spread.table_embedding=8")
     with pytest.raises(ConfigError, match="stage spread"):
-        tiny(tmp_path / "lone", "stage=spread", f"anchor={mean_run}", *spread)
-    run_dir = train(tiny(tmp_path / "spread", "stage=spread", f"anchor={model_run}", f"init_from={model_run}",
+        tiny(tmp_path / "lone", "stage=spread", f"posterior_mean={posterior_mean_run}", *spread)
+    run_dir = train(tiny(tmp_path / "spread", "stage=spread", f"posterior_mean={model_run}", f"init_from={model_run}",
                          "antithetic=true", "steps=6", "log_every=2", "checkpoint_every=6", "val_every=6", *spread))
     before = load_file(str(checkpoints.latest_checkpoint(model_run) / checkpoints.WEIGHTS))
     after = load_file(str(checkpoints.latest_checkpoint(run_dir) / checkpoints.WEIGHTS))
     for key, value in before.items():  # M and S are frozen
         assert torch.equal(after[key], value), key
-    initial = Trainer(tiny(tmp_path / "fresh", "stage=spread", f"anchor={model_run}", f"init_from={model_run}",
+    initial = Trainer(tiny(tmp_path / "fresh", "stage=spread", f"posterior_mean={model_run}", f"init_from={model_run}",
                            "antithetic=true", *spread)).ema.state_dict()
     changed = [k for k in after if k.startswith("spread.") and not torch.equal(after[k], initial[k])]
     assert changed  # V learned
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["deviance"]) for r in records)
 
-    s_run = train(tiny(tmp_path / "s_under_v", f"anchor={run_dir}", f"init_from={run_dir}", "antithetic=true",
+    s_run = train(tiny(tmp_path / "s_under_v", f"posterior_mean={run_dir}", f"init_from={run_dir}", "antithetic=true",
                        "steps=2", "checkpoint_every=2", "val_every=2", *spread))  # S trains, V stays
     s_weights = load_file(str(checkpoints.latest_checkpoint(s_run) / checkpoints.WEIGHTS))
     assert all(torch.equal(s_weights[k], after[k]) for k in after if k.startswith("spread."))
@@ -678,7 +699,7 @@ def test_spread_stage_trains_only_v_over_a_finished_model(tmp_path):
     spread = checkpoints.model_config(checkpoints.latest_checkpoint(run_dir)).spread
     assert checkpoints.model_config(checkpoints.latest_checkpoint(s_run)).spread == spread  # V's gains go with V
     assert spread.gain_intercept != [0.0] * 3 and spread.gain_slope != [0.0] * 3  # fitted at the last step
-    sampler = Sampler.from_checkpoint(run_dir, device="cpu", dtype="fp32")
+    sampler = PosteriorSampler.from_checkpoint(run_dir, device="cpu", dtype="fp32")
     assert sampler.generator.spread.config == spread
     jf = pj.read_jpeg(ROOT / "examples" / "chelsea_q10.jpg")
     samples = sampler.sample(jf, n=2, seed=0)

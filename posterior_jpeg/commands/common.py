@@ -1,8 +1,9 @@
 """The arguments every config-driven command takes (train, eval, sweep): --config FILE,
---print-config and key=value overrides."""
+--print-config and key=value overrides; and the old spellings of renamed options."""
 
 import argparse
 import importlib
+import sys
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, example: str) -> None:
@@ -35,3 +36,17 @@ def job_command(name: str, description: str, example: str, job: str):
         return configure_config_command(parser, description, example, run)
 
     return configure
+
+
+class Renamed(argparse.Action):
+    """An option's former spelling, still accepted: it sets the new option's destination (a flag
+    when nargs=0), is hidden from --help, and prints one warning line on stderr naming `new`."""
+
+    def __init__(self, option_strings, dest, new: str, nargs=None, **kwargs):
+        super().__init__(option_strings, dest, nargs=nargs, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: warning: {option_string} is now {self.new} (the old spelling still works)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)

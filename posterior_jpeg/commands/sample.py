@@ -1,4 +1,4 @@
-"""`sample`: decode JPEG files into posterior samples, their mean and an uncertainty map (also
+"""`sample`: decode JPEG files into posterior samples, their sample mean and an uncertainty map (also
 `python sample.py`). The parser builds a `SampleOptions` for the sampling job."""
 
 import argparse
@@ -9,6 +9,7 @@ import sys
 from ..options import DEFAULT_QUALITY, FORMATS, MAX_GRID_SAMPLES, MAX_SUMMARY_SAMPLES, SEED_LIMIT, SampleOptions
 from ..precision import PRECISIONS
 from ..tiling import DEFAULT_OVERLAP, DEFAULT_TILE, PAD_MULTIPLE
+from .common import Renamed
 
 NAME = "sample"
 HELP = "decode JPEG files into posterior samples (PNGs)"
@@ -21,8 +22,8 @@ coefficients.
 
 Outputs, in OUT:
   <stem>_s<seed>.png   one 8-bit PNG per sample
-  <stem>_mean.png      --mean: the sample mean (projected too, unless --no-project)
-  <stem>_mmse.png      --mmse: the posterior-mean decode M(y, q), the best-PSNR output (projected
+  <stem>_mean.png      --sample-mean: the mean of the samples (projected too, unless --no-project)
+  <stem>_mmse.png      --posterior-mean: the posterior-mean decode M(y, q), the best-PSNR output (projected
                        too, unless --no-project), from models that have M (the bundled one does)
   <stem>_std.png       --std: per-pixel standard deviation across samples, black (0) -> red ->
                        yellow -> white (>= 0.1, i.e. 25 gray levels)
@@ -56,7 +57,7 @@ before comparing a PNG with the file's coefficients; the manifest's figures are 
 Big images go through the generator in tiles of --tile pixels that overlap and are blended, then
 each sample is projected as a whole: memory follows the tile size, not the image. Nor does it
 follow -n: samples are drawn, written and released one by one, and the mean and std map are kept as
-running sums; a contact sheet (--grid) holds at most 64 samples and --mean / --std summarise at
+running sums; a contact sheet (--grid) holds at most 64 samples and --sample-mean / --std summarise at
 most 100000 (refused up front beyond), and SEED + N - 1 must stay below 2^64. A seed gives the
 same file whatever -n and wherever a run was resumed (on one machine, precision and --tile); another
 --tile changes it only near tile seams.
@@ -89,9 +90,9 @@ or OUT are unusable (another run holds it), 130 interrupted.
 
 EPILOG = """\
 examples:
-  python sample.py photo.jpg -n 4 -o out --checkpoint runs/demo --mean --std
+  python sample.py photo.jpg -n 4 -o out --checkpoint runs/demo --sample-mean --std
       four samples of photo.jpg with the latest checkpoint of the run folder runs/demo, plus the
-      mean and the std map
+      sample mean and the std map
   python sample.py photos/ --recursive -n 8 -o out --checkpoint model/generator_ema.safetensors --grid
       every .jpg/.jpeg under photos/, eight samples each and a contact sheet per file
   python sample.py 'scans/*.jpg' -n 2 --seed 100 -o out --checkpoint runs/demo --quiet
@@ -150,8 +151,8 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="run folder, checkpoint folder or weights file (default: the bundled model)")
     parser.add_argument("--no-project", action="store_true",
                         help="keep the generator's raw outputs (not exactly consistent with the file)")
-    parser.add_argument("--mean", action="store_true", help="also write <stem>_mean.png")
-    parser.add_argument("--mmse", action="store_true",
+    parser.add_argument("--sample-mean", action="store_true", help="also write <stem>_mean.png, the mean of the samples")
+    parser.add_argument("--posterior-mean", action="store_true",
                         help="also write <stem>_mmse.png: the posterior-mean decode M (the best-PSNR output, "
                              "projected unless --no-project); needs a model with M, like the bundled one")
     parser.add_argument("--std", action="store_true", help="also write <stem>_std.png, the uncertainty map")
@@ -164,10 +165,14 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "natively, AMX or AVX512-BF16 or Arm BF16; fp32 on other CPUs, where bf16 is slower)")
     parser.add_argument("--tile", type=_tile, default=DEFAULT_TILE,
                         help=f"tile size in pixels, a multiple of 16; 0 runs whole images (default {DEFAULT_TILE})")
-    parser.add_argument("--mean-flips", type=int, choices=(1, 2, 4), default=4,
+    parser.add_argument("--posterior-mean-flips", type=int, choices=(1, 2, 4), default=4,
                         help="runs of the posterior-mean network M per file, on the image and its flips, averaged "
                              "(default 4: the best decode at every quality; 1 runs M once, the fast setting; "
                              "README: Measured)")
+    parser.add_argument("--mean", action=Renamed, new="--sample-mean", dest="sample_mean", nargs=0)
+    parser.add_argument("--mmse", action=Renamed, new="--posterior-mean", dest="posterior_mean", nargs=0)
+    parser.add_argument("--mean-flips", action=Renamed, new="--posterior-mean-flips", dest="posterior_mean_flips",
+                        type=int, choices=(1, 2, 4))
     parser.add_argument("--recursive", action="store_true",
                         help="descend into sub-folders of folder INPUTs ('**' in globs), never through links to folders")
     parser.add_argument("--overwrite", action="store_true",
@@ -218,8 +223,8 @@ def combination_error(args: argparse.Namespace) -> str | None:
         return f"--seed {args.seed} -n {args.samples}: the last seed would pass 2^64 - 1"
     if args.grid and args.samples > MAX_GRID_SAMPLES:
         return f"--grid: a contact sheet holds at most {MAX_GRID_SAMPLES} samples, -n is {args.samples}"
-    if (args.mean or args.std) and args.samples > MAX_SUMMARY_SAMPLES:
-        return f"--mean and --std summarise at most {MAX_SUMMARY_SAMPLES} samples, -n is {args.samples}"
+    if (args.sample_mean or args.std) and args.samples > MAX_SUMMARY_SAMPLES:
+        return f"--sample-mean and --std summarise at most {MAX_SUMMARY_SAMPLES} samples, -n is {args.samples}"
     return None
 
 

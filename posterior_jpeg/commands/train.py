@@ -5,7 +5,7 @@ import argparse
 from .common import configure_config_command
 
 NAME = "train"
-HELP = "train a model: the posterior mean M (stage mmse), G or S with the GAN and its penalties (posterior), or the spread network V (spread)"
+HELP = "train a model: the posterior mean M (stage posterior_mean), G or S with the GAN and its penalties (posterior), or the spread network V (spread)"
 DESCRIPTION = """\
 Train posterior-jpeg models.
 

@@ -293,11 +293,11 @@ class AnchoredGenerator(nn.Module):
     whatever z is (a fixed pattern such as a 4-pixel hatch from the 1/4-resolution head) cancels.
     Costs two passes of S per sample."""
 
-    def __init__(self, mean: nn.Module, detail: nn.Module, antithetic: bool = False, spread: nn.Module | None = None):
+    def __init__(self, posterior_mean: nn.Module, detail: nn.Module, antithetic: bool = False, spread: nn.Module | None = None):
         super().__init__()
-        if mean.config.noise:
+        if posterior_mean.config.noise:
             raise ValueError("the posterior-mean network M must be noise-free (generator.noise: false)")
-        self.mean = mean.requires_grad_(False)
+        self.mean = posterior_mean.requires_grad_(False)  # `mean`: the prefix of M's weights in every checkpoint
         self.detail = detail
         self.config = detail.config
         self.antithetic = antithetic
@@ -316,30 +316,30 @@ class AnchoredGenerator(nn.Module):
                 output: str = "sample"):
         """output "sample": G(z, y, q). "log_spread": (V's log variances of M's residual by band,
         M) for training V (models/spread.py) through forward, the only call DDP synchronises."""
-        mean = self.posterior_mean(y, qtables)
+        m = self.posterior_mean(y, qtables)
         if output == "log_spread":
-            return self.spread(mean, qtables), mean
-        return self.add_detail(mean, qtables, noise)
+            return self.spread(m, qtables), m
+        return self.add_detail(m, qtables, noise)
 
-    def add_detail(self, mean: torch.Tensor, qtables: torch.Tensor, noise: NoiseRng = None) -> torch.Tensor:
+    def add_detail(self, m: torch.Tensor, qtables: torch.Tensor, noise: NoiseRng = None) -> torch.Tensor:
         """G given M's output: the sampler computes M once per file and this once per sample. The
         antithetic passes S(z) and S(-z) run as one batch of 2N (one call, one shape). With a spread
         network, the luma of S's detail is rebuilt band by band at V's variances (`compose_luma`)."""
-        n = mean.shape[0]
+        n = m.shape[0]
         source = noise_source(noise, n)
         tables = torch.as_tensor(qtables)
         tables = tables.reshape(-1, *tables.shape[-3:]).expand(n, -1, -1, -1)  # [T, 8, 8] or [1 or N, T, 8, 8]
         if not self.antithetic and self.spread is None:
-            return self.detail(mean, tables, source)
+            return self.detail(m, tables, source)
         if self.antithetic:
-            pair = self.detail(torch.cat([mean, mean]), torch.cat([tables, tables]), MirroredNoise(source, n))
+            pair = self.detail(torch.cat([m, m]), torch.cat([tables, tables]), MirroredNoise(source, n))
             detail = 0.5 * (pair[:n] - pair[n:])
         else:
-            detail = self.detail(mean, tables, source) - mean
+            detail = self.detail(m, tables, source) - m
         if self.spread is None:
-            return mean + detail
+            return m + detail
         detail_luma = luma(detail)
-        white = full_resolution_noise(source, mean, fields=2)
-        mixing = cell_noise(source, mean, fields=3) if self.spread.config.mixes else None
-        rebuilt = self.spread.rebuild_luma(mean, tables, white, detail_luma, mixing)
-        return mean + detail + (rebuilt - detail_luma).to(detail)  # equal R, G, B: the chroma stays S's
+        white = full_resolution_noise(source, m, fields=2)
+        mixing = cell_noise(source, m, fields=3) if self.spread.config.mixes else None
+        rebuilt = self.spread.rebuild_luma(m, tables, white, detail_luma, mixing)
+        return m + detail + (rebuilt - detail_luma).to(detail)  # equal R, G, B: the chroma stays S's

@@ -142,9 +142,9 @@ class SpreadNet(nn.Module):
             self.power_law.weight.copy_(torch.eye(BANDS).view(BANDS, BANDS, 1, 1))  # start: M's own band energies
             self.power_law.bias.fill_(math.log(0.25))
 
-    def forward(self, mean: torch.Tensor, qtables: torch.Tensor) -> torch.Tensor:
-        n, _, height, width = mean.shape
-        padded = F.pad(mean, (0, -width % CELL, 0, -height % CELL), mode="replicate")
+    def forward(self, m: torch.Tensor, qtables: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = m.shape
+        padded = F.pad(m, (0, -width % CELL, 0, -height % CELL), mode="replicate")
         cues = torch.log(F.avg_pool2d(detail_bands(luma(padded.float())).pow(2), CELL) + CUE_FLOOR)
         inputs = torch.cat([F.pixel_unshuffle(2.0 * padded - 1.0, CELL), ((cues - CUE_CENTRE) / CUE_SCALE).to(padded)], 1)
         features = self.conv_in(inputs)
@@ -166,18 +166,18 @@ class SpreadNet(nn.Module):
                                                                              self.config.dispersion_slope))
         return (intercept + slope * t).clamp_min(0.0)[:, :, None, None]
 
-    def rebuild_luma(self, mean: torch.Tensor, qtables: torch.Tensor, white: torch.Tensor,
+    def rebuild_luma(self, m: torch.Tensor, qtables: torch.Tensor, white: torch.Tensor,
                      detail_luma: torch.Tensor, mixing: torch.Tensor | None = None) -> torch.Tensor:
         """A sample's luma residual [N, 1, H, W] whose bands have V's variances: white [N, 2, H, W]
         (unit white noise) band-passed for the low and mid band, S's luma detail for the high one.
         mixing [N, 3, h, w] (unit normal per cell and band, where the config mixes) draws each cell's
         variance around V's."""
         height, width = detail_luma.shape[-2:]
-        variance = self(mean, qtables).float().exp()
+        variance = self(m, qtables).float().exp()
         if mixing is not None:
-            sigma = self.dispersion(qtables, len(mean))
+            sigma = self.dispersion(qtables, len(m))
             variance = variance * torch.exp(sigma * even_normal(mixing) - 0.5 * sigma.pow(2))
-        std = per_pixel(variance, height, width).sqrt() * self.gain(qtables, len(mean))
+        std = per_pixel(variance, height, width).sqrt() * self.gain(qtables, len(m))
         scale = white_noise_band_std().to(white)
         fields = torch.cat([split_bands(white[:, i : i + 1])[:, i : i + 1] / scale[i] for i in range(2)], dim=1)
         return (std[:, :2] * fields).sum(1, keepdim=True) + std[:, 2:] * unit_detail(detail_luma.float())
