@@ -10,7 +10,7 @@ from .errors import ImageTooLargeError, InvalidJpegError, PosteriorJpegError, Un
 
 _LAZY = {"JpegFile": ".jpeg.file", "read_jpeg": ".jpeg.file", "project": ".jpeg.projection",
          "PosteriorSampler": ".sampler", "metrics": ".metrics"}
-_RENAMED = {"Sampler": "PosteriorSampler"}  # old name -> new: still importable, with a DeprecationWarning
+_RENAMED = {"Sampler": "PosteriorSampler"}  # old name -> new: `sampler.Sampler` keeps the old spellings, with a DeprecationWarning
 
 __all__ = [
     "ImageTooLargeError",
@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     if name in _RENAMED:
         warnings.warn(f"posterior_jpeg.{name} is now posterior_jpeg.{_RENAMED[name]}", DeprecationWarning, stacklevel=2)
-        name = _RENAMED[name]
+        return getattr(importlib.import_module(".sampler", __name__), name)
     if name not in _LAZY:
         raise AttributeError(f"module 'posterior_jpeg' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name], __name__)

@@ -24,6 +24,7 @@ decode's chroma: G's colour there would be speckle that nothing in the file supp
 """
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
@@ -303,3 +304,46 @@ class PosteriorSampler:
         for network in networks:
             network.compile()
         return self
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"Sampler.{old} is now PosteriorSampler.{new}", DeprecationWarning, stacklevel=3)
+
+
+class Sampler(PosteriorSampler):
+    """`posterior_jpeg.Sampler`, the former name, for code written against it: its former spellings
+    (`mean_flips=`, `mmse`, `mean_of`, `samples(mean=)`, `mean_network`) still work, each warning once
+    per use with its new name. New code uses `PosteriorSampler`."""
+
+    def __init__(self, *args, mean_flips: int | None = None, **kwargs):
+        if mean_flips is not None:
+            _renamed("mean_flips", "posterior_mean_flips")
+            kwargs["posterior_mean_flips"] = mean_flips
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, *args, mean_flips: int | None = None, **kwargs) -> "Sampler":
+        if mean_flips is not None:
+            _renamed("mean_flips", "posterior_mean_flips")
+            kwargs["posterior_mean_flips"] = mean_flips
+        return super().from_checkpoint(*args, **kwargs)
+
+    def mmse(self, jpeg: JpegFile, project: bool = True, mean: torch.Tensor | None = None) -> torch.Tensor:
+        _renamed("mmse", "posterior_mean_decode")
+        return self.posterior_mean_decode(jpeg, project, mean)
+
+    def mean_of(self, jpeg: JpegFile) -> torch.Tensor:
+        _renamed("mean_of", "posterior_mean_of")
+        return self.posterior_mean_of(jpeg)
+
+    def samples(self, jpeg: JpegFile, seeds, project: bool = True, posterior_mean: torch.Tensor | None = None,
+                mean: torch.Tensor | None = None) -> Iterator[Sample]:
+        if mean is not None:
+            _renamed("samples(mean=)", "samples(posterior_mean=)")
+            posterior_mean = mean
+        return super().samples(jpeg, seeds, project, posterior_mean)
+
+    @property
+    def mean_network(self):
+        _renamed("mean_network", "posterior_mean_network")
+        return self.posterior_mean_network

@@ -67,7 +67,7 @@ def test_the_table_decides_which_terms_each_step_computes():
     assert not training._may_need(cfg, "vgg") and training._may_need(rising, "vgg")
     assert not training._may_need(cfg, "coefficients")
     assert training._may_need(tiny("loss.consistency_kind=dct"), "coefficients")
-    assert not training._may_need(tiny("stage=mmse", "loss.consistency_kind=dct"), "coefficients")
+    assert not training._may_need(tiny("stage=posterior_mean", "loss.consistency_kind=dct"), "coefficients")
 
 
 class _Recorder:

@@ -453,8 +453,28 @@ def test_old_option_spellings_still_work_with_one_warning_line_each(capsys):
 
 def test_the_old_name_of_the_posterior_sampler_imports_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="posterior_jpeg.Sampler is now posterior_jpeg.PosteriorSampler"):
-        assert pj.Sampler is PosteriorSampler
+        assert issubclass(pj.Sampler, PosteriorSampler)
     assert "Sampler" not in pj.__all__ and pj.PosteriorSampler is PosteriorSampler
+
+
+def test_code_written_against_the_old_sampler_spellings_gets_the_same_outputs_and_a_warning(anchored, write_jpeg):
+    """`Sampler.from_checkpoint(mean_flips=)`, `.mmse`, `.mean_of`, `samples(mean=)` and `.mean_network`:
+    what README once taught still runs, each use naming its new spelling."""
+    jf = pj.read_jpeg(write_jpeg("old.jpg", quality=20))
+    new = PosteriorSampler.from_checkpoint(anchored, device="cpu", dtype="fp32", posterior_mean_flips=2)
+    with pytest.warns(DeprecationWarning) as caught:
+        old = pj.Sampler.from_checkpoint(anchored, device="cpu", dtype="fp32", mean_flips=2)
+        assert old.mean_network is old.posterior_mean_network and old.posterior_mean_flips == 2
+        assert torch.equal(old.mmse(jf), new.posterior_mean_decode(jf))
+        m = old.mean_of(jf)
+        assert torch.equal(m, new.posterior_mean_of(jf))
+        [sample] = old.samples(jf, [3], mean=m)
+        assert torch.equal(sample.image, next(iter(new.samples(jf, [3], posterior_mean=m))).image)
+    assert [str(w.message) for w in caught][1:] == [
+        f"Sampler.{was} is now PosteriorSampler.{now}" for was, now in (
+            ("mean_flips", "posterior_mean_flips"), ("mean_network", "posterior_mean_network"),
+            ("mmse", "posterior_mean_decode"), ("mean_of", "posterior_mean_of"),
+            ("samples(mean=)", "samples(posterior_mean=)"))]
 
 
 def test_seeds_outside_64_bits_are_refused(capsys):
