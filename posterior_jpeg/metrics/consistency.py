@@ -93,8 +93,27 @@ def _reencoded_coefficients(images: torch.Tensor, jpeg: JpegFile) -> list[tuple[
     return results
 
 
+class _Shares:
+    """`coefficients` and `blocks`: the shares of a batch's coefficients and 8x8 blocks that pass a
+    check, from the counts of those that fail it (`failing`) and the totals."""
+
+    total_coefficients: int
+    total_blocks: int
+
+    def failing(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    @property
+    def coefficients(self) -> float:
+        return 1.0 - self.failing()[0] / self.total_coefficients
+
+    @property
+    def blocks(self) -> float:
+        return 1.0 - self.failing()[1] / self.total_blocks
+
+
 @dataclass(frozen=True)
-class Agreement:
+class Agreement(_Shares):
     """How much of a batch's libjpeg re-encode equals the file: shares and the counts behind them."""
 
     differing_coefficients: int
@@ -102,13 +121,8 @@ class Agreement:
     differing_blocks: int
     total_blocks: int
 
-    @property
-    def coefficients(self) -> float:
-        return 1.0 - self.differing_coefficients / self.total_coefficients
-
-    @property
-    def blocks(self) -> float:
-        return 1.0 - self.differing_blocks / self.total_blocks
+    def failing(self) -> tuple[int, int]:
+        return self.differing_coefficients, self.differing_blocks
 
     def __add__(self, other: "Agreement") -> "Agreement":
         return Agreement(*(a + b for a, b in zip(astuple(self), astuple(other))))
@@ -165,7 +179,7 @@ def consistency_rmse(images: torch.Tensor, jpeg: JpegFile) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class FloatConsistency:
+class FloatConsistency(_Shares):
     """How much of a batch lies inside the file's quantization intervals before any rounding.
 
     violating_edge_blocks counts the violating blocks that libjpeg pads (the last block row or
@@ -178,13 +192,8 @@ class FloatConsistency:
     total_blocks: int
     violating_edge_blocks: int
 
-    @property
-    def coefficients(self) -> float:
-        return 1.0 - self.violating_coefficients / self.total_coefficients
-
-    @property
-    def blocks(self) -> float:
-        return 1.0 - self.violating_blocks / self.total_blocks
+    def failing(self) -> tuple[int, int]:
+        return self.violating_coefficients, self.violating_blocks
 
 
 def float_consistency(images: torch.Tensor, jpeg: JpegFile) -> FloatConsistency:
