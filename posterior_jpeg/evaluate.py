@@ -53,12 +53,12 @@ from .checkpoints import resolve
 from .config import (RULES, ConfigError, integer_in, load_structured, one_of, output_folder, run_with_config,
                      show_config)
 from .data import WRITABLE_MODES, ImageError, libjpeg_decode, list_images, pillow_jpeg, read_rgb
-from .errors import PosteriorJpegError
+from .errors import PosteriorJpegError, StatisticsError
 from .jpeg.file import JpegFile, read_jpeg
 from .jpeg.projection import project
 from .metrics import LPIPS, GaussianStats, InceptionFeatures, frechet_distance
 from .metrics.registry import Subject, table_metrics
-from .metrics.fid import FEATURE_DIM, RANDOM, StatisticsError, statistics_key
+from .metrics.fid import FEATURE_DIM, RANDOM, statistics_key
 from .pixels import round_to_8_bits, to_chw_float
 from .precision import PRECISIONS, choose_precision
 from .pretrained import WeightsConfig

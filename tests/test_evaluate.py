@@ -30,7 +30,7 @@ from posterior_jpeg.metrics import (
     frechet_distance,
 )
 from posterior_jpeg.metrics.diversity import mean_pairwise_distance
-from posterior_jpeg.metrics.fid import StatisticsError
+from posterior_jpeg.errors import StatisticsError
 from posterior_jpeg.metrics.perceptual import BACKBONES
 from posterior_jpeg.pixels import round_to_8_bits, to_hwc_uint8
 from posterior_jpeg.pretrained import random_state

@@ -968,3 +968,13 @@ def test_device_cuda_without_cuda_is_one_line_before_any_model_or_folder(monkeyp
     assert main([str(tmp_path / "x.jpg"), "-o", str(tmp_path / "out"), "--device", "cuda"]) == 2
     assert capsys.readouterr().err == "sample: --device cuda: CUDA is not available here (use --device cpu)\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_sampling_does_not_import_the_evaluation_networks():
+    """torchvision, pytorch-fid and lpips cost over a second of start-up and serve only evaluation."""
+    code = ("import sys, posterior_jpeg.sample_job, posterior_jpeg.metrics; "
+            "print(sorted(m for m in ('torchvision', 'pytorch_fid', 'lpips') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+    from posterior_jpeg.metrics import LPIPS, InceptionFeatures  # still importable, on first use
+    assert LPIPS.__module__.endswith("perceptual") and InceptionFeatures.__module__.endswith("fid")

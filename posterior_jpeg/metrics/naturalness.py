@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from .fid import GaussianStats, frechet_distance
+from .gaussian import GaussianStats, frechet_distance
 from .psnr import as_batch, luma
 
 PATCH = 64
