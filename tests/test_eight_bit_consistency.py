@@ -28,8 +28,9 @@ def _through_a_named_file(image: torch.Tensor, jpeg, folder) -> tuple[Agreement,
         spatial.write_spatial(str(folder / "again.jpg"), qt=jpeg.qtables.astype(np.uint16), quant_tbl_no=np.arange(3))
     again = read_jpeg(folder / "again.jpg")
     differ = [a != b for a, b in zip(again.coefficients, jpeg.coefficients)]
-    agreement = Agreement(sum(int(d.sum()) for d in differ), sum(d.size for d in differ),
-                          sum(int(d.reshape(-1, 64).any(1).sum()) for d in differ), sum(d.size // 64 for d in differ))
+    agreement = Agreement(total_coefficients=sum(d.size for d in differ), total_blocks=sum(d.size // 64 for d in differ),
+                          differing_coefficients=sum(int(d.sum()) for d in differ),
+                          differing_blocks=sum(int(d.reshape(-1, 64).any(1).sum()) for d in differ))
     error = (again.decode(dtype=torch.float64) - jpeg.decode(dtype=torch.float64)) * 255
     return agreement, error.pow(2).mean().sqrt().item()
 
@@ -57,7 +58,8 @@ def test_a_fixed_point_agrees_everywhere_with_zero_rmse(pillow_jpeg):
     flat = np.full((32, 48, 3), (90, 140, 200), np.uint8)
     jpeg = read_jpeg(pillow_jpeg(flat, quality=90, subsampling="4:4:4"))
     result = eight_bit_consistency(to_chw_float(flat), jpeg)
-    assert result.agreement == Agreement(0, 3 * 24 * 64, 0, 3 * 24)
+    assert result.agreement == Agreement(total_coefficients=3 * 24 * 64, total_blocks=3 * 24, differing_coefficients=0,
+                                         differing_blocks=0)
     assert result.agreement.coefficients == 1.0 and result.rmse.tolist() == [0.0]
 
 

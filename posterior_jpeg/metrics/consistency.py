@@ -93,9 +93,10 @@ def _reencoded_coefficients(images: torch.Tensor, jpeg: JpegFile) -> list[tuple[
     return results
 
 
+@dataclass(frozen=True)
 class _Shares:
-    """`coefficients` and `blocks`: the shares of a batch's coefficients and 8x8 blocks that pass a
-    check, from the counts of those that fail it (`failing`) and the totals."""
+    """A batch's coefficients and 8x8 blocks, counted; `coefficients` and `blocks` are the shares
+    that pass a check, from the counts of those that fail it (`failing`)."""
 
     total_coefficients: int
     total_blocks: int
@@ -117,9 +118,7 @@ class Agreement(_Shares):
     """How much of a batch's libjpeg re-encode equals the file: shares and the counts behind them."""
 
     differing_coefficients: int
-    total_coefficients: int
     differing_blocks: int
-    total_blocks: int
 
     def failing(self) -> tuple[int, int]:
         return self.differing_coefficients, self.differing_blocks
@@ -157,7 +156,8 @@ def eight_bit_consistency(images: torch.Tensor, jpeg: JpegFile) -> EightBitConsi
             total_coefficients += differ.size
             differing_blocks += int(differ.reshape(-1, 64).any(axis=1).sum())
             total_blocks += differ.size // 64
-        agreements.append(Agreement(differing_coefficients, total_coefficients, differing_blocks, total_blocks))
+        agreements.append(Agreement(total_coefficients=total_coefficients, total_blocks=total_blocks,
+                                    differing_coefficients=differing_coefficients, differing_blocks=differing_blocks))
         coefficients = [torch.from_numpy(p.astype(np.float64))[None] for p in planes]
         again = codec.decode(coefficients, torch.from_numpy(tables).double(), jpeg.sampling, jpeg.size)[0]
         errors.append(((again - reference) * 255.0).pow(2).mean().sqrt())
@@ -187,9 +187,7 @@ class FloatConsistency(_Shares):
     of every image, since the padding repeats the last real row or column."""
 
     violating_coefficients: int
-    total_coefficients: int
     violating_blocks: int
-    total_blocks: int
     violating_edge_blocks: int
 
     def failing(self) -> tuple[int, int]:
@@ -219,4 +217,6 @@ def float_consistency(images: torch.Tensor, jpeg: JpegFile) -> FloatConsistency:
         violating_blocks += int(blocks.sum())
         violating_edge_blocks += int((blocks & edge).sum())
         total_blocks += blocks.numel()
-    return FloatConsistency(violating_coefficients, total_coefficients, violating_blocks, total_blocks, violating_edge_blocks)
+    return FloatConsistency(total_coefficients=total_coefficients, total_blocks=total_blocks,
+                            violating_coefficients=violating_coefficients, violating_blocks=violating_blocks,
+                            violating_edge_blocks=violating_edge_blocks)
