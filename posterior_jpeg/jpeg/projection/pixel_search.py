@@ -127,9 +127,9 @@ def _best_combination(
 
 
 
-_RGB_CHUNK = 4  # tiles whose RGB moves are scored at once (every move of 4 16x16 tiles: about 20 MB of trials)
+_RGB_CHUNK = 8  # tiles whose RGB moves are scored at once (every move of 8 16x16 tiles: about 40 MB of trials)
 _RGB_POOL = 64  # moves scored exactly per step: those the float distance's gradient ranks first (all where none helps)
-_RGB_MOVES_PER_STEP = 8  # best single moves on different pixels that `rgb_search` tries together
+_RGB_MOVES_PER_STEP = 32  # best single moves on different pixels that `rgb_search` tries together
 
 
 def _smooth_distance(rgb: torch.Tensor, mode: str, bounds: list) -> torch.Tensor:
