@@ -13,7 +13,9 @@ Where the search leaves tiles failing, more steps serve:
   that fight the cube most, one at a time, widening their target range until a float solution inside
   the cube exists; the search then aims at the widened ranges (`Projection.given_up_coefficients`);
 - tiles that still fail start again from the middle half of every interval (their candidate's
-  detail gives way to exactness there), keeping whichever result differs less.
+  detail gives way to exactness there), keeping whichever result differs less;
+- tiles that fail even so, in a corner of the RGB cube (saturated colours, where no component can
+  move with the others kept), are searched on R, G and B themselves (`pixel_search.rgb_search`).
 What cannot be met (a box with no lattice point at steps of 1) stays as close as the search reached.
 
 The constraints of different MCUs (the 8x8 / 16x16 pixel units that libjpeg codes together) do not

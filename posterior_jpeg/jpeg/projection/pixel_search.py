@@ -1,6 +1,8 @@
-"""The last resort of the 8-bit search: moves of single pixels (and sums of two or three in edge
-tiles) scored exactly by libjpeg's downsampling and integer DCT, for the blocks that the search on
-samples (`lattice`) leaves failing."""
+"""The last resorts of the 8-bit search, scored exactly by libjpeg's conversion, downsampling and
+integer DCT: moves of one component of single pixels (and sums of two or three in edge tiles), for
+the blocks that the search on samples (`lattice`) leaves failing (`pixel_search`); and moves of R, G
+and B of single pixels on every component at once, for tiles in a corner of the RGB cube
+(`rgb_search`)."""
 
 import torch
 
