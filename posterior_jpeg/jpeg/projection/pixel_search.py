@@ -199,21 +199,23 @@ def rgb_search(rgb: torch.Tensor, intervals: Intervals, steps: int, margin: floa
         index = torch.arange(start, min(start + _RGB_CHUNK, rgb.shape[0]), device=rgb.device)
         tiles = rgb[index]
         exact_now, smooth_now = scores(tiles, index)
+        stopped = torch.zeros_like(exact_now, dtype=torch.bool)  # no move helped: nor will one later
         for _ in range(steps):
-            if not (exact_now > 0).any():
+            active = ((exact_now > 0) & ~stopped).nonzero().flatten()
+            if active.numel() == 0:
                 break
             with torch.enable_grad():
-                work = tiles.clone().requires_grad_(True)
-                _smooth_distance(work, intervals.mode, [(low[index], high[index]) for low, high in bounds]).sum().backward()
+                work = tiles[active].requires_grad_(True)
+                _smooth_distance(work, intervals.mode, [(low[index[active]], high[index[active]]) for low, high in bounds]).sum().backward()
             gradient = torch.cat([work.grad.flatten(1), -work.grad.flatten(1)], 1)  # [T, M]: each move's first-order change
             pool = gradient.topk(min(_RGB_POOL, moves.shape[0]), dim=1, largest=False).indices
-            tiles, exact_now, smooth_now, moved = step(tiles, index, exact_now, smooth_now, pool)
-            stuck = (~moved & (exact_now > 0)).nonzero().flatten()
+            tiles[active], exact_now[active], smooth_now[active], moved = step(
+                tiles[active], index[active], exact_now[active], smooth_now[active], pool)
+            stuck = active[~moved]
             if stuck.numel():  # where the gradient's choice did not help: every move
                 pool = every_move.expand(stuck.numel(), -1)
                 tiles[stuck], exact_now[stuck], smooth_now[stuck], again = step(
                     tiles[stuck], index[stuck], exact_now[stuck], smooth_now[stuck], pool)
-                if not (moved.any() or again.any()):
-                    break
+                stopped[stuck[~again]] = True
         rgb[index] = tiles
     return rgb
