@@ -161,11 +161,11 @@ def rgb_search(rgb: torch.Tensor, intervals: Intervals, steps: int, margin: floa
     moves = torch.cat([moves, -moves])  # [M, 3, h, w], M = 6 h w: (sign, channel, pixel)
     every_move = torch.arange(moves.shape[0], device=rgb.device)
 
-    def scores(planes: torch.Tensor, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The exact and float distances of planes [P, 3, h, w] of tiles [P] (indices into rgb)."""
+    def scores(planes: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact and float distances of planes [P, 3, h, w] of tiles `which` [P] (indices into rgb)."""
         ycc = libjpeg_ycc(planes)
-        exact = sum(_exact_distance(ycc[:, c], intervals.mode, c, *(t[tiles] for t in r))[0] for c, r in enumerate(ranges))
-        return exact, _smooth_distance(planes, intervals.mode, [(low[tiles], high[tiles]) for low, high in bounds])
+        exact = sum(_exact_distance(ycc[:, c], intervals.mode, c, *(t[which] for t in r))[0] for c, r in enumerate(ranges))
+        return exact, _smooth_distance(planes, intervals.mode, [(low[which], high[which]) for low, high in bounds])
 
     def ahead(exact, smooth, exact_now, smooth_now) -> torch.Tensor:
         """Lexicographic order: the exact distance first, then the float one."""
@@ -191,7 +191,7 @@ def rgb_search(rgb: torch.Tensor, intervals: Intervals, steps: int, margin: floa
         use = ~ahead(single_exact, single_smooth, together_exact, together_smooth)
         new = torch.where(use[:, None, None, None], together, tiles + moves[pool.gather(1, best)[:, 0]])
         new_exact, new_smooth = torch.where(use, together_exact, single_exact), torch.where(use, together_smooth, single_smooth)
-        moved = ahead(new_exact, new_smooth, exact_now, smooth_now) & (exact_now > 0)
+        moved = ahead(new_exact, new_smooth, exact_now, smooth_now)
         keep = lambda new_value, old: torch.where(moved.view(-1, *[1] * (old.dim() - 1)), new_value, old)  # noqa: E731
         return keep(new, tiles), keep(new_exact, exact_now), keep(new_smooth, smooth_now), moved
 
