@@ -353,3 +353,18 @@ def test_an_exact_answer_is_reached_where_one_exists(pillow_jpeg, mode, name, cr
         agreement = coefficient_agreement(result.images, jf)
         assert agreement.differing_coefficients == 0, (quality, agreement)
         assert int(result.given_up_coefficients.sum()) == 0, quality
+
+
+def test_a_block_in_a_corner_of_the_cube_reaches_its_exact_answer(pillow_jpeg):
+    """Pure red at quality 75, 4:2:0 (the red padding of Pillow's ImageOps.pad, seen on real files):
+    each Cr DC needs nearly every pixel's Cr at libjpeg's 255, and Cr rises only with R, which moves
+    Y too. From a noisy decode the searches that move one component and keep the others left 4 Cr
+    DCs one step low; the search on R, G and B reaches the red image, which is exact."""
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 0] = 255
+    jf = pj.read_jpeg(pillow_jpeg(rgb, quality=75, subsampling="4:2:0"))
+    y = jf.decode()
+    noisy = (y + 0.1 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    result = projection(noisy, jf)
+    assert int(result.given_up_coefficients) == 0
+    assert coefficient_agreement(result.images, jf).differing_coefficients == 0

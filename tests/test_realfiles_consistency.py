@@ -20,12 +20,15 @@ tables, an out-of-gamut camera file); the full set is marked slow.
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageFilter
 
 import posterior_jpeg as pj
 from posterior_jpeg.jpeg.projection import projection, round_to_16_bits
 from posterior_jpeg.metrics import coefficient_agreement, float_consistency
+from posterior_jpeg.pixels import to_chw_float, to_hwc_uint8
 
 # ../shared/realfiles beside the repo (as in CI); POSTERIOR_JPEG_REALFILES points elsewhere (a worktree)
 REALFILES = Path(os.environ.get("POSTERIOR_JPEG_REALFILES") or Path(__file__).resolve().parents[1].parent / "shared" / "realfiles")
@@ -137,3 +140,16 @@ def test_projection_targets_on_every_real_file(sampler):
     # in padded edge blocks; with the sampler of 2026-12-05 the two iptc files are exact (checked one
     # by one) and exif-72dpi-int.jpg keeps 3
     assert exact >= 0.94 * in_gamut, (exact, in_gamut)
+
+
+def test_tiles_in_a_corner_of_the_cube_reach_an_exact_answer():
+    """iptc.jpg (4:2:2, a saturated blue patch): the Gaussian-blurred and the sharpened decode of
+    bench/projection_realfiles.py kept one Cb DC off in two blocks (float result consistent, nothing
+    given up). With B at 255 a Cb sample rises only by lowering R and G, which lowers Y: no search
+    that moves one component and keeps the others reaches it; the search on R, G and B does."""
+    jf = pj.read_jpeg(REALFILES / "pillow" / "iptc.jpg")
+    image = Image.fromarray(to_hwc_uint8(jf.decode()))
+    for kind in (ImageFilter.GaussianBlur(1.5), ImageFilter.UnsharpMask(2, 150)):
+        result = projection(to_chw_float(np.array(image.filter(kind))), jf)
+        assert int(result.given_up_coefficients) == 0, kind
+        assert coefficient_agreement(result.images, jf).differing_coefficients == 0, kind

@@ -13,7 +13,9 @@ Where the search leaves tiles failing, more steps serve:
   that fight the cube most, one at a time, widening their target range until a float solution inside
   the cube exists; the search then aims at the widened ranges (`Projection.given_up_coefficients`);
 - tiles that still fail start again from the middle half of every interval (their candidate's
-  detail gives way to exactness there), keeping whichever result differs less.
+  detail gives way to exactness there), keeping whichever result differs less;
+- tiles that fail even so, in a corner of the RGB cube (saturated colours, where no component can
+  move with the others kept), are searched on R, G and B themselves (`pixel_search.rgb_search`).
 What cannot be met (a box with no lattice point at steps of 1) stays as close as the search reached.
 
 The constraints of different MCUs (the 8x8 / 16x16 pixel units that libjpeg codes together) do not
@@ -32,6 +34,7 @@ from .exact import counts, differences
 from .float_solver import CUBE_TOLERANCE, WIDEN_ABOVE, float_solve, gamut_projection, interval_projection, unshrunk, widen
 from .intervals import Intervals, cut_tiles, file_tensors, paste_tiles
 from .lattice import lattice_search
+from .pixel_search import rgb_search
 from .settings import Settings, worth_escalating
 
 __all__ = ["Intervals", "Projection", "Settings", "gamut_projection", "interval_projection", "project", "projection",
@@ -137,6 +140,16 @@ def _project_one(batch: torch.Tensor, jpeg, stored: list[torch.Tensor], tables: 
                 target = intervals.subset(retry)
                 centred, _ = float_solve(rgb_to_ycbcr(tiles[retry]), target, replace(settings, margin=float("inf")))
                 _keep_better(eight_bit, blocks, coefficients, retry, centred, target, settings, ties=False)
+            # and for tiles in a corner of the cube, where no component moves alone: moves of R, G, B
+            corner = pending[coefficients[pending] > 0]
+            corner = corner[~torch.isin(corner, stuck)]
+            if corner.numel() and worth_escalating(blocks[corner].sum(), group_blocks):
+                target = intervals.subset(corner)
+                again = rgb_search(eight_bit[corner].clone(), target, settings.search_steps, settings.margin)
+                again_blocks, again_coefficients = counts(differences(again, target, targets=False))
+                better = again_coefficients < coefficients[corner]
+                eight_bit[corner[better]] = again[better]
+                blocks[corner[better]], coefficients[corner[better]] = again_blocks[better], again_coefficients[better]
             paste_tiles(rounded, region, eight_bit)
             failing_blocks += blocks.view(n, -1).sum(1)
             differing += coefficients.view(n, -1).sum(1)
