@@ -25,7 +25,6 @@ from posterior_jpeg.data import (
 )
 from posterior_jpeg.errors import PosteriorJpegError
 from posterior_jpeg.pixels import to_unit_float
-from posterior_jpeg.jpeg.tables import ijg_tables
 
 ALL_MODES = ("4:4:4", "4:2:2", "4:2:0")
 CROP = 32

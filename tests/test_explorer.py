@@ -1,6 +1,5 @@
 """The explorer page of a sample run (checked in a real headless Chromium) and the export formats."""
 
-import io
 import json
 import re
 import struct

@@ -1,7 +1,6 @@
 """The training objectives as data (losses.TERMS): what the table declares, which terms each step
 computes, how they are weighed, and a loss added from this file alone that trains, logs and moves G."""
 
-import dataclasses
 import json
 import types
 from dataclasses import dataclass, field
