@@ -22,6 +22,20 @@ def emit(**record) -> None:
     print(json.dumps(record), flush=True)
 
 
+def loader_seconds(loader, warmup: int, batches: int) -> float:
+    """Seconds a data loader takes for `batches` batches after `warmup` untimed ones, each batch's
+    8-bit images turned into floats on the training side, as the trainer does."""
+    iterator = iter(loader)
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        for value in next(iterator).values():
+            if isinstance(value, torch.Tensor) and value.dtype == torch.uint8:
+                value.float().div_(255)
+    return time.perf_counter() - start
+
+
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo), to print beside every timing."""
     try:

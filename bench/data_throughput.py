@@ -17,13 +17,12 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import SHARED_DATA, emit  # noqa: E402
+from common import SHARED_DATA, emit, loader_seconds  # noqa: E402
 
 CROP, BATCH, MODES = 64, 8, ("4:2:0", "4:2:2", "4:4:4")
 
@@ -33,21 +32,14 @@ def child(checkout: Path, data: str, workers: int, warmup: int, batches: int) ->
     sys.path.insert(0, str(checkout))
     for name in [m for m in sys.modules if m.split(".")[0] == "posterior_jpeg"]:
         del sys.modules[name]
-    import torch
-    from posterior_jpeg.data import QualityDistribution, list_images, make_loader
+    from posterior_jpeg import data as pipeline
 
-    loader = make_loader(list_images(data), CROP, QualityDistribution("skewed", 5, 95, 2.0), MODES, seed=0,
-                         batch_size=BATCH, workers=workers)
-    iterator = iter(loader)
-    for _ in range(warmup):
-        next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
-        batch = next(iterator)
-        for value in batch.values():  # floats on the training side, as the trainer makes them
-            if isinstance(value, torch.Tensor) and value.dtype == torch.uint8:
-                value.float().div_(255)
-    print(json.dumps({"batches_per_second": batches / (time.perf_counter() - start)}))
+    # QualitySampler: its name in checkouts before the renames
+    qualities = getattr(pipeline, "QualityDistribution", None) or pipeline.QualitySampler
+    loader = pipeline.make_loader(pipeline.list_images(data), CROP, qualities("skewed", 5, 95, 2.0), MODES, seed=0,
+                                  batch_size=BATCH, workers=workers)
+    seconds = loader_seconds(loader, warmup, batches)
+    print(json.dumps({"batches_per_second": batches / seconds}))
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import SHARED_DATA, cpu_model, emit  # noqa: E402
+from common import SHARED_DATA, cpu_model, emit, loader_seconds  # noqa: E402
 from data_throughput import BATCH, CROP, MODES  # noqa: E402
 
 from posterior_jpeg.data import QualityDistribution, list_images, make_loader, open_images  # noqa: E402
@@ -34,16 +34,8 @@ from posterior_jpeg.packing import pack  # noqa: E402
 def crops_per_second(images, workers: int, cache_bytes: int, warmup: int, batches: int) -> float:
     loader = make_loader(images, CROP, QualityDistribution("skewed", 5, 95, 2.0), MODES, seed=0, batch_size=BATCH,
                          workers=workers, cache_bytes=cache_bytes)
-    iterator = iter(loader)
-    for _ in range(warmup):
-        next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
-        batch = next(iterator)
-        for key in ("x", "y"):  # floats on the training side, as the trainer makes them
-            batch[key].float().div_(255)
-    elapsed = time.perf_counter() - start
-    del iterator, loader  # stops the workers before the next measurement
+    elapsed = loader_seconds(loader, warmup, batches)
+    del loader  # stops the workers before the next measurement
     return batches * BATCH / elapsed
 
 

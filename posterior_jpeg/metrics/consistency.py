@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import astuple, dataclass
 
 import jpeglib
@@ -94,15 +95,16 @@ def _reencoded_coefficients(images: torch.Tensor, jpeg: JpegFile) -> list[tuple[
 
 
 @dataclass(frozen=True)
-class _Shares:
+class _Shares(ABC):
     """A batch's coefficients and 8x8 blocks, counted; `coefficients` and `blocks` are the shares
     that pass a check, from the counts of those that fail it (`failing`)."""
 
     total_coefficients: int
     total_blocks: int
 
+    @abstractmethod
     def failing(self) -> tuple[int, int]:
-        raise NotImplementedError
+        """(coefficients, blocks) that fail the check."""
 
     @property
     def coefficients(self) -> float:
